@@ -1,0 +1,3 @@
+from workspace_server.cli import main
+
+main()

@@ -1,0 +1,136 @@
+"""Application factory: settings in, FastAPI app out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from workspace_server.common.errors import ApiError
+from workspace_server.common.kv import KV, MemoryKV, RedisKV
+from workspace_server.config import Settings
+from workspace_server.context import AppContext
+from workspace_server.db.engine import make_engine
+from workspace_server.db.migrate import upgrade_to_head
+from workspace_server.events.bus import Bus, InProcessBus, RedisBus
+from workspace_server.events.hub import Hub
+from workspace_server.events.service import EventService
+from workspace_server.workspaces.lifecycle import Lifecycle
+
+log = logging.getLogger(__name__)
+
+
+async def build_context(settings: Settings) -> AppContext:
+    engine = make_engine(settings.DATABASE_URL)
+    await upgrade_to_head(engine)
+    redis: Any | None = None
+    bus: Bus
+    kv: KV
+    if settings.REDIS_URL:
+        import redis.asyncio as aioredis
+
+        redis = aioredis.from_url(settings.REDIS_URL)
+        await redis.ping()
+        bus, kv = RedisBus(redis), RedisKV(redis)
+    else:
+        bus, kv = InProcessBus(), MemoryKV()
+    await bus.start()
+    events = EventService(engine, bus)
+    return AppContext(
+        settings=settings,
+        engine=engine,
+        bus=bus,
+        events=events,
+        lifecycle=Lifecycle(engine, events),
+        kv=kv,
+        hub=Hub(bus),
+        http=httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)),
+        redis=redis,
+    )
+
+
+async def close_context(ctx: AppContext) -> None:
+    ctx.hub.close()
+    await ctx.bus.close()
+    await ctx.http.aclose()
+    if ctx.redis is not None:
+        await ctx.redis.aclose()
+    await ctx.engine.dispose()
+
+
+def create_app(settings: Settings | None = None, *, run_loops: bool = True) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from workspace_server.loops.supervisor import start_loops
+
+        ctx = await build_context(settings)
+        app.state.ctx = ctx
+        loops = start_loops(ctx) if run_loops else None
+        try:
+            yield
+        finally:
+            if loops is not None:
+                await loops.stop()
+            await close_context(ctx)
+
+    app = FastAPI(title="workspace-server", version="0.1.0", lifespan=lifespan, redirect_slashes=True)
+    app.state.settings = settings
+    _install_error_handlers(app)
+    _include_routers(app)
+
+    from workspace_server.middleware import install_middleware
+
+    install_middleware(app, settings)
+    return app
+
+
+def _include_routers(app: FastAPI) -> None:
+    from workspace_server.activity.routes import router as activity_router
+    from workspace_server.bundles.routes import router as bundles_router
+    from workspace_server.events.routes import router as events_router
+    from workspace_server.observability.routes import router as observability_router
+    from workspace_server.registry.routes import router as registry_router
+    from workspace_server.tokens.routes import router as tokens_router
+    from workspace_server.workspaces.routes import router as workspaces_router
+
+    for r in (
+        observability_router,
+        workspaces_router,
+        registry_router,
+        tokens_router,
+        events_router,
+        activity_router,
+        bundles_router,
+    ):
+        app.include_router(r)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, __: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "invalid request body"}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        msg = "not found" if exc.status_code == 404 else (exc.detail if isinstance(exc.detail, str) else "error")
+        if exc.status_code == 405:  # the reference has no 405: a wrong method is a 404
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return JSONResponse({"error": msg}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal error"}, status_code=500)

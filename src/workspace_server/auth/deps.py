@@ -1,0 +1,177 @@
+"""Route auth classes, exactly as spec 03 §3 orders their checks.
+
+- AdminAuth: admin routes. - WorkspaceAuth: `/workspaces/:id/*`. - CanvasOrBearer: `PUT /canvas/viewport`.
+Each is a FastAPI dependency that either returns an `AuthInfo` or raises `ApiError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from workspace_server.auth import tokens
+from workspace_server.auth.session import verify_cp_session
+from workspace_server.common.errors import ApiError
+from workspace_server.common.http import bearer_token
+from workspace_server.context import AppContext, get_ctx
+
+log = logging.getLogger(__name__)
+
+DATASTORE_UNAVAILABLE = ApiError(
+    503, "platform datastore unavailable — retry shortly", code="platform_unavailable"
+)
+
+
+@dataclass(frozen=True)
+class AuthInfo:
+    kind: str  # open | dev | admin_token | org_token | workspace_token | session | canvas
+    workspace_id: str | None = None
+    org_token_id: str | None = None
+    org_token_prefix: str | None = None
+    org_id: str | None = None
+
+
+def is_same_origin_canvas(ctx: AppContext, request: Request) -> bool:
+    """Only when CANVAS_PROXY_URL is set; Referer must equal the host origin or continue with `/`."""
+    if not ctx.settings.CANVAS_PROXY_URL:
+        return False
+    host = request.headers.get("host", "")
+    if not host:
+        return False
+    referer = request.headers.get("referer", "")
+    origin = request.headers.get("origin", "")
+    for scheme in ("http://", "https://"):
+        base = scheme + host
+        if referer == base or referer.startswith(base + "/"):
+            return True
+        if origin == base:
+            return True
+    return False
+
+
+async def _org_token(ctx: AppContext, bearer: str) -> tokens.OrgToken | None:
+    try:
+        async with ctx.engine.begin() as conn:
+            return await tokens.validate_org_token(conn, bearer)
+    except Exception:
+        log.exception("org token lookup failed")
+        raise DATASTORE_UNAVAILABLE from None
+
+
+def _org_info(org: tokens.OrgToken) -> AuthInfo:
+    return AuthInfo("org_token", org_token_id=org.id, org_token_prefix=org.prefix, org_id=org.org_id)
+
+
+async def admin_auth(request: Request, ctx: Annotated[AppContext, Depends(get_ctx)]) -> AuthInfo:
+    s = ctx.settings
+    try:
+        async with ctx.engine.connect() as conn:
+            any_tokens = await tokens.any_live_token(conn)
+    except Exception:
+        log.exception("live token probe failed")
+        raise DATASTORE_UNAVAILABLE from None
+    if not any_tokens and not s.ADMIN_TOKEN:
+        return AuthInfo("open")
+    if s.dev_mode_fail_open:
+        return AuthInfo("dev")
+    cookie = request.headers.get("cookie", "")
+    if cookie:
+        valid, _presented = await verify_cp_session(ctx, cookie)
+        if valid:
+            return AuthInfo("session")
+    bearer = bearer_token(request)
+    if not bearer:
+        raise ApiError(401, "admin auth required")
+    org = await _org_token(ctx, bearer)
+    if org is not None:
+        return _org_info(org)
+    if s.ADMIN_TOKEN:
+        if tokens.constant_time_equals(bearer, s.ADMIN_TOKEN):
+            return AuthInfo("admin_token")
+        raise ApiError(401, "invalid admin auth token")
+    async with ctx.engine.begin() as conn:
+        ws = await tokens.validate_workspace_token(conn, bearer)
+    if ws is None:
+        raise ApiError(401, "invalid admin auth token")
+    return AuthInfo("workspace_token", workspace_id=ws)
+
+
+async def workspace_auth(request: Request, ctx: Annotated[AppContext, Depends(get_ctx)]) -> AuthInfo:
+    ws_id = request.path_params.get("id", "")
+    if not ws_id:
+        raise ApiError(401, "missing workspace ID")
+    s = ctx.settings
+    bearer = bearer_token(request)
+    if bearer:
+        if s.ADMIN_TOKEN and tokens.constant_time_equals(bearer, s.ADMIN_TOKEN):
+            return AuthInfo("admin_token")
+        org = await _org_token(ctx, bearer)
+        if org is not None:
+            return _org_info(org)
+        async with ctx.engine.begin() as conn:
+            owner = await tokens.validate_workspace_token(conn, bearer, ws_id)
+        if owner is None:
+            raise ApiError(401, "invalid workspace auth token")
+        return AuthInfo("workspace_token", workspace_id=owner)
+    if is_same_origin_canvas(ctx, request):
+        return AuthInfo("canvas")
+    if s.dev_mode_fail_open:
+        return AuthInfo("dev")
+    raise ApiError(401, "missing workspace auth token")
+
+
+async def canvas_or_bearer(request: Request, ctx: Annotated[AppContext, Depends(get_ctx)]) -> AuthInfo:
+    s = ctx.settings
+    try:
+        async with ctx.engine.connect() as conn:
+            any_tokens = await tokens.any_live_token(conn)
+    except Exception:
+        return AuthInfo("open")
+    if not any_tokens:
+        return AuthInfo("open")
+    bearer = bearer_token(request)
+    if bearer:
+        if s.ADMIN_TOKEN and tokens.constant_time_equals(bearer, s.ADMIN_TOKEN):
+            return AuthInfo("admin_token")
+        async with ctx.engine.begin() as conn:
+            ws = await tokens.validate_workspace_token(conn, bearer)
+        if ws is not None:
+            return AuthInfo("workspace_token", workspace_id=ws)
+        raise ApiError(401, "invalid admin auth token")
+    origin = request.headers.get("origin", "")
+    if origin and origin.strip().lower() in {"http://localhost:3000", "http://localhost:3001", *s.cors_origins}:
+        return AuthInfo("canvas")
+    if is_same_origin_canvas(ctx, request):
+        return AuthInfo("canvas")
+    raise ApiError(401, "admin auth required")
+
+
+async def grandfathered_caller(ctx: AppContext, request: Request, ws_id: str) -> None:
+    """Registry/discovery rule: once `ws_id` has a live token, the bearer must be one of its tokens.
+
+    A DB error in the existence probe fails open, as the reference does for register/heartbeat.
+    """
+    try:
+        async with ctx.engine.connect() as conn:
+            has = await tokens.has_live_token(conn, ws_id)
+    except Exception:
+        log.exception("token existence check failed; failing open")
+        return
+    if not has:
+        return
+    bearer = bearer_token(request)
+    if not bearer:
+        raise ApiError(401, "missing workspace auth token")
+    async with ctx.engine.begin() as conn:
+        owner = await tokens.validate_workspace_token(conn, bearer, ws_id)
+    if owner is None:
+        raise ApiError(401, "invalid workspace auth token")
+
+
+AdminAuth = Annotated[AuthInfo, Depends(admin_auth)]
+WorkspaceAuth = Annotated[AuthInfo, Depends(workspace_auth)]
+CanvasOrBearer = Annotated[AuthInfo, Depends(canvas_or_bearer)]
+Ctx = Annotated[AppContext, Depends(get_ctx)]

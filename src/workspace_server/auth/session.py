@@ -1,0 +1,60 @@
+"""Control-plane session cookie verification (spec 03 §3 "Session cookie")."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import httpx
+
+if TYPE_CHECKING:
+    from workspace_server.context import AppContext
+
+log = logging.getLogger(__name__)
+
+POSITIVE_TTL = 30.0
+NEGATIVE_TTL = 5.0
+MAX_ENTRIES = 10_000
+
+_cache: dict[bytes, tuple[bool, float]] = {}
+
+
+def _key(slug: str, cookie: str) -> bytes:
+    return hashlib.sha256(slug.encode() + b"\x00" + cookie.encode()).digest()
+
+
+async def verify_cp_session(ctx: AppContext, cookie: str) -> tuple[bool, bool]:
+    """(valid, presented). Membership of this tenant's slug is required, not just a login."""
+    s = ctx.settings
+    if not cookie or not s.MOLECULE_ORG_SLUG:
+        return False, False
+    if not s.CP_UPSTREAM_URL:
+        return False, True
+    key = _key(s.MOLECULE_ORG_SLUG, cookie)
+    now = time.monotonic()
+    hit = _cache.get(key)
+    if hit and hit[1] > now:
+        return hit[0], True
+    try:
+        resp = await ctx.http.get(
+            s.CP_UPSTREAM_URL.rstrip("/") + "/cp/auth/tenant-member",
+            params={"slug": s.MOLECULE_ORG_SLUG},
+            headers={"Cookie": cookie, "User-Agent": "molecule-tenant-platform/session-verifier"},
+            timeout=3.0,
+        )
+    except httpx.HTTPError:
+        return False, True  # transport errors are not cached
+    valid = False
+    if resp.status_code == 200:
+        try:
+            body = resp.json()
+            valid = body.get("member") is True and bool(body.get("user_id"))
+        except ValueError:
+            valid = False
+    if len(_cache) >= MAX_ENTRIES:
+        for k in list(_cache)[:128]:
+            _cache.pop(k, None)
+    _cache[key] = (valid, now + (POSITIVE_TTL if valid else NEGATIVE_TTL))
+    return valid, True

@@ -1,0 +1,63 @@
+"""`workspace-server serve|migrate`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import typer
+import uvicorn
+
+from workspace_server.config import Settings
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="workspace-server control plane")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+def serve(
+    host: str = typer.Option(None, help="listen address (default: HOST or 127.0.0.1)"),
+    port: int = typer.Option(None, help="listen port (default: PORT or 8080)"),
+) -> None:
+    """Migrate the database, then serve the API."""
+    _setup_logging()
+    settings = Settings()
+    _migrate(settings)
+    from workspace_server.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.HOST,
+        port=port or settings.PORT,
+        log_level="info",
+        proxy_headers=False,  # client IP is the TCP peer (spec 03 §4)
+    )
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply database migrations and exit."""
+    _setup_logging()
+    _migrate(Settings())
+    typer.echo("migrations applied")
+
+
+def _migrate(settings: Settings) -> None:
+    from workspace_server.db.engine import make_engine
+    from workspace_server.db.migrate import upgrade_to_head
+
+    async def run() -> None:
+        engine = make_engine(settings.DATABASE_URL)
+        try:
+            await upgrade_to_head(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,152 @@
+"""The one place that reads the environment.
+
+Env names are the reference server's (spec 06 §2.2) so a deployment's env file works unchanged.
+Everything else receives a `Settings` instance; no other module reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CORS_ORIGINS = ("http://localhost:3000", "http://localhost:3001")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=True)
+
+    # storage and bus
+    DATABASE_URL: str = "sqlite:///./data/workspace-server.db"
+    REDIS_URL: str = ""  # empty: in-process bus and caches
+    DATA_DIR: Path = Path("./data")
+
+    # listening
+    HOST: str = "127.0.0.1"
+    PORT: int = 8080
+    PLATFORM_URL: str = ""
+    EXTERNAL_PLATFORM_URL: str = ""
+
+    # modes and credentials
+    MOLECULE_ENV: str = ""
+    ADMIN_TOKEN: str = ""
+    SECRETS_ENCRYPTION_KEY: str = ""
+    MOLECULE_ORG_ID: str = ""
+    MOLECULE_ORG_SLUG: str = ""
+    MOLECULE_DEPLOY_MODE: str = ""
+    MOLECULE_ENABLE_TEST_TOKENS: str = ""
+    CP_UPSTREAM_URL: str = ""
+    CANVAS_PROXY_URL: str = ""
+    CORS_ORIGINS: str = ""
+    RATE_LIMIT: str = "600"
+
+    # workspaces
+    WORKSPACE_BACKEND: Literal["auto", "docker", "process", "none"] = "auto"
+    CONFIGS_DIR: str = ""
+    WORKSPACE_DIR: str = ""
+
+    # sweepers and timeouts (seconds unless named otherwise)
+    PROVISION_TIMEOUT_SECONDS: str = ""
+    REMOTE_LIVENESS_STALE_AFTER: str = "90"
+    LIVENESS_TTL_SECONDS: int = 180
+    LIVENESS_SWEEP_INTERVAL: float = 10.0
+    PROVISION_SWEEP_INTERVAL: float = 30.0
+    ACTIVITY_RETENTION_DAYS: str = "7"
+    ACTIVITY_CLEANUP_INTERVAL_HOURS: str = "6"
+    A2A_IDLE_TIMEOUT_SECONDS: int = 300
+
+    # request limits
+    MAX_BODY_BYTES: int = Field(default=10 * 1024 * 1024)
+
+    @field_validator("PORT", mode="before")
+    @classmethod
+    def _port(cls, v: object) -> object:
+        return v or 8080
+
+    # ---- derived facts (one place decides each) ----
+
+    @property
+    def env_name(self) -> str:
+        return self.MOLECULE_ENV.strip().lower()
+
+    @property
+    def is_production(self) -> bool:
+        return self.env_name in ("prod", "production")
+
+    @property
+    def dev_mode_fail_open(self) -> bool:
+        """Spec 03 §3: dev mode iff ADMIN_TOKEN is empty and MOLECULE_ENV is dev/development."""
+        return not self.ADMIN_TOKEN and self.env_name in ("dev", "development")
+
+    @property
+    def saas_mode(self) -> bool:
+        mode = self.MOLECULE_DEPLOY_MODE.strip().lower()
+        if mode:
+            return mode == "saas"
+        return bool(self.MOLECULE_ORG_ID.strip())
+
+    @property
+    def test_tokens_enabled(self) -> bool:
+        # DECIDE (spec 06 §6): "prod" and "production" both count as production here, as in crypto.
+        return self.MOLECULE_ENABLE_TEST_TOKENS == "1" or not self.is_production
+
+    @property
+    def cors_origins(self) -> list[str]:
+        raw = [o.strip().lower() for o in self.CORS_ORIGINS.split(",") if o.strip()]
+        return raw or list(DEFAULT_CORS_ORIGINS)
+
+    @property
+    def rate_limit(self) -> int:
+        try:
+            n = int(self.RATE_LIMIT)
+        except ValueError:
+            return 600
+        return n if n > 0 else 600
+
+    @property
+    def provision_timeout_override(self) -> int | None:
+        try:
+            n = int(self.PROVISION_TIMEOUT_SECONDS)
+        except ValueError:
+            return None
+        return n if n > 0 else None
+
+    @property
+    def remote_liveness_stale_after(self) -> int:
+        try:
+            n = int(self.REMOTE_LIVENESS_STALE_AFTER)
+        except ValueError:
+            return 90
+        return n if n > 0 else 90
+
+    @property
+    def activity_retention_days(self) -> int:
+        try:
+            n = int(self.ACTIVITY_RETENTION_DAYS)
+        except ValueError:
+            return 7
+        return n if n > 0 else 7
+
+    @property
+    def activity_cleanup_interval_seconds(self) -> float:
+        try:
+            n = float(self.ACTIVITY_CLEANUP_INTERVAL_HOURS)
+        except ValueError:
+            return 6 * 3600.0
+        return n * 3600.0 if n > 0 else 6 * 3600.0
+
+    @property
+    def platform_url(self) -> str:
+        return self.PLATFORM_URL or f"http://host.docker.internal:{self.PORT}"
+
+    @property
+    def configs_dir(self) -> Path:
+        if self.CONFIGS_DIR:
+            return Path(self.CONFIGS_DIR).resolve()
+        for cand in ("workspace-configs-templates", "../workspace-configs-templates"):
+            p = Path(cand)
+            if p.is_dir() and any((d / "config.yaml").is_file() for d in p.iterdir() if d.is_dir()):
+                return p.resolve()
+        return Path("workspace-configs-templates").resolve()

@@ -1,0 +1,40 @@
+"""The process-wide objects a request or loop needs, built once at start-up and passed around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from workspace_server.common.kv import KV
+from workspace_server.config import Settings
+from workspace_server.events.bus import Bus
+from workspace_server.events.service import EventService
+from workspace_server.workspaces.lifecycle import Lifecycle
+
+if TYPE_CHECKING:
+    from workspace_server.events.hub import Hub
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: AsyncEngine
+    bus: Bus
+    events: EventService
+    lifecycle: Lifecycle
+    kv: KV
+    hub: Hub
+    http: httpx.AsyncClient
+    redis: Any | None = None
+    # workspace id -> capabilities/idle timeout reported on the last heartbeat (spec 04 §0)
+    runtime_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx

@@ -1,0 +1,58 @@
+"""Engine construction from DATABASE_URL (sqlite:///path, postgres://…, postgresql://…)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def async_url(database_url: str) -> str:
+    """Map the reference's URL forms onto SQLAlchemy async driver URLs."""
+    url = database_url.strip()
+    if url.startswith("sqlite"):
+        rest = url.split(":", 1)[1]
+        return "sqlite+aiosqlite:" + rest
+    for prefix in ("postgres://", "postgresql://", "postgresql+asyncpg://"):
+        if url.startswith(prefix):
+            parts = urlsplit("postgresql+asyncpg://" + url[len(prefix) :])
+            # asyncpg spells libpq's sslmode as ssl
+            query = [(("ssl" if k == "sslmode" else k), v) for k, v in parse_qsl(parts.query)]
+            query = [(k, v) for k, v in query if not (k == "ssl" and v == "disable")]
+            return urlunsplit(parts._replace(query=urlencode(query)))
+    raise ValueError("DATABASE_URL must start with sqlite://, postgres:// or postgresql://")
+
+
+def sync_url(database_url: str) -> str:
+    """A synchronous URL for Alembic (sqlite3 / the same asyncpg via run_sync is used instead)."""
+    return async_url(database_url)
+
+
+def make_engine(database_url: str) -> AsyncEngine:
+    url = async_url(database_url)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs.update(pool_size=20, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        _sqlite_pragmas(engine)
+    return engine
+
+
+def _sqlite_pragmas(engine: AsyncEngine) -> None:
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()

@@ -1,0 +1,185 @@
+"""All tables. One Alembic revision per schema change lives in migrations/versions.
+
+Ids are UUID strings in String(36) columns: identical on SQLite and Postgres, and every route validates
+the UUID form before it reaches SQL (upstream let non-UUID ids hit Postgres and answered 500; spec 01 §6).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from workspace_server.db.types import JSONType, UTCDateTime
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID = sa.String(36)
+
+WORKSPACE_STATUSES = (
+    "provisioning",
+    "online",
+    "offline",
+    "degraded",
+    "failed",
+    "removed",
+    "paused",
+    "hibernating",
+    "hibernated",
+    "awaiting_agent",
+)
+
+
+def _now() -> sa.TextClause:
+    return sa.text("CURRENT_TIMESTAMP")
+
+
+def _ws_fk(ondelete: str = "CASCADE") -> sa.ForeignKey:
+    return sa.ForeignKey("workspaces.id", ondelete=ondelete)
+
+
+workspaces = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("role", sa.Text),
+    sa.Column("tier", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("status", sa.String(32), nullable=False, server_default="provisioning"),
+    sa.Column("source_bundle_id", sa.Text),
+    sa.Column("agent_card", JSONType),
+    sa.Column("url", sa.Text),
+    sa.Column("parent_id", ID, _ws_fk("SET NULL")),
+    sa.Column("forwarded_to", ID, _ws_fk("SET NULL")),
+    sa.Column("last_heartbeat_at", UTCDateTime),
+    sa.Column("last_error_rate", sa.Float, nullable=False, server_default="0"),
+    sa.Column("last_sample_error", sa.Text),
+    sa.Column("active_tasks", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("uptime_seconds", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("current_task", sa.Text),
+    sa.Column("awareness_namespace", sa.Text),
+    sa.Column("runtime", sa.Text, nullable=False, server_default="langgraph"),
+    sa.Column("workspace_dir", sa.Text),
+    sa.Column("workspace_access", sa.String(20), nullable=False, server_default="none"),
+    sa.Column("budget_limit", sa.BigInteger),
+    sa.Column("monthly_spend", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("hibernation_idle_minutes", sa.Integer),
+    sa.Column("idle_since", UTCDateTime),
+    sa.Column("last_outbound_at", UTCDateTime),
+    sa.Column("max_concurrent_tasks", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("instance_id", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.CheckConstraint(
+        "status IN (" + ",".join(f"'{s}'" for s in WORKSPACE_STATUSES) + ")", name="status_valid"
+    ),
+    sa.CheckConstraint("workspace_access IN ('none','read_only','read_write')", name="access_valid"),
+    sa.Index("ix_workspaces_parent_id", "parent_id"),
+    sa.Index("ix_workspaces_status", "status"),
+)
+
+canvas_layouts = sa.Table(
+    "canvas_layouts",
+    metadata,
+    sa.Column("workspace_id", ID, _ws_fk(), primary_key=True),
+    sa.Column("x", sa.Float, nullable=False, server_default="0"),
+    sa.Column("y", sa.Float, nullable=False, server_default="0"),
+    sa.Column("collapsed", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+canvas_viewport = sa.Table(
+    "canvas_viewport",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("x", sa.Float, nullable=False, server_default="0"),
+    sa.Column("y", sa.Float, nullable=False, server_default="0"),
+    sa.Column("zoom", sa.Float, nullable=False, server_default="1"),
+    sa.Column("saved_at", UTCDateTime, nullable=False, server_default=_now()),
+)
+
+workspace_config = sa.Table(
+    "workspace_config",
+    metadata,
+    sa.Column("workspace_id", ID, _ws_fk(), primary_key=True),
+    sa.Column("data", JSONType, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+)
+
+structure_events = sa.Table(
+    "structure_events",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("workspace_id", ID),  # no FK: the trail outlives purged workspaces
+    sa.Column("agent_id", ID),
+    sa.Column("target_id", ID),
+    sa.Column("payload", JSONType),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Index("ix_structure_events_workspace_id_created_at", "workspace_id", "created_at"),
+    sa.Index("ix_structure_events_created_at", "created_at"),
+)
+
+activity_logs = sa.Table(
+    "activity_logs",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Column("activity_type", sa.Text, nullable=False),
+    # source/target are free text: system callers (`system:…`) are not UUIDs (spec 04 §8.5)
+    sa.Column("source_id", sa.Text),
+    sa.Column("target_id", sa.Text),
+    sa.Column("method", sa.Text),
+    sa.Column("summary", sa.Text),
+    sa.Column("request_body", JSONType),
+    sa.Column("response_body", JSONType),
+    sa.Column("duration_ms", sa.Integer),
+    sa.Column("status", sa.Text, nullable=False, server_default="ok"),
+    sa.Column("error_detail", sa.Text),
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("tool_trace", JSONType),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Index("ix_activity_logs_ws_type_created", "workspace_id", "activity_type", "created_at"),
+    sa.Index("ix_activity_logs_created_at", "created_at"),
+)
+
+workspace_auth_tokens = sa.Table(
+    "workspace_auth_tokens",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Column("token_hash", sa.LargeBinary(32), nullable=False, unique=True),
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("last_used_at", UTCDateTime),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Index("ix_workspace_auth_tokens_workspace_id", "workspace_id"),
+)
+
+org_api_tokens = sa.Table(
+    "org_api_tokens",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("token_hash", sa.LargeBinary(32), nullable=False, unique=True),
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("name", sa.Text),
+    sa.Column("created_by", sa.Text),
+    sa.Column("org_id", ID, _ws_fk("SET NULL")),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("last_used_at", UTCDateTime),
+    sa.Column("revoked_at", UTCDateTime),
+)
+
+# One row per background duty; whoever holds an unexpired lease runs it (DESIGN §6).
+leader_leases = sa.Table(
+    "leader_leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,137 @@
+"""Event fan-out: in-process, or across replicas through Redis pub/sub.
+
+Every server process delivers to its local listeners (WebSocket hub, SSE streams) from exactly one path:
+in-process buses deliver on publish; the Redis bus delivers what its subscriber reads back from
+`events:broadcast`, so an event published by any replica reaches every replica's clients once.
+(Upstream published to Redis but ignored what it read back, so replicas never saw each other's events.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from workspace_server.common.time import rfc3339, utcnow
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "events:broadcast"
+
+
+@dataclass(frozen=True)
+class Event:
+    event: str
+    workspace_id: str | None
+    payload: dict[str, Any] = field(default_factory=dict)
+    timestamp: str = field(default_factory=lambda: rfc3339(utcnow()) or "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "workspace_id": self.workspace_id,
+            "timestamp": self.timestamp,
+            "payload": self.payload,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Event:
+        return cls(
+            event=str(d.get("event", "")),
+            workspace_id=d.get("workspace_id"),
+            payload=d.get("payload") or {},
+            timestamp=str(d.get("timestamp", "")),
+        )
+
+
+Listener = Callable[[Event], None]
+
+
+class Bus(Protocol):
+    def add_listener(self, fn: Listener) -> None: ...
+    def remove_listener(self, fn: Listener) -> None: ...
+    async def publish(self, event: Event) -> None: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class _Listeners:
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, fn: Listener) -> None:
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Listener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(fn)
+
+    def _deliver(self, event: Event) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(event)
+            except Exception:  # a broken listener must not starve the others
+                log.exception("event listener failed")
+
+
+class InProcessBus(_Listeners):
+    async def start(self) -> None:
+        return None
+
+    async def publish(self, event: Event) -> None:
+        self._deliver(event)
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisBus(_Listeners):
+    def __init__(self, redis: Any) -> None:
+        super().__init__()
+        self._redis = redis
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="redis-bus")
+        await asyncio.wait_for(self._ready.wait(), timeout=10)
+
+    async def publish(self, event: Event) -> None:
+        await self._redis.publish(CHANNEL, json.dumps(event.to_dict(), separators=(",", ":")))
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                self._ready.set()
+                backoff = 0.5
+                async for msg in pubsub.listen():
+                    if msg.get("type") != "message":
+                        continue
+                    try:
+                        event = Event.from_dict(json.loads(msg["data"]))
+                    except (ValueError, TypeError):
+                        log.warning("dropping malformed event on %s", CHANNEL)
+                        continue
+                    self._deliver(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("redis event subscription lost; reconnecting")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task

@@ -1,0 +1,47 @@
+"""Record-and-broadcast: the one way events leave the server (spec 04 §3)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from workspace_server.common.ids import new_id
+from workspace_server.common.time import utcnow
+from workspace_server.db.schema import structure_events
+from workspace_server.events.bus import Bus, Event
+
+log = logging.getLogger(__name__)
+
+
+class EventService:
+    def __init__(self, engine: AsyncEngine, bus: Bus) -> None:
+        self.engine = engine
+        self.bus = bus
+
+    async def record(self, event_type: str, workspace_id: str | None, payload: dict[str, Any]) -> None:
+        """Persist then broadcast. A failed insert broadcasts nothing (the trail and the stream agree)."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    sa.insert(structure_events).values(
+                        id=new_id(),
+                        event_type=event_type,
+                        workspace_id=workspace_id,
+                        payload=payload,
+                        created_at=utcnow(),
+                    )
+                )
+        except Exception:
+            log.exception("failed to record event %s for %s", event_type, workspace_id)
+            return
+        await self.broadcast(event_type, workspace_id, payload)
+
+    async def broadcast(self, event_type: str, workspace_id: str | None, payload: dict[str, Any]) -> None:
+        """Broadcast-only events (heartbeats, task updates, activity): WebSocket + SSE, not persisted."""
+        try:
+            await self.bus.publish(Event(event_type, workspace_id, payload))
+        except Exception:
+            log.exception("failed to broadcast event %s", event_type)
