@@ -97,6 +97,7 @@ def _include_routers(app: FastAPI) -> None:
     from workspace_server.activity.routes import router as activity_router
     from workspace_server.bundles.routes import router as bundles_router
     from workspace_server.events.routes import router as events_router
+    from workspace_server.loops.routes import router as loops_router
     from workspace_server.observability.routes import router as observability_router
     from workspace_server.registry.routes import router as registry_router
     from workspace_server.tokens.routes import router as tokens_router
@@ -110,6 +111,7 @@ def _include_routers(app: FastAPI) -> None:
         events_router,
         activity_router,
         bundles_router,
+        loops_router,
     ):
         app.include_router(r)
 
@@ -125,7 +127,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        msg = "not found" if exc.status_code == 404 else (exc.detail if isinstance(exc.detail, str) else "error")
+        msg = (
+            "not found"
+            if exc.status_code == 404
+            else (exc.detail if isinstance(exc.detail, str) else "error")
+        )
         if exc.status_code == 405:  # the reference has no 405: a wrong method is a 404
             return JSONResponse({"error": "not found"}, status_code=404)
         return JSONResponse({"error": msg}, status_code=exc.status_code, headers=exc.headers)

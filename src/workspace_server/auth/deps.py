@@ -142,7 +142,11 @@ async def canvas_or_bearer(request: Request, ctx: Annotated[AppContext, Depends(
             return AuthInfo("workspace_token", workspace_id=ws)
         raise ApiError(401, "invalid admin auth token")
     origin = request.headers.get("origin", "")
-    if origin and origin.strip().lower() in {"http://localhost:3000", "http://localhost:3001", *s.cors_origins}:
+    if origin and origin.strip().lower() in {
+        "http://localhost:3000",
+        "http://localhost:3001",
+        *s.cors_origins,
+    }:
         return AuthInfo("canvas")
     if is_same_origin_canvas(ctx, request):
         return AuthInfo("canvas")

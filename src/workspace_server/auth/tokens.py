@@ -36,7 +36,11 @@ async def issue_workspace_token(conn: AsyncConnection, ws_id: str) -> str:
     token = generate_token()
     await conn.execute(
         sa.insert(workspace_auth_tokens).values(
-            id=new_id(), workspace_id=ws_id, token_hash=hash_token(token), prefix=token[:8], created_at=utcnow()
+            id=new_id(),
+            workspace_id=ws_id,
+            token_hash=hash_token(token),
+            prefix=token[:8],
+            created_at=utcnow(),
         )
     )
     return token
@@ -68,7 +72,9 @@ async def has_live_token(conn: AsyncConnection, ws_id: str) -> bool:
 
 async def any_live_token(conn: AsyncConnection) -> bool:
     t = workspace_auth_tokens
-    return (await conn.execute(sa.select(t.c.id).where(t.c.revoked_at.is_(None)).limit(1))).first() is not None
+    return (
+        await conn.execute(sa.select(t.c.id).where(t.c.revoked_at.is_(None)).limit(1))
+    ).first() is not None
 
 
 async def revoke_workspace_tokens(conn: AsyncConnection, ws_ids: list[str]) -> None:

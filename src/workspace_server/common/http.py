@@ -15,7 +15,9 @@ M = TypeVar("M", bound=BaseModel)
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 
 
-async def read_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY, too_large_msg: str | None = None) -> bytes:
+async def read_body(
+    request: Request, max_bytes: int = DEFAULT_MAX_BODY, too_large_msg: str | None = None
+) -> bytes:
     """Read the body with a hard cap; over the cap is 413 without buffering the rest."""
     declared = request.headers.get("content-length")
     msg = too_large_msg or "request body too large"
