@@ -39,7 +39,7 @@ class Lifecycle:
         emit_always: bool = False,
         conn: AsyncConnection | None = None,
     ) -> bool:
-        """Set status `to` when the current status is in `expect` (or not in `not_in`). Returns True if it changed."""
+        """Set status `to` if the current status is in `expect` (or not in `not_in`); True if it changed."""
         stmt = sa.update(workspaces).where(workspaces.c.id == ws_id)
         if expect is not None:
             stmt = stmt.where(workspaces.c.status.in_(list(expect)))
