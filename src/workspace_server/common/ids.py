@@ -12,8 +12,8 @@ def new_id() -> str:
 def parse_uuid(raw: str) -> str | None:
     """Canonical lowercase form of a UUID string, or None when it is not one.
 
-    Only the canonical 36-char hyphenated form is accepted, as Go's uuid.Parse on these routes effectively does
-    for the cases upstream tests pin (`not-a-uuid`, `ws-123`, traversal, truncated UUIDs).
+    Only the canonical 36-char hyphenated form is accepted; that rejects every case upstream tests pin
+    (`not-a-uuid`, `ws-123`, traversal strings, truncated UUIDs) and admits the nil UUID.
     """
     if len(raw) != 36:
         return None
