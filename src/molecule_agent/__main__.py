@@ -1,0 +1,3 @@
+from molecule_agent.main import main
+
+main()
