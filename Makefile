@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench-heartbeat clean
+.PHONY: run test lint runtime-image bench-heartbeat clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+runtime-image:
+	bash images/build-runtime-image.sh
 
 bench-heartbeat: $(STAMP)
 	$(BIN)/python bench/heartbeat.py
