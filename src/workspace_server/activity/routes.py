@@ -1,3 +1,50 @@
-from fastapi import APIRouter
+"""Activity routes (spec 04 §4): `GET|POST /workspaces/:id/activity`, `POST /workspaces/:id/notify`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from workspace_server.activity import service
+from workspace_server.activity.schemas import ActivityReport, NotifyBody
+from workspace_server.auth.deps import Ctx, WorkspaceAuth
+from workspace_server.common.http import parse_model, read_json, read_model
+from workspace_server.common.ids import parse_uuid
 
 router = APIRouter()
+
+
+def _workspace_id(raw: str) -> str:
+    """Canonical (lowercase) form of a UUID; anything else is kept and simply matches no row.
+
+    The reference hands a malformed id to Postgres and answers 500; here it lists nothing, logs nothing
+    (the insert's foreign key fails, still 200 as the reference) and notifies nobody (404).
+    """
+    return parse_uuid(raw) or raw
+
+
+@router.get("/workspaces/{id}/activity")
+async def list_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    ws_id = _workspace_id(id)
+    q = request.query_params
+    items = await service.list_activity(
+        ctx.engine, ws_id, q.get("type"), q.get("source"), service.parse_limit(q.get("limit"))
+    )
+    return JSONResponse(items)
+
+
+@router.post("/workspaces/{id}/activity")
+async def report_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    ws_id = _workspace_id(id)
+    body = await read_model(request, ActivityReport)
+    await service.report_activity(ctx.engine, ctx.events, ws_id, body)
+    return JSONResponse({"status": "logged"})
+
+
+@router.post("/workspaces/{id}/notify")
+async def notify(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    ws_id = _workspace_id(id)
+    data = await read_json(request, "message is required")
+    body = parse_model(NotifyBody, data, "message is required")
+    await service.notify(ctx.engine, ctx.events, ws_id, body)
+    return JSONResponse({"status": "sent"})

@@ -48,6 +48,11 @@ class Event:
         )
 
 
+def encode(event: Event) -> str:
+    """Compact JSON of the wire frame `{"event","workspace_id","timestamp","payload"}` (UTF-8 kept, as Go)."""
+    return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
 Listener = Callable[[Event], None]
 
 
@@ -101,7 +106,12 @@ class RedisBus(_Listeners):
         await asyncio.wait_for(self._ready.wait(), timeout=10)
 
     async def publish(self, event: Event) -> None:
-        await self._redis.publish(CHANNEL, json.dumps(event.to_dict(), separators=(",", ":")))
+        try:
+            await self._redis.publish(CHANNEL, encode(event))
+        except Exception:
+            # Redis down: other replicas miss this event, but this replica's own clients still get it.
+            log.exception("redis publish failed; delivering %s locally only", event.event)
+            self._deliver(event)
 
     async def _run(self) -> None:
         backoff = 0.5
