@@ -111,6 +111,20 @@ workspace_config = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
 )
 
+# Per-workspace secrets (spec 05 §1). encryption_version: 0 plaintext, 1 AES-256-GCM (secrets/crypto.py).
+workspace_secrets = sa.Table(
+    "workspace_secrets",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("encrypted_value", sa.LargeBinary, nullable=False),
+    sa.Column("encryption_version", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.UniqueConstraint("workspace_id", "key"),
+)
+
 structure_events = sa.Table(
     "structure_events",
     metadata,
@@ -182,4 +196,70 @@ leader_leases = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("holder", sa.String(64), nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# ---- A2A (spec 04 §1.7, §2; spec 01 §1.2) ----
+
+_ACTIVE_QUEUE_KEY = "idempotency_key IS NOT NULL AND status IN ('queued','dispatched')"
+A2A_QUEUE_STATUSES = ("queued", "dispatched", "completed", "dropped", "failed")
+
+# Messages for a busy target, drained on heartbeats with spare capacity (a2a/queue.py).
+a2a_queue = sa.Table(
+    "a2a_queue",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Column("caller_id", sa.Text),  # text: system callers are not UUIDs (spec 04 §8.5)
+    sa.Column("priority", sa.SmallInteger, nullable=False, server_default="50"),
+    sa.Column("body", JSONType, nullable=False),
+    sa.Column("method", sa.Text),
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("enqueued_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("dispatched_at", UTCDateTime),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(16), nullable=False, server_default="queued"),
+    sa.Column("last_error", sa.Text),
+    sa.CheckConstraint(
+        "status IN (" + ",".join(f"'{s}'" for s in A2A_QUEUE_STATUSES) + ")", name="status_valid"
+    ),
+    sa.Index("ix_a2a_queue_claim", "workspace_id", "status", "priority", "enqueued_at"),
+    sa.Index(
+        "uq_a2a_queue_active_key",
+        "workspace_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=sa.text(_ACTIVE_QUEUE_KEY),
+        sqlite_where=sa.text(_ACTIVE_QUEUE_KEY),
+    ),
+)
+
+# Daily LLM token usage reported in A2A replies (spec 01 §3 metrics; written by the A2A proxy).
+workspace_token_usage = sa.Table(
+    "workspace_token_usage",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Column("period_start", UTCDateTime, nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("call_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column(
+        "estimated_cost_usd",
+        sa.Numeric(12, 6, asdecimal=False).with_variant(sa.Float(), "sqlite"),
+        nullable=False,
+        server_default="0",
+    ),
+    sa.UniqueConstraint("workspace_id", "period_start"),
+)
+
+# Delegation idempotency (spec 04 §2): one row per (workspace, key) when a key is set.
+sa.Index(
+    "uq_activity_logs_ws_idempotency_key",
+    activity_logs.c.workspace_id,
+    activity_logs.c.idempotency_key,
+    unique=True,
+    postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    sqlite_where=sa.text("idempotency_key IS NOT NULL"),
 )

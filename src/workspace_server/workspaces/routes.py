@@ -1,3 +1,170 @@
-from fastapi import APIRouter
+"""HTTP for workspaces core (spec 01 §3): parse, authorise, call WorkspaceService, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from workspace_server.auth.deps import AdminAuth, CanvasOrBearer, Ctx, WorkspaceAuth
+from workspace_server.common.errors import ApiError
+from workspace_server.common.http import bearer_token, parse_model, read_body
+from workspace_server.common.ids import parse_uuid
+from workspace_server.common.jsonnum import contains_nul, loads_strict
+from workspace_server.config import Settings
+from workspace_server.workspaces.schemas import CreateWorkspace, as_number
+from workspace_server.workspaces.service import WorkspaceService
 
 router = APIRouter()
+
+CONFIG_PATCH_MAX_BYTES = 256 * 1024
+
+
+async def _json_body(request: Request, error: str, max_bytes: int) -> Any:
+    """The decoded body, or ApiError(400, error) for anything Go's decoder would refuse."""
+    raw = await read_body(request, max_bytes)
+    try:
+        return loads_strict(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, error) from None
+
+
+async def _json_object(request: Request, error: str, max_bytes: int) -> dict[str, Any]:
+    data = await _json_body(request, error, max_bytes)
+    if not isinstance(data, dict):
+        raise ApiError(400, error)
+    return data
+
+
+def _valid_id(raw: str) -> str:
+    ws_id = parse_uuid(raw)
+    if ws_id is None:  # #687: garbage ids are a 400 before any SQL
+        raise ApiError(400, "invalid workspace ID")
+    return ws_id
+
+
+def external_platform_url(settings: Settings, request: Request) -> str:
+    """Where an external agent reaches this server: EXTERNAL_PLATFORM_URL, else the request's own origin."""
+    url = settings.EXTERNAL_PLATFORM_URL
+    if not url:
+        scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
+        host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
+        url = f"{scheme}://{host}"
+    return url.removesuffix("/")
+
+
+# ---- collection ----
+
+
+@router.post("/workspaces")
+async def create_workspace(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
+    data = await _json_object(request, "invalid workspace payload", ctx.settings.MAX_BODY_BYTES)
+    payload = parse_model(CreateWorkspace, data, "invalid workspace payload")
+    body = await WorkspaceService(ctx).create(payload, external_platform_url(ctx.settings, request))
+    return JSONResponse(body, status_code=201)
+
+
+@router.get("/workspaces")
+async def list_workspaces(ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
+    return JSONResponse(await WorkspaceService(ctx).list_views())
+
+
+# ---- one workspace ----
+
+
+@router.get("/workspaces/{id}")
+async def get_workspace(id: str, ctx: Ctx) -> JSONResponse:
+    return JSONResponse(await WorkspaceService(ctx).get_view(_valid_id(id)))
+
+
+@router.patch("/workspaces/{id}")
+async def update_workspace(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
+    ws_id = _valid_id(id)
+    raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)
+    body: dict[str, Any] | None
+    try:
+        decoded = loads_strict(raw)
+        body = decoded if isinstance(decoded, dict) else None
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    return JSONResponse(await WorkspaceService(ctx).update(ws_id, body))
+
+
+@router.delete("/workspaces/{id}")
+async def delete_workspace(id: str, request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
+    ws_id = _valid_id(id)
+    q = request.query_params
+    body = await WorkspaceService(ctx).delete(
+        ws_id, confirm=q.get("confirm") == "true", purge=q.get("purge") == "true"
+    )
+    return JSONResponse(body)
+
+
+@router.get("/workspaces/{id}/state")
+async def workspace_state(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
+    status, body = await WorkspaceService(ctx).state(id, bearer_token(request))
+    return JSONResponse(body, status_code=status)
+
+
+@router.get("/workspaces/{id}/config")
+async def get_config(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
+    return JSONResponse(await WorkspaceService(ctx).get_config(id))
+
+
+@router.patch("/workspaces/{id}/config")
+async def patch_config(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
+    try:
+        raw = await read_body(request, CONFIG_PATCH_MAX_BYTES, "body too large or unreadable")
+    except ClientDisconnect:
+        raise ApiError(413, "body too large or unreadable") from None
+    try:
+        data = loads_strict(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid JSON") from None
+    # only an object can be merged key by key; NUL cannot be stored in JSONB
+    if not isinstance(data, dict) or contains_nul(data):
+        raise ApiError(400, "invalid JSON")
+    return JSONResponse(await WorkspaceService(ctx).patch_config(id, data))
+
+
+@router.get("/workspaces/{id}/budget")
+async def get_budget(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
+    return JSONResponse(await WorkspaceService(ctx).get_budget(id))
+
+
+@router.patch("/workspaces/{id}/budget")
+async def patch_budget(id: str, request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
+    body = await _json_object(request, "invalid request body", ctx.settings.MAX_BODY_BYTES)
+    return JSONResponse(await WorkspaceService(ctx).patch_budget(id, body))
+
+
+@router.post("/admin/workspaces/{id}/bootstrap-failed")
+async def bootstrap_failed(id: str, request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
+    body = await _json_object(request, "invalid request body", ctx.settings.MAX_BODY_BYTES)
+    error, tail = body.get("error"), body.get("log_tail")
+    if not isinstance(error, str | None) or not isinstance(tail, str | None):
+        raise ApiError(400, "invalid request body")
+    return JSONResponse(await WorkspaceService(ctx).bootstrap_failed(id, error or "", tail or ""))
+
+
+# ---- canvas viewport ----
+
+
+@router.get("/canvas/viewport")
+async def get_viewport(ctx: Ctx) -> JSONResponse:
+    return JSONResponse(await WorkspaceService(ctx).get_viewport())
+
+
+@router.put("/canvas/viewport")
+async def save_viewport(request: Request, ctx: Ctx, _auth: CanvasOrBearer) -> JSONResponse:
+    body = await _json_object(request, "invalid viewport data", ctx.settings.MAX_BODY_BYTES)
+    coords: list[float] = []
+    for key in ("x", "y", "zoom"):
+        value = body.get(key)
+        n = 0.0 if value is None else as_number(value)
+        if n is None:
+            raise ApiError(400, "invalid viewport data")
+        coords.append(n)
+    return JSONResponse(await WorkspaceService(ctx).save_viewport(*coords))

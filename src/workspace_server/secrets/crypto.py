@@ -1,0 +1,100 @@
+"""Secret encryption at rest (spec 05 §1): AES-256-GCM, 12-byte random nonce prefixed, no AAD.
+
+`SECRETS_ENCRYPTION_KEY` is standard base64 of exactly 32 bytes; only when it is not valid base64 and is
+itself 32 bytes long is the raw string used. Anything else disables encryption with a warning: rows are
+then written with `encryption_version=0` (plaintext). Each row records its version, so turning a key on
+later does not break rows written before (#85). Refusing to start in production without a key is the
+server start-up's job, not this module's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import threading
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from workspace_server.config import Settings
+
+log = logging.getLogger(__name__)
+
+VERSION_PLAINTEXT = 0
+VERSION_AES_GCM = 1
+NONCE_BYTES = 12
+KEY_BYTES = 32
+
+
+class DecryptError(Exception):
+    """The stored value cannot be turned back into plaintext (no key, wrong key, corrupt, unknown version)."""
+
+
+def parse_key(raw: str) -> bytes | None:
+    """The 32-byte key `raw` denotes, or None (encryption disabled)."""
+    if not raw:
+        return None
+    try:
+        decoded = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        encoded = raw.encode()
+        return encoded if len(encoded) == KEY_BYTES else None
+    # valid base64 of the wrong length is not retried as a raw key (a 32-char base64 string is 24 bytes)
+    return decoded if len(decoded) == KEY_BYTES else None
+
+
+class SecretsCrypto:
+    def __init__(self, key: bytes | None) -> None:
+        self._aead = AESGCM(key) if key else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._aead is not None
+
+    @property
+    def version(self) -> int:
+        """The encryption_version a writer stores for a value encrypted now."""
+        return VERSION_AES_GCM if self._aead else VERSION_PLAINTEXT
+
+    def encrypt(self, plaintext: bytes) -> tuple[bytes, int]:
+        """(stored bytes, encryption_version)."""
+        if self._aead is None:
+            return plaintext, VERSION_PLAINTEXT
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, plaintext, None), VERSION_AES_GCM
+
+    def decrypt(self, stored: bytes, version: int) -> bytes:
+        if version == VERSION_PLAINTEXT:
+            return stored  # historical plaintext rows stay readable after a key is configured
+        if version != VERSION_AES_GCM:
+            raise DecryptError(f"unknown encryption_version {version}")
+        if self._aead is None:
+            raise DecryptError("value is encrypted but no SECRETS_ENCRYPTION_KEY is configured")
+        if len(stored) < NONCE_BYTES + 16:
+            raise DecryptError("ciphertext too short")
+        try:
+            return self._aead.decrypt(stored[:NONCE_BYTES], stored[NONCE_BYTES:], None)
+        except InvalidTag:
+            raise DecryptError("authentication failed") from None
+
+
+_cache: dict[str, SecretsCrypto] = {}
+_lock = threading.Lock()
+
+
+def crypto_for(settings: Settings) -> SecretsCrypto:
+    """One SecretsCrypto per configured key; warns once when encryption is disabled."""
+    raw = settings.SECRETS_ENCRYPTION_KEY
+    with _lock:
+        found = _cache.get(raw)
+        if found is None:
+            key = parse_key(raw)
+            if key is None:
+                log.warning(
+                    "SECRETS_ENCRYPTION_KEY is %s; secrets are stored unencrypted (encryption_version=0)",
+                    "unset" if not raw else "not base64 of 32 bytes nor a 32-byte string",
+                )
+            found = _cache[raw] = SecretsCrypto(key)
+        return found
