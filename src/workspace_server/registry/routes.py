@@ -1,3 +1,108 @@
-from fastapi import APIRouter
+"""`/registry/*`: agent registration, heartbeats, agent cards, discovery (spec 03 §1).
 
-router = APIRouter()
+No route middleware: each handler authenticates in-handler as the reference does (the grandfather rule
+for register/heartbeat/update-card; `validate_discovery_caller` for discovery and peers; none for
+check-access).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from workspace_server.auth.deps import Ctx, grandfathered_caller
+from workspace_server.auth.ssrf import UnsafeURL, validate_agent_url
+from workspace_server.common.errors import ApiError
+from workspace_server.common.http import bearer_token, read_model
+from workspace_server.common.ids import parse_uuid
+from workspace_server.registry import service
+from workspace_server.registry.schemas import (
+    CheckAccessRequest,
+    HeartbeatRequest,
+    RegisterRequest,
+    UpdateCardRequest,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/registry", tags=["registry"])
+
+INVALID_BODY = "invalid request body"
+
+
+def _workspace_id(raw: str) -> str:
+    """Body ids must be UUIDs; anything else is a bad body (upstream let Postgres 500 on it)."""
+    ws_id = parse_uuid(raw)
+    if ws_id is None:
+        raise ApiError(400, INVALID_BODY)
+    return ws_id
+
+
+def _path_id(raw: str) -> str:
+    """Canonical form when it is a UUID; otherwise as given (it then matches no row)."""
+    return parse_uuid(raw) or raw
+
+
+@router.post("/register")
+async def register(request: Request, ctx: Ctx) -> JSONResponse:
+    body = await read_model(request, RegisterRequest)
+    ws_id = _workspace_id(body.id)
+    try:
+        await validate_agent_url(body.url, ctx.settings)
+    except UnsafeURL as exc:
+        log.warning("registry: rejected agent url for %s: %s", ws_id, exc)
+        raise ApiError(400, INVALID_BODY) from None
+    await grandfathered_caller(ctx, request, ws_id)
+    token = await service.register(ctx, ws_id, body.url, body.agent_card)
+    if token is not None:
+        return JSONResponse({"auth_token": token, "status": "registered"})
+    return JSONResponse({"status": "registered"})
+
+
+@router.post("/heartbeat")
+async def heartbeat(request: Request, ctx: Ctx) -> JSONResponse:
+    body = await read_model(request, HeartbeatRequest)
+    ws_id = _workspace_id(body.workspace_id)
+    await grandfathered_caller(ctx, request, ws_id)
+    await service.heartbeat(ctx, ws_id, body)
+    return JSONResponse({"status": "ok"})
+
+
+@router.post("/update-card")
+async def update_card(request: Request, ctx: Ctx) -> JSONResponse:
+    body = await read_model(request, UpdateCardRequest)
+    ws_id = _workspace_id(body.workspace_id)
+    await grandfathered_caller(ctx, request, ws_id)
+    await service.update_card(ctx, ws_id, body.agent_card)
+    return JSONResponse({"status": "updated"})
+
+
+@router.get("/discover/{target_id}")
+async def discover(target_id: str, request: Request, ctx: Ctx) -> JSONResponse:
+    caller = request.headers.get("x-workspace-id", "")
+    if not caller:
+        raise ApiError(400, "X-Workspace-ID header is required")
+    caller = _path_id(caller)
+    await service.validate_discovery_caller(
+        ctx, caller, bearer=bearer_token(request), cookie=request.headers.get("cookie", "")
+    )
+    return JSONResponse(await service.discover(ctx, caller, _path_id(target_id)))
+
+
+@router.get("/{ws_id}/peers")
+async def peers(ws_id: str, request: Request, ctx: Ctx, q: str = "") -> JSONResponse:
+    ws_id = _path_id(ws_id)
+    await service.validate_discovery_caller(
+        ctx, ws_id, bearer=bearer_token(request), cookie=request.headers.get("cookie", "")
+    )
+    return JSONResponse(await service.peers(ctx, ws_id, q))
+
+
+@router.post("/check-access")
+async def check_access(request: Request, ctx: Ctx) -> JSONResponse:
+    # Unauthenticated as in the reference (spec 03 §1.7); see docs/decisions.md "registry".
+    body = await read_model(request, CheckAccessRequest)
+    allowed = await service.check_access(ctx, _path_id(body.caller_id), _path_id(body.target_id))
+    return JSONResponse({"allowed": allowed})

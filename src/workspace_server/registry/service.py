@@ -1,0 +1,380 @@
+"""Registry rules: register, heartbeat, agent card, discovery, peers (spec 03 §1).
+
+No HTTP here: routes parse and authenticate, then call these. Errors leave as `ApiError` with the
+reference's exact messages; driver text never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+from workspace_server.auth import tokens
+from workspace_server.auth.session import verify_cp_session
+from workspace_server.auth.ssrf import is_safe_url
+from workspace_server.common.errors import ApiError
+from workspace_server.common.kv import (
+    URL_TTL,
+    clear_workspace_keys,
+    internal_url_key,
+    liveness_key,
+    url_key,
+)
+from workspace_server.common.time import utcnow
+from workspace_server.context import AppContext
+from workspace_server.registry import store
+from workspace_server.registry.access import can_communicate
+from workspace_server.registry.schemas import HeartbeatRequest, RuntimeMetadata
+
+log = logging.getLogger(__name__)
+
+DEGRADE_ERROR_RATE = 0.5  # >= degrades (the docs' "> 0.5" is stale)
+RECOVER_ERROR_RATE = 0.1  # < recovers, with an empty runtime_state
+DEFAULT_RUNTIME = "langgraph"
+
+# Background drain tasks, referenced so the loop does not garbage-collect them mid-flight.
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _num(x: float) -> float | int:
+    """Go marshals float64(1) as `1`; keep whole numbers integral on the wire."""
+    return int(x) if x.is_integer() else x
+
+
+# ---- runtime overrides (spec 04 §0): read by the A2A proxy and the idle timer ----
+
+
+def capabilities(ctx: AppContext, ws_id: str) -> dict[str, bool]:
+    caps = ctx.runtime_overrides.get(ws_id, {}).get("capabilities")
+    return dict(caps) if isinstance(caps, dict) else {}
+
+
+def has_capability(ctx: AppContext, ws_id: str, name: str) -> bool:
+    return bool(capabilities(ctx, ws_id).get(name))
+
+
+def idle_timeout_override(ctx: AppContext, ws_id: str) -> int | None:
+    value = ctx.runtime_overrides.get(ws_id, {}).get("idle_timeout_seconds")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _store_overrides(ctx: AppContext, ws_id: str, meta: RuntimeMetadata | None) -> None:
+    if meta is None:
+        ctx.runtime_overrides.pop(ws_id, None)
+        return
+    ctx.runtime_overrides[ws_id] = {
+        "capabilities": dict(meta.capabilities),
+        "idle_timeout_seconds": meta.idle_timeout_seconds or None,
+    }
+
+
+# ---- KV (cache only; failures are logged, never surfaced) ----
+
+
+async def _cache_registration(ctx: AppContext, ws_id: str, host_url: str, internal_url: str) -> None:
+    try:
+        await ctx.kv.set(liveness_key(ws_id), "online", ctx.settings.LIVENESS_TTL_SECONDS)
+        await ctx.kv.set(url_key(ws_id), host_url, URL_TTL)
+        await ctx.kv.set(internal_url_key(ws_id), internal_url, URL_TTL)
+    except Exception:
+        log.exception("registry: caching urls for %s failed", ws_id)
+
+
+async def _refresh_liveness(ctx: AppContext, ws_id: str) -> None:
+    """EXPIRE semantics: extend the key if present; a heartbeat never re-creates it."""
+    key, ttl = liveness_key(ws_id), ctx.settings.LIVENESS_TTL_SECONDS
+    try:
+        expire = getattr(ctx.kv, "expire", None)
+        if callable(expire):
+            await expire(key, ttl)
+        elif ctx.redis is not None:
+            await ctx.redis.expire(key, ttl)
+        else:
+            value = await ctx.kv.get(key)
+            if value is not None:
+                await ctx.kv.set(key, value, ttl)
+    except Exception:
+        log.exception("registry: liveness refresh for %s failed", ws_id)
+
+
+# ---- register ----
+
+
+async def register(ctx: AppContext, ws_id: str, url: str, agent_card: Any) -> str | None:
+    """Upsert and bring online; returns a freshly minted token when the workspace had none.
+
+    A `removed` row stays removed and gets nothing: no cache entries (the A2A proxy trusts a cached
+    url regardless of status), no WORKSPACE_ONLINE, no token that could never validate.
+    """
+    try:
+        async with ctx.engine.begin() as conn:
+            stored = await store.upsert_registration(conn, ws_id, url, agent_card, utcnow())
+    except Exception:
+        log.exception("registry: register upsert failed for %s", ws_id)
+        raise ApiError(500, "registration failed") from None
+    if stored is None:
+        log.warning("registry: register for removed workspace %s ignored", ws_id)
+        return None
+    host_url = stored if stored.startswith(store.PROVISIONER_URL_PREFIX) else url
+    await _cache_registration(ctx, ws_id, host_url, url)
+    try:
+        online = await ctx.lifecycle.transition(
+            ws_id,
+            to="online",
+            not_in=("removed",),
+            event="WORKSPACE_ONLINE",
+            payload={"url": host_url, "agent_card": agent_card},
+        )
+    except Exception:
+        log.exception("registry: register transition failed for %s", ws_id)
+        raise ApiError(500, "registration failed") from None
+    if not online:  # deleted between the upsert and the transition
+        await clear_workspace_keys(ctx.kv, ws_id)
+        return None
+    return await _mint_first_token(ctx, ws_id)
+
+
+async def _mint_first_token(ctx: AppContext, ws_id: str) -> str | None:
+    try:
+        async with ctx.engine.begin() as conn:
+            if await tokens.has_live_token(conn, ws_id):
+                return None
+            return await tokens.issue_workspace_token(conn, ws_id)
+    except Exception:
+        log.exception("registry: token issuance failed for %s", ws_id)
+        return None
+
+
+# ---- heartbeat ----
+
+
+async def heartbeat(ctx: AppContext, ws_id: str, hb: HeartbeatRequest) -> None:
+    try:
+        async with ctx.engine.connect() as conn:
+            snap = await store.heartbeat_snapshot(conn, ws_id)
+        written = False
+        if snap is not None:
+            async with ctx.engine.begin() as conn:
+                written = await store.apply_heartbeat(
+                    conn,
+                    ws_id,
+                    now=utcnow(),
+                    error_rate=hb.error_rate,
+                    sample_error=hb.sample_error,
+                    active_tasks=hb.active_tasks,
+                    uptime_seconds=hb.uptime_seconds,
+                    current_task=hb.current_task,
+                    monthly_spend=store.clamp_spend(hb.monthly_spend),
+                )
+    except Exception:
+        log.exception("registry: heartbeat update failed for %s", ws_id)
+        raise ApiError(500, "failed to update") from None
+    if snap is None or not written:
+        # Unknown or removed: 200 as the reference, but no events and no per-id state, so
+        # unauthenticated heartbeats for made-up ids cannot grow memory or spam the stream.
+        ctx.runtime_overrides.pop(ws_id, None)
+        return
+    await _refresh_liveness(ctx, ws_id)
+    status_mgmt = has_capability(ctx, ws_id, "status_mgmt")  # previous heartbeat's view
+    await _evaluate_status(ctx, ws_id, snap.status, hb, status_mgmt=status_mgmt)
+    if hb.current_task != snap.current_task:
+        await ctx.events.broadcast(
+            "TASK_UPDATED", ws_id, {"active_tasks": hb.active_tasks, "current_task": hb.current_task}
+        )
+    await ctx.events.broadcast(
+        "WORKSPACE_HEARTBEAT",
+        ws_id,
+        {"active_tasks": hb.active_tasks, "uptime_seconds": hb.uptime_seconds},
+    )
+    _store_overrides(ctx, ws_id, hb.runtime_metadata)
+    if hb.active_tasks < max(snap.max_concurrent_tasks, 1):
+        _schedule_drain(ctx, ws_id)
+
+
+async def _evaluate_status(
+    ctx: AppContext, ws_id: str, status: str, hb: HeartbeatRequest, *, status_mgmt: bool
+) -> None:
+    """The heartbeat status table; each row is a compare-and-set, so races resolve to one winner."""
+    moves: list[tuple[str, str, str, dict[str, Any]]] = []  # (expect, to, event, payload)
+    payload: dict[str, Any]
+    if hb.runtime_state == "wedged" and status == "online":
+        payload = {"runtime_state": "wedged", "sample_error": hb.sample_error}
+        moves.append(("online", "degraded", "WORKSPACE_DEGRADED", payload))
+    if not status_mgmt and status == "online" and hb.error_rate >= DEGRADE_ERROR_RATE:
+        payload = {"error_rate": _num(hb.error_rate), "sample_error": hb.sample_error}
+        moves.append(("online", "degraded", "WORKSPACE_DEGRADED", payload))
+    recovered = hb.error_rate < RECOVER_ERROR_RATE and hb.runtime_state == ""
+    if not status_mgmt and status == "degraded" and recovered:
+        moves.append(("degraded", "online", "WORKSPACE_ONLINE", {}))
+    if status == "offline":
+        moves.append(("offline", "online", "WORKSPACE_ONLINE", {}))
+    if status == "provisioning":
+        moves.append(("provisioning", "online", "WORKSPACE_ONLINE", {"recovered_from": "provisioning"}))
+    for expect, to, event, payload in moves:
+        try:
+            await ctx.lifecycle.transition(ws_id, to=to, expect=(expect,), event=event, payload=payload)
+        except Exception:
+            log.exception("registry: heartbeat transition %s->%s failed for %s", expect, to, ws_id)
+
+
+def _schedule_drain(ctx: AppContext, ws_id: str) -> None:
+    """Capacity freed: let the A2A queue (when wired) dispatch one queued item in the background."""
+    hook = ctx.extras.get("queue_drain")
+    if not callable(hook):
+        return
+    try:
+        result = hook(ws_id)
+    except Exception:
+        log.exception("registry: queue drain hook failed for %s", ws_id)
+        return
+    if inspect.isawaitable(result):
+        task = asyncio.ensure_future(result)
+        _background.add(task)
+        task.add_done_callback(_drain_done)
+
+
+def _drain_done(task: asyncio.Task[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("registry: queue drain failed", exc_info=task.exception())
+
+
+# ---- agent card ----
+
+
+async def update_card(ctx: AppContext, ws_id: str, agent_card: Any) -> None:
+    try:
+        async with ctx.engine.begin() as conn:
+            changed = await store.update_agent_card(conn, ws_id, agent_card, utcnow())
+    except Exception:
+        log.exception("registry: update-card failed for %s", ws_id)
+        raise ApiError(500, "failed to update card") from None
+    if changed:
+        await ctx.events.record("AGENT_CARD_UPDATED", ws_id, {"agent_card": agent_card})
+
+
+# ---- discovery ----
+
+
+async def validate_discovery_caller(ctx: AppContext, ws_id: str, *, bearer: str, cookie: str) -> None:
+    """Grandfather rule, then dev hatch, then CP session cookie, then a bearer bound to `ws_id`."""
+    try:
+        async with ctx.engine.connect() as conn:
+            has_token = await tokens.has_live_token(conn, ws_id)
+    except Exception:
+        log.exception("registry: discovery token probe failed for %s; allowing", ws_id)
+        return
+    if not has_token or ctx.settings.dev_mode_fail_open:
+        return
+    if cookie:
+        valid, presented = await verify_cp_session(ctx, cookie)
+        if presented:
+            if valid:
+                return
+            raise ApiError(401, "invalid session")
+    if not bearer:
+        raise ApiError(401, "missing workspace auth token")
+    try:
+        async with ctx.engine.begin() as conn:
+            owner = await tokens.validate_workspace_token(conn, bearer, ws_id)
+    except Exception:
+        log.exception("registry: discovery token validation failed for %s", ws_id)
+        owner = None
+    if owner is None:
+        raise ApiError(401, "invalid workspace auth token")
+
+
+def internal_url(ws_id: str) -> str:
+    """The Docker-network address of a workspace container (`ws-<id[:12]>`, port 8000)."""
+    return f"http://ws-{ws_id[:12]}:8000"
+
+
+def _for_container(url: str) -> str:
+    """A host-loopback URL as seen from inside a container (first occurrence of each, as upstream)."""
+    return url.replace("127.0.0.1", "host.docker.internal", 1).replace("localhost", "host.docker.internal", 1)
+
+
+async def discover(ctx: AppContext, caller: str, target: str) -> dict[str, Any]:
+    if not await can_communicate(ctx.engine, caller, target):
+        raise ApiError(403, "not authorized to discover this workspace")
+    try:
+        async with ctx.engine.connect() as conn:
+            rows = await store.discovery_rows(conn, [target, caller])
+    except Exception:
+        log.exception("registry: discovery lookup failed for %s", target)
+        raise ApiError(500, "lookup failed") from None
+    row = rows.get(target)
+    if row is None:
+        raise ApiError(404, "workspace not found")
+    name = row.name or ""
+    if (row.runtime or DEFAULT_RUNTIME) == "external" and row.url:
+        caller_row = rows.get(caller)
+        caller_runtime = (caller_row.runtime if caller_row else None) or DEFAULT_RUNTIME
+        url = row.url if caller_runtime == "external" else _for_container(row.url)
+        if not await is_safe_url(url, ctx.settings):
+            raise ApiError(503, "workspace URL failed safety check")
+        return {"id": target, "name": name, "url": url}
+    cached = await _cached_internal_url(ctx, target)
+    if cached:
+        return {"id": target, "name": name, "url": cached}
+    if row.status in ("online", "degraded"):
+        url = internal_url(target)
+        try:
+            await ctx.kv.set(internal_url_key(target), url, URL_TTL)
+        except Exception:
+            log.exception("registry: caching internal url for %s failed", target)
+        return {"id": target, "name": name, "url": url}
+    # ApiError's first parameter is named `status`, so the body key is added after construction.
+    err = ApiError(503, "workspace not available")
+    err.body["status"] = row.status
+    raise err
+
+
+async def _cached_internal_url(ctx: AppContext, ws_id: str) -> str | None:
+    try:
+        return await ctx.kv.get(internal_url_key(ws_id))
+    except Exception:
+        log.exception("registry: reading internal url for %s failed", ws_id)
+        return None
+
+
+# ---- peers ----
+
+
+def _peer_json(row: Any) -> dict[str, Any]:
+    # keys in Go's map order (sorted), so responses match the reference byte for byte
+    return {
+        "active_tasks": row.active_tasks,
+        "agent_card": row.agent_card,
+        "id": row.id,
+        "name": row.name,
+        "parent_id": row.parent_id,
+        "role": row.role or None,
+        "status": row.status,
+        "tier": row.tier,
+        "url": row.url or "",
+    }
+
+
+def _matches(row: Any, needle: str) -> bool:
+    return needle in (row.name or "").lower() or needle in (row.role or "").lower()
+
+
+async def peers(ctx: AppContext, ws_id: str, q: str) -> list[dict[str, Any]]:
+    try:
+        async with ctx.engine.connect() as conn:
+            exists, parent_id = await store.parent_of(conn, ws_id)
+            rows = await store.peer_rows(conn, ws_id, parent_id) if exists else []
+    except Exception:
+        log.exception("registry: peers lookup failed for %s", ws_id)
+        raise ApiError(500, "lookup failed") from None
+    if not exists:
+        raise ApiError(404, "workspace not found")
+    needle = q.strip().lower()
+    return [_peer_json(r) for r in rows if not needle or _matches(r, needle)]
+
+
+async def check_access(ctx: AppContext, caller: str, target: str) -> bool:
+    return await can_communicate(ctx.engine, caller, target)
