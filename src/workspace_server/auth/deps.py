@@ -16,6 +16,7 @@ from workspace_server.auth import tokens
 from workspace_server.auth.session import verify_cp_session
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import bearer_token
+from workspace_server.config import DEFAULT_CORS_ORIGINS, Settings
 from workspace_server.context import AppContext, get_ctx
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,16 @@ async def _org_token(ctx: AppContext, bearer: str) -> tokens.OrgToken | None:
         raise DATASTORE_UNAVAILABLE from None
 
 
+async def _workspace_token(ctx: AppContext, bearer: str, ws_id: str | None = None) -> str | None:
+    """Owner of a live workspace token (bound to `ws_id` when given); a DB error is a 503, never a 500."""
+    try:
+        async with ctx.engine.begin() as conn:
+            return await tokens.validate_workspace_token(conn, bearer, ws_id)
+    except Exception:
+        log.exception("workspace token lookup failed")
+        raise DATASTORE_UNAVAILABLE from None
+
+
 def _org_info(org: tokens.OrgToken) -> AuthInfo:
     return AuthInfo("org_token", org_token_id=org.id, org_token_prefix=org.prefix, org_id=org.org_id)
 
@@ -92,8 +103,7 @@ async def admin_auth(request: Request, ctx: Annotated[AppContext, Depends(get_ct
         if tokens.constant_time_equals(bearer, s.ADMIN_TOKEN):
             return AuthInfo("admin_token")
         raise ApiError(401, "invalid admin auth token")
-    async with ctx.engine.begin() as conn:
-        ws = await tokens.validate_workspace_token(conn, bearer)
+    ws = await _workspace_token(ctx, bearer)
     if ws is None:
         raise ApiError(401, "invalid admin auth token")
     return AuthInfo("workspace_token", workspace_id=ws)
@@ -111,8 +121,7 @@ async def workspace_auth(request: Request, ctx: Annotated[AppContext, Depends(ge
         org = await _org_token(ctx, bearer)
         if org is not None:
             return _org_info(org)
-        async with ctx.engine.begin() as conn:
-            owner = await tokens.validate_workspace_token(conn, bearer, ws_id)
+        owner = await _workspace_token(ctx, bearer, ws_id)
         if owner is None:
             raise ApiError(401, "invalid workspace auth token")
         return AuthInfo("workspace_token", workspace_id=owner)
@@ -136,21 +145,21 @@ async def canvas_or_bearer(request: Request, ctx: Annotated[AppContext, Depends(
     if bearer:
         if s.ADMIN_TOKEN and tokens.constant_time_equals(bearer, s.ADMIN_TOKEN):
             return AuthInfo("admin_token")
-        async with ctx.engine.begin() as conn:
-            ws = await tokens.validate_workspace_token(conn, bearer)
+        ws = await _workspace_token(ctx, bearer)
         if ws is not None:
             return AuthInfo("workspace_token", workspace_id=ws)
         raise ApiError(401, "invalid admin auth token")
     origin = request.headers.get("origin", "")
-    if origin and origin.strip().lower() in {
-        "http://localhost:3000",
-        "http://localhost:3001",
-        *s.cors_origins,
-    }:
+    if origin and origin in _canvas_origins(s):
         return AuthInfo("canvas")
     if is_same_origin_canvas(ctx, request):
         return AuthInfo("canvas")
     raise ApiError(401, "admin auth required")
+
+
+def _canvas_origins(s: Settings) -> set[str]:
+    """The localhost canvas origins plus each trimmed CORS_ORIGINS entry, compared exactly (spec 03 §3)."""
+    return {*DEFAULT_CORS_ORIGINS, *(o.strip() for o in s.CORS_ORIGINS.split(",") if o.strip())}
 
 
 async def grandfathered_caller(ctx: AppContext, request: Request, ws_id: str) -> None:

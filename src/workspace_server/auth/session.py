@@ -18,7 +18,15 @@ POSITIVE_TTL = 30.0
 NEGATIVE_TTL = 5.0
 MAX_ENTRIES = 10_000
 
-_cache: dict[bytes, tuple[bool, float]] = {}
+CACHE_KEY = "cp_session_cache"
+
+
+def _cache_of(ctx: AppContext) -> dict[bytes, tuple[bool, float]]:
+    """One cache per app: two apps in a process (tests, embedded use) never share verdicts."""
+    cache: dict[bytes, tuple[bool, float]] | None = ctx.extras.get(CACHE_KEY)
+    if cache is None:
+        cache = ctx.extras[CACHE_KEY] = {}
+    return cache
 
 
 def _key(slug: str, cookie: str) -> bytes:
@@ -32,9 +40,10 @@ async def verify_cp_session(ctx: AppContext, cookie: str) -> tuple[bool, bool]:
         return False, False
     if not s.CP_UPSTREAM_URL:
         return False, True
+    cache = _cache_of(ctx)
     key = _key(s.MOLECULE_ORG_SLUG, cookie)
     now = time.monotonic()
-    hit = _cache.get(key)
+    hit = cache.get(key)
     if hit and hit[1] > now:
         return hit[0], True
     try:
@@ -44,17 +53,23 @@ async def verify_cp_session(ctx: AppContext, cookie: str) -> tuple[bool, bool]:
             headers={"Cookie": cookie, "User-Agent": "molecule-tenant-platform/session-verifier"},
             timeout=3.0,
         )
-    except httpx.HTTPError:
+    except (httpx.HTTPError, httpx.InvalidURL):
         return False, True  # transport errors are not cached
-    valid = False
-    if resp.status_code == 200:
-        try:
-            body = resp.json()
-            valid = body.get("member") is True and bool(body.get("user_id"))
-        except ValueError:
-            valid = False
-    if len(_cache) >= MAX_ENTRIES:
-        for k in list(_cache)[:128]:
-            _cache.pop(k, None)
-    _cache[key] = (valid, now + (POSITIVE_TTL if valid else NEGATIVE_TTL))
+    valid = resp.status_code == 200 and _is_member(resp)
+    if len(cache) >= MAX_ENTRIES:
+        for k in [k for k, (_, exp) in cache.items() if exp <= now] or list(cache)[:128]:
+            cache.pop(k, None)
+    cache[key] = (valid, now + (POSITIVE_TTL if valid else NEGATIVE_TTL))
     return valid, True
+
+
+def _is_member(resp: httpx.Response) -> bool:
+    """`{"member": true, "user_id": "<non-empty>"}`; any other shape (or non-JSON) is a no."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    user_id = body.get("user_id")
+    return body.get("member") is True and isinstance(user_id, str) and bool(user_id)

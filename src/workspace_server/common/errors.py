@@ -12,7 +12,7 @@ from typing import Any
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, error: str | None, *, headers: dict[str, str] | None = None, **extra: Any
+        self, status: int, error: str | None, /, *, headers: dict[str, str] | None = None, **extra: Any
     ) -> None:
         super().__init__(error or "")
         self.status = status

@@ -14,6 +14,7 @@ class KV(Protocol):
     async def get(self, key: str) -> str | None: ...
     async def set(self, key: str, value: str, ttl: float) -> None: ...
     async def delete(self, *keys: str) -> None: ...
+    async def expire(self, key: str, ttl: float) -> None: ...
 
 
 class MemoryKV:
@@ -40,6 +41,12 @@ class MemoryKV:
         for k in keys:
             self._data.pop(k, None)
 
+    async def expire(self, key: str, ttl: float) -> None:
+        """Extend a live key; an absent or expired key stays absent (Redis EXPIRE semantics)."""
+        value = await self.get(key)
+        if value is not None:
+            self._data[key] = (value, time.monotonic() + ttl)
+
 
 class RedisKV:
     def __init__(self, redis: Any) -> None:
@@ -57,6 +64,9 @@ class RedisKV:
     async def delete(self, *keys: str) -> None:
         if keys:
             await self._redis.delete(*keys)
+
+    async def expire(self, key: str, ttl: float) -> None:
+        await self._redis.pexpire(key, int(ttl * 1000))
 
 
 URL_TTL = 300.0

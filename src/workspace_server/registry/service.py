@@ -86,15 +86,7 @@ async def _refresh_liveness(ctx: AppContext, ws_id: str) -> None:
     """EXPIRE semantics: extend the key if present; a heartbeat never re-creates it."""
     key, ttl = liveness_key(ws_id), ctx.settings.LIVENESS_TTL_SECONDS
     try:
-        expire = getattr(ctx.kv, "expire", None)
-        if callable(expire):
-            await expire(key, ttl)
-        elif ctx.redis is not None:
-            await ctx.redis.expire(key, ttl)
-        else:
-            value = await ctx.kv.get(key)
-            if value is not None:
-                await ctx.kv.set(key, value, ttl)
+        await ctx.kv.expire(key, ttl)
     except Exception:
         log.exception("registry: liveness refresh for %s failed", ws_id)
 
@@ -327,9 +319,7 @@ async def discover(ctx: AppContext, caller: str, target: str) -> dict[str, Any]:
             log.exception("registry: caching internal url for %s failed", target)
         return {"id": target, "name": name, "url": url}
     # ApiError's first parameter is named `status`, so the body key is added after construction.
-    err = ApiError(503, "workspace not available")
-    err.body["status"] = row.status
-    raise err
+    raise ApiError(503, "workspace not available", status=row.status)
 
 
 async def _cached_internal_url(ctx: AppContext, ws_id: str) -> str | None:

@@ -1,0 +1,67 @@
+"""The portable `.bundle.json` format (spec 06 §3.4).
+
+Decoding follows the reference's JSON binding: unknown keys are ignored, `null` means the zero value,
+and a value of the wrong JSON type makes the whole bundle invalid (strict types: no "3" for a tier).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_DEPTH = 32  # sub_workspaces nesting; deeper is refused before validation recurses
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_zero(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class BundleSkill(_Lenient):
+    id: str = ""
+    name: str = ""
+    description: str = ""
+    files: dict[str, str] = Field(default_factory=dict)  # relative path -> content
+
+
+class BundleTool(_Lenient):
+    id: str = ""
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class Bundle(_Lenient):
+    schema_: str = Field("", alias="schema")
+    id: str = ""
+    name: str = ""
+    description: str = ""
+    tier: int = 0
+    model: str = ""
+    system_prompt: str = ""
+    skills: list[BundleSkill] = Field(default_factory=list)
+    tools: list[BundleTool] = Field(default_factory=list)
+    prompts: dict[str, str] = Field(default_factory=dict)
+    sub_workspaces: list[Bundle] = Field(default_factory=list)
+    agent_card: Any = None
+    author: str = ""
+    version: str = ""
+
+
+def nesting_depth(data: Any) -> int:
+    """Depth of the raw `sub_workspaces` tree, measured without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        subs = node.get("sub_workspaces") if isinstance(node, dict) else None
+        if isinstance(subs, list):
+            stack.extend((s, depth + 1) for s in subs)
+    return deepest

@@ -1,0 +1,170 @@
+"""A workspace's config files on the host: `<DATA_DIR>/workspaces/<id>/configs/`.
+
+The provisioner mounts (or copies) that directory as the agent's `/configs`, so whatever runs inside the
+workspace can plant symlinks there. Every path handled here is therefore confined: relative paths are
+checked component by component, directories are walked by file descriptor with O_NOFOLLOW, and reads
+skip symlinks and anything that is not a regular file. (The reference joined bundle skill ids and
+relative paths into tar entries unchecked, so an import could write outside `/configs`; spec 06 §6.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+from workspace_server.common.ids import parse_uuid
+from workspace_server.config import Settings
+
+MAX_FILE_BYTES = 5 * 1024 * 1024  # the reference's per-file cap when reading a container's /configs
+
+
+class UnsafePath(ValueError):
+    """A relative path that is empty, absolute, or would leave its root."""
+
+
+def workspace_config_dir(settings: Settings, ws_id: str) -> Path:
+    """The host directory holding `ws_id`'s config files (not created here)."""
+    canonical = parse_uuid(ws_id)
+    if canonical is None:  # the id becomes a path component: only canonical UUIDs may
+        raise UnsafePath("workspace id is not a UUID")
+    return Path(settings.DATA_DIR).resolve() / "workspaces" / canonical / "configs"
+
+
+def is_plain_name(name: str) -> bool:
+    """One path component: not empty, not `.`/`..`, no separators or NUL."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\x00")
+
+
+def split_relpath(rel: str) -> list[str]:
+    """Components of a safe relative path (`a/b/c.md`), or UnsafePath."""
+    parts = rel.split("/")
+    if not rel or not all(is_plain_name(p) for p in parts):
+        raise UnsafePath(f"unsafe relative path {rel!r}")
+    return parts
+
+
+def check_tree(paths: list[str]) -> None:
+    """Reject unsafe paths and file/directory clashes (`a` and `a/b` both files) before writing anything."""
+    files = {tuple(split_relpath(p)) for p in paths}
+    for parts in files:
+        for i in range(1, len(parts)):
+            if parts[:i] in files:
+                raise UnsafePath(f"{'/'.join(parts[:i])!r} is both a file and a directory")
+
+
+def _open_dir(name: str, parent_fd: int, create: bool) -> int:
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o755, dir_fd=parent_fd)
+    # O_NOFOLLOW: a symlinked directory fails here (ELOOP/ENOTDIR) instead of being entered
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    """Write `files` (relpath → content) under `root` without following symlinks (UnsafePath/OSError)."""
+    check_tree(list(files))
+    root.mkdir(parents=True, exist_ok=True)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for rel, data in files.items():
+            _write_one(root_fd, split_relpath(rel), data)
+    finally:
+        os.close(root_fd)
+
+
+def _write_one(root_fd: int, parts: list[str], data: bytes) -> None:
+    fds: list[int] = []
+    try:
+        dir_fd = root_fd
+        for name in parts[:-1]:
+            try:
+                dir_fd = _open_dir(name, dir_fd, create=True)
+            except OSError as exc:
+                raise UnsafePath(f"cannot enter {name!r}") from exc
+            fds.append(dir_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = os.open(parts[-1], flags, 0o644, dir_fd=dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafePath(f"{parts[-1]!r} is not a regular file")
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def read_file(root: Path, rel: str, max_bytes: int = MAX_FILE_BYTES) -> bytes | None:
+    """Regular file at `root/rel` reached without symlinks, or None (missing, too big, unsafe)."""
+    try:
+        parts = split_relpath(rel)
+    except UnsafePath:
+        return None
+    fds: list[int] = []
+    try:
+        dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        fds.append(dir_fd)
+        for name in parts[:-1]:
+            dir_fd = _open_dir(name, dir_fd, create=False)
+            fds.append(dir_fd)
+        return _read_at(parts[-1], dir_fd, max_bytes)
+    except OSError:
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _read_at(name: str, dir_fd: int, max_bytes: int) -> bytes | None:
+    # O_NONBLOCK: opening a FIFO planted by the workspace must not hang the server
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            size += len(chunk)
+            if size > max_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_tree(root: Path, max_bytes: int = MAX_FILE_BYTES) -> dict[str, bytes]:
+    """Every regular file under `root` (relpath → content), symlinks skipped; {} when root is unusable."""
+    out: dict[str, bytes] = {}
+    if not root.is_dir() or root.is_symlink():
+        return out
+    # fwalk with follow_symlinks=False never descends through a symlinked directory
+    for dirpath, _dirs, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in filenames:
+            try:
+                data = _read_at(name, dir_fd, max_bytes)
+            except OSError:
+                continue  # a symlink (ELOOP) or a file that vanished
+            if data is not None:
+                out[(rel_dir / name).as_posix()] = data
+    return out
+
+
+def subdirs(root: Path) -> list[str]:
+    """Names of real (non-symlink) subdirectories of `root`, sorted; [] when root is unusable."""
+    try:
+        with os.scandir(root) as it:
+            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
