@@ -166,7 +166,7 @@ async def _provision(
     svc = WorkspaceService(ctx)
     hook = svc.provisioner
     if hook is None:
-        await svc._fail_without_backend(ws_id, b.name, runtime, tier, "")
+        await svc.fail_without_backend(ws_id, b.name, runtime, tier, "")
         return
     source = await anyio.to_thread.run_sync(_config_source, ctx.settings, ws_id, b, runtime)
     spec = ProvisionSpec(
@@ -182,7 +182,7 @@ async def _provision(
         workspace_access="none",
         parent_id=parent_id,
     )
-    spawn(svc._provision(hook, spec), name=f"provision-{ws_id}")
+    spawn(svc.run_provision(hook, spec), name=f"provision-{ws_id}")
 
 
 def _config_source(settings: Settings, ws_id: str, b: Bundle, runtime: str) -> Path | None:

@@ -179,9 +179,9 @@ class WorkspaceService:
         )
         hook = self.provisioner
         if hook is not None:
-            spawn(self._provision(hook, spec), name=f"provision-{ws_id}")
+            spawn(self.run_provision(hook, spec), name=f"provision-{ws_id}")
         else:
-            await self._fail_without_backend(ws_id, name, runtime, tier, template)
+            await self.fail_without_backend(ws_id, name, runtime, tier, template)
         return _sorted(
             {
                 "id": ws_id,
@@ -272,13 +272,13 @@ class WorkspaceService:
         fallback = runtime_default_dir(self.settings, runtime)
         return fallback if fallback.is_dir() else None
 
-    async def _provision(self, hook: ProvisionerHook, spec: ProvisionSpec) -> None:
+    async def run_provision(self, hook: ProvisionerHook, spec: ProvisionSpec) -> None:
         try:
             await hook.provision(spec)
         except Exception:  # the hook owns failure reporting; this only keeps the task from dying silently
             log.exception("provisioning %s raised", spec.workspace_id)
 
-    async def _fail_without_backend(
+    async def fail_without_backend(
         self, ws_id: str, name: str, runtime: str, tier: int, template: str
     ) -> None:
         try:
