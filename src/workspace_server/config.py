@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     MOLECULE_ORG_SLUG: str = ""
     MOLECULE_DEPLOY_MODE: str = ""
     MOLECULE_ENABLE_TEST_TOKENS: str = ""
+    MOLECULE_GH_IDENTITY_CONFIG_FILE: str = ""  # optional YAML for the gh-identity env mutator
     CP_UPSTREAM_URL: str = ""
     CANVAS_PROXY_URL: str = ""
     CORS_ORIGINS: str = ""
@@ -47,15 +48,40 @@ class Settings(BaseSettings):
     CONFIGS_DIR: str = ""
     WORKSPACE_DIR: str = ""
 
+    # provisioner backends (provisioner/): runtime images, docker networking, tier limits
+    RUNTIME_IMAGES: str = ""  # JSON object runtime -> image ref, over the built-in map
+    DOCKER_HOST: str = ""  # empty: the local engine socket
+    DOCKER_NETWORK_MODE: Literal["bridge", "host"] = "bridge"
+    DOCKER_NETWORK: str = "molecule-monorepo-net"
+    MOLECULE_IMAGE_PLATFORM: str | None = None  # set (even empty) wins over the host default
+    ALLOW_PRIVILEGED_TIERS: bool = False  # T3/T4 privileged, pid=host, host net, docker.sock
+    TIER1_MEMORY_MB: str = ""
+    TIER1_CPU_SHARES: str = ""
+    TIER2_MEMORY_MB: str = ""
+    TIER2_CPU_SHARES: str = ""
+    TIER3_MEMORY_MB: str = ""
+    TIER3_CPU_SHARES: str = ""
+    TIER4_MEMORY_MB: str = ""
+    TIER4_CPU_SHARES: str = ""
+
     # sweepers and timeouts (seconds unless named otherwise)
     PROVISION_TIMEOUT_SECONDS: str = ""
     REMOTE_LIVENESS_STALE_AFTER: str = "90"
     LIVENESS_TTL_SECONDS: int = 180
     LIVENESS_SWEEP_INTERVAL: float = 10.0
     PROVISION_SWEEP_INTERVAL: float = 30.0
+    LEADER_LEASE_TTL_SECONDS: float = 15.0  # background-loop leader lease (DESIGN §6)
+    LEADER_LEASE_RENEW_SECONDS: float = 5.0
     ACTIVITY_RETENTION_DAYS: str = "7"
     ACTIVITY_CLEANUP_INTERVAL_HOURS: str = "6"
     A2A_IDLE_TIMEOUT_SECONDS: int = 300
+
+    # MCP bridge and traces (mcp/, activity/traces.py)
+    MOLECULE_MCP_ALLOW_SEND_MESSAGE: str = ""  # exactly "true" enables send_message_to_user
+    MCP_RATE_LIMIT: int = Field(default=120, gt=0)  # calls per minute per bearer token
+    LANGFUSE_HOST: str = ""
+    LANGFUSE_PUBLIC_KEY: str = ""
+    LANGFUSE_SECRET_KEY: str = ""
 
     # request limits
     MAX_BODY_BYTES: int = Field(default=10 * 1024 * 1024)

@@ -1,0 +1,104 @@
+"""Workspace backends: docker (containers), process (local subprocesses), or none.
+
+`make_backend(settings)` picks one at start-up from `WORKSPACE_BACKEND`:
+- `docker`: the Docker engine; None (no backend) when it does not answer `ping`, as in the reference;
+- `process`: local subprocesses;
+- `auto`: docker when the engine answers, else process — outside production only (DECIDE: the process
+  backend isolates nothing, so production never falls back to it silently; set `process` explicitly);
+- `none`: no backend (workspaces are created `failed` by the orchestrator).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio.to_thread
+
+from workspace_server.config import Settings
+from workspace_server.provisioner.base import (
+    Backend,
+    BackendError,
+    ErrNoBackend,
+    ExecResult,
+    ExecSession,
+    ImageNotFound,
+    Instance,
+    InstanceNotRunning,
+    PullProgress,
+    Started,
+    StartSpec,
+)
+from workspace_server.provisioner.runtimes import RuntimeImages, RuntimeImagesError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "ErrNoBackend",
+    "ExecResult",
+    "ExecSession",
+    "ImageNotFound",
+    "Instance",
+    "InstanceNotRunning",
+    "PullProgress",
+    "RuntimeImages",
+    "RuntimeImagesError",
+    "StartSpec",
+    "Started",
+    "docker_engine_answers",
+    "make_backend",
+    "require_backend",
+]
+
+
+def _ping(settings: Settings) -> bool:
+    import docker
+    import requests
+
+    from workspace_server.provisioner.docker import make_client
+
+    try:
+        client = make_client(settings, timeout=5)
+    except (docker.errors.DockerException, requests.RequestException, OSError):
+        return False
+    try:
+        return bool(client.ping())
+    except (docker.errors.DockerException, requests.RequestException, OSError):
+        return False
+    finally:
+        client.close()
+
+
+async def docker_engine_answers(settings: Settings) -> bool:
+    return await anyio.to_thread.run_sync(_ping, settings)
+
+
+async def make_backend(settings: Settings) -> Backend | None:
+    """The configured backend, or None. Raises RuntimeImagesError for a bad RUNTIME_IMAGES (startup)."""
+    choice = settings.WORKSPACE_BACKEND
+    if choice == "none":
+        return None
+    RuntimeImages.from_settings(settings)  # fail start-up on a malformed RUNTIME_IMAGES
+    if choice in ("docker", "auto") and await docker_engine_answers(settings):
+        from workspace_server.provisioner.docker import DockerBackend
+
+        log.info("workspace backend: docker")
+        return DockerBackend(settings)
+    if choice == "docker":
+        log.error("WORKSPACE_BACKEND=docker but the Docker engine does not answer; no workspace backend")
+        return None
+    if choice == "auto" and settings.is_production:
+        log.error("no Docker engine answers and production never falls back to local processes")
+        return None
+    from workspace_server.provisioner.process import ProcessBackend
+
+    log.info("workspace backend: process (local subprocesses, no isolation)")
+    return ProcessBackend(settings)
+
+
+def require_backend(backend: Backend | None) -> Backend:
+    """`backend`, or ErrNoBackend (the reference's nil-receiver sentinel)."""
+    if backend is None:
+        raise ErrNoBackend
+    return backend

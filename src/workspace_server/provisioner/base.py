@@ -1,0 +1,270 @@
+"""The backend contract (DESIGN §7, spec 02 §1): what every workspace backend provides.
+
+A backend runs one agent per workspace and knows nothing of the database: the orchestrator resolves the
+template, runtime, image, tier and env, then calls `start`, and moves the status itself. Rules every
+backend follows (spec 02 §1):
+- `start` replaces whatever runs for the workspace (idempotent); `stop` of an unknown or already-gone
+  workspace is success, and a raised `stop` means the instance may still be alive (skip volume removal);
+- `is_running` is False only when the instance is definitely gone or stopped; on a transient error it
+  is True, because a False makes callers restart the workspace (the reference's restart storms);
+- every error a caller may show to a user is a `BackendError` whose message is safe to show.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+from workspace_server.workspaces.files import UnsafePath, read_tree, split_relpath
+
+WorkspaceAccess = Literal["none", "read_only", "read_write"]
+
+CONFIG_MOUNT = "/configs"
+TOKEN_FILE = ".auth_token"  # noqa: S105 - a file name, not a secret
+MANAGED_LABEL = "molecule.platform.managed"
+WORKSPACE_LABEL = "molecule.workspace.id"
+MAX_EXEC_OUTPUT = 5 * 1024 * 1024  # the reference's cap on exec output (spec 02 §7)
+# Host dirs that may never be bound as /workspace (spec 02 §2 "Mounts").
+FORBIDDEN_WORKSPACE_ROOTS = (
+    "/etc",
+    "/var",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/sbin",
+    "/bin",
+    "/lib",
+    "/usr",
+)
+
+
+class BackendError(Exception):
+    """A provisioning failure whose `message` may be shown to users; `detail` is for the log only."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class ErrNoBackend(BackendError):
+    """No backend is configured (WORKSPACE_BACKEND=none, or the chosen one is unreachable)."""
+
+    def __init__(self) -> None:
+        super().__init__("no workspace backend available")
+
+
+class ImageNotFound(BackendError):
+    """The image is not on the host and pulling it failed."""
+
+    def __init__(self, image: str, detail: str = "") -> None:
+        super().__init__(
+            f'image "{image}" not found: it is not available locally and pulling it failed', detail
+        )
+        self.image = image
+
+
+class InstanceNotRunning(BackendError):
+    """exec/logs/files on a workspace that has no running instance."""
+
+    def __init__(self) -> None:
+        super().__init__("container not running")
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """One step of an image pull, as reported to `StartSpec.on_pull_progress`."""
+
+    image: str
+    status: str  # "pulling", the engine's per-layer status text, "pulled", "failed", "using cached image"
+    layer: str = ""
+    current: int = 0
+    total: int = 0
+
+
+PullCallback = Callable[[PullProgress], None]
+
+
+@dataclass
+class StartSpec:
+    """Everything a backend needs to start one workspace (the orchestrator fills it)."""
+
+    workspace_id: str
+    image: str = ""
+    runtime: str = ""
+    tier: int = 2
+    env: Mapping[str, str] = field(default_factory=dict)
+    # name -> content written into /configs before the agent starts (incl. `config.yaml`, `.auth_token`);
+    # empty with no template_dir = reuse what the config volume already holds (a plain restart)
+    config_files: Mapping[str, bytes] = field(default_factory=dict)
+    template_dir: Path | None = None  # host dir copied into /configs first (config_files win)
+    workspace_path: str = ""  # host dir bound as /workspace when workspace_access is not "none"
+    workspace_access: WorkspaceAccess = "none"
+    platform_url: str = ""
+    awareness_url: str = ""
+    awareness_namespace: str = ""
+    reset_session: bool = False
+    # called on the event loop's thread for each pull step; keep it quick (forward to log/events)
+    on_pull_progress: PullCallback | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    """Where the started agent answers (host-reachable URL) and the backend's handle for it."""
+
+    url: str
+    instance_id: str
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes  # with tty=True, stdout and stderr arrive merged here
+    stderr: bytes = b""
+    truncated: bool = False  # output went past MAX_EXEC_OUTPUT and the rest was dropped
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One backend-managed agent, as seen by the orphan sweeper."""
+
+    name: str
+    workspace_id: str | None  # from the label; None for legacy unlabelled `ws-<id12>` containers
+    id_prefix: str  # the `<id12>` of the name
+    running: bool
+
+
+@runtime_checkable
+class ExecSession(Protocol):
+    """An interactive command under a pty (the terminal): raw bytes both ways."""
+
+    async def read(self, max_bytes: int = 4096) -> bytes:
+        """Next chunk of output; b"" once the command has exited and all output was read."""
+        ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def resize(self, rows: int, cols: int) -> None: ...
+
+    async def close(self) -> None:
+        """End the session (kills the command if it still runs); idempotent."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    async def start(self, spec: StartSpec) -> Started: ...
+
+    async def stop(self, ws_id: str) -> None: ...
+
+    async def is_running(self, ws_id: str) -> bool: ...
+
+    async def exec(self, ws_id: str, argv: list[str], tty: bool = False) -> ExecResult:
+        """Run argv (no shell) in the workspace; cancellable (wrap in `anyio.fail_after`)."""
+        ...
+
+    async def open_session(self, ws_id: str, argv: list[str]) -> ExecSession: ...
+
+    async def logs(self, ws_id: str, tail: int = 200) -> str: ...
+
+    async def write_config_files(self, ws_id: str, files: Mapping[str, bytes]) -> None: ...
+
+    async def remove_volumes(self, ws_id: str, workspace: bool = False) -> None: ...
+
+    async def list_instances(self) -> list[Instance]: ...
+
+    async def close(self) -> None: ...
+
+
+def id12(ws_id: str) -> str:
+    return ws_id[:12]
+
+
+def instance_name(ws_id: str) -> str:
+    """`ws-<id[:12]>` (spec 02 §8: `longer-than-twelve-characters` → `ws-longer-than-`)."""
+    return f"ws-{id12(ws_id)}"
+
+
+def build_env(spec: StartSpec, config_path: str, extra: Mapping[str, str]) -> dict[str, str]:
+    """The agent env in the reference's order (spec 02 §2), user env after the built-ins, `extra` last.
+
+    A later key replaces an earlier one in place, so `spec.env` can override a built-in (as in the
+    reference), while `extra` (our port/URL plumbing) cannot be overridden: a wrong A2A_PORT would leave
+    the returned URL pointing at nothing.
+    """
+    platform = spec.platform_url
+    env: dict[str, str] = {
+        "WORKSPACE_ID": spec.workspace_id,
+        "WORKSPACE_CONFIG_PATH": config_path,
+        "PLATFORM_URL": platform,
+        "MOLECULE_URL": platform,
+        "TIER": str(spec.tier),
+        "PLUGINS_DIR": "/plugins",
+        "PYTHONPATH": "/app",
+    }
+    if spec.awareness_url and spec.awareness_namespace:
+        env["AWARENESS_NAMESPACE"] = spec.awareness_namespace
+        env["AWARENESS_URL"] = spec.awareness_url
+    env.update(spec.env)
+    env.update(extra)
+    return env
+
+
+def validate_workspace_mount(path: str, access: str) -> str | None:
+    """The host path to bind as /workspace, None for a named volume; BackendError when unsafe.
+
+    Spec 02 §2: `read_only`/`read_write` need an absolute path without `..`, outside system dirs.
+    """
+    if access in ("", "none"):
+        return None
+    if access not in ("read_only", "read_write"):
+        raise BackendError(f"invalid workspace_access {access!r}")
+    if not path:
+        raise BackendError(f"workspace_access {access} requires a workspace_dir")
+    if not path.startswith("/") or ".." in path.split("/") or "\x00" in path:
+        raise BackendError("workspace_dir must be an absolute path without '..'")
+    norm = "/" + path.strip("/")
+    for root in FORBIDDEN_WORKSPACE_ROOTS:
+        if norm == root or norm.startswith(root + "/"):
+            raise BackendError(f"workspace_dir may not be under {root}")
+    if norm == "/":
+        raise BackendError("workspace_dir may not be /")
+    return norm
+
+
+def normalise_newlines(name: str, data: bytes) -> bytes:
+    """Template scripts and prompts copied with CRLF→LF (spec 02 §2 step 8)."""
+    if name.endswith((".sh", ".py", ".md")):
+        return data.replace(b"\r\n", b"\n")
+    return data
+
+
+def gather_config_files(spec: StartSpec) -> dict[str, bytes]:
+    """The files to write into /configs: the template tree (symlinks skipped), then `config_files` on top."""
+    files: dict[str, bytes] = {}
+    if spec.template_dir is not None:
+        files.update({k: normalise_newlines(k, v) for k, v in read_tree(spec.template_dir).items()})
+    files.update(spec.config_files)
+    try:
+        for rel in files:
+            split_relpath(rel)
+    except UnsafePath as exc:
+        raise BackendError("invalid config file path", str(exc)) from exc
+    return files
+
+
+def free_loopback_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
+    """A port free on 127.0.0.1 right now (the kernel's pick), not one of `avoid`."""
+    for _ in range(20):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
+    raise BackendError("no free port for the workspace")

@@ -1,0 +1,591 @@
+"""The Docker backend (spec 02 §2) on the official docker SDK, called from worker threads.
+
+One container per workspace, `ws-<id12>`, labelled `molecule.platform.managed=true` (and with the full
+workspace id, so the orphan sweeper needs no prefix match). Volumes: `ws-<id12>-configs` at /configs,
+`ws-<id>-workspace` (or a host bind) at /workspace, `ws-<id12>-claude-sessions` for claude-code.
+
+Networking — the agent must advertise a URL that passes the platform's register check
+(`http://localhost:<port>`), so it must know its host port before it starts. We pick a free loopback
+port ourselves and:
+- bridge mode: publish the container's 8000/tcp on `127.0.0.1:<port>`;
+- host mode (tests, and T4 when privileged tiers are allowed): run on the host network with
+  `A2A_PORT=<port>` and `A2A_HOST=127.0.0.1`, so agents do not collide on 8000.
+Either way the URL returned to the orchestrator is `http://127.0.0.1:<port>`.
+
+Config files are written before the first start with `put_archive` into the created container, so no
+helper image (the reference's `alpine`) is needed; entries carry the image user's uid/gid so the agent
+(uid 1000 in our image) can read its 0600 `.auth_token` and write to /configs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import platform as host_platform
+import re
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import docker
+import docker.errors
+import requests
+
+from workspace_server.config import Settings
+from workspace_server.provisioner import images
+from workspace_server.provisioner.base import (
+    CONFIG_MOUNT,
+    MANAGED_LABEL,
+    MAX_EXEC_OUTPUT,
+    TOKEN_FILE,
+    WORKSPACE_LABEL,
+    BackendError,
+    ExecResult,
+    ExecSession,
+    Instance,
+    InstanceNotRunning,
+    PullProgress,
+    Started,
+    StartSpec,
+    build_env,
+    free_loopback_port,
+    gather_config_files,
+    id12,
+    instance_name,
+    validate_workspace_mount,
+)
+from workspace_server.provisioner.tiers import DOCKER_SOCK, TierLimits, tier_limits
+from workspace_server.workspaces.files import UnsafePath, split_relpath
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+AGENT_PORT = 8000
+SESSIONS_MOUNT = "/root/.claude/sessions"
+PORT_CONFLICT = ("port is already allocated", "address already in use")
+ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException, OSError)
+_HEX_DASH = re.compile(r"^[0-9a-f-]+$")
+
+
+def configs_volume(ws_id: str) -> str:
+    return f"ws-{id12(ws_id)}-configs"
+
+
+def sessions_volume(ws_id: str) -> str:
+    return f"ws-{id12(ws_id)}-claude-sessions"
+
+
+def workspace_volume(ws_id: str) -> str:
+    return f"ws-{ws_id}-workspace"
+
+
+def is_not_found_error(msg: str) -> bool:
+    """Spec 02 §8 truth table: "No such container" / "container not found" mean gone; nothing else does."""
+    low = msg.lower()
+    return "no such container" in low or "container not found" in low
+
+
+def make_client(settings: Settings, timeout: int = 120) -> docker.DockerClient:
+    return docker.DockerClient(
+        base_url=settings.DOCKER_HOST or "unix:///var/run/docker.sock", timeout=timeout
+    )
+
+
+def config_tar(files: Mapping[str, bytes], uid: int, gid: int, prefix: str = "") -> bytes:
+    """A tar of `files` (relpath → bytes) under `prefix`, owned by uid:gid; the token file 0600.
+
+    Every directory gets its own entry so it is owned by the agent user too; with a prefix
+    (`configs/`) the volume root itself is included. Unsafe names raise UnsafePath.
+    """
+    buf = io.BytesIO()
+    now = time.time()
+    dirs: set[str] = set()
+
+    def add_dir(name: str) -> None:
+        if name in dirs:
+            return
+        dirs.add(name)
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, uid, gid, now
+        tar.addfile(info)
+
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        if prefix:
+            add_dir(prefix.rstrip("/"))
+        for rel, data in files.items():
+            parts = split_relpath(rel)
+            for i in range(1, len(parts)):
+                add_dir(prefix + "/".join(parts[:i]))
+            info = tarfile.TarInfo(prefix + "/".join(parts))
+            info.size, info.uid, info.gid, info.mtime = len(data), uid, gid, now
+            info.mode = 0o600 if rel == TOKEN_FILE else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def parse_user(user: str, passwd: str = "") -> tuple[int, int]:
+    """uid/gid of an image's `User` (`1000`, `1000:1000`, `agent`); root when empty or unresolvable."""
+    name, _, group = user.strip().partition(":")
+    if not name:
+        return 0, 0
+    uid = int(name) if name.isdigit() else None
+    gid = int(group) if group.isdigit() else None
+    if uid is None:
+        for line in passwd.splitlines():
+            f = line.split(":")
+            if len(f) >= 4 and f[0] == name and f[2].isdigit() and f[3].isdigit():
+                uid, gid = int(f[2]), gid if gid is not None else int(f[3])
+                break
+    if uid is None:
+        return 0, 0
+    return uid, gid if gid is not None else uid
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(self, settings: Settings, client: docker.DockerClient | None = None) -> None:
+        self.settings = settings
+        self.client = client or make_client(settings)
+        self._lock = threading.Lock()
+        self._ports: dict[str, int] = {}  # ws_id -> host port we assigned (never hand one out twice)
+        self._network_ready = False
+        self._engine_cpus: int | None = None
+
+    # ---- plumbing ----
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    def _platform(self) -> str | None:
+        forced = self.settings.MOLECULE_IMAGE_PLATFORM
+        if forced is not None:
+            return forced.strip() or None
+        if host_platform.system() == "Darwin" and host_platform.machine() in ("arm64", "aarch64"):
+            return "linux/amd64"
+        return None
+
+    def _reserve_port(self, ws_id: str) -> int:
+        with self._lock:
+            port = free_loopback_port(set(self._ports.values()))
+            self._ports[ws_id] = port
+            return port
+
+    def _release_port(self, ws_id: str) -> None:
+        with self._lock:
+            self._ports.pop(ws_id, None)
+
+    # ---- start ----
+    async def start(self, spec: StartSpec) -> Started:
+        cb = spec.on_pull_progress
+
+        def report(ev: PullProgress) -> None:
+            if cb is None:
+                return
+            try:
+                anyio.from_thread.run_sync(cb, ev)
+            except Exception:  # a broken progress sink must not fail the start
+                log.exception("pull progress callback failed")
+
+        return await self._run(self._start_sync, spec, report)
+
+    def _start_sync(self, spec: StartSpec, report: images.Report) -> Started:
+        if not spec.image.strip():
+            raise BackendError("no image for the workspace runtime")
+        limits = tier_limits(self.settings, spec.tier)
+        bind_path = validate_workspace_mount(spec.workspace_path, spec.workspace_access)
+        files = gather_config_files(spec)
+        name = instance_name(spec.workspace_id)
+        try:
+            self._force_remove(name)
+            images.ensure_image(self.client, spec.image, self._platform(), report)
+            self._prepare_volumes(spec)
+            for attempt in range(3):
+                port = self._reserve_port(spec.workspace_id)
+                try:
+                    container_id = self._create_and_start(spec, limits, bind_path, files, port)
+                except _PortConflict:
+                    log.info("host port %d was taken, retrying (%d)", port, attempt + 1)
+                    continue
+                return Started(url=f"http://127.0.0.1:{port}", instance_id=container_id)
+            raise BackendError("workspace start failed", "no free host port after 3 attempts")
+        except BackendError:
+            self._release_port(spec.workspace_id)
+            raise
+        except ENGINE_ERRORS as exc:
+            self._release_port(spec.workspace_id)
+            log.warning("start of %s failed: %s", name, exc)
+            if images.is_image_not_found_error(str(exc)):
+                raise images.ImageNotFound(spec.image, str(exc)) from exc
+            raise BackendError("workspace start failed", str(exc)) from exc
+
+    def _prepare_volumes(self, spec: StartSpec) -> None:
+        labels = {MANAGED_LABEL: "true", WORKSPACE_LABEL: spec.workspace_id}
+        self.client.volumes.create(configs_volume(spec.workspace_id), labels=labels)
+        if spec.runtime == "claude-code":
+            reset = spec.reset_session or _truthy(spec.env.get("WORKSPACE_RESET_SESSION", ""))
+            if reset:
+                self._remove_volume(sessions_volume(spec.workspace_id), strict=False)
+            self.client.volumes.create(sessions_volume(spec.workspace_id), labels=labels)
+
+    def _network_kwargs(self, limits: TierLimits, port: int) -> tuple[dict[str, Any], dict[str, str]]:
+        """(create kwargs, env extras) for the network mode."""
+        url = f"http://localhost:{port}"
+        if self.settings.DOCKER_NETWORK_MODE == "host" or limits.host_network:
+            extra = {"A2A_PORT": str(port), "A2A_HOST": "127.0.0.1", "MOLECULE_AGENT_URL": url}
+            return {"network_mode": "host"}, extra
+        kw: dict[str, Any] = {
+            "ports": {f"{AGENT_PORT}/tcp": ("127.0.0.1", port)},
+            "extra_hosts": {"host.docker.internal": "host-gateway"},
+        }
+        network = self._ensure_network()
+        if network:
+            kw["network"] = network
+        return kw, {"A2A_PORT": str(AGENT_PORT), "MOLECULE_AGENT_URL": url}
+
+    def _ensure_network(self) -> str:
+        name = self.settings.DOCKER_NETWORK
+        if not name or self._network_ready:
+            return name
+        try:
+            self.client.networks.get(name)
+        except docker.errors.NotFound:
+            with contextlib.suppress(docker.errors.APIError):  # a concurrent create won the race
+                self.client.networks.create(name, driver="bridge", labels={MANAGED_LABEL: "true"})
+        self._network_ready = True
+        return name
+
+    def _volumes(self, spec: StartSpec, limits: TierLimits, bind_path: str | None) -> dict[str, Any]:
+        vols: dict[str, Any] = {configs_volume(spec.workspace_id): {"bind": CONFIG_MOUNT, "mode": "rw"}}
+        if limits.config_mount_only:
+            return vols
+        if bind_path is None:
+            vols[workspace_volume(spec.workspace_id)] = {"bind": "/workspace", "mode": "rw"}
+        else:
+            mode = "ro" if spec.workspace_access == "read_only" else "rw"
+            vols[bind_path] = {"bind": "/workspace", "mode": mode}
+        if spec.runtime == "claude-code":
+            vols[sessions_volume(spec.workspace_id)] = {"bind": SESSIONS_MOUNT, "mode": "rw"}
+        if limits.docker_socket:
+            vols[DOCKER_SOCK] = {"bind": DOCKER_SOCK, "mode": "rw"}
+        return vols
+
+    def _create_and_start(
+        self, spec: StartSpec, limits: TierLimits, bind_path: str | None, files: dict[str, bytes], port: int
+    ) -> str:
+        name = instance_name(spec.workspace_id)
+        net_kw, extra = self._network_kwargs(limits, port)
+        env = build_env(spec, CONFIG_MOUNT, extra)
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "environment": [f"{k}={v}" for k, v in env.items()],
+            "labels": {MANAGED_LABEL: "true", WORKSPACE_LABEL: spec.workspace_id},
+            "volumes": self._volumes(spec, limits, bind_path),
+            "restart_policy": {"Name": "unless-stopped"},
+            "detach": True,
+            **net_kw,
+            **limits.host_config(),
+        }
+        # The engine refuses NanoCPUs above its CPU count (T3/T4 on a small host): clamp, do not fail.
+        kwargs["nano_cpus"] = min(kwargs["nano_cpus"], self._cpu_cap())
+        plat = self._platform()
+        if plat:
+            kwargs["platform"] = plat
+        container = self.client.containers.create(spec.image, **kwargs)
+        try:
+            if files:
+                self._write_initial_files(container, spec, files, limits)
+            container.start()
+        except docker.errors.APIError as exc:
+            self._force_remove(name)
+            if any(p in str(exc).lower() for p in PORT_CONFLICT):
+                raise _PortConflict from exc
+            raise
+        except BaseException:
+            self._force_remove(name)
+            raise
+        return str(container.id)
+
+    def _cpu_cap(self) -> int:
+        if self._engine_cpus is None:
+            try:
+                self._engine_cpus = int(self.client.info().get("NCPU") or 0)
+            except ENGINE_ERRORS:
+                return 1 << 62  # unknown: no clamp this time
+        return self._engine_cpus * 1_000_000_000 if self._engine_cpus > 0 else 1 << 62
+
+    def _owner(self, container: Any) -> tuple[int, int]:
+        user = str((container.attrs.get("Config") or {}).get("User") or "")
+        name = user.partition(":")[0]
+        passwd = ""
+        if name and not name.isdigit():
+            passwd = self._read_file(container, "/etc/passwd")
+        return parse_user(user, passwd)
+
+    def _read_file(self, container: Any, path: str) -> str:
+        try:
+            stream, _ = container.get_archive(path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.next()
+                f = tar.extractfile(member) if member else None
+                return f.read().decode("utf-8", "replace") if f else ""
+        except (docker.errors.APIError, tarfile.TarError):
+            return ""
+
+    def _write_initial_files(
+        self, container: Any, spec: StartSpec, files: Mapping[str, bytes], limits: TierLimits
+    ) -> None:
+        uid, gid = self._owner(container)
+        if not limits.read_only_rootfs:
+            # Extracting at `/` with a `configs/` entry also hands the volume root to the agent user.
+            container.put_archive("/", config_tar(files, uid, gid, prefix=CONFIG_MOUNT.strip("/") + "/"))
+            return
+        # A read-only rootfs refuses archives outside volumes, and the volume root cannot be chowned
+        # from inside: seed the volume through a never-started, writable twin of the container.
+        seed = self.client.containers.create(
+            spec.image,
+            name=f"{instance_name(spec.workspace_id)}-seed-{int(time.time() * 1000)}",
+            volumes={configs_volume(spec.workspace_id): {"bind": CONFIG_MOUNT, "mode": "rw"}},
+            labels={MANAGED_LABEL: "true", WORKSPACE_LABEL: spec.workspace_id},
+            network_mode="none",
+        )
+        try:
+            seed.put_archive("/", config_tar(files, uid, gid, prefix=CONFIG_MOUNT.strip("/") + "/"))
+        finally:
+            seed.remove(force=True)
+
+    # ---- stop / state ----
+    def _force_remove(self, name: str) -> None:
+        try:
+            self.client.api.remove_container(name, force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if is_not_found_error(str(exc)):
+                return
+            raise
+
+    async def stop(self, ws_id: str) -> None:
+        name = instance_name(ws_id)
+        try:
+            await self._run(self._force_remove, name)
+        except ENGINE_ERRORS as exc:
+            log.warning("force-remove %s failed: %s", name, exc)
+            raise BackendError(f"force-remove {name} failed", str(exc)) from exc
+        self._release_port(ws_id)
+
+    async def is_running(self, ws_id: str) -> bool:
+        name = instance_name(ws_id)
+        try:
+            info = await self._run(self.client.api.inspect_container, name)
+        except docker.errors.NotFound:
+            return False
+        except ENGINE_ERRORS as exc:
+            if isinstance(exc, docker.errors.APIError) and is_not_found_error(str(exc)):
+                return False
+            # transient (timeout, EOF, daemon restart): True, or callers would restart a live workspace
+            log.warning("inspect %s failed, assuming running: %s", name, exc)
+            return True
+        return bool((info.get("State") or {}).get("Running"))
+
+    def _running_container(self, ws_id: str) -> Any:
+        try:
+            container = self.client.containers.get(instance_name(ws_id))
+        except docker.errors.NotFound as exc:
+            raise InstanceNotRunning from exc
+        if not (container.attrs.get("State") or {}).get("Running"):
+            raise InstanceNotRunning
+        return container
+
+    # ---- exec / terminal / logs / files ----
+    async def exec(self, ws_id: str, argv: list[str], tty: bool = False) -> ExecResult:
+        if not argv:
+            raise BackendError("empty command")
+        try:
+            # abandon_on_cancel: a caller's fail_after releases it; the engine finishes the exec alone
+            return await anyio.to_thread.run_sync(self._exec_sync, ws_id, argv, tty, abandon_on_cancel=True)
+        except BackendError:
+            raise
+        except ENGINE_ERRORS as exc:
+            log.warning("exec in %s failed: %s", instance_name(ws_id), exc)
+            raise BackendError("exec failed", str(exc)) from exc
+
+    def _exec_sync(self, ws_id: str, argv: list[str], tty: bool) -> ExecResult:
+        container = self._running_container(ws_id)
+        api = self.client.api
+        exec_id = api.exec_create(container.id, argv, stdout=True, stderr=True, tty=tty)["Id"]
+        out, err, size, truncated = bytearray(), bytearray(), 0, False
+        for chunk in api.exec_start(exec_id, stream=True, demux=not tty, tty=tty):
+            stdout, stderr = (chunk, None) if tty else chunk
+            for buf, data in ((out, stdout), (err, stderr)):
+                if not data:
+                    continue
+                room = MAX_EXEC_OUTPUT - size
+                if room <= 0:
+                    truncated = True
+                    continue
+                buf += data[:room]
+                size += min(len(data), room)
+                truncated = truncated or len(data) > room
+        code = api.exec_inspect(exec_id).get("ExitCode")
+        return ExecResult(int(code if code is not None else -1), bytes(out), bytes(err), truncated)
+
+    async def open_session(self, ws_id: str, argv: list[str]) -> ExecSession:
+        if not argv:
+            raise BackendError("empty command")
+        try:
+            return await self._run(self._open_session_sync, ws_id, argv)
+        except BackendError:
+            raise
+        except ENGINE_ERRORS as exc:
+            log.warning("exec session in %s failed: %s", instance_name(ws_id), exc)
+            raise BackendError("failed to create shell session", str(exc)) from exc
+
+    def _open_session_sync(self, ws_id: str, argv: list[str]) -> DockerExecSession:
+        container = self._running_container(ws_id)
+        api = self.client.api
+        exec_id = api.exec_create(
+            container.id, argv, stdin=True, tty=True, environment=["TERM=xterm-256color"]
+        )["Id"]
+        sock_io = api.exec_start(exec_id, socket=True, tty=True)
+        return DockerExecSession(self, exec_id, sock_io)
+
+    async def logs(self, ws_id: str, tail: int = 200) -> str:
+        try:
+            raw = await self._run(lambda: self.client.api.logs(instance_name(ws_id), tail=max(1, tail)))
+        except docker.errors.NotFound as exc:
+            raise InstanceNotRunning from exc
+        except ENGINE_ERRORS as exc:
+            raise BackendError("could not read logs", str(exc)) from exc
+        return bytes(raw).decode("utf-8", "replace")
+
+    async def write_config_files(self, ws_id: str, files: Mapping[str, bytes]) -> None:
+        try:
+            await self._run(self._write_files_sync, ws_id, dict(files))
+        except UnsafePath as exc:
+            raise BackendError("invalid config file path", str(exc)) from exc
+        except BackendError:
+            raise
+        except ENGINE_ERRORS as exc:
+            raise BackendError("could not write config files", str(exc)) from exc
+
+    def _write_files_sync(self, ws_id: str, files: dict[str, bytes]) -> None:
+        try:
+            container = self.client.containers.get(instance_name(ws_id))
+        except docker.errors.NotFound as exc:
+            raise InstanceNotRunning from exc
+        uid, gid = self._owner(container)
+        # Into the volume itself: works on a read-only rootfs and leaves the root's owner alone.
+        container.put_archive(CONFIG_MOUNT, config_tar(files, uid, gid))
+
+    # ---- volumes / inventory ----
+    def _remove_volume(self, name: str, strict: bool) -> None:
+        try:
+            self.client.api.remove_volume(name, force=True)
+        except docker.errors.NotFound:
+            return
+        except ENGINE_ERRORS as exc:
+            if strict:
+                raise
+            log.warning("removing volume %s failed: %s", name, exc)
+
+    async def remove_volumes(self, ws_id: str, workspace: bool = False) -> None:
+        """Configs volume (errors raised), sessions volume (best effort), workspace volume only if asked."""
+        try:
+            await self._run(self._remove_volume, configs_volume(ws_id), True)
+        except ENGINE_ERRORS as exc:
+            raise BackendError(f"could not remove volume {configs_volume(ws_id)}", str(exc)) from exc
+        await self._run(self._remove_volume, sessions_volume(ws_id), False)
+        if workspace:
+            await self._run(self._remove_volume, workspace_volume(ws_id), False)
+
+    async def list_instances(self) -> list[Instance]:
+        """Managed containers, plus unlabelled `ws-<hex/dash>` ones (the reference's name sweep)."""
+        try:
+            rows = await self._run(lambda: self.client.api.containers(all=True, filters={"name": "ws-"}))
+        except ENGINE_ERRORS as exc:
+            raise BackendError("could not list containers", str(exc)) from exc
+        out: list[Instance] = []
+        for row in rows:
+            name = next(
+                (n.lstrip("/") for n in row.get("Names") or [] if n.lstrip("/").startswith("ws-")), ""
+            )
+            labels = row.get("Labels") or {}
+            prefix = name[3:]
+            managed = labels.get(MANAGED_LABEL) == "true"
+            if not name or not prefix or name.endswith("-seed") or "-seed-" in name:
+                continue
+            if not managed and not _HEX_DASH.match(prefix):
+                continue
+            out.append(
+                Instance(
+                    name=name,
+                    workspace_id=labels.get(WORKSPACE_LABEL) or None,
+                    id_prefix=prefix,
+                    running=row.get("State") == "running",
+                )
+            )
+        return out
+
+    async def close(self) -> None:
+        await self._run(self.client.close)
+
+
+class _PortConflict(Exception):
+    """The host port we picked was taken between picking and publishing it."""
+
+
+def _truthy(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+class DockerExecSession:
+    """A `docker exec` with a pty, over the engine's hijacked socket (raw bytes: tty mode has no framing)."""
+
+    def __init__(self, backend: DockerBackend, exec_id: str, sock_io: Any) -> None:
+        self.backend = backend
+        self.exec_id = exec_id
+        self._io = sock_io  # keeps the HTTP response (and so the socket) alive
+        self.sock: socket.socket = getattr(sock_io, "_sock", sock_io)
+        self.sock.setblocking(False)
+        self._closed = False
+
+    async def read(self, max_bytes: int = 4096) -> bytes:
+        if self._closed:
+            return b""
+        try:
+            return await asyncio.get_running_loop().sock_recv(self.sock, max_bytes)
+        except OSError:
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        if self._closed:
+            raise BackendError("session closed")
+        try:
+            await asyncio.get_running_loop().sock_sendall(self.sock, data)
+        except OSError as exc:
+            raise BackendError("session closed") from exc
+
+    async def resize(self, rows: int, cols: int) -> None:
+        if rows <= 0 or cols <= 0:
+            return
+        with contextlib.suppress(*ENGINE_ERRORS):
+            await self.backend._run(lambda: self.backend.client.api.exec_resize(self.exec_id, rows, cols))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(Exception):
+            self._io.close()

@@ -1,0 +1,156 @@
+"""Helpers shared by the provisioner integration tests (real Docker engine, real agent processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import free_port, need
+from workspace_server.provisioner import Backend
+
+AGENT_IMAGE = "molecule/workspace-agent:latest"
+WAIT_SECONDS = 60.0
+
+
+def docker_client() -> Any:
+    """A docker SDK client, or a loud skip (a failure in CI) when no engine answers."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception:  # any failure to reach the engine means "no Docker here"
+        need("a Docker engine", False)
+        raise
+    return client
+
+
+def need_agent_image(client: Any) -> None:
+    import docker.errors
+
+    try:
+        client.images.get(AGENT_IMAGE)
+    except docker.errors.ImageNotFound:
+        need(f"the {AGENT_IMAGE} image (make runtime-image)", False)
+
+
+def message_send(text: str) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": "1",
+        "method": "message/send",
+        "params": {"message": {"role": "user", "parts": [{"kind": "text", "text": text}]}},
+    }
+
+
+async def wait_for_reply(url: str, text: str = "ping") -> dict[str, Any]:
+    """POST message/send until the agent answers (it needs a moment to boot); the reply body."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    async with httpx.AsyncClient(timeout=5) as http:
+        while True:
+            try:
+                resp = await http.post(url, json=message_send(text))
+                if resp.status_code == 200:
+                    return dict(resp.json())
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"agent at {url} never answered")
+            await asyncio.sleep(0.2)
+
+
+async def wait_until(check: Callable[[], Any], what: str) -> None:
+    """Poll an async predicate until it holds (no timing is asserted; the deadline only ends a hang)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def echoed_text(reply: dict[str, Any]) -> str:
+    return str(reply["result"]["parts"][0]["text"])
+
+
+async def cleanup(backend: Backend, ids: list[str]) -> None:
+    for ws_id in ids:
+        try:
+            await backend.stop(ws_id)
+            await backend.remove_volumes(ws_id, workspace=True)
+        except Exception as exc:  # keep cleaning the others
+            print(f"cleanup of {ws_id} failed: {exc}")
+
+
+class WorkspaceIds:
+    """Fresh workspace ids, each stopped and its volumes removed at teardown."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def new(self) -> str:
+        ws_id = str(uuid.uuid4())
+        self.ids.append(ws_id)
+        return ws_id
+
+
+class Registry:
+    """Debian's `docker-registry` serving on 127.0.0.1:<port> from a temporary storage dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        storage = root / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        self.config = root / "config.yml"
+        self.config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n",
+            encoding="utf-8",
+        )
+        self.log = open(root / "registry.log", "wb")
+        binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+        self.proc = subprocess.Popen(
+            [binary, "serve", str(self.config)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            try:
+                if httpx.get(f"http://{self.host}/v2/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"docker-registry did not start: {(root / 'registry.log').read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def need_registry_binary() -> None:
+    need(
+        "Debian's docker-registry (apt-get install docker-registry)",
+        shutil.which("docker-registry") is not None,
+    )
