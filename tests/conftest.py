@@ -33,6 +33,7 @@ from workspace_server.db.schema import metadata
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_ENCRYPTION_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # base64 of 32 bytes
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -126,6 +127,10 @@ def make_settings(db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
         "RATE_LIMIT": "100000",
     }
     base.update(overrides)
+    env = str(base.get("MOLECULE_ENV", "")).strip().lower()
+    if env in ("prod", "production") and "SECRETS_ENCRYPTION_KEY" not in overrides:
+        # production refuses to start without a key; tests about other production rules get one
+        base["SECRETS_ENCRYPTION_KEY"] = TEST_ENCRYPTION_KEY
     return Settings(**base)
 
 

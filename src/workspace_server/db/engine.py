@@ -41,7 +41,8 @@ def make_engine(database_url: str) -> AsyncEngine:
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs.update(pool_size=20, max_overflow=10, pool_pre_ping=True)
-    engine = create_async_engine(url, **kwargs)
+    # statement parameters can hold plaintext secrets: keep them out of error text and logs
+    engine = create_async_engine(url, hide_parameters=True, **kwargs)
     if engine.dialect.name == "sqlite":
         _sqlite_pragmas(engine)
     return engine
