@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workspace_server.common.kv import KV
 from workspace_server.config import Settings
+from workspace_server.db.engine import autocommit
 from workspace_server.events.bus import Bus
 from workspace_server.events.service import EventService
 from workspace_server.workspaces.lifecycle import Lifecycle
@@ -33,6 +35,11 @@ class AppContext:
     # workspace id -> capabilities/idle timeout reported on the last heartbeat (spec 04 §0)
     runtime_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def autocommit(self) -> AsyncEngine:
+        """The engine's pool in AUTOCOMMIT mode, for single-statement hot paths (heartbeats, token checks)."""
+        return autocommit(self.engine)
 
 
 def get_ctx(request: Request) -> AppContext:

@@ -65,7 +65,8 @@ async def _org_token(ctx: AppContext, bearer: str) -> tokens.OrgToken | None:
 async def _workspace_token(ctx: AppContext, bearer: str, ws_id: str | None = None) -> str | None:
     """Owner of a live workspace token (bound to `ws_id` when given); a DB error is a 503, never a 500."""
     try:
-        async with ctx.engine.begin() as conn:
+        # each statement stands alone (a lookup, then at most one last_used_at touch): no transaction
+        async with ctx.autocommit.connect() as conn:
             return await tokens.validate_workspace_token(conn, bearer, ws_id)
     except Exception:
         log.exception("workspace token lookup failed")
@@ -165,8 +166,13 @@ def _canvas_origins(s: Settings) -> set[str]:
 async def grandfathered_caller(ctx: AppContext, request: Request, ws_id: str) -> None:
     """Registry/discovery rule: once `ws_id` has a live token, the bearer must be one of its tokens.
 
-    A DB error in the existence probe fails open, as the reference does for register/heartbeat.
+    The bearer is checked first: for a live agent (every heartbeat) that is the only query. Only when it
+    is absent or does not match is the existence probe needed, to tell "no tokens yet" (pass) from a
+    failure. A DB error in that probe fails open, as the reference does for register/heartbeat.
     """
+    bearer = bearer_token(request)
+    if bearer and await _workspace_token(ctx, bearer, ws_id) is not None:
+        return
     try:
         async with ctx.engine.connect() as conn:
             has = await tokens.has_live_token(conn, ws_id)
@@ -175,13 +181,7 @@ async def grandfathered_caller(ctx: AppContext, request: Request, ws_id: str) ->
         return
     if not has:
         return
-    bearer = bearer_token(request)
-    if not bearer:
-        raise ApiError(401, "missing workspace auth token")
-    async with ctx.engine.begin() as conn:
-        owner = await tokens.validate_workspace_token(conn, bearer, ws_id)
-    if owner is None:
-        raise ApiError(401, "invalid workspace auth token")
+    raise ApiError(401, "invalid workspace auth token" if bearer else "missing workspace auth token")
 
 
 AdminAuth = Annotated[AuthInfo, Depends(admin_auth)]

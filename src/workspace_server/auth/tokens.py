@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow
 from workspace_server.db.schema import org_api_tokens, workspace_auth_tokens, workspaces
+
+LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
 def generate_token() -> str:
@@ -53,14 +56,17 @@ async def validate_workspace_token(conn: AsyncConnection, token: str, ws_id: str
     t, w = workspace_auth_tokens, workspaces
     row = (
         await conn.execute(
-            sa.select(t.c.id, t.c.workspace_id)
+            sa.select(t.c.id, t.c.workspace_id, t.c.last_used_at)
             .select_from(t.join(w, w.c.id == t.c.workspace_id))
             .where(t.c.token_hash == hash_token(token), t.c.revoked_at.is_(None), w.c.status != "removed")
         )
     ).first()
     if row is None or (ws_id is not None and row.workspace_id != ws_id):
         return None
-    await conn.execute(sa.update(t).where(t.c.id == row.id).values(last_used_at=utcnow()))
+    now = utcnow()
+    # last_used_at is informational: refresh it at most once a minute instead of on every heartbeat
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        await conn.execute(sa.update(t).where(t.c.id == row.id).values(last_used_at=now))
     return str(row.workspace_id)
 
 

@@ -143,27 +143,25 @@ async def _mint_first_token(ctx: AppContext, ws_id: str) -> str | None:
 
 
 async def heartbeat(ctx: AppContext, ws_id: str, hb: HeartbeatRequest) -> None:
+    # Postgres does it in one statement, atomic without a transaction; SQLite reads then writes in one
+    engine = ctx.autocommit if ctx.engine.dialect.name == "postgresql" else ctx.engine
     try:
-        async with ctx.engine.connect() as conn:
-            snap = await store.heartbeat_snapshot(conn, ws_id)
-        written = False
-        if snap is not None:
-            async with ctx.engine.begin() as conn:
-                written = await store.apply_heartbeat(
-                    conn,
-                    ws_id,
-                    now=utcnow(),
-                    error_rate=hb.error_rate,
-                    sample_error=hb.sample_error,
-                    active_tasks=hb.active_tasks,
-                    uptime_seconds=hb.uptime_seconds,
-                    current_task=hb.current_task,
-                    monthly_spend=store.clamp_spend(hb.monthly_spend),
-                )
+        async with engine.begin() as conn:
+            snap = await store.apply_heartbeat(
+                conn,
+                ws_id,
+                now=utcnow(),
+                error_rate=hb.error_rate,
+                sample_error=hb.sample_error,
+                active_tasks=hb.active_tasks,
+                uptime_seconds=hb.uptime_seconds,
+                current_task=hb.current_task,
+                monthly_spend=store.clamp_spend(hb.monthly_spend),
+            )
     except Exception:
         log.exception("registry: heartbeat update failed for %s", ws_id)
         raise ApiError(500, "failed to update") from None
-    if snap is None or not written:
+    if snap is None:
         # Unknown or removed: 200 as the reference, but no events and no per-id state, so
         # unauthenticated heartbeats for made-up ids cannot grow memory or spam the stream.
         ctx.runtime_overrides.pop(ws_id, None)

@@ -78,8 +78,10 @@ async def heartbeat_snapshot(conn: AsyncConnection, ws_id: str) -> HeartbeatSnap
             sa.select(w.c.status, w.c.current_task, w.c.max_concurrent_tasks).where(w.c.id == ws_id)
         )
     ).first()
-    if row is None:
-        return None
+    return None if row is None else _snapshot(row)
+
+
+def _snapshot(row: Any) -> HeartbeatSnapshot:
     return HeartbeatSnapshot(
         status=row.status,
         current_task=row.current_task or "",
@@ -102,11 +104,13 @@ async def apply_heartbeat(
     uptime_seconds: int,
     current_task: str,
     monthly_spend: int,
-) -> bool:
-    """Write the heartbeat columns unless the row is removed; True if a row was written.
+) -> HeartbeatSnapshot | None:
+    """Write the heartbeat columns unless the row is removed; the row as it was before, or None.
 
     `monthly_spend` 0 means "no report" and leaves the column alone. `idle_since` marks when the
     workspace last became idle (spec 01 §4.4 DECIDE): set on the first idle heartbeat, cleared by work.
+    On Postgres this is one statement (UPDATE … FROM the locked old row … RETURNING the old values): the
+    heartbeat is the server's hottest write. SQLite cannot return FROM-columns, so it reads then writes.
     """
     w = workspaces
     values: dict[str, Any] = {
@@ -123,8 +127,26 @@ async def apply_heartbeat(
     }
     if monthly_spend > 0:
         values["monthly_spend"] = monthly_spend
-    stmt = sa.update(w).where(w.c.id == ws_id, w.c.status != "removed").values(**values)
-    return (await conn.execute(stmt)).rowcount > 0
+    if conn.dialect.name == "postgresql":
+        old = (
+            sa.select(w.c.id, w.c.status, w.c.current_task, w.c.max_concurrent_tasks)
+            .where(w.c.id == ws_id)
+            .with_for_update()
+            .subquery("old")
+        )
+        stmt = (
+            sa.update(w)
+            .where(w.c.id == old.c.id, w.c.status != "removed")
+            .values(**values)
+            .returning(old.c.status, old.c.current_task, old.c.max_concurrent_tasks)
+        )
+        row = (await conn.execute(stmt)).first()
+        return None if row is None else _snapshot(row)
+    snap = await heartbeat_snapshot(conn, ws_id)
+    if snap is None or snap.status == "removed":
+        return None
+    plain = sa.update(w).where(w.c.id == ws_id, w.c.status != "removed").values(**values)
+    return snap if (await conn.execute(plain)).rowcount > 0 else None
 
 
 async def update_agent_card(conn: AsyncConnection, ws_id: str, agent_card: Any, now: datetime) -> bool:
