@@ -1,0 +1,78 @@
+"""Health sweep: a live workspace whose instance is gone goes offline and is restarted (spec 03 §5).
+
+Every `HEALTH_SWEEP_INTERVAL` (15 s), only with a backend. Candidates are online/degraded rows whose
+agent we run (not `external`). `is_running` False → offline (guarded: only from online/degraded, so a
+row paused or restarted meanwhile is left alone), cache keys cleared, `WORKSPACE_OFFLINE {}`, then
+`restart_by_id` in the background; the row is online again once the new agent registers. An
+`is_running` error counts as running: a transient engine error must not restart a healthy workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from workspace_server.common.kv import clear_workspace_keys
+from workspace_server.context import AppContext
+from workspace_server.provisioner import store as pstore
+from workspace_server.workspaces.lifecycle import LIVE_STATUSES
+
+log = logging.getLogger(__name__)
+
+_TASKS = "health_restart_tasks"
+
+
+async def sweep_health(ctx: AppContext) -> list[str]:
+    """One pass; returns the ids moved offline."""
+    orch: Any = ctx.extras.get("orchestrator")
+    backend = getattr(orch, "backend", None)
+    if backend is None:
+        return []
+    async with ctx.engine.connect() as conn:
+        rows = await pstore.backend_live_rows(conn)
+    offline: list[str] = []
+    for row in rows:
+        try:
+            if await orch.is_running(row.id):
+                continue
+            if await _mark_offline(ctx, row.id):
+                offline.append(row.id)
+                _restart(ctx, orch, row.id)
+        except Exception:  # one bad row must not starve the others
+            log.exception("health sweep: checking %s failed", row.id)
+    return offline
+
+
+async def _mark_offline(ctx: AppContext, ws_id: str) -> bool:
+    changed = await ctx.lifecycle.transition(
+        ws_id, to="offline", expect=LIVE_STATUSES, event="WORKSPACE_OFFLINE", payload={}
+    )
+    if changed:
+        log.info("health sweep: instance of %s is not running; offline, restarting", ws_id)
+        try:
+            await clear_workspace_keys(ctx.kv, ws_id)
+        except Exception:
+            log.warning("clearing cache keys of %s failed", ws_id, exc_info=True)
+    return changed
+
+
+def _restart(ctx: AppContext, orch: Any, ws_id: str) -> None:
+    tasks: set[asyncio.Task[Any]] = ctx.extras.setdefault(_TASKS, set())
+    task = asyncio.create_task(_run(orch, ws_id), name=f"health-restart:{ws_id}")
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _run(orch: Any, ws_id: str) -> None:
+    try:
+        await orch.restart_by_id(ws_id)
+    except Exception:
+        log.exception("auto-restart of %s failed", ws_id)
+
+
+async def cancel_health_restarts(ctx: AppContext) -> None:
+    tasks: set[asyncio.Task[Any]] = ctx.extras.get(_TASKS, set())
+    for t in list(tasks):
+        t.cancel()
+    await asyncio.gather(*list(tasks), return_exceptions=True)
