@@ -25,6 +25,7 @@ def serve(
     """Migrate the database, then serve the API."""
     _setup_logging()
     settings = Settings()
+    _require_encryption_key(settings)
     _migrate(settings)
     from workspace_server.app import create_app
 
@@ -43,6 +44,17 @@ def migrate() -> None:
     _setup_logging()
     _migrate(Settings())
     typer.echo("migrations applied")
+
+
+def _require_encryption_key(settings: Settings) -> None:
+    """Spec 06 §2.1 item 3: production without a valid SECRETS_ENCRYPTION_KEY neither migrates nor starts."""
+    from workspace_server.secrets.crypto import EncryptionKeyRequired, init_strict
+
+    try:
+        init_strict(settings)
+    except EncryptionKeyRequired as exc:
+        typer.echo(f"workspace-server: {exc}", err=True)
+        raise typer.Exit(code=1) from None
 
 
 def _migrate(settings: Settings) -> None:

@@ -128,6 +128,22 @@ class ExecResult:
     truncated: bool = False  # output went past MAX_EXEC_OUTPUT and the rest was dropped
 
 
+class FileTooLargeError(BackendError):
+    """A file read through the files API is larger than MAX_EXEC_OUTPUT."""
+
+    def __init__(self) -> None:
+        super().__init__("file too large")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of a files-API listing; `path` is relative to the listed directory."""
+
+    path: str
+    size: int
+    dir: bool
+
+
 @dataclass(frozen=True)
 class Instance:
     """One backend-managed agent, as seen by the orphan sweeper."""
@@ -268,3 +284,54 @@ def free_loopback_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
         if port not in avoid:
             return port
     raise BackendError("no free port for the workspace")
+
+
+@runtime_checkable
+class FileAccess(Protocol):
+    """The files API's view of a workspace (spec 02 §7), implemented by the docker and process backends.
+
+    Paths are absolute in-workspace paths under CONFIG_MOUNT, `/workspace`, `/home` or `/plugins`, already
+    validated by the caller; `rel` arguments are clean relative paths under CONFIG_MOUNT. No method builds
+    a shell string. `InstanceNotRunning` means "nothing to read or write for this workspace here" (no
+    running instance, and no stored config volume for a CONFIG_MOUNT path): callers fall back to the
+    template. `helper_image` lets the docker backend reach a stopped workspace's config volume through a
+    short-lived helper container created from that (local) image.
+    """
+
+    async def list_files(
+        self, ws_id: str, directory: str, depth: int, *, helper_image: str = ""
+    ) -> list[FileEntry]:
+        """Entries under `directory` down to `depth` levels (VCS/cache dirs skipped); [] if it is missing."""
+        ...
+
+    async def read_file(self, ws_id: str, path: str, *, helper_image: str = "") -> bytes | None:
+        """The file's bytes; None when missing or not a file; FileTooLargeError above MAX_EXEC_OUTPUT."""
+        ...
+
+    async def write_files(
+        self, ws_id: str, files: Mapping[str, bytes], *, helper_image: str = ""
+    ) -> Literal["container", "volume"]:
+        """Write relpath → bytes under CONFIG_MOUNT; "container" when the instance runs, else "volume"."""
+        ...
+
+    async def delete_path(self, ws_id: str, rel: str, *, helper_image: str = "") -> None:
+        """Remove CONFIG_MOUNT/rel (a file, or a directory tree); a missing path is not an error."""
+        ...
+
+
+FILES_API_ROOTS = (CONFIG_MOUNT, "/workspace", "/home", "/plugins")
+
+
+def split_workspace_path(path: str) -> tuple[str, str]:
+    """(root, clean relative rest) of an absolute files-API path; BackendError for anything else."""
+    for root in FILES_API_ROOTS:
+        if path == root:
+            return root, ""
+        if path.startswith(root + "/"):
+            rest = path[len(root) + 1 :]
+            try:
+                split_relpath(rest)
+            except UnsafePath as exc:
+                raise BackendError("invalid path", str(exc)) from exc
+            return root, rest
+    raise BackendError("invalid path", f"{path!r} is outside the files API roots")

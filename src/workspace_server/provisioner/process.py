@@ -33,7 +33,7 @@ import sys
 import termios
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 import psutil
@@ -41,10 +41,13 @@ import psutil
 import molecule_agent
 from workspace_server.config import Settings
 from workspace_server.provisioner.base import (
+    CONFIG_MOUNT,
     MAX_EXEC_OUTPUT,
     TOKEN_FILE,
     BackendError,
     ExecResult,
+    FileEntry,
+    FileTooLargeError,
     Instance,
     InstanceNotRunning,
     Started,
@@ -54,9 +57,18 @@ from workspace_server.provisioner.base import (
     gather_config_files,
     id12,
     instance_name,
+    split_workspace_path,
     validate_workspace_mount,
 )
-from workspace_server.workspaces.files import UnsafePath, workspace_config_dir, write_tree
+from workspace_server.workspaces.files import (
+    FileTooLarge,
+    UnsafePath,
+    list_tree,
+    read_regular,
+    remove_path,
+    workspace_config_dir,
+    write_tree,
+)
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +340,59 @@ class ProcessBackend:
             raise BackendError("invalid config file path", str(exc)) from exc
         except OSError as exc:
             raise BackendError("could not write config files", str(exc)) from exc
+
+    # ---- files API (spec 02 §7): host directories, walked without following symlinks ----
+    def _files_root(self, ws_id: str, root: str) -> Path | None:
+        """The host dir behind an in-workspace root; InstanceNotRunning when there is none to use.
+
+        /configs is the config dir whether or not the agent runs (it is the "volume"); /workspace is the
+        running agent's cwd; /home and /plugins do not exist on this backend (None while it runs).
+        """
+        if root == CONFIG_MOUNT:
+            return self._config_root(ws_id)
+        workdir = self._running_workdir(ws_id)  # InstanceNotRunning when the agent is not running
+        return workdir if root == "/workspace" else None
+
+    def _config_root(self, ws_id: str) -> Path:
+        config_dir = self._config_dir(ws_id)
+        if not config_dir.is_dir():
+            raise InstanceNotRunning
+        return config_dir
+
+    async def list_files(
+        self, ws_id: str, directory: str, depth: int, *, helper_image: str = ""
+    ) -> list[FileEntry]:
+        root, rest = split_workspace_path(directory)
+        host = self._files_root(ws_id, root)
+        if host is None:
+            return []
+        rows = await anyio.to_thread.run_sync(list_tree, host, rest, depth)
+        return [FileEntry(path, size if not is_dir else 0, is_dir) for path, size, is_dir in rows or []]
+
+    async def read_file(self, ws_id: str, path: str, *, helper_image: str = "") -> bytes | None:
+        root, rest = split_workspace_path(path)
+        host = self._files_root(ws_id, root)
+        if host is None or not rest:
+            return None
+        try:
+            return await anyio.to_thread.run_sync(read_regular, host, rest, MAX_EXEC_OUTPUT)
+        except FileTooLarge as exc:
+            raise FileTooLargeError from exc
+
+    async def write_files(
+        self, ws_id: str, files: Mapping[str, bytes], *, helper_image: str = ""
+    ) -> Literal["container", "volume"]:
+        await self.write_config_files(ws_id, files)
+        return "container" if await self.is_running(ws_id) else "volume"
+
+    async def delete_path(self, ws_id: str, rel: str, *, helper_image: str = "") -> None:
+        config_dir = self._config_root(ws_id)
+        try:
+            await anyio.to_thread.run_sync(remove_path, config_dir, rel)
+        except UnsafePath as exc:
+            raise BackendError("invalid path", str(exc)) from exc
+        except OSError as exc:
+            raise BackendError("delete failed", str(exc)) from exc
 
     # ---- volumes / inventory ----
     async def remove_volumes(self, ws_id: str, workspace: bool = False) -> None:

@@ -3,8 +3,8 @@
 `SECRETS_ENCRYPTION_KEY` is standard base64 of exactly 32 bytes; only when it is not valid base64 and is
 itself 32 bytes long is the raw string used. Anything else disables encryption with a warning: rows are
 then written with `encryption_version=0` (plaintext). Each row records its version, so turning a key on
-later does not break rows written before (#85). Refusing to start in production without a key is the
-server start-up's job, not this module's.
+later does not break rows written before (#85). `init_strict` is the start-up gate (spec 06 §2.1 item 3):
+production refuses to start without a valid key; elsewhere it warns once and plaintext is stored.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ NONCE_BYTES = 12
 KEY_BYTES = 32
 
 
+KEY_FORMAT_HINT = (
+    "standard base64 of exactly 32 random bytes (e.g. `openssl rand -base64 32`) or a raw 32-byte string"
+)
+
+
 class DecryptError(Exception):
     """The stored value cannot be turned back into plaintext (no key, wrong key, corrupt, unknown version)."""
 
@@ -43,6 +48,19 @@ def parse_key(raw: str) -> bytes | None:
         return encoded if len(encoded) == KEY_BYTES else None
     # valid base64 of the wrong length is not retried as a raw key (a 32-char base64 string is 24 bytes)
     return decoded if len(decoded) == KEY_BYTES else None
+
+
+class EncryptionKeyRequired(RuntimeError):
+    """Production (MOLECULE_ENV=prod|production) without a usable SECRETS_ENCRYPTION_KEY: refuse to start."""
+
+
+def key_problem(raw: str) -> str | None:
+    """Why `raw` is not a usable key (never echoing it), or None when it is."""
+    if not raw:
+        return "SECRETS_ENCRYPTION_KEY is not set"
+    if parse_key(raw) is None:
+        return "SECRETS_ENCRYPTION_KEY is not a valid key"
+    return None
 
 
 class SecretsCrypto:
@@ -93,8 +111,20 @@ def crypto_for(settings: Settings) -> SecretsCrypto:
             key = parse_key(raw)
             if key is None:
                 log.warning(
-                    "SECRETS_ENCRYPTION_KEY is %s; secrets are stored unencrypted (encryption_version=0)",
-                    "unset" if not raw else "not base64 of 32 bytes nor a 32-byte string",
+                    "%s; secrets are stored unencrypted (encryption_version=0). Expected: %s",
+                    key_problem(raw),
+                    KEY_FORMAT_HINT,
                 )
             found = _cache[raw] = SecretsCrypto(key)
         return found
+
+
+def init_strict(settings: Settings) -> SecretsCrypto:
+    """Start-up gate: in production a missing or malformed key is fatal; elsewhere warn (once) and go on."""
+    problem = key_problem(settings.SECRETS_ENCRYPTION_KEY)
+    if problem is not None and settings.is_production:
+        raise EncryptionKeyRequired(
+            f"{problem}; MOLECULE_ENV={settings.env_name} requires it. "
+            f"Set SECRETS_ENCRYPTION_KEY to {KEY_FORMAT_HINT}."
+        )
+    return crypto_for(settings)

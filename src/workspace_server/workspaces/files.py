@@ -62,19 +62,22 @@ def _open_dir(name: str, parent_fd: int, create: bool) -> int:
     return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
 
 
-def write_tree(root: Path, files: dict[str, bytes]) -> None:
-    """Write `files` (relpath → content) under `root` without following symlinks (UnsafePath/OSError)."""
+def write_tree(root: Path, files: dict[str, bytes], mode: int | None = None) -> None:
+    """Write `files` (relpath → content) under `root` without following symlinks (UnsafePath/OSError).
+
+    `mode` (e.g. 0o600 for template imports) is applied to every written file; None keeps 0644 on create.
+    """
     check_tree(list(files))
     root.mkdir(parents=True, exist_ok=True)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         for rel, data in files.items():
-            _write_one(root_fd, split_relpath(rel), data)
+            _write_one(root_fd, split_relpath(rel), data, mode)
     finally:
         os.close(root_fd)
 
 
-def _write_one(root_fd: int, parts: list[str], data: bytes) -> None:
+def _write_one(root_fd: int, parts: list[str], data: bytes, mode: int | None = None) -> None:
     fds: list[int] = []
     try:
         dir_fd = root_fd
@@ -85,10 +88,12 @@ def _write_one(root_fd: int, parts: list[str], data: bytes) -> None:
                 raise UnsafePath(f"cannot enter {name!r}") from exc
             fds.append(dir_fd)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
-        fd = os.open(parts[-1], flags, 0o644, dir_fd=dir_fd)
+        fd = os.open(parts[-1], flags, 0o644 if mode is None else mode, dir_fd=dir_fd)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise UnsafePath(f"{parts[-1]!r} is not a regular file")
+            if mode is not None:
+                os.fchmod(fd, mode)  # an existing file keeps its old mode through O_CREAT
             _write_all(fd, data)
         finally:
             os.close(fd)
@@ -168,3 +173,135 @@ def subdirs(root: Path) -> list[str]:
             return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
     except OSError:
         return []
+
+
+# ---- browsing a host directory for the files API (process backend, template fallback) ----
+
+SKIP_NAMES = frozenset({".git", "__pycache__", "node_modules", ".DS_Store"})
+
+
+class FileTooLarge(ValueError):
+    """A regular file above the read cap."""
+
+
+def _open_subdir(root: Path, parts: list[str]) -> int:
+    """An fd for `root/parts…`, every component entered without following symlinks (OSError)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    for name in parts:
+        try:
+            child = _open_dir(name, fd, create=False)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def list_tree(root: Path, rel: str, depth: int) -> list[tuple[str, int, bool]] | None:
+    """`(path, size, is_dir)` under `root/rel` down to `depth` levels, paths relative to `root/rel`.
+
+    Depth-first in name order (as Go's filepath.Walk), SKIP_NAMES and their subtrees left out, symlinks
+    listed as files and never entered. None when `root` itself is unusable; [] when `rel` is missing.
+    """
+    try:
+        parts = split_relpath(rel) if rel else []
+    except UnsafePath:
+        return []
+    try:
+        top = _open_subdir(root, [])
+    except OSError:
+        return None
+    os.close(top)
+    try:
+        fd = _open_subdir(root, parts)
+    except OSError:
+        return []
+    out: list[tuple[str, int, bool]] = []
+    try:
+        _walk(fd, "", depth, out)
+    finally:
+        os.close(fd)
+    return out
+
+
+def _walk(dir_fd: int, prefix: str, depth: int, out: list[tuple[str, int, bool]]) -> None:
+    try:
+        names = sorted(os.listdir(dir_fd))
+    except OSError:
+        return
+    for name in names:
+        if name in SKIP_NAMES:
+            continue
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            continue  # vanished meanwhile
+        path = prefix + name
+        is_dir = stat.S_ISDIR(st.st_mode)
+        out.append((path, st.st_size, is_dir))
+        if is_dir and depth > 1:
+            try:
+                child = _open_dir(name, dir_fd, create=False)
+            except OSError:
+                continue
+            try:
+                _walk(child, path + "/", depth - 1, out)
+            finally:
+                os.close(child)
+
+
+def read_regular(root: Path, rel: str, max_bytes: int = MAX_FILE_BYTES) -> bytes | None:
+    """Like `read_file`, but a file over `max_bytes` raises FileTooLarge instead of reading as None."""
+    try:
+        parts = split_relpath(rel)
+        fd = _open_subdir(root, parts[:-1])
+    except (UnsafePath, OSError):
+        return None
+    try:
+        file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        st = os.fstat(file_fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if st.st_size > max_bytes:
+            raise FileTooLarge(rel)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(file_fd, 65536):
+            size += len(chunk)
+            if size > max_bytes:
+                raise FileTooLarge(rel)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(file_fd)
+
+
+def remove_path(root: Path, rel: str) -> bool:
+    """Remove `root/rel` (a file, a symlink itself, or a directory tree) without following symlinks.
+
+    False when nothing was there. Directory trees go through `shutil.rmtree(dir_fd=…)`, which is safe
+    against symlink races on Linux.
+    """
+    import shutil
+
+    parts = split_relpath(rel)
+    try:
+        fd = _open_subdir(root, parts[:-1])
+    except OSError:
+        return False
+    try:
+        try:
+            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(parts[-1], dir_fd=fd)
+        else:
+            os.unlink(parts[-1], dir_fd=fd)
+        return True
+    finally:
+        os.close(fd)

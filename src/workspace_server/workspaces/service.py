@@ -388,7 +388,7 @@ class WorkspaceService:
         all_ids = [ws_id, *descendants]
         await self._mark_removed(all_ids)
         # Detached from the request: a client hanging up must not abort stops half-way (#1843).
-        cleanup = spawn(self._cleanup(ws_id, descendants, exists), name=f"delete-{ws_id}")
+        cleanup = spawn(self._cleanup(ws_id, descendants, exists, purge), name=f"delete-{ws_id}")
         failures = await asyncio.shield(cleanup)
         if failures:
             detail = "; ".join(f"stop {wid} failed" for wid in failures)
@@ -421,12 +421,14 @@ class WorkspaceService:
             log.exception("delete %s: marking removed failed", ids)
             raise ApiError(500, "failed to delete workspace") from None
 
-    async def _cleanup(self, root: str, descendants: list[str], root_exists: bool) -> list[str]:
+    async def _cleanup(
+        self, root: str, descendants: list[str], root_exists: bool, purge: bool = False
+    ) -> list[str]:
         """Stop, clear caches, emit REMOVED: descendants first, then the root. Returns failed-stop ids."""
         deadline = asyncio.get_running_loop().time() + DELETE_CLEANUP_SECONDS
         failures: list[str] = []
         for wid in [*descendants, root]:
-            if not await self._stop(wid, deadline):
+            if not await self._stop(wid, deadline, purge):
                 failures.append(wid)
             try:
                 await clear_workspace_keys(self.ctx.kv, wid)
@@ -438,7 +440,7 @@ class WorkspaceService:
                 await self.ctx.events.record("WORKSPACE_REMOVED", wid, {"cascade_deleted": len(descendants)})
         return failures
 
-    async def _stop(self, ws_id: str, deadline: float) -> bool:
+    async def _stop(self, ws_id: str, deadline: float, purge: bool = False) -> bool:
         hook = self.provisioner
         if hook is None:
             return True
@@ -448,7 +450,10 @@ class WorkspaceService:
         except Exception:
             log.exception("delete %s: stop failed; volume left for the orphan sweeper", ws_id)
             return False
-        remove_volume = getattr(hook, "remove_volume", None)
+        # purge=true also drops the workspace volume (user data), when the hook can (`purge_volumes`)
+        remove_volume = (purge and getattr(hook, "purge_volumes", None)) or getattr(
+            hook, "remove_volume", None
+        )
         if remove_volume is not None:
             try:
                 async with asyncio.timeout_at(deadline):

@@ -160,3 +160,82 @@ def clear_template_caches() -> None:
     global _known_runtimes
     _timeout_cache.clear()
     _known_runtimes = None
+
+
+# ---- names and relative paths (spec 02 §4), shared by template import, the files API and restarts ----
+
+
+def normalize_name(name: str) -> str:
+    """A display name as a template dir name: `Agent v2.0` → `agent-v20`, `../hack` → `hack`.
+
+    Spaces and `-` become `-`; ASCII letters are lower-cased; `[a-z0-9_]` is kept; everything else is
+    dropped; `..` is removed; an empty result is `unnamed`.
+    """
+    out: list[str] = []
+    for ch in name:
+        if ch in (" ", "-"):
+            out.append("-")
+        elif "A" <= ch <= "Z":
+            out.append(ch.lower())
+        elif "a" <= ch <= "z" or "0" <= ch <= "9" or ch == "_":
+            out.append(ch)
+    result = "".join(out).replace("..", "")
+    return result or "unnamed"
+
+
+def validate_rel_path(rel: str) -> bool:
+    """The reference's `validateRelPath`: not empty, not `.`, not absolute, no `..` anywhere.
+
+    (It allows `.env`, `foo/./bar` and `C:\\x`.) We also refuse NUL, which no filesystem accepts.
+    """
+    return bool(rel) and rel != "." and not rel.startswith("/") and ".." not in rel and "\x00" not in rel
+
+
+def clean_rel_path(rel: str) -> str | None:
+    """`rel` validated and normalised (`a//./b` → `a/b`), or None when invalid or naming the root."""
+    if not validate_rel_path(rel):
+        return None
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    return "/".join(parts) or None
+
+
+def _config_name(config_text: str) -> str:
+    """The first `name:` line's value (the reference's quick scan), surrounding quotes removed."""
+    for line in config_text.split("\n"):
+        stripped = line.strip()
+        if stripped.startswith("name:"):
+            return stripped[len("name:") :].strip().strip("\"'")
+    return ""
+
+
+def find_template_by_name(configs_dir: Path, name: str) -> Path | None:
+    """A template dir for workspace `name`: dir `name` lower-cased with spaces → `-`, else one whose
+    config.yaml `name:` equals it case-insensitively (`ws-*` dirs skipped). Symlinked dirs are ignored."""
+    try:
+        entries = sorted(e for e in configs_dir.iterdir() if e.is_dir() and not e.is_symlink())
+    except OSError:
+        return None
+    wanted = name.lower().replace(" ", "-")
+    for entry in entries:
+        if entry.name == wanted:
+            return entry
+    folded = name.casefold()
+    for entry in entries:
+        if entry.name.startswith("ws-"):
+            continue
+        try:
+            text = (entry / "config.yaml").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if _config_name(text).casefold() == folded:
+            return entry
+    return None
+
+
+def resolve_workspace_template_dir(settings: Settings, workspace_name: str) -> Path | None:
+    """The reference's `resolveTemplateDir`: `<configs>/<normalize_name(name)>`, else a name match."""
+    configs_dir = settings.configs_dir
+    by_dir = resolve_inside_root(configs_dir, normalize_name(workspace_name))
+    if by_dir is not None and by_dir.is_dir():
+        return by_dir
+    return find_template_by_name(configs_dir, workspace_name)

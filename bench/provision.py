@@ -1,0 +1,177 @@
+"""Provision-to-online of a real workspace against its floor (a bare container of the same image), in one run.
+
+1. Start `python -m workspace_server serve` on a free loopback port: SQLite under a temp dir,
+   WORKSPACE_BACKEND=docker with host networking, PLATFORM_URL pointing at itself, the orphan sweeper off
+   (other containers on this engine are not ours).
+2. Ours, N times: `POST /workspaces` (runtime `echo` → molecule/workspace-agent:latest) and poll
+   `GET /workspaces/:id` until `online` (the agent registered). Each workspace is purged afterwards.
+3. Floor, N times, interleaved with ours: create + start a container of the same image on the host network
+   through the same engine API (what `docker run -d` does) and poll `message/send` on its port until it
+   answers 200. The container is removed afterwards.
+4. Print each sample and `RESULT provision ratio=<ours_p50/bare_p50> ours_p50=<s> bare_p50=<s>`.
+
+Bounded: every sample has a deadline; a failure aborts the run with the reason. Goal: ratio <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "molecule/workspace-agent:latest"
+ADMIN = "bench-admin"
+SAMPLE_DEADLINE = 120.0  # seconds per sample
+POLL = 0.02
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{workdir}/bench.db",
+        "DATA_DIR": str(workdir / "data"),
+        "CONFIGS_DIR": str(workdir / "configs"),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "PLATFORM_URL": f"http://127.0.0.1:{port}",
+        "WORKSPACE_BACKEND": "docker",
+        "DOCKER_NETWORK_MODE": "host",
+        "ADMIN_TOKEN": ADMIN,
+        "REDIS_URL": "",
+        "RATE_LIMIT": "1000000",
+        "ORPHAN_SWEEP_INTERVAL": "0",
+        "MOLECULE_ENV": "",
+    }
+    log = open(workdir / "server.log", "wb")  # stays open for the server process
+    return subprocess.Popen(
+        [sys.executable, "-m", "workspace_server", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + SAMPLE_DEADLINE
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("server exited during start-up (see its server.log)")
+        with contextlib.suppress(httpx.HTTPError):
+            if (await client.get("/health")).status_code == 200:
+                return
+        await asyncio.sleep(0.1)
+    raise SystemExit("server did not become healthy")
+
+
+async def ours_once(client: httpx.AsyncClient, n: int) -> float:
+    t0 = time.perf_counter()
+    r = await client.post("/workspaces", json={"name": f"bench-{n}", "runtime": "echo", "tier": 2})
+    if r.status_code != 201:
+        raise SystemExit(f"create failed: {r.status_code} {r.text}")
+    wid = r.json()["id"]
+    try:
+        while True:
+            view = (await client.get(f"/workspaces/{wid}")).json()
+            if view["status"] == "online":
+                return time.perf_counter() - t0
+            if view["status"] == "failed" or time.perf_counter() - t0 > SAMPLE_DEADLINE:
+                raise SystemExit(f"workspace {wid} ended {view['status']}")
+            await asyncio.sleep(POLL)
+    finally:
+        await client.delete(f"/workspaces/{wid}?purge=true")
+
+
+def message_send() -> dict[str, Any]:
+    parts = [{"kind": "text", "text": "ping"}]
+    return {"jsonrpc": "2.0", "id": "1", "method": "message/send", "params": {"message": {"parts": parts}}}
+
+
+async def bare_once(engine: docker.DockerClient, http: httpx.AsyncClient) -> float:
+    port = free_port()
+    env = {
+        "WORKSPACE_ID": str(uuid.uuid4()),
+        "PLATFORM_URL": "http://127.0.0.1:9",  # nothing listens: registration fails, serving does not
+        "A2A_PORT": str(port),
+        "A2A_HOST": "127.0.0.1",
+    }
+    name = f"bench-bare-{uuid.uuid4().hex[:10]}"
+    t0 = time.perf_counter()
+    container = await asyncio.to_thread(
+        engine.containers.run, IMAGE, name=name, environment=env, network_mode="host", detach=True
+    )
+    try:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.post(f"http://127.0.0.1:{port}/", json=message_send())).status_code == 200:
+                    return time.perf_counter() - t0
+            if time.perf_counter() - t0 > SAMPLE_DEADLINE:
+                raise SystemExit("bare container never answered")
+            await asyncio.sleep(POLL)
+    finally:
+        await asyncio.to_thread(container.remove, force=True)
+
+
+async def main(args: argparse.Namespace) -> None:
+    engine = docker.from_env(timeout=120)
+    engine.images.get(IMAGE)  # fails fast without `make runtime-image`
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-provision-") as tmp:
+        proc = start_server(port, Path(tmp))
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+        try:
+            async with (
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as client,
+                httpx.AsyncClient(timeout=2) as http,
+            ):
+                await wait_healthy(client, proc)
+                await ours_once(client, -1)  # warm-up: first-use costs (network setup, imports) on both sides
+                await bare_once(engine, http)
+                ours, bare = [], []
+                for n in range(args.runs):
+                    ours.append(await ours_once(client, n))
+                    bare.append(await bare_once(engine, http))
+                    print(f"# run {n}: ours={ours[-1]:.3f}s bare={bare[-1]:.3f}s", flush=True)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            engine.close()
+    o, b = statistics.median(ours), statistics.median(bare)
+    print(f"RESULT provision ratio={o / b:.2f} ours_p50={o:.3f} bare_p50={b:.3f}")
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=7, help="samples of each (at least 5)")
+    args = ap.parse_args()
+    args.runs = max(5, args.runs)
+    return args
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

@@ -1,0 +1,113 @@
+"""The orchestrator's SQL: hierarchy walks, guarded url writes, the hibernate claim.
+
+Status changes still go through `Lifecycle.transition`; what lives here only reads rows or writes
+non-status columns under a status guard, so a late write never lands on a removed or paused row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from workspace_server.common.time import utcnow
+from workspace_server.db.schema import workspaces
+from workspace_server.workspaces.lifecycle import Lifecycle
+
+w = workspaces.c
+
+# A started agent's url may be stored while the row is in one of these (online: it registered first).
+URL_WRITABLE = ("provisioning", "online", "degraded")
+
+
+async def paused_ancestor(conn: AsyncConnection, ws_id: str) -> str | None:
+    """Name of the nearest paused ancestor, or None. Cycle-safe (PATCH allows parent cycles)."""
+    seen = {ws_id}
+    parent = (await conn.execute(sa.select(w.parent_id).where(w.id == ws_id))).scalar_one_or_none()
+    while parent and parent not in seen:
+        seen.add(parent)
+        row = (await conn.execute(sa.select(w.parent_id, w.status, w.name).where(w.id == parent))).first()
+        if row is None:
+            return None
+        if row.status == "paused":
+            return str(row.name)
+        parent = row.parent_id
+    return None
+
+
+async def descendants_where(
+    conn: AsyncConnection, ws_id: str, statuses: Iterable[str], *, include: bool
+) -> list[tuple[str, str]]:
+    """(id, name) of descendants reached only through rows whose status is (not) in `statuses`.
+
+    include=True walks rows IN statuses (resume: through paused rows); include=False walks rows NOT IN
+    statuses (pause: through rows that are neither removed nor paused). Breadth-first, cycle-safe.
+    """
+    wanted = list(statuses)
+    cond = w.status.in_(wanted) if include else w.status.not_in(wanted)
+    seen = {ws_id}
+    out: list[tuple[str, str]] = []
+    frontier = [ws_id]
+    while frontier:
+        q = sa.select(w.id, w.name).where(w.parent_id.in_(frontier), cond).order_by(w.created_at, w.id)
+        nxt = [(r.id, r.name) for r in (await conn.execute(q)).all() if r.id not in seen]
+        seen.update(i for i, _ in nxt)
+        out.extend(nxt)
+        frontier = [i for i, _ in nxt]
+    return out
+
+
+async def set_url_if_live(conn: AsyncConnection, ws_id: str, url: str) -> bool:
+    """Store the started agent's url unless the row moved on (paused, removed, failed …) meanwhile."""
+    stmt = (
+        sa.update(workspaces)
+        .where(w.id == ws_id, w.status.in_(URL_WRITABLE))
+        .values(url=url, updated_at=utcnow())
+    )
+    return (await conn.execute(stmt)).rowcount > 0
+
+
+async def set_runtime(conn: AsyncConnection, ws_id: str, runtime: str) -> None:
+    await conn.execute(
+        sa.update(workspaces).where(w.id == ws_id).values(runtime=runtime, updated_at=utcnow())
+    )
+
+
+async def claim_for_hibernation(
+    conn: AsyncConnection, lifecycle: Lifecycle, ws_id: str, *, force: bool
+) -> bool:
+    """online/degraded → hibernating, with no active tasks unless `force`; the row is locked first.
+
+    The lock makes the active-task check and the status change one step (two concurrent hibernates:
+    exactly one wins; a task arriving in between makes a non-forced claim fail).
+    """
+    guard = sa.true() if force else w.active_tasks == 0
+    locked = sa.select(w.id).where(w.id == ws_id, guard).with_for_update()
+    if (await conn.execute(locked)).first() is None:
+        return False
+    return await lifecycle.transition(ws_id, to="hibernating", expect=("online", "degraded"), conn=conn)
+
+
+async def statuses_of(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str]:
+    """id → status for the ids that have a row (removed rows included)."""
+    wanted = list(ids)
+    if not wanted:
+        return {}
+    rows = (await conn.execute(sa.select(w.id, w.status).where(w.id.in_(wanted)))).all()
+    return {r.id: r.status for r in rows}
+
+
+async def ids_with_prefix(conn: AsyncConnection, prefix: str) -> dict[str, str]:
+    """id → status for rows whose id starts with `prefix` (legacy unlabelled containers)."""
+    rows = (await conn.execute(sa.select(w.id, w.status).where(w.id.like(prefix + "%")))).all()
+    return {r.id: r.status for r in rows}
+
+
+async def backend_live_rows(conn: AsyncConnection) -> list[Any]:
+    """online/degraded rows whose agent we run (not external): the health sweep's candidates."""
+    q = sa.select(w.id, w.name, w.runtime).where(
+        w.status.in_(("online", "degraded")), w.runtime != "external"
+    )
+    return list((await conn.execute(q)).all())

@@ -1,0 +1,1 @@
+"""Template listing and import (spec 02 §4)."""

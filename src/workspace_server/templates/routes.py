@@ -1,0 +1,34 @@
+"""HTTP for templates (spec 02 §4): `GET /templates`, `POST /templates/import` (both AdminAuth)."""
+
+from __future__ import annotations
+
+import json
+
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from workspace_server.auth.deps import AdminAuth, Ctx
+from workspace_server.common.errors import ApiError
+from workspace_server.common.http import read_body
+from workspace_server.templates import service
+
+router = APIRouter()
+
+
+@router.get("/templates")
+async def list_templates(ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
+    items = await anyio.to_thread.run_sync(service.list_templates, ctx.settings.configs_dir)
+    return JSONResponse(items)
+
+
+@router.post("/templates/import")
+async def import_template(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
+    raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, service.INVALID_BODY) from None
+    req = service.parse_import_body(data)
+    body = await anyio.to_thread.run_sync(service.import_template, ctx.settings, req)
+    return JSONResponse(body, status_code=201)

@@ -1,0 +1,1 @@
+"""WebSocket terminal into a workspace (spec 02 §7)."""

@@ -1,0 +1,147 @@
+"""Real workspaces on Docker (host networking): create → online → restart → pause/resume → delete;
+a killed container comes back by itself; secrets reach the container's env. Runs on SQLite and Postgres.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import docker.errors
+import pytest
+
+from tests.integration.provisioner_support import docker_client, need_agent_image
+from tests.integration.test_orchestrator_support import (
+    Platform,
+    PlatformFactory,
+    agent_reply,
+    platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
+)
+from workspace_server.provisioner.docker import DockerBackend, configs_volume, workspace_volume
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def engine() -> Iterator[Any]:
+    client = docker_client()
+    need_agent_image(client)
+    yield client
+    client.close()
+
+
+def container(engine: Any, wid: str) -> Any | None:
+    try:
+        return engine.containers.get(f"ws-{wid[:12]}")
+    except docker.errors.NotFound:
+        return None
+
+
+def volume_exists(engine: Any, name: str) -> bool:
+    try:
+        engine.volumes.get(name)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+async def online(p: Platform, wid: str) -> dict[str, Any]:
+    view = await p.wait_status(wid, "online")
+    assert view["url"].startswith("http://127.0.0.1:")
+    return view
+
+
+async def test_create_restart_pause_resume_delete(platform_factory: PlatformFactory, engine: Any) -> None:
+    p: Platform = await platform_factory("docker")
+    wid = await p.create("Echo Agent")
+    view = await online(p, wid)
+    assert await agent_reply(view["url"], "hello there") == "hello there"
+    r = await p.a2a(wid, "via the platform")
+    assert r.status_code == 200 and r.json()["result"]["parts"][0]["text"] == "via the platform"
+    first = container(engine, wid)
+    assert first is not None and first.status == "running"
+    assert first.labels["molecule.platform.managed"] == "true"
+
+    r = await p.http.post(f"/workspaces/{wid}/restart")
+    assert (r.status_code, r.text) == (
+        200,
+        '{"config_dir":"existing-volume","reset_session":false,"status":"provisioning"}',
+    )
+    await p.wait_for(lambda: _replaced(engine, wid, first.id), "a new container")
+    view = await online(p, wid)
+    assert await agent_reply(view["url"], "after restart") == "after restart"
+
+    r = await p.http.post(f"/workspaces/{wid}/pause")
+    assert (r.status_code, r.json()) == (200, {"paused_count": 1, "status": "paused"})
+    view = await p.get(wid)
+    assert (view["status"], view["url"]) == ("paused", "")
+    assert container(engine, wid) is None
+    again = await p.http.post(f"/workspaces/{wid}/pause")
+    assert (again.status_code, again.json()) == (404, {"error": "workspace not found or already paused"})
+
+    r = await p.http.post(f"/workspaces/{wid}/resume")
+    assert (r.status_code, r.json()) == (200, {"resumed_count": 1, "status": "provisioning"})
+    view = await online(p, wid)
+    assert await agent_reply(view["url"], "resumed") == "resumed"
+
+    types = await p.event_types(wid)
+    assert types[0] == "WORKSPACE_PROVISIONING"
+    assert "WORKSPACE_PAUSED" in types and types.count("WORKSPACE_ONLINE") >= 3
+
+    r = await p.http.delete(f"/workspaces/{wid}")
+    assert (r.status_code, r.json()) == (200, {"cascade_deleted": 0, "status": "removed"})
+    assert container(engine, wid) is None
+    assert not volume_exists(engine, configs_volume(wid))
+    assert volume_exists(engine, workspace_volume(wid))  # user data survives a plain delete
+
+
+async def _replaced(engine: Any, wid: str, old_id: str) -> bool:
+    c = container(engine, wid)
+    return c is not None and c.id != old_id
+
+
+async def test_killed_container_goes_offline_and_comes_back(
+    platform_factory: PlatformFactory, engine: Any
+) -> None:
+    p: Platform = await platform_factory("docker", run_loops=True)
+    wid = await p.create("Crashy Agent")
+    await online(p, wid)
+    first = container(engine, wid)
+    assert first is not None
+    first.kill()  # the restart policy does not revive a killed container: only the sweep can
+
+    await p.wait_for(lambda: _replaced(engine, wid, first.id), "the health sweep's restart")
+    view = await online(p, wid)
+    assert await agent_reply(view["url"], "alive again") == "alive again"
+    types = await p.event_types(wid)
+    offline = types.index("WORKSPACE_OFFLINE")
+    assert "WORKSPACE_PROVISIONING" in types[offline:] and "WORKSPACE_ONLINE" in types[offline:]
+
+
+async def test_secrets_arrive_as_container_env_and_purge_removes_everything(
+    platform_factory: PlatformFactory, engine: Any
+) -> None:
+    p: Platform = await platform_factory("docker")
+    r = await p.http.post("/settings/secrets", json={"key": "SHARED_KEY", "value": "from-global"})
+    assert r.status_code == 200, r.text
+    await p.http.post("/settings/secrets", json={"key": "ONLY_GLOBAL", "value": "g"})
+    wid = await p.create("Env Agent", role="qa-lead", secrets={"SHARED_KEY": "from-workspace", "OWN": "w"})
+    await online(p, wid)
+
+    backend = DockerBackend(p.settings)
+    try:
+        res = await backend.exec(wid, ["env"])
+    finally:
+        await backend.close()
+    env = dict(line.split("=", 1) for line in res.stdout.decode().splitlines() if "=" in line)
+    assert env["SHARED_KEY"] == "from-workspace"  # workspace over global
+    assert env["ONLY_GLOBAL"] == "g" and env["OWN"] == "w"
+    assert env["WORKSPACE_ID"] == wid and env["PLATFORM_URL"] == p.url
+    assert env["GIT_AUTHOR_EMAIL"] == "env-agent@agents.moleculesai.app"
+    assert env["MOLECULE_AGENT_ROLE"] == "Qa-Lead"  # role, then the gh-identity mutator
+
+    r = await p.http.delete(f"/workspaces/{wid}?purge=true")
+    assert (r.status_code, r.json()) == (200, {"cascade_deleted": 0, "status": "purged"})
+    assert container(engine, wid) is None
+    assert not volume_exists(engine, configs_volume(wid))
+    assert not volume_exists(engine, workspace_volume(wid))
