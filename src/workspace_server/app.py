@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 
 async def build_context(settings: Settings) -> AppContext:
+    from workspace_server.secrets.crypto import init_strict
+
+    init_strict(settings)  # production without a valid SECRETS_ENCRYPTION_KEY: refuse before touching the DB
     engine = make_engine(settings.DATABASE_URL)
     await upgrade_to_head(engine)
     redis: Any | None = None
@@ -43,7 +46,7 @@ async def build_context(settings: Settings) -> AppContext:
         bus, kv = InProcessBus(), MemoryKV()
     await bus.start()
     events = EventService(engine, bus)
-    return AppContext(
+    ctx = AppContext(
         settings=settings,
         engine=engine,
         bus=bus,
@@ -54,9 +57,34 @@ async def build_context(settings: Settings) -> AppContext:
         http=httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)),
         redis=redis,
     )
+    await _install_orchestrator(ctx)
+    return ctx
+
+
+async def _install_orchestrator(ctx: AppContext) -> None:
+    """The workspace backend and the orchestrator over it (provisioner/orchestrator.py)."""
+    from workspace_server.provisioner import make_backend
+    from workspace_server.provisioner.hooks import default_mutators
+    from workspace_server.provisioner.orchestrator import Orchestrator
+
+    backend = await make_backend(ctx.settings)
+    orch = Orchestrator(ctx, backend, default_mutators(ctx.settings))
+    ctx.extras["orchestrator"] = orch
+    if backend is not None:
+        ctx.extras["backend"] = backend
+        ctx.extras["provisioner"] = orch
+        ctx.extras["restart_workspace"] = orch.restart_by_id
 
 
 async def close_context(ctx: AppContext) -> None:
+    from workspace_server.a2a import shutdown as shutdown_a2a
+
+    await shutdown_a2a(ctx)
+    orch = ctx.extras.get("orchestrator")
+    if orch is not None:
+        await orch.close()
+        if orch.backend is not None:
+            await orch.backend.close()
     ctx.hub.close()
     await ctx.bus.close()
     await ctx.http.aclose()
@@ -73,6 +101,9 @@ def create_app(settings: Settings | None = None, *, run_loops: bool = True) -> F
         from workspace_server.loops.supervisor import start_loops
 
         ctx = await build_context(settings)
+        from workspace_server.a2a import install as install_a2a
+
+        install_a2a(ctx)
         app.state.ctx = ctx
         loops = start_loops(ctx) if run_loops else None
         try:
@@ -94,24 +125,48 @@ def create_app(settings: Settings | None = None, *, run_loops: bool = True) -> F
 
 
 def _include_routers(app: FastAPI) -> None:
+    from workspace_server.a2a.routes import router as a2a_router
+    from workspace_server.activity.extra_routes import router as activity_extra_router
     from workspace_server.activity.routes import router as activity_router
     from workspace_server.bundles.routes import router as bundles_router
+    from workspace_server.chatfiles.routes import router as chatfiles_router
     from workspace_server.events.routes import router as events_router
+    from workspace_server.files.routes import router as files_router
+    from workspace_server.instructions.routes import router as instructions_router
     from workspace_server.loops.routes import router as loops_router
+    from workspace_server.mcp.routes import router as mcp_router
+    from workspace_server.memories.routes import router as memories_router
     from workspace_server.observability.routes import router as observability_router
+    from workspace_server.provisioner.routes import router as provisioner_router
     from workspace_server.registry.routes import router as registry_router
+    from workspace_server.secrets.routes import router as secrets_router
+    from workspace_server.templates.routes import router as templates_router
+    from workspace_server.terminal.routes import router as terminal_router
     from workspace_server.tokens.routes import router as tokens_router
+    from workspace_server.workspaces.lifecycle_routes import router as lifecycle_router
     from workspace_server.workspaces.routes import router as workspaces_router
 
     for r in (
         observability_router,
         workspaces_router,
+        lifecycle_router,
+        provisioner_router,
         registry_router,
         tokens_router,
         events_router,
         activity_router,
         bundles_router,
         loops_router,
+        a2a_router,
+        secrets_router,
+        mcp_router,
+        instructions_router,
+        memories_router,
+        activity_extra_router,
+        chatfiles_router,
+        files_router,
+        templates_router,
+        terminal_router,
     ):
         app.include_router(r)
 

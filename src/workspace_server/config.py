@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     LIVENESS_TTL_SECONDS: int = 180
     LIVENESS_SWEEP_INTERVAL: float = 10.0
     PROVISION_SWEEP_INTERVAL: float = 30.0
+    HEALTH_SWEEP_INTERVAL: float = 15.0  # orchestrator: dead instances of live rows → offline → restart
+    ORPHAN_SWEEP_INTERVAL: float = 60.0  # orchestrator: instances without a live row; <= 0 disables
+    GHCR_USER: str = ""  # registry auth for POST /admin/workspace-images/refresh pulls from ghcr.io
+    GHCR_TOKEN: str = ""
     LEADER_LEASE_TTL_SECONDS: float = 15.0  # background-loop leader lease (DESIGN §6)
     LEADER_LEASE_RENEW_SECONDS: float = 5.0
     ACTIVITY_RETENTION_DAYS: str = "7"

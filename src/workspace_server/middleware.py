@@ -128,7 +128,7 @@ class _RouteEntry:
     template: str
 
 
-def _effective_routes(app: Any) -> Iterable[tuple[Any, str, Any]]:
+def effective_routes(app: Any) -> Iterable[tuple[Any, str, Any]]:
     """(route, full path, methods) for every route, prefixes of included routers applied."""
     routes = getattr(getattr(app, "router", None), "routes", [])
     try:
@@ -153,7 +153,7 @@ class RouteTemplates:
 
     def _build(self, app: Any) -> None:
         entries = []
-        for route, path, methods in _effective_routes(app):
+        for route, path, methods in effective_routes(app):
             if isinstance(route, Mount):
                 path = path.rstrip("/") + "/{path:path}"
             regex, _, _ = compile_path(path)
@@ -481,12 +481,15 @@ class BodyLimitMiddleware:
     """No route buffers more than MAX_BODY_BYTES: a declared length over the cap is refused before the app
     runs; an undeclared (chunked) body is counted as it streams in."""
 
+    # routes that stream larger bodies and enforce their own caps (chat uploads: 50 MiB, spec 04 §4)
+    OWN_CAPS = re.compile(r"^/workspaces/[^/]+/chat/uploads$")
+
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self.OWN_CAPS.match(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         declared = header(scope, b"content-length")

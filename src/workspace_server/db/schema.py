@@ -263,3 +263,52 @@ sa.Index(
     postgresql_where=sa.text("idempotency_key IS NOT NULL"),
     sqlite_where=sa.text("idempotency_key IS NOT NULL"),
 )
+
+# ---- scoped agent memories (spec 05 §2) and platform instructions (spec 04 §6) ----
+
+MEMORY_SCOPES = ("LOCAL", "TEAM", "GLOBAL")
+
+agent_memories = sa.Table(
+    "agent_memories",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("scope", sa.String(10), nullable=False),
+    sa.Column("namespace", sa.String(50), nullable=False, server_default="general"),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.CheckConstraint("scope IN ('LOCAL','TEAM','GLOBAL')", name="scope_valid"),
+    sa.Index("ix_agent_memories_workspace_id_namespace", "workspace_id", "namespace"),
+    sa.Index("ix_agent_memories_scope_created_at", "scope", "created_at"),
+)
+
+INSTRUCTION_SCOPES = ("global", "team", "workspace")
+
+platform_instructions = sa.Table(
+    "platform_instructions",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("scope_target", sa.Text),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.CheckConstraint("scope IN ('global','team','workspace')", name="scope_valid"),
+    sa.Index("ix_platform_instructions_scope_scope_target", "scope", "scope_target"),
+)
+
+# Platform-wide secrets (spec 05 §1); a workspace_secrets row with the same key overrides one (secrets/).
+global_secrets = sa.Table(
+    "global_secrets",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("key", sa.Text, nullable=False, unique=True),
+    sa.Column("encrypted_value", sa.LargeBinary, nullable=False),
+    sa.Column("encryption_version", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+)

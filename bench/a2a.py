@@ -1,0 +1,301 @@
+"""A2A proxy overhead: `message/send` through `POST /workspaces/:id/a2a` against straight to the agent.
+
+1. Create a throwaway Postgres database (or `--db sqlite`: a file in the work dir); start
+   `python -m workspace_server serve` on a free loopback port (MOLECULE_ENV=development so the agent's
+   loopback URL is dialable, no ADMIN_TOKEN, WORKSPACE_BACKEND=none, RATE_LIMIT high, in-process bus).
+2. Create a workspace and start one reference agent for it (`python -m molecule_agent`, echo replies);
+   wait until it registered and is online.
+3. Sequential: S pairs of calls, direct and proxied interleaved, after a warm-up; p50 of each, and the
+   difference is the proxy's added latency. Proxied calls are canvas calls (no X-Workspace-ID): the
+   full pipeline (budget, URL cache, SSRF check, normalisation, activity row, A2A_RESPONSE).
+4. Concurrent: N calls with C=50 in flight (one pooled httpx client), direct then proxied, twice in
+   alternating order; throughput = calls / wall time, best of the two runs for each path.
+5. Print `RESULT a2a ratio=<proxied/direct throughput at C> p50_added_ms=<ms>`, plus CPU per call of
+   the server and the agent. `--profile` records the server with py-spy during the concurrent phase.
+
+Bounded in count and time: every phase has a deadline; the run fails rather than hangs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PHASE_DEADLINE = 600.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def admin_exec(admin_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    drop = ("ADMIN_TOKEN", "REDIS_URL", "MOLECULE_ENV", "WORKSPACE_ID", "HOSTNAME")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(PYTHONPATH=str(ROOT / "src"), **extra)
+    return env
+
+
+def start_server(database_url: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    env = _env(
+        DATABASE_URL=database_url,
+        HOST="127.0.0.1",
+        PORT=str(port),
+        WORKSPACE_BACKEND="none",
+        RATE_LIMIT="100000000",
+        MOLECULE_ENV="development",
+    )
+    log = (workdir / "server.log").open("wb")
+    cmd = [sys.executable, "-m", "workspace_server", "serve"]
+    return subprocess.Popen(cmd, cwd=str(workdir), env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_agent(ws_id: str, platform_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    cfg = workdir / f"agent-{ws_id[:8]}"
+    cfg.mkdir(parents=True, exist_ok=True)
+    (cfg / "config.yaml").write_text("name: Bench Agent\n", encoding="utf-8")
+    port = free_port()
+    env = _env(
+        WORKSPACE_ID=ws_id,
+        PLATFORM_URL=platform_url,
+        WORKSPACE_CONFIG_PATH=str(cfg),
+        A2A_PORT=str(port),
+        A2A_HOST="127.0.0.1",
+        HEARTBEAT_INTERVAL_SECONDS="120",
+    )
+    log = (workdir / "agent.log").open("wb")
+    cmd = [sys.executable, "-m", "molecule_agent"]
+    proc = subprocess.Popen(cmd, cwd=str(workdir), env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], what: str, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"a process exited ({p.returncode}) while waiting for {what}")
+        try:
+            if await check():
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def message_body(i: int) -> dict[str, object]:
+    return {
+        "jsonrpc": "2.0",
+        "id": str(i),
+        "method": "message/send",
+        "params": {
+            "message": {
+                "role": "user",
+                "messageId": str(uuid.uuid4()),
+                "parts": [{"kind": "text", "text": f"ping {i}"}],
+            }
+        },
+    }
+
+
+Send = Callable[[int], Awaitable[None]]
+
+
+def sender(client: httpx.AsyncClient, url: str) -> Send:
+    async def send(i: int) -> None:
+        r = await client.post(url, json=message_body(i))
+        if r.status_code != 200 or "result" not in r.json():
+            raise SystemExit(f"call to {url} failed: {r.status_code} {r.text[:200]}")
+
+    return send
+
+
+async def sequential(direct: Send, proxied: Send, pairs: int) -> tuple[float, float]:
+    """p50 in ms of each path, calls interleaved so drift hits both alike."""
+    d: list[float] = []
+    p: list[float] = []
+    for i in range(pairs):
+        for send, out in ((direct, d), (proxied, p)) if i % 2 else ((proxied, p), (direct, d)):
+            t0 = time.perf_counter()
+            await send(i)
+            out.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(d), statistics.median(p)
+
+
+async def concurrent(send: Send, calls: int, concurrency: int) -> float:
+    """Calls per second with `concurrency` callers."""
+    it = iter(range(calls))
+
+    async def worker() -> None:
+        for i in it:  # shared iterator: each call is taken by exactly one worker
+            await send(i)
+
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), PHASE_DEADLINE)
+    return calls / (time.perf_counter() - t0)
+
+
+async def ramp(send: Send, concurrency: int) -> None:
+    """Grow the connection pools one connection at a time: the reference agent listens with a backlog
+    of 5 and accepts on one thread, so a burst of connects (or a pool that keeps too few alive and
+    reconnects under load) gets some of them reset by the kernel."""
+    for c in range(1, concurrency + 1):
+        await concurrent(send, c, c)
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(database_url, port, workdir)
+    procs = [server]
+    try:
+        # the agent never closes idle connections; uvicorn does after 5 s, so expire ours sooner
+        n = args.concurrency
+        agent_limits = httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=60.0)
+        server_limits = httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=2.0)
+        async with (
+            httpx.AsyncClient(limits=server_limits, timeout=60.0) as client,
+            httpx.AsyncClient(limits=agent_limits, timeout=60.0) as agent_client,
+        ):
+
+            async def healthy() -> bool:
+                return (await client.get(base + "/health")).status_code == 200
+
+            await wait_until(healthy, "server health", procs)
+            r = await client.post(base + "/workspaces", json={"name": "Bench Agent", "tier": 1})
+            if r.status_code != 201:
+                raise SystemExit(f"create failed: {r.status_code} {r.text[:200]}")
+            ws_id = r.json()["id"]
+            agent, agent_url = start_agent(ws_id, base, workdir)
+            procs.append(agent)
+
+            async def online() -> bool:
+                return (await client.get(f"{base}/workspaces/{ws_id}")).json().get("status") == "online"
+
+            await wait_until(online, "agent online", procs)
+            direct = sender(agent_client, agent_url)
+            proxied = sender(client, f"{base}/workspaces/{ws_id}/a2a")
+            for i in range(args.warmup):  # warm-up: connections, caches, JIT-free but allocator-warm
+                await direct(i)
+                await proxied(i)
+
+            d50, p50 = await asyncio.wait_for(sequential(direct, proxied, args.pairs), PHASE_DEADLINE)
+            srv, agt = psutil.Process(server.pid), psutil.Process(agent.pid)
+            rates: dict[str, list[float]] = {"direct": [], "proxied": []}
+            cpu: dict[str, float] = {"server": 0.0, "agent": 0.0}
+            spy = start_profiler(server.pid, workdir) if args.profile else None
+            for order in (("direct", "proxied"), ("proxied", "direct")):
+                for name in order:
+                    send = direct if name == "direct" else proxied
+                    await ramp(send, args.concurrency)
+                    s0, a0 = cpu_seconds(srv), cpu_seconds(agt)
+                    rates[name].append(await concurrent(send, args.calls, args.concurrency))
+                    if name == "proxied":
+                        cpu["server"] += cpu_seconds(srv) - s0
+                        cpu["agent"] += cpu_seconds(agt) - a0
+            if spy is not None:
+                spy.terminate()
+                spy.wait(timeout=60)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    direct_rate, proxied_rate = max(rates["direct"]), max(rates["proxied"])
+    per_call = 2 * args.calls
+    print(f"# db={args.db} pairs={args.pairs} calls={args.calls} concurrency={args.concurrency}")
+    print(f"# sequential p50 direct={d50:.2f}ms proxied={p50:.2f}ms")
+    print(f"# concurrent direct={rates['direct']} proxied={rates['proxied']} calls/s")
+    print(
+        f"# proxied cpu per call: server={cpu['server'] / per_call * 1000:.2f}ms "
+        f"agent={cpu['agent'] / per_call * 1000:.2f}ms"
+    )
+    print(f"RESULT a2a ratio={proxied_rate / direct_rate:.3f} p50_added_ms={p50 - d50:.2f}")
+
+
+def start_profiler(pid: int, workdir: Path) -> subprocess.Popen[bytes]:
+    out = workdir / "a2a-profile.txt"
+    cmd = [
+        str(Path(sys.executable).with_name("py-spy")),
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--rate",
+        "200",
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def main(args: argparse.Namespace) -> None:
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.db == "sqlite":
+        db_file = workdir / f"a2a-{os.getpid()}.db"
+        try:
+            await run(args, f"sqlite:///{db_file}", workdir)
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(db_file) + suffix).unlink(missing_ok=True)
+        return
+    name = f"bench_a2a_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    await admin_exec(args.pg, f'CREATE DATABASE "{name}"')
+    try:
+        await run(args, args.pg.rsplit("/", 1)[0] + "/" + name, workdir)
+    finally:
+        await admin_exec(args.pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
+    p.add_argument("--pairs", type=int, default=300, help="sequential direct+proxied pairs")
+    p.add_argument("--calls", type=int, default=2000, help="calls per concurrent run")
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument(
+        "--pg", default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    p.add_argument("--profile", action="store_true", help="py-spy the server: <workdir>/a2a-profile.txt")
+    p.add_argument("--workdir", default=str(ROOT / "data" / "bench"), help="server cwd and logs")
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

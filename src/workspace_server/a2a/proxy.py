@@ -1,0 +1,732 @@
+"""The A2A proxy pipeline (spec 04 §1.2–§1.8), usable in-process: `proxy_a2a(ctx, target, body, caller)`.
+
+hierarchy → budget → URL (cache, then DB) → SSRF → JSON-RPC normalisation → dispatch → result mapping →
+side effects (activity row, A2A_RESPONSE, last_outbound_at, token usage) in the background.
+
+What a transport failure means for delivery decides what may be retried (spec 04 §7/§8 fixes):
+- refused/unreachable, or reset/EOF before any reply ("busy"): the agent did not take the message, so
+  it may be sent again (busy → queued, drained later);
+- idle timeout: the agent has it and went quiet. It is NOT busy (upstream re-queued it and delivered it
+  twice); the caller gets 504 and nothing resends it;
+- any HTTP reply, even an error or a body cut short: delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from http import HTTPStatus
+from typing import Any
+
+import httpx
+
+from workspace_server.a2a import schemas as msg
+from workspace_server.a2a import store
+from workspace_server.activity.service import log_activity, sorted_keys
+from workspace_server.auth.ssrf import UnsafeURL, check_dial_url
+from workspace_server.common.errors import ApiError
+from workspace_server.common.ids import new_id
+from workspace_server.common.jsonnum import loads_strict
+from workspace_server.common.kv import URL_TTL, clear_workspace_keys, url_key
+from workspace_server.common.time import utcnow
+from workspace_server.context import AppContext
+from workspace_server.events.bus import Event
+from workspace_server.registry.access import can_communicate
+from workspace_server.registry.service import has_capability, idle_timeout_override
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1 << 20  # larger request bodies are cut (spec 04 §1.2)
+MAX_RESPONSE_BYTES = 10 << 20
+CEILING_SECONDS = 30 * 60  # absolute cap on one dispatch (workspace callers, or X-Timeout)
+DEFAULT_IDLE_SECONDS = 300
+TRUSTED_URL_PREFIX = "http://127.0.0.1:"  # what our own backends store for the agents they start
+# No read/write timeout: the idle watch decides when a quiet agent has had long enough.
+DISPATCH_TIMEOUT = httpx.Timeout(None, connect=10.0, pool=30.0)
+DISPATCH_HEADERS = {"Content-Type": "application/json"}
+EXTERNAL = "external"
+
+# Long-lived agent calls get their own connection pool (see `a2a_client`).
+POOL_LIMITS = httpx.Limits(max_connections=2000, max_keepalive_connections=256, keepalive_expiry=5.0)
+
+CLIENT_KEY = "a2a_http"
+WATCH_KEY = "a2a_idle_watch"
+TASKS_KEY = "a2a_tasks"
+RESTART_HOOK = "restart_workspace"
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"  # the agent answered (any HTTP status)
+    NOT_DELIVERED = "not_delivered"  # refused before it reached the agent: safe to send again
+    UNKNOWN = "unknown"  # sent, never answered: never resent
+    QUEUED = "queued"  # busy target; the queue delivers it later
+    BUSY = "busy"  # busy target; nothing queued
+
+
+@dataclass
+class ProxyResult:
+    """`error` set: the client gets `error` as JSON; otherwise `body` verbatim (the agent's bytes)."""
+
+    status: int
+    body: bytes = b""
+    error: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    outcome: Outcome = Outcome.DELIVERED
+    method: str = ""
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+
+    def error_text(self) -> str:
+        text = (self.error or {}).get("error")
+        if isinstance(text, str) and text:
+            return text
+        try:
+            return HTTPStatus(self.status).phrase
+        except ValueError:
+            return "unknown error"
+
+
+def _encode(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _fail(
+    status: int, body: dict[str, Any], outcome: Outcome, headers: dict[str, str] | None = None
+) -> ProxyResult:
+    return ProxyResult(status, error=sorted_keys(body), headers=headers or {}, outcome=outcome)
+
+
+# ---- background work (referenced until done; cancelled at shutdown) ----
+
+
+def spawn(ctx: AppContext, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    tasks: set[asyncio.Task[Any]] = ctx.extras.setdefault(TASKS_KEY, set())
+    task = asyncio.create_task(_logged(coro, name), name=name)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task
+
+
+async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> Any:
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("a2a background task %s failed", name)
+        return None
+
+
+async def cancel_background(ctx: AppContext) -> None:
+    tasks: set[asyncio.Task[Any]] = ctx.extras.get(TASKS_KEY, set())
+    for t in list(tasks):
+        t.cancel()
+    await asyncio.gather(*list(tasks), return_exceptions=True)
+
+
+# ---- the outbound client ----
+
+
+def a2a_client(ctx: AppContext) -> httpx.AsyncClient:
+    """The pool for agent calls, created on first use and closed by `close_client`.
+
+    Not the shared `ctx.http` (100 connections, 20 kept alive): A2A calls last minutes, so a few dozen in
+    flight would starve every other outbound call, and above 20 concurrent calls the pool would close and
+    reopen connections on every request (a connect burst the reference agent's backlog of 5 resets).
+    """
+    client: httpx.AsyncClient | None = ctx.extras.get(CLIENT_KEY)
+    if client is None:
+        client = ctx.extras[CLIENT_KEY] = httpx.AsyncClient(limits=POOL_LIMITS, timeout=DISPATCH_TIMEOUT)
+    return client
+
+
+async def close_client(ctx: AppContext) -> None:
+    client: httpx.AsyncClient | None = ctx.extras.pop(CLIENT_KEY, None)
+    if client is not None:
+        await client.aclose()
+
+
+# ---- idle watch: the time of the last bus event per workspace with a dispatch in flight ----
+
+
+class IdleWatch:
+    """One bus listener for all dispatches (not one subscription per request)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, list[float]] = {}  # ws -> [last event (monotonic), dispatches in flight]
+
+    def on_event(self, event: Event) -> None:
+        rec = self._seen.get(event.workspace_id or "")
+        if rec is not None:
+            rec[0] = time.monotonic()
+
+    def enter(self, ws_id: str) -> None:
+        rec = self._seen.setdefault(ws_id, [0.0, 0.0])
+        rec[1] += 1
+
+    def leave(self, ws_id: str) -> None:
+        rec = self._seen.get(ws_id)
+        if rec is not None:
+            rec[1] -= 1
+            if rec[1] <= 0:
+                del self._seen[ws_id]
+
+    def last_event(self, ws_id: str) -> float:
+        rec = self._seen.get(ws_id)
+        return rec[0] if rec else 0.0
+
+
+def idle_watch(ctx: AppContext) -> IdleWatch:
+    watch: IdleWatch | None = ctx.extras.get(WATCH_KEY)
+    if watch is None:
+        watch = ctx.extras[WATCH_KEY] = IdleWatch()
+        ctx.bus.add_listener(watch.on_event)
+    return watch
+
+
+class IdleTimeout(Exception):
+    def __init__(self, seconds: float, ceiling: bool) -> None:
+        super().__init__(
+            f"no reply and no activity for {seconds:g}s" if not ceiling else "dispatch ceiling reached"
+        )
+        self.ceiling = ceiling
+
+
+async def run_watched(
+    watch: IdleWatch, ws_id: str, coro: Coroutine[Any, Any, Any], idle: float, ceiling: float | None
+) -> Any:
+    """Await `coro`, cancelling it after `idle` seconds without a bus event for `ws_id` (or at `ceiling`)."""
+    task = asyncio.ensure_future(coro)
+    start = time.monotonic()
+    watch.enter(ws_id)
+    try:
+        while True:
+            deadline = max(start, watch.last_event(ws_id)) + idle
+            hard = start + ceiling if ceiling else None
+            if hard is not None and hard < deadline:
+                deadline = hard
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise IdleTimeout(idle, ceiling=hard is not None and deadline == hard)
+            done, _ = await asyncio.wait({task}, timeout=remaining)
+            if done:
+                return task.result()
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watch.leave(ws_id)
+
+
+# ---- the pipeline ----
+
+
+@dataclass
+class Call:
+    ctx: AppContext
+    target: str
+    caller: str
+    log: bool
+    ceiling: float | None
+    from_queue: bool
+    method: str = ""
+    row: Any = None  # store.target_row result, None when missing or unreadable
+    row_error: bool = False
+    request: Any = None  # the normalised envelope (dict)
+
+    @property
+    def is_workspace_caller(self) -> bool:
+        return bool(self.caller) and not msg.is_system_caller(self.caller)
+
+    @property
+    def target_name(self) -> str:
+        return str(self.row.name) if self.row is not None and self.row.name else self.target
+
+
+async def proxy_a2a(
+    ctx: AppContext,
+    target_id: str,
+    body: bytes,
+    caller: str = "",
+    log_activity: bool = True,
+    *,
+    timeout_seconds: int | None = None,
+    from_queue: bool = False,
+) -> ProxyResult:
+    """Send an A2A request to a workspace as `caller` ("" = canvas, `system:…` = in-process services).
+
+    Caller authentication is the HTTP route's job; this applies the hierarchy, budget and delivery rules.
+    `from_queue` is the drain's re-dispatch: a busy target is reported (BUSY), not queued again.
+    """
+    if timeout_seconds and timeout_seconds > 0:
+        ceiling: float | None = min(timeout_seconds, CEILING_SECONDS)
+    else:
+        ceiling = CEILING_SECONDS if caller else None
+    call = Call(ctx, target_id, caller, log_activity, ceiling, from_queue)
+    try:
+        return await _run(call, body[:MAX_REQUEST_BYTES])
+    except ApiError as e:
+        return _fail(e.status, e.body, Outcome.NOT_DELIVERED, e.headers)
+
+
+_INVALID = object()
+
+
+async def _run(call: Call, raw: bytes) -> ProxyResult:
+    ctx = call.ctx
+    if call.is_workspace_caller and call.caller != call.target:
+        if not await can_communicate(ctx.engine, call.caller, call.target):
+            raise ApiError(403, msg.ACCESS_DENIED)
+    payload = _parse(raw)
+    key = _message_id(payload)
+    await _load_target(call, key)
+    _check_budget(call)
+    url = await _resolve_url(call)
+    await _check_url(call, url)
+    if not isinstance(payload, dict):
+        raise ApiError(400, msg.INVALID_JSON)
+    envelope = normalise(payload)
+    call.request = envelope
+    call.method = envelope["method"] if isinstance(envelope.get("method"), str) else ""
+    if key and not call.from_queue and call.row is not None and call.row.queued_id:
+        # The same message is already waiting for this target: sending it now would deliver it twice.
+        return await _queued_reply(call, str(call.row.queued_id))
+    return await _dispatch(call, url, _encode(envelope))
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return loads_strict(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _INVALID
+
+
+def _message_id(payload: Any) -> str:
+    if not isinstance(payload, dict):
+        return ""
+    params = payload.get("params")
+    message = params.get("message") if isinstance(params, dict) else None
+    mid = message.get("messageId") if isinstance(message, dict) else None
+    return mid if isinstance(mid, str) else ""
+
+
+def normalise(payload: dict[str, Any]) -> dict[str, Any]:
+    """JSON-RPC 2.0 envelope when `jsonrpc` is absent; a messageId in `params.message` when missing."""
+    if "jsonrpc" not in payload:
+        payload = {
+            "jsonrpc": "2.0",
+            "id": new_id(),
+            "method": payload.get("method"),
+            "params": payload.get("params"),
+        }
+    params = payload.get("params")
+    message = params.get("message") if isinstance(params, dict) else None
+    if isinstance(message, dict) and "messageId" not in message:
+        message["messageId"] = new_id()
+    return payload
+
+
+async def _load_target(call: Call, key: str) -> None:
+    try:
+        async with call.ctx.engine.connect() as conn:
+            call.row = await store.target_row(conn, call.target, key or None)
+    except Exception:
+        log.exception("a2a: target lookup failed for %s", call.target)
+        call.row_error = True
+
+
+def _check_budget(call: Call) -> None:
+    row = call.row  # unreadable or missing: fail open (the URL step answers for a missing row)
+    if row is not None and row.budget_limit is not None and (row.monthly_spend or 0) >= row.budget_limit:
+        raise ApiError(402, msg.BUDGET_EXCEEDED)
+
+
+async def _resolve_url(call: Call) -> str:
+    ctx = call.ctx
+    try:
+        cached = await ctx.kv.get(url_key(call.target))
+    except Exception:
+        log.exception("a2a: url cache read failed for %s", call.target)
+        cached = None
+    if cached:
+        return cached
+    if call.row_error:
+        raise ApiError(500, msg.LOOKUP_FAILED)
+    row = call.row
+    if row is None:
+        raise ApiError(404, msg.NOT_FOUND)
+    if not row.url:
+        if row.status == "hibernated":
+            _restart(ctx, call.target, "wake")
+            raise ApiError(
+                503,
+                msg.WAKING,
+                waking=True,
+                retry_after=msg.WAKE_RETRY_AFTER,
+                headers={"Retry-After": str(msg.WAKE_RETRY_AFTER)},
+            )
+        err = ApiError(503, msg.NO_URL)
+        err.body["status"] = row.status
+        raise err
+    try:
+        await ctx.kv.set(url_key(call.target), row.url, URL_TTL)
+    except Exception:
+        log.exception("a2a: url cache write failed for %s", call.target)
+    return str(row.url)
+
+
+def _trusted(call: Call, url: str) -> bool:
+    """A URL our own backend assigned (it stores `http://127.0.0.1:<port>` on the row) is not agent input."""
+    row = call.row
+    return (
+        row is not None
+        and row.url == url
+        and url.startswith(TRUSTED_URL_PREFIX)
+        and call.ctx.extras.get("provisioner") is not None
+    )
+
+
+async def _check_url(call: Call, url: str) -> None:
+    if _trusted(call, url):
+        return
+    try:
+        await check_dial_url(url, call.ctx.settings)
+    except UnsafeURL as e:
+        log.warning("a2a: unsafe url for workspace %s: %s", call.target, e)
+        raise ApiError(502, msg.NOT_ROUTABLE) from None
+
+
+def _restart(ctx: AppContext, ws_id: str, why: str) -> None:
+    hook: Callable[[str], Awaitable[object]] | None = ctx.extras.get(RESTART_HOOK)
+    if hook is None:
+        log.warning("a2a: %s of %s wanted but no restart hook is installed", why, ws_id)
+        return
+
+    async def run() -> None:
+        await hook(ws_id)
+
+    spawn(ctx, run(), f"a2a-{why}:{ws_id}")
+
+
+# ---- dispatch ----
+
+
+@dataclass
+class _Exchange:
+    status: int | None = None
+    duration_ms: int = 0
+    body: bytes = b""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _idle_seconds(ctx: AppContext, ws_id: str) -> float:
+    override = idle_timeout_override(ctx, ws_id)
+    if override:
+        return float(override)
+    n = ctx.settings.A2A_IDLE_TIMEOUT_SECONDS
+    return float(n) if n > 0 else float(DEFAULT_IDLE_SECONDS)
+
+
+async def _exchange(http: httpx.AsyncClient, url: str, data: bytes, ex: _Exchange) -> None:
+    request = http.build_request(
+        "POST", url, content=data, headers=DISPATCH_HEADERS, timeout=DISPATCH_TIMEOUT
+    )
+    started = time.perf_counter()
+    response = await http.send(request, stream=True)
+    ex.status = response.status_code
+    ex.duration_ms = int((time.perf_counter() - started) * 1000)
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise _TooLarge
+            chunks.append(chunk)
+        ex.body = b"".join(chunks)
+    finally:
+        await response.aclose()
+
+
+async def _dispatch(call: Call, url: str, data: bytes) -> ProxyResult:
+    ctx = call.ctx
+    ex = _Exchange()
+    started = time.perf_counter()
+    try:
+        await run_watched(
+            idle_watch(ctx),
+            call.target,
+            _exchange(a2a_client(ctx), url, data, ex),
+            _idle_seconds(ctx, call.target),
+            call.ceiling,
+        )
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError) as e:
+        log.warning("a2a: cannot build request to %s: %s", call.target, e)
+        return _fail(500, {"error": msg.BUILD_FAILED}, Outcome.NOT_DELIVERED)
+    except Exception as e:
+        if ex.status is not None:
+            return _read_failed(call, ex, e)
+        ex.duration_ms = int((time.perf_counter() - started) * 1000)
+        return await _transport_failed(call, ex, e)
+    return _replied(call, ex)
+
+
+def _replied(call: Call, ex: _Exchange) -> ProxyResult:
+    status = ex.status or 0
+    if call.log:
+        spawn(call.ctx, _after_reply(call, status, ex.body, ex.duration_ms), f"a2a-log:{call.target}")
+    if b'"usage"' in ex.body:
+        spawn(call.ctx, record_usage(call.ctx, call.target, ex.body), f"a2a-usage:{call.target}")
+    result = ProxyResult(status, ex.body, outcome=Outcome.DELIVERED, method=call.method)
+    if status >= 300:
+        result.error = {"error": _agent_error(ex.body, status)}
+    return result
+
+
+def _agent_error(body: bytes, status: int) -> str:
+    try:
+        top = json.loads(body) if body else None
+    except ValueError:
+        top = None
+    if isinstance(top, dict) and isinstance(top.get("error"), str):
+        return str(top["error"])
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _read_failed(call: Call, ex: _Exchange, exc: BaseException) -> ProxyResult:
+    status = ex.status or 0
+    confirmed = 200 <= status < 400
+    log.warning("a2a: reading the reply of %s failed (status=%s): %r", call.target, status, exc)
+    if call.log and confirmed:
+        spawn(call.ctx, _after_reply(call, status, b"", ex.duration_ms), f"a2a-log:{call.target}")
+    body = {"error": msg.READ_FAILED, "delivery_confirmed": confirmed}
+    return _fail(502, body, Outcome.DELIVERED)
+
+
+def _busy_error(exc: BaseException) -> bool:
+    """Reset or EOF before any reply: the agent dropped the request unprocessed (spec 04 §1.6)."""
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError | httpx.PoolTimeout):
+        return True
+    text = str(exc)
+    return "EOF" in text or "connection reset" in text.lower()
+
+
+def _failure_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:500]
+
+
+async def _transport_failed(call: Call, ex: _Exchange, exc: BaseException) -> ProxyResult:
+    log.info("a2a: dispatch to %s failed: %r", call.target, exc)
+    idle = isinstance(exc, IdleTimeout)
+    busy = not idle and _busy_error(exc)
+    dead = await _container_dead(call)
+    quiet_busy = (
+        busy and not dead and (call.from_queue or not has_capability(call.ctx, call.target, "session"))
+    )
+    if call.log and not quiet_busy:
+        spawn(call.ctx, _after_failure(call, _failure_text(exc), ex.duration_ms), f"a2a-log:{call.target}")
+    if dead:
+        body = {"error": msg.RESTARTING, "restarting": True}
+        return _fail(503, body, Outcome.UNKNOWN if idle else Outcome.NOT_DELIVERED)
+    if idle:
+        return _fail(504, {"error": msg.IDLE_TIMEOUT, "timeout": True}, Outcome.UNKNOWN)
+    if busy:
+        return await _busy(call)
+    return _fail(502, {"error": msg.UNREACHABLE}, Outcome.NOT_DELIVERED)
+
+
+async def _container_dead(call: Call) -> bool:
+    """Our backend says the agent's instance is gone: mark offline, clear the cache, restart it."""
+    ctx = call.ctx
+    backend = ctx.extras.get("provisioner")
+    is_running = getattr(backend, "is_running", None)
+    runtime = call.row.runtime if call.row is not None else ""
+    if not callable(is_running) or runtime == EXTERNAL:
+        return False
+    try:
+        if await is_running(call.target):
+            return False
+    except Exception:
+        log.warning("a2a: is_running(%s) failed; assuming alive", call.target, exc_info=True)
+        return False
+    log.warning("a2a: instance of %s is not running; marking offline and restarting", call.target)
+    try:
+        changed = await ctx.lifecycle.transition(
+            call.target,
+            to="offline",
+            not_in=("removed", "provisioning", "offline"),
+            event="WORKSPACE_OFFLINE",
+        )
+    except Exception:
+        log.exception("a2a: marking %s offline failed", call.target)
+        changed = False
+    try:
+        await clear_workspace_keys(ctx.kv, call.target)
+    except Exception:
+        log.exception("a2a: clearing cache keys of %s failed", call.target)
+    if changed:
+        _restart(ctx, call.target, "restart")
+    return True
+
+
+async def _busy(call: Call) -> ProxyResult:
+    ctx = call.ctx
+    retry = {"Retry-After": str(msg.BUSY_RETRY_AFTER)}
+    if has_capability(ctx, call.target, "session"):
+        body = {
+            "error": msg.BUSY_SESSION,
+            "busy": True,
+            "retry_after": msg.BUSY_RETRY_AFTER,
+            "native_session": True,
+        }
+        return _fail(503, body, Outcome.BUSY, retry)
+    busy_body = {"error": msg.BUSY_RETRY, "busy": True, "retry_after": msg.BUSY_RETRY_AFTER}
+    if call.from_queue:
+        return _fail(503, busy_body, Outcome.BUSY, retry)
+    try:
+        async with ctx.engine.begin() as conn:
+            queue_id = await store.enqueue(
+                conn,
+                ws_id=call.target,
+                caller_id=call.caller or None,
+                body=call.request,
+                method=call.method or None,
+                key=_message_id(call.request) or None,
+                now=utcnow(),
+            )
+    except Exception:
+        log.exception("a2a: enqueue for busy %s failed", call.target)
+        if call.log:
+            spawn(call.ctx, _after_failure(call, "enqueue failed", 0), f"a2a-log:{call.target}")
+        return _fail(503, busy_body, Outcome.BUSY, retry)
+    return await _queued_reply(call, queue_id)
+
+
+async def _queued_reply(call: Call, queue_id: str) -> ProxyResult:
+    depth = 0
+    try:
+        async with call.ctx.engine.connect() as conn:
+            depth = await store.queue_depth(conn, call.target)
+    except Exception:
+        log.exception("a2a: queue depth of %s unavailable", call.target)
+    body = {"queued": True, "queue_id": queue_id, "queue_depth": depth, "message": msg.BUSY_QUEUED}
+    return ProxyResult(202, _encode(sorted_keys(body)), outcome=Outcome.QUEUED, method=call.method)
+
+
+# ---- side effects (spec 04 §1.8), run in the background ----
+
+
+def _tool_trace(reply: Any) -> Any:
+    result = reply.get("result") if isinstance(reply, dict) else None
+    meta = result.get("metadata") if isinstance(result, dict) else None
+    return meta.get("tool_trace") if isinstance(meta, dict) else None
+
+
+async def _after_reply(call: Call, status: int, body: bytes, duration_ms: int) -> None:
+    ctx = call.ctx
+    try:
+        reply = json.loads(body) if body else None
+    except ValueError:
+        reply = None
+    await log_activity(
+        ctx.engine,
+        ctx.events,
+        workspace_id=call.target,
+        activity_type="a2a_receive",
+        source_id=call.caller or None,
+        target_id=call.target,
+        method=call.method,
+        summary=f"{call.method} → {call.target_name}",
+        request_body=call.request,
+        response_body=reply,
+        tool_trace=_tool_trace(reply),
+        duration_ms=duration_ms,
+        status="ok" if status < 400 else "error",
+    )
+    if status >= 400:
+        return
+    if not call.caller:
+        payload = {"response_body": reply, "method": call.method, "duration_ms": duration_ms}
+        await ctx.events.broadcast("A2A_RESPONSE", call.target, sorted_keys(payload))
+    elif call.is_workspace_caller:
+        try:
+            async with ctx.engine.begin() as conn:
+                await store.touch_outbound(conn, call.caller, utcnow())
+        except Exception:
+            log.exception("a2a: last_outbound_at update failed for %s", call.caller)
+
+
+async def _after_failure(call: Call, error: str, duration_ms: int) -> None:
+    await log_activity(
+        call.ctx.engine,
+        call.ctx.events,
+        workspace_id=call.target,
+        activity_type="a2a_receive",
+        source_id=call.caller or None,
+        target_id=call.target,
+        method=call.method,
+        summary=f"A2A request to {call.target_name} failed: {error}",
+        request_body=call.request,
+        duration_ms=duration_ms,
+        status="error",
+        error_detail=error,
+    )
+
+
+# ---- token usage (spec 01 §3) ----
+
+MAX_TOKENS = 10_000_000
+INPUT_COST, OUTPUT_COST = 3e-6, 15e-6  # USD per token
+
+
+def parse_usage(body: bytes) -> tuple[int, int]:
+    """`result.usage`, else top-level `usage`: (input_tokens, output_tokens); (0, 0) when absent."""
+    try:
+        top = json.loads(body)
+    except ValueError:
+        return 0, 0
+    if not isinstance(top, dict):
+        return 0, 0
+    for holder in (top.get("result"), top):
+        usage = holder.get("usage") if isinstance(holder, dict) else None
+        if isinstance(usage, dict):
+            inp, out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+            if inp or out:
+                return inp, out
+    return 0, 0
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return min(max(int(value), 0), MAX_TOKENS)
+
+
+async def record_usage(ctx: AppContext, ws_id: str, body: bytes) -> None:
+    inp, out = parse_usage(body)
+    if not inp and not out:
+        return
+    now = utcnow()
+    period = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    cost = inp * INPUT_COST + out * OUTPUT_COST
+    async with ctx.engine.begin() as conn:
+        await store.upsert_token_usage(conn, ws_id, period, inp, out, cost)

@@ -1,0 +1,152 @@
+"""A2A routes: the proxy (spec 04 §1), delegation (§2) and the queue's admin tool (§1.7)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from workspace_server.a2a import delegation, queue
+from workspace_server.a2a import schemas as msg
+from workspace_server.a2a.proxy import MAX_REQUEST_BYTES, TASKS_KEY, ProxyResult, proxy_a2a
+from workspace_server.a2a.schemas import DelegateRequest, RecordRequest, UpdateRequest
+from workspace_server.auth import tokens
+from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
+from workspace_server.common.errors import ApiError
+from workspace_server.common.http import bearer_token, parse_model, read_json
+from workspace_server.common.ids import parse_uuid
+from workspace_server.context import AppContext
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+_INT = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.Atoi accepts
+MAX_STALE_MINUTES = 100_000_000  # ~190 years; larger values mean "everything" anyway
+
+
+def _id(raw: str) -> str:
+    """Canonical form of a UUID; anything else is kept and simply matches no row."""
+    return parse_uuid(raw) or raw
+
+
+def render(result: ProxyResult) -> Response:
+    if result.error is not None:
+        return JSONResponse(result.error, status_code=result.status, headers=result.headers)
+    return Response(
+        result.body, status_code=result.status, media_type="application/json", headers=result.headers
+    )
+
+
+async def _read_cut(request: Request) -> bytes:
+    """The body's first MAX_REQUEST_BYTES; the rest is read and dropped (spec 04 §1.2: silently cut)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            if size < MAX_REQUEST_BYTES:
+                chunks.append(chunk[: MAX_REQUEST_BYTES - size])
+            size += len(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "failed to read request body") from None
+    return b"".join(chunks)
+
+
+async def authenticate_caller(ctx: AppContext, request: Request, caller: str) -> None:
+    """Once the caller workspace has a live token, the bearer must be one of its tokens (spec 04 §1.1)."""
+    try:
+        async with ctx.engine.connect() as conn:
+            has_token = await tokens.has_live_token(conn, caller)
+    except Exception:
+        log.exception("a2a: caller token probe failed for %s; allowing", caller)
+        return
+    if not has_token:
+        return
+    bearer = bearer_token(request)
+    if not bearer:
+        raise ApiError(401, msg.MISSING_CALLER_TOKEN)
+    try:
+        async with ctx.engine.begin() as conn:
+            owner = await tokens.validate_workspace_token(conn, bearer, caller)
+    except Exception:
+        log.exception("a2a: caller token validation failed for %s", caller)
+        owner = None
+    if owner is None:
+        raise ApiError(401, msg.INVALID_CALLER_TOKEN)
+
+
+def _x_timeout(request: Request) -> int | None:
+    raw = request.headers.get("x-timeout", "")
+    if _INT.fullmatch(raw) and 0 < int(raw) < 2**31:
+        return int(raw)
+    return None
+
+
+@router.post("/workspaces/{id}/a2a")
+async def proxy(id: str, request: Request, ctx: Ctx) -> Response:
+    target = _id(id)
+    raw = await _read_cut(request)
+    header = request.headers.get("x-workspace-id", "")
+    if msg.is_system_caller(header):
+        # %r: the header is attacker-controlled; keep its control characters out of the log line
+        log.warning("a2a: system caller prefix forged by %s: %r", request.client, header)
+        raise ApiError(403, msg.INVALID_CALLER)
+    caller = _id(header)
+    if caller and caller != target:
+        await authenticate_caller(ctx, request, caller)
+    # Detached from the client: a caller that hangs up does not abort a delivery half-way.
+    task = asyncio.ensure_future(
+        proxy_a2a(ctx, target, raw, caller, True, timeout_seconds=_x_timeout(request))
+    )
+    tasks: set[asyncio.Task[Any]] = ctx.extras.setdefault(TASKS_KEY, set())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return render(await asyncio.shield(task))
+
+
+# ---- delegation (WorkspaceAuth; :id is the delegating workspace) ----
+
+
+@router.post("/workspaces/{id}/delegate")
+async def delegate(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    data = await read_json(request, "invalid delegation request")
+    body = parse_model(DelegateRequest, data, "invalid delegation request")
+    status, resp = await delegation.delegate(ctx, _id(id), body)
+    return JSONResponse(resp, status_code=status)
+
+
+@router.get("/workspaces/{id}/delegations")
+async def list_delegations(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    return JSONResponse(await delegation.list_delegations(ctx, _id(id)))
+
+
+@router.post("/workspaces/{id}/delegations/record")
+async def record_delegation(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    body = parse_model(RecordRequest, await read_json(request))
+    return JSONResponse(await delegation.record(ctx, _id(id), body), status_code=202)
+
+
+@router.post("/workspaces/{id}/delegations/{delegation_id}/update")
+async def update_delegation(
+    id: str, delegation_id: str, request: Request, _: WorkspaceAuth, ctx: Ctx
+) -> JSONResponse:
+    body = parse_model(UpdateRequest, await read_json(request))
+    return JSONResponse(await delegation.update(ctx, _id(id), delegation_id, body))
+
+
+# ---- queue admin ----
+
+
+@router.post("/admin/a2a-queue/drop-stale")
+async def drop_stale(request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
+    raw = request.query_params.get("max_age_minutes", str(queue.DEFAULT_STALE_MINUTES))
+    if not _INT.fullmatch(raw) or not 1 <= int(raw) < 2**63:
+        raise ApiError(400, "max_age_minutes must be a positive integer")
+    minutes = min(int(raw), MAX_STALE_MINUTES)
+    ws_id = request.query_params.get("workspace_id") or None
+    dropped = await queue.drop_stale(ctx, minutes, _id(ws_id) if ws_id else None)
+    return JSONResponse({"dropped": dropped})

@@ -1,0 +1,45 @@
+"""`POST|GET /workspaces/:id/memories`, `DELETE /workspaces/:id/memories/:memoryId` (spec 05 §2)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from workspace_server.auth.deps import Ctx, WorkspaceAuth
+from workspace_server.common.http import read_model
+from workspace_server.common.ids import parse_uuid
+from workspace_server.memories import service
+from workspace_server.memories.service import CommitBody
+
+router = APIRouter()
+
+
+def _workspace_id(raw: str) -> str:
+    """Canonical UUID, or the raw text, which then matches no row (404/empty) instead of a DB error."""
+    return parse_uuid(raw) or raw
+
+
+@router.post("/workspaces/{id}/memories")
+async def commit_memory(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    body = await read_model(request, CommitBody)
+    return JSONResponse(await service.commit(ctx, _workspace_id(id), body), status_code=201)
+
+
+@router.get("/workspaces/{id}/memories")
+async def search_memories(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    q = request.query_params
+    items = await service.search(
+        ctx,
+        _workspace_id(id),
+        scope=q.get("scope", ""),
+        q=q.get("q", ""),
+        namespace=q.get("namespace", ""),
+        limit=service.parse_limit(q.get("limit")),
+    )
+    return JSONResponse(items)
+
+
+@router.delete("/workspaces/{id}/memories/{memory_id}")
+async def delete_memory(id: str, memory_id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    await service.delete(ctx, _workspace_id(id), memory_id)
+    return JSONResponse({"status": "deleted"})

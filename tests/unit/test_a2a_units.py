@@ -1,0 +1,180 @@
+"""Pure pieces of the A2A area: normalisation, busy classification, idle watch, usage, reply parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from workspace_server.a2a import delegation
+from workspace_server.a2a.proxy import (
+    IdleTimeout,
+    IdleWatch,
+    Outcome,
+    ProxyResult,
+    _busy_error,
+    _message_id,
+    normalise,
+    parse_usage,
+    run_watched,
+)
+from workspace_server.a2a.schemas import is_system_caller
+from workspace_server.events.bus import Event
+
+
+def test_bare_body_is_wrapped_and_other_keys_dropped() -> None:
+    out = normalise({"method": "message/send", "params": {"message": {"parts": []}}, "junk": 1})
+    assert set(out) == {"jsonrpc", "id", "method", "params"}
+    assert out["jsonrpc"] == "2.0" and isinstance(out["id"], str)
+    assert isinstance(out["params"]["message"]["messageId"], str)
+
+
+def test_missing_method_and_params_become_null() -> None:
+    out = normalise({})
+    assert out["method"] is None and out["params"] is None
+
+
+def test_existing_envelope_untouched() -> None:
+    body = {"jsonrpc": "2.0", "id": 3, "method": "tasks/get", "params": {"message": {"messageId": "m"}}}
+    assert normalise(json.loads(json.dumps(body))) == body
+
+
+def test_message_id_only_when_string() -> None:
+    assert _message_id({"params": {"message": {"messageId": "abc"}}}) == "abc"
+    assert _message_id({"params": {"message": {"messageId": 5}}}) == ""
+    assert _message_id([1]) == ""
+
+
+@pytest.mark.parametrize(
+    ("exc", "busy"),
+    [
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), True),
+        (httpx.ReadError("[Errno 104] Connection reset by peer"), True),
+        (httpx.ConnectError("unexpected EOF"), True),
+        (httpx.ConnectError("[Errno 111] Connection refused"), False),
+        (httpx.ConnectError("[Errno -2] Name or service not known"), False),
+        (IdleTimeout(5, ceiling=False), False),
+    ],
+)
+def test_busy_classification(exc: Exception, busy: bool) -> None:
+    assert _busy_error(exc) is busy
+
+
+@pytest.mark.parametrize("caller", ["system:x", "webhook:github", "test:1", "channel:slack"])
+def test_system_callers(caller: str) -> None:
+    assert is_system_caller(caller)
+    assert not is_system_caller("00000000-0000-0000-0000-000000000001")
+    assert not is_system_caller("")
+
+
+def test_usage_locations() -> None:
+    assert parse_usage(b'{"result":{"usage":{"input_tokens":3,"output_tokens":4}}}') == (3, 4)
+    assert parse_usage(b'{"usage":{"input_tokens":5}}') == (5, 0)
+    assert parse_usage(b'{"usage":{"input_tokens":-5,"output_tokens":99999999999}}') == (0, 10_000_000)
+    assert parse_usage(b"not json") == (0, 0)
+    assert parse_usage(b'{"result":{"usage":{"input_tokens":"9"}}}') == (0, 0)
+
+
+def test_response_text() -> None:
+    reply = {"result": {"parts": [{"kind": "data"}, {"kind": "text", "text": "first"}]}}
+    assert delegation.response_text(json.dumps(reply).encode()) == "first"
+    arts = {"result": {"artifacts": [{"parts": [{"kind": "text", "text": "from artifact"}]}]}}
+    assert delegation.response_text(json.dumps(arts).encode()) == "from artifact"
+    assert delegation.response_text(b"plain") == "plain"
+    raw = b'{"result":{"parts":[{"type":"text","text":"x"}]}}'
+    assert delegation.response_text(raw) == raw.decode()
+
+
+def _result(
+    status: int, error: dict[str, Any] | None, outcome: Outcome = Outcome.NOT_DELIVERED
+) -> ProxyResult:
+    return ProxyResult(status, error=error, outcome=outcome)
+
+
+def test_retry_rule() -> None:
+    assert delegation.is_transient(_result(502, {"error": "failed to reach workspace agent"}))
+    assert delegation.is_transient(_result(503, {"error": "x", "restarting": True}))
+    assert not delegation.is_transient(_result(503, {"error": "x", "busy": True}, Outcome.BUSY))
+    assert not delegation.is_transient(
+        _result(502, {"error": "failed to read agent response"}, Outcome.DELIVERED)
+    )
+    assert not delegation.is_transient(_result(504, {"error": "timeout"}, Outcome.UNKNOWN))
+    assert not delegation.is_transient(_result(200, None, Outcome.DELIVERED))
+
+
+def test_reply_error() -> None:
+    ok = ProxyResult(200, b'{"result":{}}')
+    assert delegation.reply_error(ok) is None
+    rpc = ProxyResult(200, b'{"error":{"code":-1,"message":"nope"}}')
+    assert delegation.reply_error(rpc) == "nope"
+    assert delegation.reply_error(_result(500, {"error": ""})) == "Internal Server Error"
+
+
+async def test_idle_watch_times_out_a_quiet_dispatch() -> None:
+    watch = IdleWatch()
+    with pytest.raises(IdleTimeout) as info:
+        await run_watched(watch, "ws", asyncio.sleep(30), idle=0.05, ceiling=None)
+    assert info.value.ceiling is False
+
+
+async def test_idle_watch_is_reset_by_events_for_the_target() -> None:
+    watch = IdleWatch()
+    stop = asyncio.Event()
+
+    async def chatter() -> None:
+        while not stop.is_set():
+            watch.on_event(Event("WORKSPACE_HEARTBEAT", "ws", {}))
+            watch.on_event(Event("WORKSPACE_HEARTBEAT", "other", {}))
+            await asyncio.sleep(0.01)
+
+    async def work() -> str:
+        await asyncio.sleep(0.5)
+        return "done"
+
+    ticker = asyncio.create_task(chatter())
+    try:
+        assert await run_watched(watch, "ws", work(), idle=0.2, ceiling=None) == "done"
+    finally:
+        stop.set()
+        await ticker
+
+
+async def test_events_for_other_workspaces_do_not_reset() -> None:
+    watch = IdleWatch()
+    stop = asyncio.Event()
+
+    async def chatter() -> None:
+        while not stop.is_set():
+            watch.on_event(Event("WORKSPACE_HEARTBEAT", "other", {}))
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(chatter())
+    try:
+        with pytest.raises(IdleTimeout):
+            await run_watched(watch, "ws", asyncio.sleep(30), idle=0.1, ceiling=None)
+    finally:
+        stop.set()
+        await ticker
+
+
+async def test_ceiling_is_absolute() -> None:
+    watch = IdleWatch()
+    stop = asyncio.Event()
+
+    async def chatter() -> None:
+        while not stop.is_set():
+            watch.on_event(Event("X", "ws", {}))
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(chatter())
+    try:
+        with pytest.raises(IdleTimeout) as info:
+            await run_watched(watch, "ws", asyncio.sleep(30), idle=10, ceiling=0.1)
+        assert info.value.ceiling is True
+    finally:
+        stop.set()
+        await ticker
+    assert watch.last_event("ws") == 0.0  # nothing left behind once no dispatch is in flight
