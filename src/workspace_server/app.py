@@ -113,7 +113,16 @@ def create_app(settings: Settings | None = None, *, run_loops: bool = True) -> F
                 await loops.stop()
             await close_context(ctx)
 
-    app = FastAPI(title="workspace-server", version="0.1.0", lifespan=lifespan, redirect_slashes=True)
+    # no /docs, /redoc or /openapi.json: the reference serves none, and they would widen the surface
+    app = FastAPI(
+        title="workspace-server",
+        version="0.1.0",
+        lifespan=lifespan,
+        redirect_slashes=True,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.settings = settings
     _install_error_handlers(app)
     _include_routers(app)

@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     # provisioner backends (provisioner/): runtime images, docker networking, tier limits
     RUNTIME_IMAGES: str = ""  # JSON object runtime -> image ref, over the built-in map
     DOCKER_HOST: str = ""  # empty: the local engine socket
-    DOCKER_NETWORK_MODE: Literal["bridge", "host"] = "bridge"
+    # auto: host networking while the server listens on loopback only (a bridge container could not reach
+    # it), bridge otherwise
+    DOCKER_NETWORK_MODE: Literal["auto", "bridge", "host"] = "auto"
     DOCKER_NETWORK: str = "molecule-monorepo-net"
     MOLECULE_IMAGE_PLATFORM: str | None = None  # set (even empty) wins over the host default
     ALLOW_PRIVILEGED_TIERS: bool = False  # T3/T4 privileged, pid=host, host net, docker.sock
@@ -166,6 +168,12 @@ class Settings(BaseSettings):
         except ValueError:
             return 6 * 3600.0
         return n * 3600.0 if n > 0 else 6 * 3600.0
+
+    @property
+    def docker_host_network(self) -> bool:
+        if self.DOCKER_NETWORK_MODE != "auto":
+            return self.DOCKER_NETWORK_MODE == "host"
+        return self.HOST in ("127.0.0.1", "localhost", "::1")
 
     @property
     def platform_url(self) -> str:

@@ -241,7 +241,7 @@ class DockerBackend:
     def _network_kwargs(self, limits: TierLimits, port: int) -> tuple[dict[str, Any], dict[str, str]]:
         """(create kwargs, env extras) for the network mode."""
         url = f"http://localhost:{port}"
-        if self.settings.DOCKER_NETWORK_MODE == "host" or limits.host_network:
+        if self.settings.docker_host_network or limits.host_network:
             extra = {"A2A_PORT": str(port), "A2A_HOST": "127.0.0.1", "MOLECULE_AGENT_URL": url}
             return {"network_mode": "host"}, extra
         kw: dict[str, Any] = {

@@ -227,7 +227,7 @@ class Orchestrator:
         if s.PLATFORM_URL:
             return s.PLATFORM_URL.rstrip("/")
         backend = self.backend.name if self.backend is not None else ""
-        host_net = s.DOCKER_NETWORK_MODE == "host" or tier_limits(s, tier).host_network
+        host_net = s.docker_host_network or tier_limits(s, tier).host_network
         if backend == "process" or (backend == "docker" and host_net):
             host = s.HOST if s.HOST not in ("", "0.0.0.0", "::", "[::]") else "127.0.0.1"
             host = f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -238,7 +238,7 @@ class Orchestrator:
         """What peers on the agents' network dial: the container name in bridge mode, else the host url."""
         s = self.settings
         if self.backend is not None and self.backend.name == "docker":
-            if s.DOCKER_NETWORK_MODE != "host" and not tier_limits(s, tier).host_network:
+            if not s.docker_host_network and not tier_limits(s, tier).host_network:
                 return f"http://{instance_name(ws_id)}:8000"
         return started_url
 
