@@ -19,6 +19,7 @@ from workspace_server.workspaces.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
     from workspace_server.events.hub import Hub
+    from workspace_server.provisioner.base import Backend
 
 
 @dataclass
@@ -35,6 +36,12 @@ class AppContext:
     # workspace id -> capabilities/idle timeout reported on the last heartbeat (spec 04 §0)
     runtime_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def backend(self) -> Backend | None:
+        """The live workspace backend (docker or process), or None (WORKSPACE_BACKEND=none, no engine)."""
+        backend: Backend | None = self.extras.get("backend")
+        return backend
 
     @cached_property
     def autocommit(self) -> AsyncEngine:

@@ -34,7 +34,6 @@ MAX_TOTAL_BYTES = 50 * 1024 * 1024
 MAX_FILE_BYTES = 25 * 1024 * 1024
 MAX_NAME = 100
 ALLOWED_ROOTS = ("/configs", "/workspace", "/home", "/plugins")
-BACKEND_KEY = "backend"  # ctx.extras key under which the provisioner publishes its Backend
 NOT_RUNNING = ApiError(503, "workspace container not running")
 _UNSAFE_CHARS = re.compile(r"[^a-zA-Z0-9._\-]")
 _RFC3986_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -96,13 +95,6 @@ def mime_type(name: str) -> str:
 # ---------------------------------------------------------------- which storage
 
 
-def _backend(ctx: AppContext) -> Any | None:
-    backend = ctx.extras.get(BACKEND_KEY)
-    if backend is None:  # or the orchestrator hook, if it carries its backend
-        backend = getattr(ctx.extras.get("provisioner"), "backend", None)
-    return backend
-
-
 async def workspace_fs(ctx: AppContext, ws_id: str) -> WorkspaceFS:
     """The storage of a live workspace, or 503 `workspace container not running`."""
     try:
@@ -113,7 +105,7 @@ async def workspace_fs(ctx: AppContext, ws_id: str) -> WorkspaceFS:
         raise NOT_RUNNING from None
     if row is None or row.status == "removed":
         raise NOT_RUNNING
-    backend = _backend(ctx)
+    backend = ctx.backend
     if backend is not None and getattr(backend, "name", "") == "docker":
         return await _docker_fs(backend, ws_id)
     return _host_fs(ctx, ws_id, row)

@@ -40,20 +40,11 @@ from workspace_server.workspaces.templates import clean_rel_path, resolve_worksp
 
 log = logging.getLogger(__name__)
 
-BACKEND_KEY = "backend"  # ctx.extras key under which the provisioner publishes its Backend
 ROOT_ERROR = "root must be one of: /configs, /workspace, /home, /plugins"
 INVALID_PATH = "invalid path"
 INVALID_BODY = "invalid request body"
 MAX_DEPTH = 5
 _INT = re.compile(r"^[+-]?[0-9]+$")  # Go's strconv.Atoi: optional sign, digits, nothing else
-
-
-def current_backend(ctx: AppContext) -> Any | None:
-    """The live workspace backend, or None (WORKSPACE_BACKEND=none or no engine)."""
-    backend = ctx.extras.get(BACKEND_KEY)
-    if backend is None:  # or the orchestrator hook, if it carries its backend
-        backend = getattr(ctx.extras.get("provisioner"), "backend", None)
-    return backend
 
 
 # ---------------------------------------------------------------- request parsing (pure)
@@ -135,7 +126,7 @@ class FilesService:
         return WorkspaceRef(ws_id, row.name or "", row.runtime or "")
 
     def _files(self) -> FileAccess | None:
-        backend = current_backend(self.ctx)
+        backend = self.ctx.backend
         return backend if isinstance(backend, FileAccess) else None
 
     def _helper_image(self, ws: WorkspaceRef) -> str:

@@ -17,7 +17,6 @@ from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
 from workspace_server.context import AppContext
 from workspace_server.events.ws import deny
-from workspace_server.files.service import current_backend
 from workspace_server.provisioner.base import BackendError, ExecSession, InstanceNotRunning
 from workspace_server.terminal import service
 
@@ -31,7 +30,7 @@ async def _authorize(ctx: AppContext, websocket: WebSocket, raw_id: str) -> tupl
     # WorkspaceAuth reads only path params and headers, which a WebSocket has too
     auth = await workspace_auth(cast(Request, websocket), ctx)
     await service.check_claimed_caller(ctx, websocket, raw_id, auth)
-    backend = current_backend(ctx)
+    backend = ctx.backend
     if backend is None:
         raise ApiError(503, "Docker not available")
     ws_id = parse_uuid(raw_id)  # a malformed id names no instance (and never reaches an engine URL)
