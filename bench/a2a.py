@@ -38,6 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PHASE_DEADLINE = 600.0
 
 
+class BenchError(RuntimeError):
+    """A failed step. Not SystemExit: raised inside a coroutine, that skips the clean-up `finally`s."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,6 +77,41 @@ def start_server(database_url: str, port: int, workdir: Path) -> subprocess.Pope
     return subprocess.Popen(cmd, cwd=str(workdir), env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+# Control agent: the same echo reply, written in one send with TCP_NODELAY. The reference agent writes
+# headers and body separately with Nagle on, so a reply often waits for the caller's delayed ACK
+# (~40 ms on Linux); that noise swamps a millisecond-scale difference, so the control isolates it.
+CONTROL_AGENT = r"""
+import json, socket, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def setup(self):
+        super().setup(); self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        text = req["params"]["message"]["parts"][0]["text"]
+        parts = [{"kind": "text", "text": text}]
+        msg = {"kind": "message", "messageId": "r", "role": "agent", "parts": parts}
+        data = json.dumps({"jsonrpc": "2.0", "id": req.get("id"), "result": msg}).encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        self.wfile.write(head.encode() + data)
+class S(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def start_control_agent(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = (workdir / "control-agent.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONTROL_AGENT, str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def start_agent(ws_id: str, platform_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     cfg = workdir / f"agent-{ws_id[:8]}"
     cfg.mkdir(parents=True, exist_ok=True)
@@ -99,14 +138,14 @@ async def wait_until(
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
-                raise SystemExit(f"a process exited ({p.returncode}) while waiting for {what}")
+                raise BenchError(f"a process exited ({p.returncode}) while waiting for {what}")
         try:
             if await check():
                 return
         except httpx.TransportError:
             pass
         await asyncio.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
+    raise BenchError(f"timed out waiting for {what}")
 
 
 def message_body(i: int) -> dict[str, object]:
@@ -131,7 +170,7 @@ def sender(client: httpx.AsyncClient, url: str) -> Send:
     async def send(i: int) -> None:
         r = await client.post(url, json=message_body(i))
         if r.status_code != 200 or "result" not in r.json():
-            raise SystemExit(f"call to {url} failed: {r.status_code} {r.text[:200]}")
+            raise BenchError(f"call to {url} failed: {r.status_code} {r.text[:200]}")
 
     return send
 
@@ -174,6 +213,39 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
+async def control_run(
+    args: argparse.Namespace,
+    client: httpx.AsyncClient,
+    agent_client: httpx.AsyncClient,
+    base: str,
+    workdir: Path,
+    procs: list[subprocess.Popen[bytes]],
+) -> tuple[float, float] | None:
+    """Sequential p50s against the control agent, registered as a second workspace."""
+    if args.no_control:
+        return None
+    proc, url = start_control_agent(workdir)
+    procs.append(proc)
+    ws_id = str(uuid.uuid4())
+    body = {"id": ws_id, "url": url.replace("127.0.0.1", "localhost"), "agent_card": {"name": "control"}}
+
+    async def registered() -> bool:
+        return (await client.post(base + "/registry/register", json=body)).status_code == 200
+
+    await wait_until(registered, "control agent registered", procs)
+
+    async def listening() -> bool:
+        return (await agent_client.get(url)).status_code > 0
+
+    await wait_until(listening, "control agent listening", procs)
+    direct = sender(agent_client, url)
+    proxied = sender(client, f"{base}/workspaces/{ws_id}/a2a")
+    for i in range(args.warmup):
+        await direct(i)
+        await proxied(i)
+    return await asyncio.wait_for(sequential(direct, proxied, args.pairs), PHASE_DEADLINE)
+
+
 async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -195,7 +267,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Non
             await wait_until(healthy, "server health", procs)
             r = await client.post(base + "/workspaces", json={"name": "Bench Agent", "tier": 1})
             if r.status_code != 201:
-                raise SystemExit(f"create failed: {r.status_code} {r.text[:200]}")
+                raise BenchError(f"create failed: {r.status_code} {r.text[:200]}")
             ws_id = r.json()["id"]
             agent, agent_url = start_agent(ws_id, base, workdir)
             procs.append(agent)
@@ -211,6 +283,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Non
                 await proxied(i)
 
             d50, p50 = await asyncio.wait_for(sequential(direct, proxied, args.pairs), PHASE_DEADLINE)
+            control = await control_run(args, client, agent_client, base, workdir, procs)
             srv, agt = psutil.Process(server.pid), psutil.Process(agent.pid)
             rates: dict[str, list[float]] = {"direct": [], "proxied": []}
             cpu: dict[str, float] = {"server": 0.0, "agent": 0.0}
@@ -243,6 +316,11 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Non
         f"# proxied cpu per call: server={cpu['server'] / per_call * 1000:.2f}ms "
         f"agent={cpu['agent'] / per_call * 1000:.2f}ms"
     )
+    if control is not None:
+        print(
+            f"# control agent (TCP_NODELAY, one write): sequential p50 direct={control[0]:.2f}ms "
+            f"proxied={control[1]:.2f}ms added={control[1] - control[0]:.2f}ms"
+        )
     print(f"RESULT a2a ratio={proxied_rate / direct_rate:.3f} p50_added_ms={p50 - d50:.2f}")
 
 
@@ -292,10 +370,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--pg", default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
+    p.add_argument("--no-control", action="store_true", help="skip the control-agent latency run")
     p.add_argument("--profile", action="store_true", help="py-spy the server: <workdir>/a2a-profile.txt")
     p.add_argument("--workdir", default=str(ROOT / "data" / "bench"), help="server cwd and logs")
     return p.parse_args()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse_args()))
+    try:
+        asyncio.run(main(parse_args()))
+    except BenchError as e:
+        raise SystemExit(f"bench failed: {e}") from None

@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from fastapi import Request
+from starlette.requests import HTTPConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workspace_server.common.kv import KV
@@ -49,6 +49,7 @@ class AppContext:
         return autocommit(self.engine)
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: HTTPConnection) -> AppContext:
+    # async on purpose: FastAPI runs a plain `def` dependency in the thread pool, a hop per request
     ctx: AppContext = request.app.state.ctx
     return ctx

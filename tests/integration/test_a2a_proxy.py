@@ -23,6 +23,7 @@ from tests.integration.test_registry_support import (
     row,
     set_columns,
 )
+from workspace_server.a2a.proxy import target_cache
 from workspace_server.common.kv import url_key
 from workspace_server.db.schema import workspace_token_usage
 
@@ -200,6 +201,7 @@ async def test_budget_exceeded_is_402(client_factory: ClientFactory, agent: Stub
     r = await client.post(f"/workspaces/{target}/a2a", json=message("x"))
     assert (r.status_code, r.json()) == (402, {"error": "workspace budget limit exceeded"})
     await set_columns(ctx, target, monthly_spend=99)
+    target_cache(ctx).drop(target)  # a direct DB write announces nothing; the API paths emit events
     r = await client.post(f"/workspaces/{target}/a2a", json=message("x"))
     assert r.status_code == 200
     assert len(agent.received) == 1

@@ -17,16 +17,19 @@ from workspace_server.context import AppContext
 
 def install(ctx: AppContext) -> None:
     from workspace_server.a2a import queue
-    from workspace_server.a2a.proxy import a2a_client, idle_watch, proxy_a2a
+    from workspace_server.a2a.proxy import a2a_client, idle_watch, proxy_a2a, target_cache
 
     a2a_client(ctx)
     idle_watch(ctx)
+    target_cache(ctx)
     queue.install(ctx)
     ctx.extras["a2a_proxy"] = partial(proxy_a2a, ctx)
 
 
 async def shutdown(ctx: AppContext) -> None:
+    from workspace_server.a2a.logwriter import close_writer
     from workspace_server.a2a.proxy import cancel_background, close_client
 
     await cancel_background(ctx)
+    await close_writer(ctx)
     await close_client(ctx)

@@ -28,7 +28,8 @@ import httpx
 
 from workspace_server.a2a import schemas as msg
 from workspace_server.a2a import store
-from workspace_server.activity.service import log_activity, sorted_keys
+from workspace_server.a2a.logwriter import writer
+from workspace_server.activity.service import sorted_keys
 from workspace_server.auth.ssrf import UnsafeURL, check_dial_url
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import new_id
@@ -57,6 +58,9 @@ POOL_LIMITS = httpx.Limits(max_connections=2000, max_keepalive_connections=256, 
 
 CLIENT_KEY = "a2a_http"
 WATCH_KEY = "a2a_idle_watch"
+SAFE_URLS_KEY = "a2a_safe_urls"
+SAFE_URL_TTL = 10.0  # seconds a dial-time SSRF verdict is reused (it costs a DNS lookup for names)
+SAFE_URL_CACHE_MAX = 10_000
 TASKS_KEY = "a2a_tasks"
 RESTART_HOOK = "restart_workspace"
 
@@ -205,28 +209,42 @@ class IdleTimeout(Exception):
 async def run_watched(
     watch: IdleWatch, ws_id: str, coro: Coroutine[Any, Any, Any], idle: float, ceiling: float | None
 ) -> Any:
-    """Await `coro`, cancelling it after `idle` seconds without a bus event for `ws_id` (or at `ceiling`)."""
-    task = asyncio.ensure_future(coro)
+    """Await `coro`, cancelling it after `idle` seconds without a bus event for `ws_id` (or at `ceiling`).
+
+    A timer re-arms itself while events keep coming (as `asyncio.timeout` does, without a second task).
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
     start = time.monotonic()
+    hard = start + ceiling if ceiling else None
+    fired: list[bool] = []
+    handle: asyncio.TimerHandle | None = None
+
+    def deadline() -> float:
+        soft = max(start, watch.last_event(ws_id)) + idle
+        return soft if hard is None else min(soft, hard)
+
+    def check() -> None:
+        nonlocal handle
+        remaining = deadline() - time.monotonic()
+        if remaining > 0:
+            handle = loop.call_later(remaining, check)
+            return
+        fired.append(hard is not None and deadline() >= hard)
+        task.cancel()
+
+    handle = loop.call_later(idle if hard is None else min(idle, ceiling or idle), check)
     watch.enter(ws_id)
     try:
-        while True:
-            deadline = max(start, watch.last_event(ws_id)) + idle
-            hard = start + ceiling if ceiling else None
-            if hard is not None and hard < deadline:
-                deadline = hard
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                raise IdleTimeout(idle, ceiling=hard is not None and deadline == hard)
-            done, _ = await asyncio.wait({task}, timeout=remaining)
-            if done:
-                return task.result()
+        return await coro
     except asyncio.CancelledError:
-        task.cancel()
+        if fired and task.uncancel() == 0:
+            raise IdleTimeout(idle, ceiling=fired[0]) from None
         raise
     finally:
+        if handle is not None:
+            handle.cancel()
         watch.leave(ws_id)
 
 
@@ -291,7 +309,7 @@ async def _run(call: Call, raw: bytes) -> ProxyResult:
             raise ApiError(403, msg.ACCESS_DENIED)
     payload = _parse(raw)
     key = _message_id(payload)
-    await _load_target(call, key)
+    queued_id = await _load_target(call, key)
     _check_budget(call)
     url = await _resolve_url(call)
     await _check_url(call, url)
@@ -300,9 +318,9 @@ async def _run(call: Call, raw: bytes) -> ProxyResult:
     envelope = normalise(payload)
     call.request = envelope
     call.method = envelope["method"] if isinstance(envelope.get("method"), str) else ""
-    if key and not call.from_queue and call.row is not None and call.row.queued_id:
+    if queued_id:
         # The same message is already waiting for this target: sending it now would deliver it twice.
-        return await _queued_reply(call, str(call.row.queued_id))
+        return await _queued_reply(call, queued_id)
     return await _dispatch(call, url, _encode(envelope))
 
 
@@ -338,13 +356,33 @@ def normalise(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-async def _load_target(call: Call, key: str) -> None:
+async def _load_target(call: Call, key: str) -> str | None:
+    """Fill `call.row` (cached briefly); the queued item already holding this message, if any.
+
+    The queue is looked at only when the message brings its own messageId and the target's queue is
+    not known to be empty (QueueHint): the common call costs no queue query at all.
+    """
+    ctx = call.ctx
+    cache = target_cache(ctx)
+    call.row = cache.get(call.target)
+    probe = bool(key) and not call.from_queue and not queue_hint(ctx).probably_empty(call.target)
+    if call.row is not None and not probe:
+        return None
+    queued_id: str | None = None
     try:
-        async with call.ctx.engine.connect() as conn:
-            call.row = await store.target_row(conn, call.target, key or None)
+        async with ctx.autocommit.connect() as conn:
+            if call.row is None:
+                call.row = await store.target_row(conn, call.target)
+                if call.row is not None:
+                    cache.put(call.target, call.row)
+            if probe and call.row is not None:
+                queued_id, active = await store.queue_probe(conn, call.target, key)
+                if not active:
+                    queue_hint(ctx).seen_empty(call.target)
     except Exception:
         log.exception("a2a: target lookup failed for %s", call.target)
-        call.row_error = True
+        call.row_error = call.row is None
+    return queued_id
 
 
 def _check_budget(call: Call) -> None:
@@ -401,11 +439,21 @@ def _trusted(call: Call, url: str) -> bool:
 async def _check_url(call: Call, url: str) -> None:
     if _trusted(call, url):
         return
-    try:
-        await check_dial_url(url, call.ctx.settings)
-    except UnsafeURL as e:
-        log.warning("a2a: unsafe url for workspace %s: %s", call.target, e)
-        raise ApiError(502, msg.NOT_ROUTABLE) from None
+    cache: dict[str, tuple[bool, float]] = call.ctx.extras.setdefault(SAFE_URLS_KEY, {})
+    now = time.monotonic()
+    hit = cache.get(url)
+    if hit is None or hit[1] < now:
+        try:
+            await check_dial_url(url, call.ctx.settings)
+            safe = True
+        except UnsafeURL as e:
+            log.warning("a2a: unsafe url for workspace %s: %s", call.target, e)
+            safe = False
+        if len(cache) >= SAFE_URL_CACHE_MAX:
+            cache.clear()
+        cache[url] = hit = (safe, now + SAFE_URL_TTL)
+    if not hit[0]:
+        raise ApiError(502, msg.NOT_ROUTABLE)
 
 
 def _restart(ctx: AppContext, ws_id: str, why: str) -> None:
@@ -613,6 +661,7 @@ async def _busy(call: Call) -> ProxyResult:
                 key=_message_id(call.request) or None,
                 now=utcnow(),
             )
+        queue_hint(ctx).touch(call.target)
     except Exception:
         log.exception("a2a: enqueue for busy %s failed", call.target)
         if call.log:
@@ -624,12 +673,87 @@ async def _busy(call: Call) -> ProxyResult:
 async def _queued_reply(call: Call, queue_id: str) -> ProxyResult:
     depth = 0
     try:
-        async with call.ctx.engine.connect() as conn:
+        async with call.ctx.autocommit.connect() as conn:
             depth = await store.queue_depth(conn, call.target)
     except Exception:
         log.exception("a2a: queue depth of %s unavailable", call.target)
     body = {"queued": True, "queue_id": queue_id, "queue_depth": depth, "message": msg.BUSY_QUEUED}
     return ProxyResult(202, _encode(sorted_keys(body)), outcome=Outcome.QUEUED, method=call.method)
+
+
+# ---- target cache: the workspace row for TTL seconds, dropped on any lifecycle event ----
+
+
+class TargetCache:
+    """Spares the database a read per call. Budget and URL are at most TTL seconds stale; status
+    changes (removed, hibernated, offline, ...) come with a WORKSPACE_* event and drop the entry."""
+
+    TTL = 2.0
+    QUIET = frozenset({"WORKSPACE_HEARTBEAT"})
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[Any, float]] = {}
+
+    def get(self, ws_id: str) -> Any | None:
+        hit = self._rows.get(ws_id)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, ws_id: str, row: Any) -> None:
+        if len(self._rows) > 50_000:
+            self._rows.clear()
+        self._rows[ws_id] = (row, time.monotonic() + self.TTL)
+
+    def drop(self, ws_id: str) -> None:
+        self._rows.pop(ws_id, None)
+
+    def on_event(self, event: Event) -> None:
+        if event.event.startswith("WORKSPACE_") and event.event not in self.QUIET:
+            self.drop(event.workspace_id or "")
+
+
+def target_cache(ctx: AppContext) -> TargetCache:
+    cache: TargetCache | None = ctx.extras.get("a2a_target_cache")
+    if cache is None:
+        cache = ctx.extras["a2a_target_cache"] = TargetCache()
+        ctx.bus.add_listener(cache.on_event)
+    return cache
+
+
+# ---- queue hint: skip the drain's DB round trips while a workspace's queue is known to be empty ----
+
+
+class QueueHint:
+    """Per process: when each workspace's queue was last seen empty, and which got items since.
+
+    Another replica's enqueue is not seen here, so an "empty" verdict is trusted for RECHECK seconds
+    only; after that the next heartbeat looks at the database again (and reclaims expired leases).
+    """
+
+    RECHECK = 5.0
+
+    def __init__(self) -> None:
+        self._empty_at: dict[str, float] = {}
+
+    def touch(self, ws_id: str) -> None:
+        self._empty_at.pop(ws_id, None)
+
+    def seen_empty(self, ws_id: str) -> None:
+        if len(self._empty_at) > 100_000:
+            self._empty_at.clear()
+        self._empty_at[ws_id] = time.monotonic()
+
+    def probably_empty(self, ws_id: str) -> bool:
+        at = self._empty_at.get(ws_id)
+        return at is not None and time.monotonic() - at < self.RECHECK
+
+
+def queue_hint(ctx: AppContext) -> QueueHint:
+    hint: QueueHint | None = ctx.extras.get("a2a_queue_hint")
+    if hint is None:
+        hint = ctx.extras["a2a_queue_hint"] = QueueHint()
+    return hint
 
 
 # ---- side effects (spec 04 §1.8), run in the background ----
@@ -641,55 +765,56 @@ def _tool_trace(reply: Any) -> Any:
     return meta.get("tool_trace") if isinstance(meta, dict) else None
 
 
+def _row(call: Call, **values: Any) -> dict[str, Any]:
+    """An `a2a_receive` row on the target (every key present: rows are inserted together)."""
+    row: dict[str, Any] = {
+        "workspace_id": call.target,
+        "activity_type": "a2a_receive",
+        "source_id": call.caller or None,
+        "target_id": call.target,
+        "method": call.method,
+        "summary": None,
+        "request_body": call.request,
+        "response_body": None,
+        "tool_trace": None,
+        "duration_ms": None,
+        "status": "ok",
+        "error_detail": None,
+    }
+    row.update(values)
+    return row
+
+
 async def _after_reply(call: Call, status: int, body: bytes, duration_ms: int) -> None:
     ctx = call.ctx
     try:
         reply = json.loads(body) if body else None
     except ValueError:
         reply = None
-    await log_activity(
-        ctx.engine,
-        ctx.events,
-        workspace_id=call.target,
-        activity_type="a2a_receive",
-        source_id=call.caller or None,
-        target_id=call.target,
-        method=call.method,
+    row = _row(
+        call,
         summary=f"{call.method} → {call.target_name}",
-        request_body=call.request,
         response_body=reply,
         tool_trace=_tool_trace(reply),
         duration_ms=duration_ms,
         status="ok" if status < 400 else "error",
     )
-    if status >= 400:
-        return
-    if not call.caller:
+    stamp = call.caller if call.is_workspace_caller and status < 400 else None
+    writer(ctx).add(row, outbound_caller=stamp)
+    if not call.caller and status < 400:
         payload = {"response_body": reply, "method": call.method, "duration_ms": duration_ms}
         await ctx.events.broadcast("A2A_RESPONSE", call.target, sorted_keys(payload))
-    elif call.is_workspace_caller:
-        try:
-            async with ctx.engine.begin() as conn:
-                await store.touch_outbound(conn, call.caller, utcnow())
-        except Exception:
-            log.exception("a2a: last_outbound_at update failed for %s", call.caller)
 
 
 async def _after_failure(call: Call, error: str, duration_ms: int) -> None:
-    await log_activity(
-        call.ctx.engine,
-        call.ctx.events,
-        workspace_id=call.target,
-        activity_type="a2a_receive",
-        source_id=call.caller or None,
-        target_id=call.target,
-        method=call.method,
+    row = _row(
+        call,
         summary=f"A2A request to {call.target_name} failed: {error}",
-        request_body=call.request,
         duration_ms=duration_ms,
         status="error",
         error_detail=error,
     )
+    writer(call.ctx).add(row)
 
 
 # ---- token usage (spec 01 §3) ----

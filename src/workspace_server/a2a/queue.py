@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from workspace_server.a2a import delegation, store
-from workspace_server.a2a.proxy import Outcome, ProxyResult, proxy_a2a, spawn
+from workspace_server.a2a.proxy import Outcome, ProxyResult, proxy_a2a, queue_hint, spawn
 from workspace_server.common.errors import ApiError
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
@@ -49,12 +49,14 @@ async def drain_one(ctx: AppContext, ws_id: str) -> str | None:
     otherwise hand a capacity-1 agent two messages at once and bounce the second as busy.
     """
     draining: set[str] = ctx.extras.setdefault(DRAINING_KEY, set())
-    if ws_id in draining:
+    hint = queue_hint(ctx)
+    if ws_id in draining or hint.probably_empty(ws_id):
         return None
     draining.add(ws_id)
     try:
         item = await _claim(ctx, ws_id)
         if item is None:
+            hint.seen_empty(ws_id)
             return None
         renewer = spawn(ctx, _renew(ctx, str(item.id)), f"a2a-lease:{item.id}")
         try:

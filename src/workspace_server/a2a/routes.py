@@ -87,7 +87,9 @@ def _x_timeout(request: Request) -> int | None:
 
 
 @router.post("/workspaces/{id}/a2a")
-async def proxy(id: str, request: Request, ctx: Ctx) -> Response:
+async def proxy(id: str, request: Request) -> Response:
+    # no `Ctx` dependency on the hot path: a sync dependency costs a thread-pool hop per request
+    ctx: AppContext = request.app.state.ctx
     target = _id(id)
     raw = await _read_cut(request)
     header = request.headers.get("x-workspace-id", "")

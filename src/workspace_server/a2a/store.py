@@ -24,30 +24,26 @@ def _insert_for(conn: AsyncConnection) -> Any:
 # ---- the target of a proxied call ----
 
 
-async def target_row(conn: AsyncConnection, ws_id: str, message_key: str | None) -> Any | None:
-    """Everything the proxy needs about the target in one round trip.
+async def target_row(conn: AsyncConnection, ws_id: str) -> Any | None:
+    """What the proxy needs about its target: name, url, status, runtime, budget."""
+    w = workspaces
+    stmt = sa.select(w.c.name, w.c.url, w.c.status, w.c.runtime, w.c.budget_limit, w.c.monthly_spend)
+    return (await conn.execute(stmt.where(w.c.id == ws_id))).first()
 
-    `queued_id` is the active queue row already holding this message (same messageId), if any.
-    """
-    w, q = workspaces, a2a_queue
-    queued: Any = sa.null()
-    if message_key:
-        queued = (
-            sa.select(q.c.id)
-            .where(q.c.workspace_id == w.c.id, q.c.idempotency_key == message_key, q.c.status.in_(ACTIVE))
-            .limit(1)
-            .scalar_subquery()
-        )
-    stmt = sa.select(
-        w.c.name,
-        w.c.url,
-        w.c.status,
-        w.c.runtime,
-        w.c.budget_limit,
-        w.c.monthly_spend,
-        queued.label("queued_id"),
-    ).where(w.c.id == ws_id)
-    return (await conn.execute(stmt)).first()
+
+async def queue_probe(conn: AsyncConnection, ws_id: str, key: str) -> tuple[str | None, bool]:
+    """(the active item holding message `key`, whether the target has any active item at all)."""
+    q = a2a_queue
+    stmt = (
+        sa.select(q.c.id, q.c.idempotency_key)
+        .where(q.c.workspace_id == ws_id, q.c.status.in_(ACTIVE))
+        .order_by((q.c.idempotency_key == key).desc())
+        .limit(1)
+    )
+    row = (await conn.execute(stmt)).first()
+    if row is None:
+        return None, False
+    return (str(row.id) if row.idempotency_key == key else None), True
 
 
 async def workspace_name(conn: AsyncConnection, ws_id: str) -> str | None:
@@ -125,6 +121,15 @@ async def queue_depth(conn: AsyncConnection, ws_id: str) -> int:
         )
     ).scalar_one()
     return int(n)
+
+
+async def has_pending(conn: AsyncConnection, ws_id: str) -> bool:
+    """Anything queued or in flight for `ws_id`? One index probe; the common answer on a heartbeat is no."""
+    q = a2a_queue
+    stmt = (
+        sa.select(q.c.id).where(q.c.workspace_id == ws_id, q.c.status.in_(("queued", "dispatched"))).limit(1)
+    )
+    return (await conn.execute(stmt)).first() is not None
 
 
 async def reclaim_expired(

@@ -1,0 +1,142 @@
+"""Batched side effects of proxied calls (spec 04 §1.8): `a2a_receive` rows and `last_outbound_at`.
+
+A busy proxy writes one activity row per call. Writing each in its own transaction (pool checkout,
+BEGIN, INSERT, COMMIT) cost more than the proxying itself, so rows are buffered for at most
+FLUSH_DELAY seconds and written together: one multi-row INSERT and one UPDATE per flush. As with the
+reference's goroutines, rows not yet flushed are lost if the process dies; `close()` flushes on shutdown.
+ACTIVITY_LOGGED is broadcast after the rows are stored (nothing is announced that was not written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from workspace_server.common.ids import new_id
+from workspace_server.common.time import utcnow
+from workspace_server.context import AppContext
+from workspace_server.db.schema import activity_logs, workspaces
+
+log = logging.getLogger(__name__)
+
+FLUSH_DELAY = 0.02  # seconds a row may wait for companions
+MAX_BATCH = 200
+WRITER_KEY = "a2a_log_writer"
+JSON_COLUMNS = ("request_body", "response_body", "tool_trace")
+# ACTIVITY_LOGGED payload keys (spec 04 §3), sorted as Go marshals a map
+LOGGED_KEYS = ("activity_type", "duration_ms", "method", "source_id", "status", "summary", "target_id")
+
+
+@dataclass
+class _Pending:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    outbound: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.outbound)
+
+
+class LogWriter:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self._pending = _Pending()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, row: dict[str, Any], outbound_caller: str | None = None) -> None:
+        """Queue an activity row (columns of `activity_logs`) and optionally a caller to stamp."""
+        self._pending.rows.append(row)
+        if outbound_caller:
+            self._pending.outbound.add(outbound_caller)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="a2a-log-writer")
+
+    async def _run(self) -> None:
+        while self._pending:
+            await asyncio.sleep(FLUSH_DELAY)
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, _Pending()
+        rows = batch.rows[:MAX_BATCH]
+        if len(batch.rows) > MAX_BATCH:  # the rest goes out on the next round
+            self._pending.rows.extend(batch.rows[MAX_BATCH:])
+        try:
+            await self._write(rows, batch.outbound)
+        except Exception:
+            log.exception("a2a: writing %d activity rows failed; retrying one by one", len(rows))
+            rows = await self._write_each(rows, batch.outbound)
+        for row in rows:
+            await self.ctx.events.broadcast("ACTIVITY_LOGGED", row["workspace_id"], _logged_payload(row))
+
+    async def _write(self, rows: list[dict[str, Any]], outbound: set[str]) -> None:
+        if not rows and not outbound:
+            return
+        now = utcnow()
+        values = [_db_values(r, now) for r in rows]
+        async with self.ctx.engine.begin() as conn:
+            if values:
+                await conn.execute(sa.insert(activity_logs).values(values))
+            if outbound:
+                # last_outbound_at only: not a lifecycle change, and updated_at stays
+                stmt = sa.update(workspaces).where(workspaces.c.id.in_(sorted(outbound)))
+                await conn.execute(stmt.values(last_outbound_at=now))
+
+    async def _write_each(self, rows: list[dict[str, Any]], outbound: set[str]) -> list[dict[str, Any]]:
+        """One bad row (its workspace just purged, say) must not take the batch down with it."""
+        written = []
+        for row in rows:
+            try:
+                await self._write([row], set())
+                written.append(row)
+            except Exception:
+                log.exception("a2a: activity row for %s dropped", row.get("workspace_id"))
+        try:
+            await self._write([], outbound)
+        except Exception:
+            log.exception("a2a: last_outbound_at update failed")
+        return written
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while self._pending:
+            before = len(self._pending.rows)
+            await self.flush()
+            if len(self._pending.rows) >= before:
+                break
+
+
+def _db_values(row: dict[str, Any], now: Any) -> dict[str, Any]:
+    values = {"id": new_id(), "created_at": now, **row}
+    for col in JSON_COLUMNS:  # SQL NULL, not JSON null: "present only when non-null" in GET /activity
+        if values.get(col) is None:
+            values[col] = sa.null()
+    return values
+
+
+def _logged_payload(row: dict[str, Any]) -> dict[str, Any]:
+    payload = {k: row.get(k) for k in LOGGED_KEYS}
+    if row.get("tool_trace") is not None:
+        payload["tool_trace"] = row["tool_trace"]
+    return dict(sorted(payload.items()))
+
+
+def writer(ctx: AppContext) -> LogWriter:
+    w: LogWriter | None = ctx.extras.get(WRITER_KEY)
+    if w is None:
+        w = ctx.extras[WRITER_KEY] = LogWriter(ctx)
+    return w
+
+
+async def close_writer(ctx: AppContext) -> None:
+    w: LogWriter | None = ctx.extras.pop(WRITER_KEY, None)
+    if w is not None:
+        await w.close()
