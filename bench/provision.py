@@ -8,7 +8,12 @@
 3. Floor, N times, interleaved with ours: create + start a container of the same image on the host network
    through the same engine API (what `docker run -d` does) and poll `message/send` on its port until it
    answers 200. The container is removed afterwards.
-4. Print each sample and `RESULT provision ratio=<ours_p50/bare_p50> ours_p50=<s> bare_p50=<s>`.
+4. Print each sample, the server's CPU per workspace (create → online → purge; the machine is shared, so
+   wall times move with other people's load, CPU much less) and
+   `RESULT provision ratio=<ours_p50/bare_p50> ours_p50=<s> bare_p50=<s>`.
+
+`--profile` samples the server with py-spy (in .venv/bin) during the measured runs and writes collapsed
+stacks to data/bench/provision-profile.txt.
 
 Bounded: every sample has a deadline; a failure aborts the run with the reason. Goal: ratio <= 1.5.
 """
@@ -32,12 +37,14 @@ from typing import Any
 
 import docker
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "molecule/workspace-agent:latest"
 ADMIN = "bench-admin"
 SAMPLE_DEADLINE = 120.0  # seconds per sample
 POLL = 0.02
+PROFILE_OUT = ROOT / "data" / "bench" / "provision-profile.txt"
 
 
 def free_port() -> int:
@@ -72,6 +79,25 @@ def start_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+def start_profiler(pid: int) -> subprocess.Popen[bytes]:
+    """py-spy sampling the server during the measured runs; collapsed stacks to PROFILE_OUT."""
+    PROFILE_OUT.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--output", str(PROFILE_OUT)]
+    spy = subprocess.Popen([*cmd, "--rate", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)  # let it attach before the runs start
+    return spy
+
+
+def stop_profiler(spy: subprocess.Popen[bytes]) -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    spy.wait(timeout=60)
 
 
 async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes]) -> None:
@@ -150,10 +176,20 @@ async def main(args: argparse.Namespace) -> None:
                 await ours_once(client, -1)  # warm-up: first-use costs (network setup, imports) on both sides
                 await bare_once(engine, http)
                 ours, bare = [], []
-                for n in range(args.runs):
-                    ours.append(await ours_once(client, n))
-                    bare.append(await bare_once(engine, http))
-                    print(f"# run {n}: ours={ours[-1]:.3f}s bare={bare[-1]:.3f}s", flush=True)
+                server = psutil.Process(proc.pid)
+                spy = start_profiler(proc.pid) if args.profile else None
+                cpu = 0.0
+                try:
+                    for n in range(args.runs):
+                        before = cpu_seconds(server)
+                        ours.append(await ours_once(client, n))
+                        cpu += cpu_seconds(server) - before
+                        bare.append(await bare_once(engine, http))
+                        print(f"# run {n}: ours={ours[-1]:.3f}s bare={bare[-1]:.3f}s", flush=True)
+                finally:
+                    if spy is not None:
+                        stop_profiler(spy)
+                print(f"# server_cpu_ms_per_workspace={1000 * cpu / args.runs:.1f}")
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -168,6 +204,7 @@ async def main(args: argparse.Namespace) -> None:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=7, help="samples of each (at least 5)")
+    ap.add_argument("--profile", action="store_true", help=f"py-spy the server into {PROFILE_OUT}")
     args = ap.parse_args()
     args.runs = max(5, args.runs)
     return args

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -139,5 +140,15 @@ class AgentServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-def serve(agent: Agent, host: str = "0.0.0.0", port: int = 8000) -> AgentServer:
-    return AgentServer((host, port), make_handler(agent))
+def serve(
+    agent: Agent, host: str = "0.0.0.0", port: int = 8000, sock: socket.socket | None = None
+) -> AgentServer:
+    """The A2A server on (host, port), or around `sock`, a socket already bound and listening."""
+    if sock is None:
+        return AgentServer((host, port), make_handler(agent))
+    address = sock.getsockname()[:2]
+    server = AgentServer(address, make_handler(agent), bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+    server.server_name, server.server_port = address  # what server_bind would set, without its DNS lookup
+    return server

@@ -14,6 +14,11 @@ from molecule_agent.config import AgentConfig
 
 log = logging.getLogger("molecule_agent.platform")
 
+# Registration retries: quick at first (the platform is normally up and the workspace waits on this one
+# call to go online), then backing off to the cap so a platform that is down is not hammered.
+REGISTER_RETRY_FIRST = 0.2
+REGISTER_RETRY_MAX = 15.0
+
 
 class PlatformClient:
     def __init__(self, cfg: AgentConfig) -> None:
@@ -113,11 +118,15 @@ class PlatformClient:
         self._wake.set()
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Register (retrying until it succeeds), then heartbeat every interval or on a task change."""
-        delay = 1.0
+        """Register (retrying until it succeeds), then heartbeat every interval or on a task change.
+
+        Called once the A2A socket is bound and listening (main.py), so the first attempt goes out at
+        once: a platform that calls back right away queues on the backlog until serve_forever accepts.
+        """
+        delay = REGISTER_RETRY_FIRST
         while not stop.is_set() and not self.register():
             stop.wait(delay)
-            delay = min(delay * 2, 15.0)
+            delay = min(delay * 2, REGISTER_RETRY_MAX)
         while not stop.is_set():
             self.heartbeat()
             self._wake.wait(self.cfg.heartbeat_interval)

@@ -18,6 +18,7 @@ from tests.integration.test_orchestrator_support import (
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
 )
 from workspace_server.provisioner.docker import DockerBackend, configs_volume, workspace_volume
+from workspace_server.workspaces.files import workspace_config_dir
 
 pytestmark = pytest.mark.docker
 
@@ -61,6 +62,11 @@ async def test_create_restart_pause_resume_delete(platform_factory: PlatformFact
     first = container(engine, wid)
     assert first is not None and first.status == "running"
     assert first.labels["molecule.platform.managed"] == "true"
+    # local engine: the config volume is the workspace's host config dir, written there directly
+    host = workspace_config_dir(p.settings, wid)
+    assert engine.volumes.get(configs_volume(wid)).attrs["Options"]["device"] == str(host)
+    first_token = (host / ".auth_token").read_text()
+    assert b"Echo Agent" in (host / "config.yaml").read_bytes()
 
     r = await p.http.post(f"/workspaces/{wid}/restart")
     assert (r.status_code, r.text) == (
@@ -70,6 +76,8 @@ async def test_create_restart_pause_resume_delete(platform_factory: PlatformFact
     await p.wait_for(lambda: _replaced(engine, wid, first.id), "a new container")
     view = await online(p, wid)
     assert await agent_reply(view["url"], "after restart") == "after restart"
+    assert (host / ".auth_token").read_text() not in ("", first_token)  # rotated in place
+    assert b"Echo Agent" in (host / "config.yaml").read_bytes()  # the reused config is still there
 
     r = await p.http.post(f"/workspaces/{wid}/pause")
     assert (r.status_code, r.json()) == (200, {"paused_count": 1, "status": "paused"})
@@ -92,6 +100,7 @@ async def test_create_restart_pause_resume_delete(platform_factory: PlatformFact
     assert (r.status_code, r.json()) == (200, {"cascade_deleted": 0, "status": "removed"})
     assert container(engine, wid) is None
     assert not volume_exists(engine, configs_volume(wid))
+    assert not host.exists()  # the config files went with their volume
     assert volume_exists(engine, workspace_volume(wid))  # user data survives a plain delete
 
 
@@ -145,3 +154,4 @@ async def test_secrets_arrive_as_container_env_and_purge_removes_everything(
     assert container(engine, wid) is None
     assert not volume_exists(engine, configs_volume(wid))
     assert not volume_exists(engine, workspace_volume(wid))
+    assert not workspace_config_dir(p.settings, wid).parent.exists()

@@ -160,5 +160,8 @@ def test_platform_url_per_backend() -> None:
     assert url("process", HOST="0.0.0.0") == "http://127.0.0.1:8123"
     assert url("process", HOST="::1") == "http://[::1]:8123"
     assert url("docker", DOCKER_NETWORK_MODE="host") == "http://127.0.0.1:8123"
-    assert url("docker") == "http://host.docker.internal:8123"
+    assert url("docker", DOCKER_NETWORK_MODE="bridge") == "http://host.docker.internal:8123"
+    # auto: host networking while the server listens on loopback (a bridge container could not reach it)
+    assert url("docker") == "http://127.0.0.1:8123"
+    assert url("docker", HOST="0.0.0.0") == "http://host.docker.internal:8123"
     assert url("docker", PLATFORM_URL="https://ws.example.com/") == "https://ws.example.com"

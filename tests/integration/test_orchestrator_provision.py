@@ -5,6 +5,7 @@ one, decrypt and mutator failures with generic messages, and restart template ru
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +134,19 @@ async def test_restart_template_rules_never_overwrite_a_plain_restart(
         await p.wait_status(wid, "online")  # the row went provisioning before the answer
         return dict(r.json())
 
+    async def config_name_becomes(expected: str) -> None:
+        # a heartbeat from the instance being replaced can flip the row online before the new config
+        # lands, so wait (bounded) for the config itself rather than trusting the status alone
+        for _ in range(150):
+            if volume_config(p, wid)["name"] == expected:
+                return
+            await asyncio.sleep(0.2)
+        assert volume_config(p, wid)["name"] == expected
+
     assert (await restart(None))["config_dir"] == "existing-volume"
     assert volume_config(p, wid)["name"] == "Edited By User"  # a plain restart keeps user edits
     assert (await restart({"apply_template": True}))["config_dir"] == "named-agent"
-    assert volume_config(p, wid)["name"] == "Named Agent"
+    await config_name_becomes("Named Agent")
     assert (await restart({"template": "special", "apply_template": True}))["config_dir"] == "special"
-    assert volume_config(p, wid)["name"] == "Special"
+    await config_name_becomes("Special")
     assert (await restart({"template": "../escape"}))["config_dir"] == "existing-volume"

@@ -22,12 +22,14 @@ from tests.integration.provisioner_support import (
 )
 from workspace_server.config import Settings
 from workspace_server.provisioner import BackendError, InstanceNotRunning, StartSpec
+from workspace_server.provisioner import docker as docker_backend
 from workspace_server.provisioner.docker import (
     DockerBackend,
     configs_volume,
     sessions_volume,
     workspace_volume,
 )
+from workspace_server.workspaces.files import workspace_config_dir
 
 pytestmark = pytest.mark.docker
 
@@ -325,3 +327,117 @@ async def test_empty_image_is_refused(backend: DockerBackend, ids: WorkspaceIds)
     with pytest.raises(BackendError) as err:
         await backend.start(spec_for(ids.new(), image=""))
     assert err.value.message == "no image for the workspace runtime"
+
+
+# ---- host-dir configs volume (local engine): files written on the host, no put_archive ----
+
+
+def volume_device(client: Any, ws_id: str) -> str:
+    return str((client.volumes.get(configs_volume(ws_id)).attrs.get("Options") or {}).get("device") or "")
+
+
+async def test_local_engine_configs_volume_is_backed_by_the_workspace_config_dir(
+    backend: DockerBackend, ids: WorkspaceIds, client: Any
+) -> None:
+    ws_id = ids.new()
+    token = b"tok-" + uuid.uuid4().hex.encode()
+    spec = spec_for(
+        ws_id, config_files={"config.yaml": CONFIG_YAML, ".auth_token": token, "skills/a/SKILL.md": b"a"}
+    )
+    started = await backend.start(spec)
+    await wait_for_reply(started.url)
+    host = workspace_config_dir(backend.settings, ws_id)
+    assert volume_device(client, ws_id) == str(host)
+    vol = client.volumes.get(configs_volume(ws_id)).attrs
+    assert vol["Labels"] == {"molecule.platform.managed": "true", "molecule.workspace.id": ws_id}
+    # written on the host as the image user; the agent sees the same files
+    st = {
+        rel: (host / rel).stat() for rel in (".", ".auth_token", "config.yaml", "skills", "skills/a/SKILL.md")
+    }
+    assert {rel: (s.st_uid, s.st_gid, oct(s.st_mode & 0o777)) for rel, s in st.items()} == {
+        ".": (1000, 1000, "0o755"),
+        ".auth_token": (1000, 1000, "0o600"),
+        "config.yaml": (1000, 1000, "0o644"),
+        "skills": (1000, 1000, "0o755"),
+        "skills/a/SKILL.md": (1000, 1000, "0o644"),
+    }
+    assert (host / ".auth_token").read_bytes() == token
+    assert await sh(backend, ws_id, "cat /configs/skills/a/SKILL.md") == "a"
+    assert sorted(p.name for p in host.iterdir()) == [".auth_token", "config.yaml", "skills"]  # no probe left
+    # what the agent writes lands there too, and the whole dir goes with the volume
+    await sh(backend, ws_id, "echo mine > /configs/agent-notes.md")
+    assert (host / "agent-notes.md").read_text() == "mine\n"
+    await backend.stop(ws_id)
+    await backend.remove_volumes(ws_id)
+    assert configs_volume(ws_id) not in {v.name for v in client.volumes.list()}
+    assert not host.exists() and not host.parent.exists()
+
+
+async def test_restart_never_writes_through_links_the_agent_planted(
+    backend: DockerBackend, ids: WorkspaceIds, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    victim_dir = tmp_path / "victim-dir"
+    victim_dir.mkdir()
+    ws_id = ids.new()
+    await backend.start(spec_for(ws_id))
+    # the agent swaps its config file and a directory for links to host paths, and leaves a directory
+    # where the token goes
+    await sh(
+        backend,
+        ws_id,
+        f"rm /configs/config.yaml /configs/.auth_token && ln -s {victim} /configs/config.yaml"
+        f" && ln -s {victim_dir} /configs/skills && mkdir -p /configs/.auth_token/sub",
+    )
+    files = {"config.yaml": b"name: Fresh\n", ".auth_token": b"rotated", "skills/x/SKILL.md": b"x"}
+    started = await backend.start(spec_for(ws_id, config_files=files))
+    await wait_for_reply(started.url)
+    assert victim.read_text() == "keep" and list(victim_dir.iterdir()) == []
+    assert await sh(backend, ws_id, "cat /configs/config.yaml") == "name: Fresh\n"
+    assert await sh(backend, ws_id, "cat /configs/.auth_token") == "rotated"
+    assert await sh(backend, ws_id, "stat -c '%F %u' /configs/skills /configs/config.yaml") == (
+        "directory 1000\nregular file 1000\n"
+    )
+
+
+@pytest.mark.parametrize("tier", [2, 1])  # T1: read-only rootfs, seeded through a helper container
+async def test_a_volume_made_before_stays_engine_managed_and_still_gets_its_files(
+    backend: DockerBackend, ids: WorkspaceIds, client: Any, tier: int
+) -> None:
+    ws_id = ids.new()
+    client.volumes.create(configs_volume(ws_id), labels={"molecule.platform.managed": "true"})
+    started = await backend.start(spec_for(ws_id, tier=tier))
+    await wait_for_reply(started.url)
+    assert volume_device(client, ws_id) == ""
+    assert not workspace_config_dir(backend.settings, ws_id).exists()  # went in with put_archive
+    listing = await sh(
+        backend, ws_id, "stat -c '%a %u %n' /configs /configs/.auth_token /configs/config.yaml"
+    )
+    assert listing.split("\n")[:3] == [
+        "755 1000 /configs",
+        "600 1000 /configs/.auth_token",
+        "644 1000 /configs/config.yaml",
+    ]
+    assert client.containers.list(all=True, filters={"name": f"ws-{ws_id[:12]}-seed"}) == []
+
+
+async def test_engine_that_does_not_see_our_dirs_falls_back_to_engine_volumes(
+    backend: DockerBackend, ids: WorkspaceIds, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what a server in a container with the host's docker socket finds: the marker read back through
+    # the engine is not the one written (here forced; on this host the engine does see our dirs)
+    monkeypatch.setattr(docker_backend, "_probe_matches", lambda data, content: False)
+    first, second = ids.new(), ids.new()
+    started = await backend.start(spec_for(first))
+    assert echoed_text(await wait_for_reply(started.url, "fell back")) == "fell back"
+    assert volume_device(client, first) == ""  # recreated engine-managed
+    listing = await sh(backend, first, "stat -c '%a %u %n' /configs/.auth_token /configs/config.yaml")
+    assert listing.split("\n")[:2] == ["600 1000 /configs/.auth_token", "644 1000 /configs/config.yaml"]
+    host = workspace_config_dir(backend.settings, first)
+    assert not (host / ".auth_token").exists() and not (host / "config.yaml").exists()
+    assert [c.name for c in client.containers.list(all=True, filters={"name": f"ws-{first[:12]}"})] == [
+        f"ws-{first[:12]}"
+    ]
+    await backend.start(spec_for(second))  # decided once: no second attempt at a host-bound volume
+    assert volume_device(client, second) == ""

@@ -214,6 +214,8 @@ async def test_missing_image_with_failed_pull_is_image_not_found(
 ) -> None:
     ref = f"127.0.0.1:{free_port()}/molecule-test/nothing-{uuid.uuid4().hex[:8]}:latest"
     ws_id = ids.new()
+    # a container from an earlier start is not left running by a start that fails
+    await backend.start(StartSpec(ws_id, AGENT_IMAGE, "echo", platform_url="http://127.0.0.1:9"))
     events: list[PullProgress] = []
     with pytest.raises(ImageNotFound) as err:
         await backend.start(spec_for(ws_id, ref, events))

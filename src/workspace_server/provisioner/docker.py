@@ -12,24 +12,39 @@ port ourselves and:
   `A2A_PORT=<port>` and `A2A_HOST=127.0.0.1`, so agents do not collide on 8000.
 Either way the URL returned to the orchestrator is `http://127.0.0.1:<port>`.
 
-Config files are written before the first start with `put_archive` into the created container, so no
-helper image (the reference's `alpine`) is needed; entries carry the image user's uid/gid so the agent
-(uid 1000 in our image) can read its 0600 `.auth_token` and write to /configs.
+Config files. With a local engine (no DOCKER_HOST, or a unix socket) and a root server, the configs
+volume keeps its name and labels but is a `local` volume bound to the host directory
+`<DATA_DIR>/workspaces/<id>/configs`, and the files are written there directly, owned by the image user
+(uid 1000 in our image) so the agent can read its 0600 `.auth_token` and write to /configs. That skips
+`put_archive`, which mounts the created container's filesystem and was the largest share of a start
+(docs/decisions.md "Provision latency"). The first such start of a backend checks, through the engine,
+that the engine sees what we wrote (a server in a container with the host's socket does not); if it does
+not, the backend goes back to engine-managed volumes for good. Everywhere else (remote engines, a
+non-root server, volumes made before) the files go in with `put_archive` into the created-but-not-started
+container, so no helper image (the reference's `alpine`) is needed; entries carry the same uid/gid.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import errno
 import io
 import logging
+import os
 import platform as host_platform
 import re
+import secrets
+import shutil
 import socket
+import stat
 import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -37,6 +52,7 @@ import anyio.from_thread
 import anyio.to_thread
 import docker
 import docker.errors
+import docker.models.containers
 import requests
 
 from workspace_server.config import Settings
@@ -66,7 +82,13 @@ from workspace_server.provisioner.base import (
     validate_workspace_mount,
 )
 from workspace_server.provisioner.tiers import DOCKER_SOCK, TierLimits, tier_limits
-from workspace_server.workspaces.files import SKIP_NAMES, UnsafePath, split_relpath
+from workspace_server.workspaces.files import (
+    SKIP_NAMES,
+    UnsafePath,
+    check_tree,
+    split_relpath,
+    workspace_config_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +98,7 @@ SESSIONS_MOUNT = "/root/.claude/sessions"
 PORT_CONFLICT = ("port is already allocated", "address already in use")
 ENGINE_ERRORS = (docker.errors.DockerException, requests.RequestException, OSError)
 _HEX_DASH = re.compile(r"^[0-9a-f-]+$")
+PROBE_OWNER = 4242  # uid/gid of the marker file that shows whether the engine sees our host dirs
 
 
 def configs_volume(ws_id: str) -> str:
@@ -152,6 +175,114 @@ def parse_user(user: str, passwd: str = "") -> tuple[int, int]:
     return uid, gid if gid is not None else uid
 
 
+def is_local_engine(settings: Settings) -> bool:
+    """The engine runs on this host's filesystem as far as we can tell from its address (a unix socket)."""
+    host = settings.DOCKER_HOST.strip()
+    return not host or host.startswith("unix://")
+
+
+def write_host_configs(root: Path, files: Mapping[str, bytes], uid: int, gid: int) -> None:
+    """Write `files` (relpath → bytes) under `root`, the host dir behind a configs volume, as uid:gid.
+
+    Same result as extracting `config_tar` there: root and every directory 0755, files 0644, the token
+    0600, all owned by the agent user; other files are left alone. The agent can plant symlinks, FIFOs or
+    odd directories in `root`, so nothing here follows a symlink: directories are entered by fd with
+    O_NOFOLLOW (a non-directory in the way is removed, as the engine's tar extraction does), and each file
+    is written to a fresh temp file and renamed over its name, which replaces a symlink instead of writing
+    through it. Raises UnsafePath for bad names and OSError for I/O errors.
+    """
+    check_tree(list(files))
+    root.mkdir(parents=True, exist_ok=True)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchown(root_fd, uid, gid)
+        os.fchmod(root_fd, 0o755)
+        for rel, data in files.items():
+            mode = 0o600 if rel == TOKEN_FILE else 0o644
+            _write_host_file(root_fd, split_relpath(rel), data, uid, gid, mode)
+    finally:
+        os.close(root_fd)
+
+
+def _write_host_file(root_fd: int, parts: list[str], data: bytes, uid: int, gid: int, mode: int) -> None:
+    fds: list[int] = []
+    try:
+        dir_fd = root_fd
+        for name in parts[:-1]:
+            dir_fd = _enter_dir(dir_fd, name, uid, gid)
+            fds.append(dir_fd)
+        _replace_file(dir_fd, parts[-1], data, uid, gid, mode)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _enter_dir(parent_fd: int, name: str, uid: int, gid: int) -> int:
+    """An fd for the real directory `name` under parent_fd (made, or put in place of a non-directory)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+    try:
+        fd = os.open(name, flags, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        os.unlink(name, dir_fd=parent_fd)  # a symlink or file where the directory goes
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+        fd = os.open(name, flags, dir_fd=parent_fd)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o755)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _replace_file(dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int) -> None:
+    tmp = f".molecule-tmp-{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
+    try:
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)  # the umask may have narrowed it
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):  # a directory in the way: the engine's extraction replaces it too
+                shutil.rmtree(name, dir_fd=dir_fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def _probe_matches(archive: bytes, content: bytes) -> bool:
+    """The engine's tar of the marker holds our bytes with our owner: it sees our host dir as we do."""
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        member = tar.next()
+        if member is None or not member.isfile():
+            return False
+        f = tar.extractfile(member)
+        seen = f.read() if f is not None else b""
+    return seen == content and (member.uid, member.gid) == (PROBE_OWNER, PROBE_OWNER)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What the overlapped engine calls before a create found out."""
+
+    image_id: str
+    user: str  # the image's `User`
+    owner: tuple[int, int] | None  # its uid/gid; None: a user name, to look up in the container
+    host_dir: Path | None  # the configs volume is bound to this host dir and we write there
+
+
 class DockerBackend:
     name = "docker"
 
@@ -162,6 +293,12 @@ class DockerBackend:
         self._ports: dict[str, int] = {}  # ws_id -> host port we assigned (never hand one out twice)
         self._network_ready = False
         self._engine_cpus: int | None = None
+        # host-dir configs volumes: local engine + root (to hand files to the agent's uid); None = the
+        # engine's view of our dirs is not checked yet, False = it does not see them (never try again)
+        self._host_volumes = is_local_engine(settings) and os.geteuid() == 0
+        self._host_verified: bool | None = None
+        self._owners: dict[str, tuple[int, int]] = {}  # image id -> uid/gid of a named image user
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="docker-prep")
 
     # ---- plumbing ----
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -207,36 +344,119 @@ class DockerBackend:
         files = gather_config_files(spec)
         name = instance_name(spec.workspace_id)
         try:
-            self._force_remove(name)
-            images.ensure_image(self.client, spec.image, self._platform(), report)
-            self._prepare_volumes(spec)
-            for attempt in range(3):
+            prep = self._prepare(spec, report)
+            attempt = 0
+            while attempt < 3:
                 port = self._reserve_port(spec.workspace_id)
                 try:
-                    container_id = self._create_and_start(spec, limits, bind_path, files, port)
+                    container_id = self._create_and_start(spec, limits, bind_path, files, port, prep)
                 except _PortConflict:
-                    log.info("host port %d was taken, retrying (%d)", port, attempt + 1)
+                    attempt += 1
+                    log.info("host port %d was taken, retrying (%d)", port, attempt)
+                    continue
+                except _HostDirUnseen:
+                    self._use_engine_volume(spec.workspace_id)
+                    prep = replace(prep, host_dir=None)
                     continue
                 return Started(url=f"http://127.0.0.1:{port}", instance_id=container_id)
             raise BackendError("workspace start failed", "no free host port after 3 attempts")
         except BackendError:
-            self._release_port(spec.workspace_id)
+            self._start_failed(spec.workspace_id)
             raise
         except ENGINE_ERRORS as exc:
-            self._release_port(spec.workspace_id)
+            self._start_failed(spec.workspace_id)
             log.warning("start of %s failed: %s", name, exc)
             if images.is_image_not_found_error(str(exc)):
                 raise images.ImageNotFound(spec.image, str(exc)) from exc
             raise BackendError("workspace start failed", str(exc)) from exc
 
-    def _prepare_volumes(self, spec: StartSpec) -> None:
-        labels = {MANAGED_LABEL: "true", WORKSPACE_LABEL: spec.workspace_id}
-        self.client.volumes.create(configs_volume(spec.workspace_id), labels=labels)
+    def _start_failed(self, ws_id: str) -> None:
+        """A failed start leaves nothing running, not even a container it did not get to replace."""
+        self._release_port(ws_id)
+        try:
+            self._force_remove(instance_name(ws_id))
+        except ENGINE_ERRORS as exc:
+            log.warning("removing %s after a failed start failed: %s", instance_name(ws_id), exc)
+
+    def _prepare(self, spec: StartSpec, report: images.Report) -> _Prepared:
+        """The engine calls a create depends on, overlapped (they are independent of each other).
+
+        A previous container is not looked for here: the create meets it as a name conflict (rare, as
+        the orchestrator stops before it starts) and removes it then.
+        """
+        jobs: list[concurrent.futures.Future[Any]] = [
+            self._pool.submit(self._configs_volume, spec.workspace_id)
+        ]
         if spec.runtime == "claude-code":
-            reset = spec.reset_session or _truthy(spec.env.get("WORKSPACE_RESET_SESSION", ""))
-            if reset:
-                self._remove_volume(sessions_volume(spec.workspace_id), strict=False)
-            self.client.volumes.create(sessions_volume(spec.workspace_id), labels=labels)
+            jobs.append(self._pool.submit(self._sessions_volume, spec))
+        if self._engine_cpus is None:
+            jobs.append(self._pool.submit(self._cpu_cap))
+        try:
+            # here, not in the pool: the pull progress callback must run on an anyio worker thread
+            attrs = self._image_attrs(spec.image, report)
+        finally:
+            concurrent.futures.wait(jobs)
+        for job in jobs:
+            job.result()
+        bound: Path | None = jobs[0].result()
+        host_dir = None
+        if bound is not None and self._host_verified is False:
+            # bound by an earlier run, but this engine cannot mount it: replace it (after its old user)
+            self._force_remove(instance_name(spec.workspace_id))
+            self._use_engine_volume(spec.workspace_id)
+        elif bound is not None and self._host_volumes:
+            host_dir = bound
+        image_id = str(attrs.get("Id") or "")
+        user = str((attrs.get("Config") or {}).get("User") or "")
+        return _Prepared(image_id, user, self._image_owner(image_id, user), host_dir)
+
+    def _image_attrs(self, ref: str, report: images.Report) -> dict[str, Any]:
+        """The image's inspect; pulled first (images.ensure_image) when the pull policy says so.
+
+        One inspect answers both "present, and must it be pulled?" and "which user and id?" on the
+        common path; only a pull inspects again.
+        """
+        try:
+            attrs: dict[str, Any] | None = self.client.api.inspect_image(ref)
+        except docker.errors.NotFound:  # ImageNotFound is a subclass
+            attrs = None
+        if attrs is not None:
+            from_registry = images.came_from_registry(ref, attrs.get("RepoDigests") or [])
+            if not images.should_pull(ref, True, from_registry):
+                return attrs
+        images.ensure_image(self.client, ref, self._platform(), report)
+        return dict(self.client.api.inspect_image(ref))
+
+    def _sessions_volume(self, spec: StartSpec) -> None:
+        """claude-code's sessions volume; a reset removes it first (after the container that uses it)."""
+        reset = spec.reset_session or _truthy(spec.env.get("WORKSPACE_RESET_SESSION", ""))
+        if reset:
+            self._force_remove(instance_name(spec.workspace_id))
+            self._remove_volume(sessions_volume(spec.workspace_id), strict=False)
+        self.client.volumes.create(sessions_volume(spec.workspace_id), labels=_labels(spec.workspace_id))
+
+    def _own_dir(self, ws_id: str) -> Path | None:
+        try:
+            return workspace_config_dir(self.settings, ws_id)
+        except UnsafePath:  # not a UUID: engine-managed volume only
+            return None
+
+    def _configs_volume(self, ws_id: str) -> Path | None:
+        """Create (or find) the configs volume; our host dir when the volume is bound to it."""
+        own = self._own_dir(ws_id)
+        opts = None
+        if own is not None and self._host_volumes and self._host_verified is not False:
+            opts = {"type": "none", "o": "bind", "device": str(own)}
+        # an existing volume is returned as it is (its options are not changed): a volume made by an
+        # older server, or on a remote engine, stays engine-managed and gets put_archive
+        info = self.client.api.create_volume(configs_volume(ws_id), driver_opts=opts, labels=_labels(ws_id))
+        bound = own is not None and (info.get("Options") or {}).get("device") == str(own)
+        return own if bound else None
+
+    def _use_engine_volume(self, ws_id: str) -> None:
+        """Replace a host-bound configs volume the engine cannot see with an engine-managed one."""
+        self._remove_volume(configs_volume(ws_id), strict=True)
+        self.client.volumes.create(configs_volume(ws_id), labels=_labels(ws_id))
 
     def _network_kwargs(self, limits: TierLimits, port: int) -> tuple[dict[str, Any], dict[str, str]]:
         """(create kwargs, env extras) for the network mode."""
@@ -281,7 +501,13 @@ class DockerBackend:
         return vols
 
     def _create_and_start(
-        self, spec: StartSpec, limits: TierLimits, bind_path: str | None, files: dict[str, bytes], port: int
+        self,
+        spec: StartSpec,
+        limits: TierLimits,
+        bind_path: str | None,
+        files: dict[str, bytes],
+        port: int,
+        prep: _Prepared,
     ) -> str:
         name = instance_name(spec.workspace_id)
         net_kw, extra = self._network_kwargs(limits, port)
@@ -289,7 +515,7 @@ class DockerBackend:
         kwargs: dict[str, Any] = {
             "name": name,
             "environment": [f"{k}={v}" for k, v in env.items()],
-            "labels": {MANAGED_LABEL: "true", WORKSPACE_LABEL: spec.workspace_id},
+            "labels": _labels(spec.workspace_id),
             "volumes": self._volumes(spec, limits, bind_path),
             "restart_policy": {"Name": "unless-stopped"},
             "detach": True,
@@ -301,10 +527,9 @@ class DockerBackend:
         plat = self._platform()
         if plat:
             kwargs["platform"] = plat
-        container = self.client.containers.create(spec.image, **kwargs)
+        container = self._create_container(spec.image, kwargs)
         try:
-            if files:
-                self._write_initial_files(container, spec, files, limits)
+            self._write_initial_files(container, spec, files, limits, prep)
             container.start()
         except docker.errors.APIError as exc:
             self._force_remove(name)
@@ -324,8 +549,37 @@ class DockerBackend:
                 return 1 << 62  # unknown: no clamp this time
         return self._engine_cpus * 1_000_000_000 if self._engine_cpus > 0 else 1 << 62
 
-    def _owner(self, container: Any) -> tuple[int, int]:
-        user = str((container.attrs.get("Config") or {}).get("User") or "")
+    def _create_container(self, image: str, kwargs: dict[str, Any]) -> Any:
+        """Create `kwargs["name"]`, replacing a container of that name left from before (start replaces
+        whatever runs for the workspace)."""
+        try:
+            return self._create_once(image, kwargs)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: the name is taken
+                raise
+        self._force_remove(kwargs["name"])
+        return self._create_once(image, kwargs)
+
+    def _create_once(self, image: str, kwargs: dict[str, Any]) -> Any:
+        """`containers.create` without its follow-up inspect: a model that holds only the id."""
+        translate = getattr(docker.models.containers, "_create_container_args", None)
+        if translate is None:  # an SDK without the helper: the public call, one round trip more
+            return self.client.containers.create(image, **kwargs)
+        args = translate({**kwargs, "image": image, "command": None, "version": self.client.api._version})
+        resp = self.client.api.create_container(**args)
+        return self.client.containers.prepare_model({"Id": resp["Id"]})
+
+    def _image_owner(self, image_id: str, user: str) -> tuple[int, int] | None:
+        """uid/gid of the image's user without a container, when it is numeric (or was looked up)."""
+        name = user.partition(":")[0]
+        if name and not name.isdigit():
+            return self._owners.get(image_id)
+        return parse_user(user)
+
+    def _owner(self, container: Any, user: str | None = None) -> tuple[int, int]:
+        """uid/gid of `user` (default: the container's `User`), names looked up in its /etc/passwd."""
+        if user is None:
+            user = str((container.attrs.get("Config") or {}).get("User") or "")
         name = user.partition(":")[0]
         passwd = ""
         if name and not name.isdigit():
@@ -343,9 +597,27 @@ class DockerBackend:
             return ""
 
     def _write_initial_files(
-        self, container: Any, spec: StartSpec, files: Mapping[str, bytes], limits: TierLimits
+        self,
+        container: Any,
+        spec: StartSpec,
+        files: Mapping[str, bytes],
+        limits: TierLimits,
+        prep: _Prepared,
     ) -> None:
-        uid, gid = self._owner(container)
+        if prep.host_dir is None and not files:
+            return  # a plain restart: the volume already holds everything
+        owner = prep.owner
+        if owner is None:  # a named user: its /etc/passwd entry, once per image
+            owner = self._owners[prep.image_id] = self._owner(container, prep.user)
+        uid, gid = owner
+        if prep.host_dir is not None:
+            if not self._host_verified:
+                self._verify_host_dir(container, prep.host_dir)
+            try:
+                write_host_configs(prep.host_dir, files, uid, gid)  # also hands the root to the agent
+            except UnsafePath as exc:
+                raise BackendError("invalid config file path", str(exc)) from exc
+            return
         if not limits.read_only_rootfs:
             # Extracting at `/` with a `configs/` entry also hands the volume root to the agent user.
             container.put_archive("/", config_tar(files, uid, gid, prefix=CONFIG_MOUNT.strip("/") + "/"))
@@ -363,6 +635,37 @@ class DockerBackend:
             seed.put_archive("/", config_tar(files, uid, gid, prefix=CONFIG_MOUNT.strip("/") + "/"))
         finally:
             seed.remove(force=True)
+
+    def _verify_host_dir(self, container: Any, host_dir: Path) -> None:
+        """Does the engine see our host dir as we do? A marker file read back through it tells.
+
+        A server in a container with the host's docker socket passes a path the engine resolves on the
+        host: the mount fails or shows another directory. Checked once per backend (the first start
+        pays one archive read); on failure every later start uses engine-managed volumes.
+        """
+        marker = f".molecule-probe-{secrets.token_hex(8)}"
+        content = secrets.token_hex(16).encode()
+        host_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(host_dir / marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchown(fd, PROBE_OWNER, PROBE_OWNER)
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+        try:
+            data = _get_archive(container, f"{CONFIG_MOUNT}/{marker}", 64 * 1024)
+            seen = data is not None and _probe_matches(data, content)
+        except (*ENGINE_ERRORS, tarfile.TarError, BackendError) as exc:
+            log.info("engine cannot read the host-bound configs volume: %s", exc)
+            seen = False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(host_dir / marker)
+        if not seen:
+            log.warning("the engine does not see %s as we do: using engine-managed config volumes", host_dir)
+            self._host_verified = False
+            raise _HostDirUnseen
+        self._host_verified = True
 
     # ---- stop / state ----
     def _force_remove(self, name: str) -> None:
@@ -500,7 +803,8 @@ class DockerBackend:
             log.warning("removing volume %s failed: %s", name, exc)
 
     async def remove_volumes(self, ws_id: str, workspace: bool = False) -> None:
-        """Configs volume (errors raised), sessions volume (best effort), workspace volume only if asked."""
+        """Configs volume and its host dir (errors raised), sessions volume (best effort), workspace
+        volume only if asked. The host dir goes only once the volume is gone (never under a live mount)."""
         try:
             await self._run(self._remove_volume, configs_volume(ws_id), True)
         except ENGINE_ERRORS as exc:
@@ -508,6 +812,18 @@ class DockerBackend:
         await self._run(self._remove_volume, sessions_volume(ws_id), False)
         if workspace:
             await self._run(self._remove_volume, workspace_volume(ws_id), False)
+        try:
+            await self._run(self._remove_host_dir, ws_id)
+        except OSError as exc:
+            raise BackendError("could not remove workspace config files", str(exc)) from exc
+
+    def _remove_host_dir(self, ws_id: str) -> None:
+        own = self._own_dir(ws_id)
+        if own is None or own.is_symlink() or not own.is_dir():
+            return
+        shutil.rmtree(own)  # fd-based on Linux: a symlink planted by the agent is removed, not followed
+        with contextlib.suppress(OSError):
+            own.parent.rmdir()  # `<DATA_DIR>/workspaces/<id>`, when nothing else is left in it
 
     async def list_instances(self) -> list[Instance]:
         """Managed containers, plus unlabelled `ws-<hex/dash>` ones (the reference's name sweep)."""
@@ -675,11 +991,20 @@ class DockerBackend:
             raise BackendError("delete failed", f"rm exited {code}")
 
     async def close(self) -> None:
+        self._pool.shutdown(wait=False)
         await self._run(self.client.close)
 
 
 class _PortConflict(Exception):
     """The host port we picked was taken between picking and publishing it."""
+
+
+class _HostDirUnseen(Exception):
+    """The engine does not see the host dir behind the configs volume (the container was removed)."""
+
+
+def _labels(ws_id: str) -> dict[str, str]:
+    return {MANAGED_LABEL: "true", WORKSPACE_LABEL: ws_id}
 
 
 def _truthy(raw: str) -> bool:
