@@ -97,6 +97,13 @@ def make_handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "molecule-agent/0.1"
+        # buffer the response and send headers + body in one write (flushed after each request): two
+        # small writes meet Nagle and a delayed ACK, and every reply waited ~40 ms for it
+        wbufsize = -1
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug(fmt, *args)
