@@ -7,8 +7,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from starlette.requests import HTTPConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import HTTPConnection
 
 from workspace_server.common.kv import KV
 from workspace_server.config import Settings

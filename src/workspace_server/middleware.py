@@ -150,6 +150,9 @@ class RouteTemplates:
         self._entries: list[_RouteEntry] = []
         self._by_route: dict[int, list[_RouteEntry]] = {}
         self._foreign: set[int] = set()  # sub-app routes: not in the table, do not rebuild again
+        # (id(route), method, websocket?) -> template, for routes with one table entry: the router already
+        # matched the path, so the regex test is redundant and the label is a dict hit per request.
+        self._memo: dict[tuple[int, str, bool], str] = {}
 
     def _build(self, app: Any) -> None:
         entries = []
@@ -164,11 +167,21 @@ class RouteTemplates:
         for entry in entries:
             by_route.setdefault(id(entry.route), []).append(entry)
         self._entries, self._by_route, self._built = entries, by_route, True
+        self._memo = {}
 
     def label(self, scope: Scope) -> str:
         route = scope.get("route")
         if route is None and not scope.get(ABORTED):
             return UNMATCHED  # the router found nothing (404, or its trailing-slash redirect)
+        key = (id(route), scope.get("method", "GET"), scope["type"] == "websocket")
+        if route is not None and (hit := self._memo.get(key)) is not None:
+            return hit
+        label = self._resolve(scope, route)
+        if route is not None and label != UNMATCHED and len(self._by_route.get(id(route), ())) == 1:
+            self._memo[key] = label
+        return label
+
+    def _resolve(self, scope: Scope, route: Any) -> str:
         if not self._built:
             self._build(scope.get("app"))
         if route is not None and id(route) not in self._by_route and id(route) not in self._foreign:

@@ -49,24 +49,38 @@ async def issue_workspace_token(conn: AsyncConnection, ws_id: str) -> str:
     return token
 
 
+# Checked on every authenticated agent call (each heartbeat): built once, bound per request.
+_WS_TOKEN_LOOKUP = (
+    sa.select(
+        workspace_auth_tokens.c.id, workspace_auth_tokens.c.workspace_id, workspace_auth_tokens.c.last_used_at
+    )
+    .select_from(
+        workspace_auth_tokens.join(workspaces, workspaces.c.id == workspace_auth_tokens.c.workspace_id)
+    )
+    .where(
+        workspace_auth_tokens.c.token_hash == sa.bindparam("p_hash"),
+        workspace_auth_tokens.c.revoked_at.is_(None),
+        workspaces.c.status != "removed",
+    )
+)
+_WS_TOKEN_TOUCH = (
+    sa.update(workspace_auth_tokens)
+    .where(workspace_auth_tokens.c.id == sa.bindparam("p_id"))
+    .values(last_used_at=sa.bindparam("p_now"))
+)
+
+
 async def validate_workspace_token(conn: AsyncConnection, token: str, ws_id: str | None = None) -> str | None:
     """Workspace id the token belongs to, if live and its workspace is not removed (and matches ws_id)."""
     if not token:
         return None
-    t, w = workspace_auth_tokens, workspaces
-    row = (
-        await conn.execute(
-            sa.select(t.c.id, t.c.workspace_id, t.c.last_used_at)
-            .select_from(t.join(w, w.c.id == t.c.workspace_id))
-            .where(t.c.token_hash == hash_token(token), t.c.revoked_at.is_(None), w.c.status != "removed")
-        )
-    ).first()
+    row = (await conn.execute(_WS_TOKEN_LOOKUP, {"p_hash": hash_token(token)})).first()
     if row is None or (ws_id is not None and row.workspace_id != ws_id):
         return None
     now = utcnow()
     # last_used_at is informational: refresh it at most once a minute instead of on every heartbeat
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-        await conn.execute(sa.update(t).where(t.c.id == row.id).values(last_used_at=now))
+        await conn.execute(_WS_TOKEN_TOUCH, {"p_id": row.id, "p_now": now})
     return str(row.workspace_id)
 
 

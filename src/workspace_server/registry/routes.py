@@ -11,12 +11,14 @@ import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.auth.deps import Ctx, grandfathered_caller
 from workspace_server.auth.ssrf import UnsafeURL, validate_agent_url
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import bearer_token, read_model
 from workspace_server.common.ids import parse_uuid
+from workspace_server.context import AppContext
 from workspace_server.registry import service
 from workspace_server.registry.schemas import (
     CheckAccessRequest,
@@ -65,9 +67,35 @@ async def register(request: Request, ctx: Ctx) -> JSONResponse:
 async def heartbeat(request: Request, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, HeartbeatRequest)
     ws_id = _workspace_id(body.workspace_id)
-    await grandfathered_caller(ctx, request, ws_id)
-    await service.heartbeat(ctx, ws_id, body)
+    conn = await _hot_connection(ctx)
+    if conn is None:
+        await grandfathered_caller(ctx, request, ws_id)
+        await service.heartbeat(ctx, ws_id, body)
+        return JSONResponse({"status": "ok"})
+    # The hottest route: bearer lookup and UPDATE share one pool checkout, released before the
+    # status moves and events (they take their own connections).
+    try:
+        await grandfathered_caller(ctx, request, ws_id, conn)
+        snap = await service.record_heartbeat(ctx, ws_id, body, conn)
+    finally:
+        await conn.close()  # back to the pool
+    await service.after_heartbeat(ctx, ws_id, body, snap)
     return JSONResponse({"status": "ok"})
+
+
+async def _hot_connection(ctx: AppContext) -> AsyncConnection | None:
+    """An AUTOCOMMIT Postgres connection for single-statement work; None on SQLite (its heartbeat is a
+    read-then-write transaction) or when checkout fails (the per-step paths then report the failure
+    with their own statuses, as before)."""
+    if ctx.engine.dialect.name != "postgresql":
+        return None
+    conn = ctx.autocommit.connect()
+    try:
+        await conn.start()
+    except Exception:
+        log.warning("registry: heartbeat connection checkout failed; using per-step connections")
+        return None
+    return conn
 
 
 @router.post("/update-card")

@@ -11,6 +11,8 @@ import inspect
 import logging
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from workspace_server.auth import tokens
 from workspace_server.auth.session import verify_cp_session
 from workspace_server.auth.ssrf import is_safe_url
@@ -143,24 +145,47 @@ async def _mint_first_token(ctx: AppContext, ws_id: str) -> str | None:
 
 
 async def heartbeat(ctx: AppContext, ws_id: str, hb: HeartbeatRequest) -> None:
-    # Postgres does it in one statement, atomic without a transaction; SQLite reads then writes in one
-    engine = ctx.autocommit if ctx.engine.dialect.name == "postgresql" else ctx.engine
+    snap = await record_heartbeat(ctx, ws_id, hb)
+    await after_heartbeat(ctx, ws_id, hb, snap)
+
+
+async def record_heartbeat(
+    ctx: AppContext, ws_id: str, hb: HeartbeatRequest, conn: AsyncConnection | None = None
+) -> store.HeartbeatSnapshot | None:
+    """Write the heartbeat columns; the row as it was, or None when unknown/removed.
+
+    `conn`: an AUTOCOMMIT Postgres connection the route already holds (its auth ran on it)."""
     try:
-        async with engine.begin() as conn:
-            snap = await store.apply_heartbeat(
-                conn,
-                ws_id,
-                now=utcnow(),
-                error_rate=hb.error_rate,
-                sample_error=hb.sample_error,
-                active_tasks=hb.active_tasks,
-                uptime_seconds=hb.uptime_seconds,
-                current_task=hb.current_task,
-                monthly_spend=store.clamp_spend(hb.monthly_spend),
-            )
+        if conn is not None:
+            return await _write_heartbeat(conn, ws_id, hb)
+        # Postgres does it in one statement, atomic without a transaction; SQLite reads then writes in one
+        engine = ctx.autocommit if ctx.engine.dialect.name == "postgresql" else ctx.engine
+        async with engine.begin() as own:
+            return await _write_heartbeat(own, ws_id, hb)
     except Exception:
         log.exception("registry: heartbeat update failed for %s", ws_id)
         raise ApiError(500, "failed to update") from None
+
+
+async def _write_heartbeat(
+    conn: AsyncConnection, ws_id: str, hb: HeartbeatRequest
+) -> store.HeartbeatSnapshot | None:
+    return await store.apply_heartbeat(
+        conn,
+        ws_id,
+        now=utcnow(),
+        error_rate=hb.error_rate,
+        sample_error=hb.sample_error,
+        active_tasks=hb.active_tasks,
+        uptime_seconds=hb.uptime_seconds,
+        current_task=hb.current_task,
+        monthly_spend=store.clamp_spend(hb.monthly_spend),
+    )
+
+
+async def after_heartbeat(
+    ctx: AppContext, ws_id: str, hb: HeartbeatRequest, snap: store.HeartbeatSnapshot | None
+) -> None:
     if snap is None:
         # Unknown or removed: 200 as the reference, but no events and no per-id state, so
         # unauthenticated heartbeats for made-up ids cannot grow memory or spam the stream.
