@@ -75,7 +75,14 @@ def _encode(body: Any) -> bytes:
 
 
 async def _claim(ctx: AppContext, ws_id: str) -> Any:
-    """Reclaim expired leases, then claim the next item: one transaction per heartbeat."""
+    """Reclaim expired leases, then claim the next item: one write transaction, only when there is work.
+
+    A read-only probe first (one index lookup on the autocommit pool) keeps the common idle heartbeat
+    off the write path once the QueueHint's trust window has lapsed.
+    """
+    async with ctx.autocommit.connect() as conn:
+        if not await store.has_pending(conn, ws_id):
+            return None
     now = utcnow()
     async with ctx.engine.begin() as conn:
         expired = await store.reclaim_expired(
