@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.a2a import store
 from workspace_server.a2a.proxy import Outcome, ProxyResult, proxy_a2a, spawn
@@ -111,24 +112,37 @@ async def _idempotent_hit(ctx: AppContext, source: str, key: str) -> dict[str, A
     return _hit(row.delegation_id, row.status, row.target_id or "")
 
 
+async def _insert_delegate_row(
+    conn: AsyncConnection,
+    source: str,
+    target: str,
+    task: str,
+    delegation_id: str,
+    status: str,
+    key: str | None = None,
+) -> None:
+    """The source's `delegate` row: one shape for delegations we send and ones the agent records."""
+    await insert_activity(
+        conn,
+        workspace_id=source,
+        activity_type="delegation",
+        method="delegate",
+        source_id=source,
+        target_id=target,
+        summary="Delegating to " + target,
+        request_body={"task": task, "delegation_id": delegation_id},
+        status=status,
+        idempotency_key=key,
+    )
+
+
 async def _insert_pending(
     ctx: AppContext, source: str, target: str, task: str, delegation_id: str, key: str
 ) -> tuple[bool, dict[str, Any] | None]:
     """(tracked, winner): winner is the concurrent request's delegation that took the same key."""
     try:
         async with ctx.engine.begin() as conn:
-            await insert_activity(
-                conn,
-                workspace_id=source,
-                activity_type="delegation",
-                method="delegate",
-                source_id=source,
-                target_id=target,
-                summary="Delegating to " + target,
-                request_body={"task": task, "delegation_id": delegation_id},
-                status="pending",
-                idempotency_key=key or None,
-            )
+            await _insert_delegate_row(conn, source, target, task, delegation_id, "pending", key or None)
         return True, None
     except IntegrityError:
         if key:
@@ -353,17 +367,7 @@ async def record(ctx: AppContext, source: str, body: RecordRequest) -> dict[str,
     target = _target(body.target_id)
     try:
         async with ctx.engine.begin() as conn:
-            await insert_activity(
-                conn,
-                workspace_id=source,
-                activity_type="delegation",
-                method="delegate",
-                source_id=source,
-                target_id=target,
-                summary="Delegating to " + target,
-                request_body={"task": body.task, "delegation_id": body.delegation_id},
-                status="dispatched",
-            )
+            await _insert_delegate_row(conn, source, target, body.task, body.delegation_id, "dispatched")
     except Exception:
         log.exception("delegation: record of %s failed", body.delegation_id)
         raise ApiError(500, "failed to record delegation") from None
