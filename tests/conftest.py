@@ -208,3 +208,47 @@ def live_server_factory(db_url: str, tmp_path: Path) -> Iterator[Callable[..., L
     yield make
     for s in servers:
         s.stop()
+
+
+AgentStarter = Callable[..., Path]
+
+
+@pytest.fixture
+def reference_agents(tmp_path: Path) -> Iterator[AgentStarter]:
+    """`start(ws_id, platform_url, name="Echo Agent")` runs `python -m molecule_agent` as a subprocess.
+
+    The agent registers itself (saving its token in the returned config dir), heartbeats once right after,
+    then stays quiet for two minutes so tests drive heartbeats themselves without races.
+    """
+    import subprocess
+    import sys
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(ws_id: str, platform_url: str, name: str = "Echo Agent") -> Path:
+        cfg_dir = tmp_path / f"agent-{ws_id[:8]}"
+        cfg_dir.mkdir()
+        (cfg_dir / "config.yaml").write_text(
+            f"name: {name}\nskills:\n  - id: echo\n    name: Echo\n", encoding="utf-8"
+        )
+        env = {
+            **os.environ,
+            "WORKSPACE_ID": ws_id,
+            "PLATFORM_URL": platform_url,
+            "WORKSPACE_CONFIG_PATH": str(cfg_dir),
+            "A2A_PORT": str(free_port()),
+            "A2A_HOST": "127.0.0.1",
+            "HEARTBEAT_INTERVAL_SECONDS": "120",
+        }
+        env.pop("HOSTNAME", None)
+        procs.append(subprocess.Popen([sys.executable, "-m", "molecule_agent"], env=env))
+        return cfg_dir
+
+    yield start
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()

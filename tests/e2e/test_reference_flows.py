@@ -8,17 +8,12 @@ the way the reference's shell scripts do, on SQLite and on Postgres.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.conftest import LiveServer, free_port
+from tests.conftest import AgentStarter, LiveServer
 
 
 async def wait_for(fn: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
@@ -32,42 +27,8 @@ async def wait_for(fn: Callable[[], Any], what: str, timeout: float = 30.0) -> A
         await asyncio.sleep(0.2)
 
 
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(ws_id: str, platform_url: str) -> Path:
-        cfg_dir = tmp_path / f"agent-{ws_id[:8]}"
-        cfg_dir.mkdir()
-        (cfg_dir / "config.yaml").write_text(
-            "name: Echo Agent\nskills:\n  - id: echo\n    name: Echo\n", encoding="utf-8"
-        )
-        env = {
-            **os.environ,
-            "WORKSPACE_ID": ws_id,
-            "PLATFORM_URL": platform_url,
-            "WORKSPACE_CONFIG_PATH": str(cfg_dir),
-            "A2A_PORT": str(free_port()),
-            "A2A_HOST": "127.0.0.1",
-            # one heartbeat right after register, then quiet for the rest of the test (no races with ours)
-            "HEARTBEAT_INTERVAL_SECONDS": "120",
-        }
-        env.pop("HOSTNAME", None)
-        procs.append(subprocess.Popen([sys.executable, "-m", "molecule_agent"], env=env))
-        return cfg_dir
-
-    yield start
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
 async def test_reference_api_flows(
-    live_server_factory: Callable[..., LiveServer], agents: Callable[[str, str], Path]
+    live_server_factory: Callable[..., LiveServer], reference_agents: AgentStarter
 ) -> None:
     srv = live_server_factory()
     async with httpx.AsyncClient(base_url=srv.url, timeout=10) as c:
@@ -83,7 +44,7 @@ async def test_reference_api_flows(
         assert r.json()["status"] == "failed" and r.json()["agent_card"] is None
 
         # the agents register themselves (minting their tokens) and heartbeat
-        dirs = [agents(a, srv.url), agents(b, srv.url)]
+        dirs = [reference_agents(a, srv.url), reference_agents(b, srv.url)]
 
         async def both_online_and_heartbeating() -> bool:
             got = [(await c.get(f"/workspaces/{w}")).json() for w in (a, b)]

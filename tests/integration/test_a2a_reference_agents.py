@@ -2,51 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.conftest import LiveServer, free_port
+from tests.conftest import AgentStarter, LiveServer
 from tests.integration.test_a2a_support import wait_for
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Callable[[str, str, str], Path]]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(ws_id: str, name: str, platform_url: str) -> Path:
-        cfg_dir = tmp_path / f"agent-{ws_id[:8]}"
-        cfg_dir.mkdir()
-        (cfg_dir / "config.yaml").write_text(
-            f"name: {name}\nskills:\n  - id: echo\n    name: Echo\n", encoding="utf-8"
-        )
-        env = {
-            **os.environ,
-            "WORKSPACE_ID": ws_id,
-            "PLATFORM_URL": platform_url,
-            "WORKSPACE_CONFIG_PATH": str(cfg_dir),
-            "A2A_PORT": str(free_port()),
-            "A2A_HOST": "127.0.0.1",
-            "HEARTBEAT_INTERVAL_SECONDS": "120",
-        }
-        env.pop("HOSTNAME", None)
-        procs.append(subprocess.Popen([sys.executable, "-m", "molecule_agent"], env=env))
-        return cfg_dir
-
-    yield start
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def text_of(reply: Any) -> str:
@@ -54,7 +16,7 @@ def text_of(reply: Any) -> str:
 
 
 async def test_two_reference_agents_talk_through_the_proxy(
-    live_server_factory: Callable[..., LiveServer], agents: Callable[[str, str, str], Path]
+    live_server_factory: Callable[..., LiveServer], reference_agents: AgentStarter
 ) -> None:
     srv = live_server_factory(MOLECULE_ENV="development")
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
@@ -64,7 +26,7 @@ async def test_two_reference_agents_talk_through_the_proxy(
             assert r.status_code == 201, r.text
             ids.append(r.json()["id"])
         a, b = ids
-        dirs = [agents(a, "Echo Agent", srv.url), agents(b, "SEO Agent", srv.url)]
+        dirs = [reference_agents(a, srv.url, "Echo Agent"), reference_agents(b, srv.url, "SEO Agent")]
 
         async def both_online() -> bool:
             got = [(await c.get(f"/workspaces/{w}")).json() for w in (a, b)]
