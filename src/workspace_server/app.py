@@ -78,7 +78,9 @@ async def _install_orchestrator(ctx: AppContext) -> None:
 
 async def close_context(ctx: AppContext) -> None:
     from workspace_server.a2a import shutdown as shutdown_a2a
+    from workspace_server.registry.service import shutdown as shutdown_registry
 
+    await shutdown_registry(ctx)
     await shutdown_a2a(ctx)
     orch = ctx.extras.get("orchestrator")
     if orch is not None:

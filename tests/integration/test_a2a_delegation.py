@@ -188,7 +188,7 @@ async def test_busy_target_queues_then_completes_via_drain(
 
     agent.mode = "echo"
     await heartbeat(client, target)
-    await drained()
+    await drained(ctx)
     (row,) = await settled(ctx, source, "completed")
     assert row.error_detail is None
     (result,) = await result_rows(ctx, source)

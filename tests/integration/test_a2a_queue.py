@@ -47,7 +47,7 @@ async def setup(client_factory: ClientFactory, agent: StubAgent) -> tuple[httpx.
 
 async def beat_and_drain(client: httpx.AsyncClient, ws_id: str, active_tasks: int = 0) -> None:
     await heartbeat(client, ws_id, active_tasks)
-    await drained()
+    await drained(client.app.state.ctx)  # type: ignore[attr-defined]
 
 
 async def test_busy_message_is_queued_and_delivered_once(

@@ -157,8 +157,8 @@ async def heartbeat(client: httpx.AsyncClient, ws_id: str, active_tasks: int = 0
     assert r.status_code == 200, r.text
 
 
-async def drained() -> None:
+async def drained(ctx: Any) -> None:
     """Wait for the queue drains that heartbeats started (the registry runs them in the background)."""
-    from workspace_server.registry import service
+    from workspace_server.registry.service import DRAIN_TASKS
 
-    await asyncio.gather(*list(service._background), return_exceptions=True)
+    await asyncio.gather(*list(ctx.extras.get(DRAIN_TASKS, ())), return_exceptions=True)

@@ -37,7 +37,7 @@ RECOVER_ERROR_RATE = 0.1  # < recovers, with an empty runtime_state
 DEFAULT_RUNTIME = "langgraph"
 
 # Background drain tasks, referenced so the loop does not garbage-collect them mid-flight.
-_background: set[asyncio.Task[Any]] = set()
+DRAIN_TASKS = "registry_drain_tasks"  # ctx.extras key: drains this app started, cancelled at shutdown
 
 
 def _num(x: float) -> float | int:
@@ -245,15 +245,25 @@ def _schedule_drain(ctx: AppContext, ws_id: str) -> None:
         log.exception("registry: queue drain hook failed for %s", ws_id)
         return
     if inspect.isawaitable(result):
+        tasks: set[asyncio.Task[Any]] = ctx.extras.setdefault(DRAIN_TASKS, set())
         task = asyncio.ensure_future(result)
-        _background.add(task)
-        task.add_done_callback(_drain_done)
+        tasks.add(task)
+        task.add_done_callback(lambda t: _drain_done(tasks, t))
 
 
-def _drain_done(task: asyncio.Task[Any]) -> None:
-    _background.discard(task)
+def _drain_done(tasks: set[asyncio.Task[Any]], task: asyncio.Task[Any]) -> None:
+    tasks.discard(task)
     if not task.cancelled() and task.exception() is not None:
         log.error("registry: queue drain failed", exc_info=task.exception())
+
+
+async def shutdown(ctx: AppContext) -> None:
+    """Cancel drains still running, before the engine they use is disposed."""
+    tasks: set[asyncio.Task[Any]] = ctx.extras.get(DRAIN_TASKS, set())
+    for task in list(tasks):
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # ---- agent card ----
