@@ -152,6 +152,7 @@ def _include_routers(app: FastAPI) -> None:
     from workspace_server.memories.routes import router as memories_router
     from workspace_server.observability.routes import router as observability_router
     from workspace_server.provisioner.routes import router as provisioner_router
+    from workspace_server.registry.routes import HOT_ROUTES
     from workspace_server.registry.routes import router as registry_router
     from workspace_server.secrets.routes import router as secrets_router
     from workspace_server.templates.routes import router as templates_router
@@ -160,6 +161,7 @@ def _include_routers(app: FastAPI) -> None:
     from workspace_server.workspaces.lifecycle_routes import router as lifecycle_router
     from workspace_server.workspaces.routes import router as workspaces_router
 
+    app.router.routes[0:0] = HOT_ROUTES  # matched first, served without dependency injection
     for r in (
         observability_router,
         workspaces_router,

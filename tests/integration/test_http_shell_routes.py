@@ -112,6 +112,18 @@ async def test_request_counter_uses_route_template(client: httpx.AsyncClient) ->
     assert values['molecule_http_requests_total{method="GET",path="/metrics",status="200"}'] == 1
 
 
+async def test_hot_route_is_labelled_and_refuses_other_methods(client: httpx.AsyncClient) -> None:
+    """The heartbeat is served ahead of FastAPI's router (common/routing.py): it still gets its route
+    label, and a wrong method is still the reference's 404, not a 405."""
+    body = {"workspace_id": "1b7c0c3e-0000-4000-8000-00000000000a"}
+    assert (await client.post("/registry/heartbeat", json=body)).json() == {"status": "ok"}
+    wrong = await client.get("/registry/heartbeat")
+    assert (wrong.status_code, wrong.json()) == (404, {"error": "not found"})
+    values = samples((await client.get("/metrics")).text)
+    assert values['molecule_http_requests_total{method="POST",path="/registry/heartbeat",status="200"}'] == 1
+    assert values['molecule_http_requests_total{method="GET",path="unmatched",status="404"}'] == 1
+
+
 async def test_template_includes_router_prefixes(client: httpx.AsyncClient) -> None:
     sub = APIRouter()
 

@@ -18,8 +18,10 @@ from tests.integration.test_registry_support import (
     row,
     set_columns,
 )
+from workspace_server.a2a import store as a2a_store
 from workspace_server.common.ids import new_id
 from workspace_server.common.kv import liveness_key
+from workspace_server.common.time import utcnow
 from workspace_server.registry.service import capabilities, idle_timeout_override
 
 
@@ -253,9 +255,20 @@ async def test_liveness_key_extended_never_created(client: httpx.AsyncClient) ->
     assert await ctx.kv.get(liveness_key(ws_id)) == "online"
 
 
-async def test_queue_drain_hook_runs_when_capacity_frees(client: httpx.AsyncClient) -> None:
-    ctx = ctx_of(client)
-    ws_id = await add_workspace(ctx, "a", status="online", max_concurrent_tasks=2)
+async def _queue_item(ctx: Any, ws_id: str) -> None:
+    async with ctx.engine.begin() as conn:
+        await a2a_store.enqueue(
+            conn,
+            ws_id=ws_id,
+            caller_id=None,
+            body={"jsonrpc": "2.0"},
+            method="message/send",
+            key=None,
+            now=utcnow(),
+        )
+
+
+def _record_drains(ctx: Any) -> tuple[list[str], asyncio.Event]:
     drained: list[str] = []
     done = asyncio.Event()
 
@@ -264,11 +277,34 @@ async def test_queue_drain_hook_runs_when_capacity_frees(client: httpx.AsyncClie
         done.set()
 
     ctx.extras["queue_drain"] = drain
+    return drained, done
+
+
+async def test_queue_drain_hook_runs_when_capacity_frees(client: httpx.AsyncClient) -> None:
+    ctx = ctx_of(client)
+    ws_id = await add_workspace(ctx, "a", status="online", max_concurrent_tasks=2)
+    await _queue_item(ctx, ws_id)
+    drained, done = _record_drains(ctx)
     await beat(client, ws_id, active_tasks=2)
     assert drained == []
     await beat(client, ws_id, active_tasks=1)
     await asyncio.wait_for(done.wait(), timeout=30)  # deadlock guard, not a timing assertion
     assert drained == [ws_id]
+
+
+async def test_drain_skipped_when_postgres_saw_an_empty_queue(client: httpx.AsyncClient) -> None:
+    """Postgres answers "anything queued?" in the heartbeat's own statement, so an idle agent with an
+    empty queue costs no drain; SQLite leaves that probe to the drain itself."""
+    ctx = ctx_of(client)
+    ws_id = await add_workspace(ctx, "a", status="online")
+    drained, done = _record_drains(ctx)
+    await beat(client, ws_id, active_tasks=0)
+    if ctx.engine.dialect.name == "postgresql":
+        await asyncio.sleep(0.05)  # a scheduled drain would have started by now
+        assert drained == []
+    else:
+        await asyncio.wait_for(done.wait(), timeout=30)
+        assert drained == [ws_id]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.auth import tokens
 from workspace_server.auth.session import verify_cp_session
@@ -63,16 +62,9 @@ async def _org_token(ctx: AppContext, bearer: str) -> tokens.OrgToken | None:
         raise DATASTORE_UNAVAILABLE from None
 
 
-async def _workspace_token(
-    ctx: AppContext, bearer: str, ws_id: str | None = None, conn: AsyncConnection | None = None
-) -> str | None:
-    """Owner of a live workspace token (bound to `ws_id` when given); a DB error is a 503, never a 500.
-
-    `conn`, when given, is an AUTOCOMMIT connection the caller goes on using (the heartbeat saves a
-    pool checkout that way)."""
+async def _workspace_token(ctx: AppContext, bearer: str, ws_id: str | None = None) -> str | None:
+    """Owner of a live workspace token (bound to `ws_id` when given); a DB error is a 503, never a 500."""
     try:
-        if conn is not None:
-            return await tokens.validate_workspace_token(conn, bearer, ws_id)
         # each statement stands alone (a lookup, then at most one last_used_at touch): no transaction
         async with ctx.autocommit.connect() as own:
             return await tokens.validate_workspace_token(own, bearer, ws_id)
@@ -171,18 +163,16 @@ def _canvas_origins(s: Settings) -> set[str]:
     return {*DEFAULT_CORS_ORIGINS, *(o.strip() for o in s.CORS_ORIGINS.split(",") if o.strip())}
 
 
-async def grandfathered_caller(
-    ctx: AppContext, request: Request, ws_id: str, conn: AsyncConnection | None = None
-) -> None:
+async def grandfathered_caller(ctx: AppContext, request: Request, ws_id: str) -> None:
     """Registry/discovery rule: once `ws_id` has a live token, the bearer must be one of its tokens.
 
     The bearer is checked first: for a live agent (every heartbeat) that is the only query. Only when it
     is absent or does not match is the existence probe needed, to tell "no tokens yet" (pass) from a
     failure. A DB error in that probe fails open, as the reference does for register/heartbeat.
-    `conn`: an AUTOCOMMIT connection to run the bearer lookup on (see `_workspace_token`).
+    (On Postgres the heartbeat applies the same rule inside its batch statement: registry/batch.py.)
     """
     bearer = bearer_token(request)
-    if bearer and await _workspace_token(ctx, bearer, ws_id, conn) is not None:
+    if bearer and await _workspace_token(ctx, bearer, ws_id) is not None:
         return
     try:
         async with ctx.engine.connect() as conn:

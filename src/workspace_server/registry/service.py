@@ -28,6 +28,7 @@ from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
 from workspace_server.registry import store
 from workspace_server.registry.access import can_communicate
+from workspace_server.registry.batch import HeartbeatBatcher
 from workspace_server.registry.schemas import HeartbeatRequest, RuntimeMetadata
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ DEFAULT_RUNTIME = "langgraph"
 
 # Background drain tasks, referenced so the loop does not garbage-collect them mid-flight.
 DRAIN_TASKS = "registry_drain_tasks"  # ctx.extras key: drains this app started, cancelled at shutdown
+DRAIN_GRACE_SECONDS = 5.0
+BATCHER = "registry_heartbeat_batcher"  # ctx.extras key: the app's HeartbeatBatcher (Postgres only)
 
 
 def _num(x: float) -> float | int:
@@ -150,14 +153,10 @@ async def heartbeat(ctx: AppContext, ws_id: str, hb: HeartbeatRequest) -> None:
 
 
 async def record_heartbeat(
-    ctx: AppContext, ws_id: str, hb: HeartbeatRequest, conn: AsyncConnection | None = None
+    ctx: AppContext, ws_id: str, hb: HeartbeatRequest
 ) -> store.HeartbeatSnapshot | None:
-    """Write the heartbeat columns; the row as it was, or None when unknown/removed.
-
-    `conn`: an AUTOCOMMIT Postgres connection the route already holds (its auth ran on it)."""
+    """Write the heartbeat columns; the row as it was, or None when unknown/removed."""
     try:
-        if conn is not None:
-            return await _write_heartbeat(conn, ws_id, hb)
         # Postgres does it in one statement, atomic without a transaction; SQLite reads then writes in one
         engine = ctx.autocommit if ctx.engine.dialect.name == "postgresql" else ctx.engine
         async with engine.begin() as own:
@@ -183,9 +182,26 @@ async def _write_heartbeat(
     )
 
 
+def batcher(ctx: AppContext) -> HeartbeatBatcher | None:
+    """The Postgres heartbeat batcher of this app (registry/batch.py); None on SQLite."""
+    if ctx.engine.dialect.name != "postgresql":
+        return None
+    found: HeartbeatBatcher | None = ctx.extras.get(BATCHER)
+    if found is None:
+        found = ctx.extras[BATCHER] = HeartbeatBatcher(ctx.autocommit)
+    return found
+
+
 async def after_heartbeat(
-    ctx: AppContext, ws_id: str, hb: HeartbeatRequest, snap: store.HeartbeatSnapshot | None
+    ctx: AppContext,
+    ws_id: str,
+    hb: HeartbeatRequest,
+    snap: store.HeartbeatSnapshot | None,
+    *,
+    queue_pending: bool | None = None,
 ) -> None:
+    """Events, status moves and the queue drain after the write. `queue_pending`: whether the write
+    already saw A2A items for `ws_id` (None: unknown, the drain probes for itself)."""
     if snap is None:
         # Unknown or removed: 200 as the reference, but no events and no per-id state, so
         # unauthenticated heartbeats for made-up ids cannot grow memory or spam the stream.
@@ -204,6 +220,8 @@ async def after_heartbeat(
         {"active_tasks": hb.active_tasks, "uptime_seconds": hb.uptime_seconds},
     )
     _store_overrides(ctx, ws_id, hb.runtime_metadata)
+    if queue_pending is False:
+        return
     if hb.active_tasks < max(snap.max_concurrent_tasks, 1):
         _schedule_drain(ctx, ws_id)
 
@@ -258,12 +276,22 @@ def _drain_done(tasks: set[asyncio.Task[Any]], task: asyncio.Task[Any]) -> None:
 
 
 async def shutdown(ctx: AppContext) -> None:
-    """Cancel drains still running, before the engine they use is disposed."""
+    """Stop the batcher and finish drains still running, before the engine they use is disposed.
+
+    A drain gets DRAIN_GRACE_SECONDS to finish (most find nothing and end within milliseconds); only
+    then is it cancelled. Cancelling one mid-statement abandons its pooled connection: on SQLite the
+    driver thread then answers into a closed loop. A cancelled dispatch keeps its lease and is retried.
+    """
+    found: HeartbeatBatcher | None = ctx.extras.pop(BATCHER, None)
+    if found is not None:
+        await found.close()
     tasks: set[asyncio.Task[Any]] = ctx.extras.get(DRAIN_TASKS, set())
-    for task in list(tasks):
+    if not tasks:
+        return
+    _done, late = await asyncio.wait(list(tasks), timeout=DRAIN_GRACE_SECONDS)
+    for task in late:
         task.cancel()
-    if tasks:
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # ---- agent card ----

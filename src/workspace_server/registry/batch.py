@@ -1,0 +1,215 @@
+"""Heartbeats on Postgres, coalesced: the heartbeats in flight share one statement and one round trip.
+
+Every agent beats every 30 s, so at scale the heartbeat is the server's hottest write. Per heartbeat
+the work is: the bearer check (with the grandfather rule), the column UPDATE returning the row as it
+was, the throttled `last_used_at` touch, and "is anything queued for it?". One statement does all of
+that for a whole batch (`HEARTBEAT_BATCH_SQL`), so a busy server pays one round trip, one SQLAlchemy
+execution and one commit for many heartbeats instead of two or three each.
+
+Batching is natural, not timed: the first heartbeat of a quiet moment goes out at once, alone; while a
+batch is in flight the next ones gather and leave together when it returns. A request is answered only
+after its batch committed. Nothing changes on SQLite (one writer; the per-step path stays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from workspace_server.auth.tokens import LAST_USED_RESOLUTION
+from workspace_server.common.time import utcnow
+from workspace_server.registry.store import HeartbeatSnapshot, clamp_spend
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 256  # rows per statement; more wait for the next round
+
+# Rows are locked in id order (`old`), so two batches (two server processes) never deadlock on each other.
+# A bearer counts only if it is live, bound to this workspace and the workspace is not removed (as
+# `auth/tokens.validate_workspace_token`); without one, the heartbeat passes only while the workspace has
+# no live token at all (the grandfather rule of spec 03 §3), else it is denied and writes nothing.
+HEARTBEAT_BATCH_SQL = sa.text(
+    """
+WITH hb AS (
+  SELECT * FROM unnest(
+    CAST(:ords AS int[]), CAST(:ids AS text[]), CAST(:hashes AS bytea[]), CAST(:error_rates AS float8[]),
+    CAST(:sample_errors AS text[]), CAST(:active_tasks AS int[]), CAST(:uptimes AS int[]),
+    CAST(:current_tasks AS text[]), CAST(:spends AS bigint[])
+  ) AS hb(ord, id, token_hash, error_rate, sample_error, active_tasks, uptime_seconds, current_task, spend)
+),
+tok AS (
+  SELECT hb.ord, t.id AS token_id, t.last_used_at
+  FROM hb
+  JOIN workspace_auth_tokens t
+    ON t.token_hash = hb.token_hash AND t.workspace_id = hb.id AND t.revoked_at IS NULL
+  JOIN workspaces tw ON tw.id = t.workspace_id AND tw.status != 'removed'
+),
+gate AS (
+  SELECT hb.*, tok.token_id IS NOT NULL AS bearer_ok,
+         tok.token_id IS NULL AND EXISTS (
+           SELECT 1 FROM workspace_auth_tokens t2 WHERE t2.workspace_id = hb.id AND t2.revoked_at IS NULL
+         ) AS denied
+  FROM hb LEFT JOIN tok ON tok.ord = hb.ord
+),
+old AS (
+  SELECT w.id, w.status, w.current_task, w.max_concurrent_tasks
+  FROM workspaces w JOIN gate g ON g.id = w.id AND NOT g.denied
+  WHERE w.status != 'removed'
+  ORDER BY w.id
+  FOR UPDATE OF w
+),
+upd AS (
+  UPDATE workspaces w SET
+    last_heartbeat_at = :now, updated_at = :now,
+    last_error_rate = g.error_rate, last_sample_error = g.sample_error,
+    active_tasks = g.active_tasks, uptime_seconds = g.uptime_seconds, current_task = g.current_task,
+    idle_since = CASE WHEN g.active_tasks > 0 THEN NULL ELSE COALESCE(w.idle_since, :now) END,
+    monthly_spend = CASE WHEN g.spend > 0 THEN g.spend ELSE w.monthly_spend END
+  FROM gate g JOIN old o ON o.id = g.id
+  WHERE w.id = g.id
+  RETURNING g.ord, o.status, o.current_task, o.max_concurrent_tasks
+),
+touch AS (
+  UPDATE workspace_auth_tokens t SET last_used_at = :now
+  FROM tok
+  WHERE t.id = tok.token_id AND (tok.last_used_at IS NULL OR tok.last_used_at < :touch_before)
+)
+SELECT g.ord, g.denied, u.status, u.current_task, u.max_concurrent_tasks,
+       u.ord IS NOT NULL AND EXISTS (
+         SELECT 1 FROM a2a_queue q WHERE q.workspace_id = g.id AND q.status IN ('queued', 'dispatched')
+       ) AS queue_pending
+FROM gate g LEFT JOIN upd u ON u.ord = g.ord
+"""
+)
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One heartbeat as the route parsed it. `token_hash`: sha256 of the bearer, None without one."""
+
+    workspace_id: str
+    token_hash: bytes | None
+    error_rate: float
+    sample_error: str
+    active_tasks: int
+    uptime_seconds: int
+    current_task: str
+    monthly_spend: int
+
+
+@dataclass(frozen=True)
+class BeatResult:
+    denied: bool  # a live token exists and the bearer is not one of them: nothing was written
+    snapshot: HeartbeatSnapshot | None  # the row before the write; None when unknown or removed
+    queue_pending: bool  # A2A items queued or in flight for this workspace
+
+
+class BatchFailed(Exception):
+    """The shared statement failed; the caller falls back to the per-step path for its heartbeat."""
+
+
+_Waiter = tuple[Beat, "asyncio.Future[BeatResult]"]
+
+
+class HeartbeatBatcher:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine  # an AUTOCOMMIT engine: the statement is its own transaction
+        self._pending: list[_Waiter] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def submit(self, beat: Beat) -> BeatResult:
+        fut: asyncio.Future[BeatResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((beat, fut))
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="heartbeat-batcher")
+        return await fut
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        for _beat, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(BatchFailed("server shutting down"))
+        self._pending.clear()
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                batch = self._take()
+                try:
+                    results = await self._execute([beat for beat, _ in batch])
+                except Exception as exc:
+                    log.warning(
+                        "registry: heartbeat batch of %d failed (%s); retried per step", len(batch), exc
+                    )
+                    for _beat, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(BatchFailed(str(exc)))
+                    continue
+                for (_beat, fut), result in zip(batch, results, strict=True):
+                    if not fut.done():  # the request may have gone (client disconnect)
+                        fut.set_result(result)
+        finally:
+            self._runner = None
+
+    def _take(self) -> list[_Waiter]:
+        """Up to MAX_BATCH heartbeats of distinct workspaces (an UPDATE … FROM writes a row once); the
+        rest keep their order for the next round."""
+        batch: list[_Waiter] = []
+        rest: list[_Waiter] = []
+        seen: set[str] = set()
+        for waiter in self._pending:
+            ws_id = waiter[0].workspace_id
+            if len(batch) >= MAX_BATCH or ws_id in seen or waiter[1].done():
+                if not waiter[1].done():
+                    rest.append(waiter)
+                continue
+            seen.add(ws_id)
+            batch.append(waiter)
+        self._pending = rest
+        return batch
+
+    async def _execute(self, beats: Sequence[Beat]) -> list[BeatResult]:
+        now = utcnow()
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(HEARTBEAT_BATCH_SQL, _params(beats, now))).all()
+        by_ord = {row.ord: row for row in rows}
+        return [_result(by_ord.get(i)) for i in range(len(beats))]
+
+
+def _params(beats: Sequence[Beat], now: datetime) -> dict[str, Any]:
+    return {
+        "ords": list(range(len(beats))),
+        "ids": [b.workspace_id for b in beats],
+        "hashes": [b.token_hash for b in beats],
+        "error_rates": [b.error_rate for b in beats],
+        "sample_errors": [b.sample_error for b in beats],
+        "active_tasks": [b.active_tasks for b in beats],
+        "uptimes": [b.uptime_seconds for b in beats],
+        "current_tasks": [b.current_task for b in beats],
+        "spends": [clamp_spend(b.monthly_spend) for b in beats],
+        "now": now,
+        "touch_before": now - LAST_USED_RESOLUTION,
+    }
+
+
+def _result(row: Any) -> BeatResult:
+    if row is None:  # cannot happen (every input row is selected); treat as unknown
+        return BeatResult(denied=False, snapshot=None, queue_pending=False)
+    snapshot = None
+    if row.status is not None:
+        snapshot = HeartbeatSnapshot(
+            status=row.status,
+            current_task=row.current_task or "",
+            max_concurrent_tasks=row.max_concurrent_tasks or 1,
+        )
+    return BeatResult(denied=bool(row.denied), snapshot=snapshot, queue_pending=bool(row.queue_pending))
