@@ -16,6 +16,10 @@ log = logging.getLogger("molecule_agent.platform")
 
 # Registration retries: quick at first (the platform is normally up and the workspace waits on this one
 # call to go online), then backing off to the cap so a platform that is down is not hammered.
+# Task changes push a heartbeat at once, but at most one per PUSH_GAP seconds: under a stream of calls an
+# agent would otherwise heartbeat after every task start and end (hundreds a second), costing itself and
+# the platform more than the calls. The last change of a burst still goes out within PUSH_GAP.
+PUSH_GAP = 0.25
 REGISTER_RETRY_FIRST = 0.2
 REGISTER_RETRY_MAX = 15.0
 
@@ -128,9 +132,11 @@ class PlatformClient:
             stop.wait(delay)
             delay = min(delay * 2, REGISTER_RETRY_MAX)
         while not stop.is_set():
+            self._wake.clear()  # changes from here on are in this heartbeat or wake the next one
             self.heartbeat()
+            sent = time.monotonic()
             self._wake.wait(self.cfg.heartbeat_interval)
-            self._wake.clear()
+            stop.wait(PUSH_GAP - (time.monotonic() - sent))  # no-op when the interval elapsed
 
 
 def _json(raw: bytes) -> dict[str, Any]:

@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None, *, run_loops: bool = True) -> F
 
 
 def _include_routers(app: FastAPI) -> None:
+    from workspace_server.a2a.routes import HOT_ROUTES as A2A_HOT
     from workspace_server.a2a.routes import router as a2a_router
     from workspace_server.activity.extra_routes import router as activity_extra_router
     from workspace_server.activity.routes import router as activity_router
@@ -152,7 +153,7 @@ def _include_routers(app: FastAPI) -> None:
     from workspace_server.memories.routes import router as memories_router
     from workspace_server.observability.routes import router as observability_router
     from workspace_server.provisioner.routes import router as provisioner_router
-    from workspace_server.registry.routes import HOT_ROUTES
+    from workspace_server.registry.routes import HOT_ROUTES as REGISTRY_HOT
     from workspace_server.registry.routes import router as registry_router
     from workspace_server.secrets.routes import router as secrets_router
     from workspace_server.templates.routes import router as templates_router
@@ -161,7 +162,7 @@ def _include_routers(app: FastAPI) -> None:
     from workspace_server.workspaces.lifecycle_routes import router as lifecycle_router
     from workspace_server.workspaces.routes import router as workspaces_router
 
-    app.router.routes[0:0] = HOT_ROUTES  # matched first, served without dependency injection
+    app.router.routes[0:0] = [*REGISTRY_HOT, *A2A_HOT]  # matched first, without dependency injection
     for r in (
         observability_router,
         workspaces_router,

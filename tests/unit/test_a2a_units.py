@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 
 from workspace_server.a2a import delegation
 from workspace_server.a2a.proxy import (
@@ -48,14 +50,18 @@ def test_message_id_only_when_string() -> None:
     assert _message_id([1]) == ""
 
 
+_KEY = ConnectionKey("agent", 8000, False, True, None, None, None)
+
+
 @pytest.mark.parametrize(
     ("exc", "busy"),
     [
-        (httpx.RemoteProtocolError("Server disconnected without sending a response."), True),
-        (httpx.ReadError("[Errno 104] Connection reset by peer"), True),
-        (httpx.ConnectError("unexpected EOF"), True),
-        (httpx.ConnectError("[Errno 111] Connection refused"), False),
-        (httpx.ConnectError("[Errno -2] Name or service not known"), False),
+        (aiohttp.ServerDisconnectedError(), True),
+        (aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"), True),
+        (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), True),
+        (RuntimeError("unexpected EOF"), True),
+        (aiohttp.ClientConnectorError(_KEY, OSError(errno.ECONNREFUSED, "Connection refused")), False),
+        (aiohttp.ClientConnectorError(_KEY, OSError(-2, "Name or service not known")), False),
         (IdleTimeout(5, ceiling=False), False),
     ],
 )

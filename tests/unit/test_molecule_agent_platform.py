@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from molecule_agent.config import AgentConfig
-from molecule_agent.platform import REGISTER_RETRY_MAX, PlatformClient
+from molecule_agent.platform import PUSH_GAP, REGISTER_RETRY_MAX, PlatformClient
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +126,7 @@ def test_register_retries_fast_then_backs_off_and_heartbeats_once_registered(
     assert fake.paths()[:8] == ["/registry/register"] * 7 + ["/registry/heartbeat"]
     assert fake.calls[0][1]["id"] == WS_ID and fake.calls[0][1]["agent_card"]["name"] == "Retry Agent"
     # 0.2 s first, doubling, capped: a platform that is up is retried at once, a down one is not hammered
-    assert stop.waits == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4]
+    assert stop.waits[:6] == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4]
     assert REGISTER_RETRY_MAX == 15.0
 
 
@@ -164,3 +165,39 @@ def test_first_register_goes_out_with_the_a2a_socket_already_listening(
     assert fake.paths()[:2] == ["/registry/register", "/registry/heartbeat"]  # registered on the first try
     assert callbacks == [200]
     assert fake.calls[0][1]["agent_card"]["name"] == "Callback Agent"
+
+
+def test_task_changes_push_heartbeats_throttled_and_the_last_state_arrives(
+    platforms: list[FakePlatform], tmp_path: Path
+) -> None:
+    """A burst of task starts and ends is pushed as a few heartbeats (at most one per PUSH_GAP), not one
+    per change, and the state after the burst (idle) still reaches the platform."""
+    fake = FakePlatform(lambda _path, _body: 200)
+    platforms.append(fake)
+    client = PlatformClient(agent_config(fake.url, tmp_path))
+    stop = threading.Event()
+    runner = threading.Thread(target=client.run_forever, args=(stop,), daemon=True)
+    runner.start()
+    assert fake.got_heartbeat.wait(30)  # registered and sent its first heartbeat
+
+    def beats() -> list[dict[str, Any]]:
+        return [body for path, body in list(fake.calls) if path == "/registry/heartbeat"]
+
+    before = len(beats())
+    started = time.monotonic()
+    for i in range(200):  # spread over >= 0.4 s: unthrottled, each change would be its own heartbeat
+        client.task_started(f"task {i}")
+        client.task_finished(ok=True)
+        time.sleep(0.002)
+    burst = time.monotonic() - started
+    deadline = time.monotonic() + 30  # deadlock guard, not a timing assertion
+    while time.monotonic() < deadline and not (len(beats()) > before and beats()[-1]["current_task"] == ""):
+        time.sleep(0.01)
+    stop.set()
+    client._wake.set()
+    runner.join(30)
+
+    pushed = beats()[before:]
+    assert pushed and pushed[-1]["active_tasks"] == 0 and pushed[-1]["current_task"] == ""
+    assert len(pushed) <= 2 + burst / PUSH_GAP  # 400 changes, a handful of heartbeats
+    assert len(pushed) < 50
