@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -389,3 +390,58 @@ async def test_token_usage_is_accumulated(client_factory: ClientFactory, agent: 
     u = await wait_for(usage, "usage row")
     assert (u.workspace_id, u.input_tokens, u.output_tokens) == (target, 2000, 200)
     assert u.estimated_cost_usd == pytest.approx(2000 * 3e-6 + 200 * 15e-6)
+
+
+async def test_metrics_route_reports_todays_usage(client_factory: ClientFactory, agent: StubAgent) -> None:
+    """GET /workspaces/:id/metrics (WorkspaceAuth): today's UTC sums, cost as a %.6f string."""
+    client = await dev_client(client_factory)
+    ctx = ctx_of(client)
+    target = await add_workspace(ctx, "t", status="online", url=agent.url)
+    token = await mint_token(ctx, target)
+    empty = await client.get(f"/workspaces/{target}/metrics", headers=bearer(token))
+    assert empty.status_code == 200
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d")
+    assert empty.json() == {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "total_calls": 0,
+        "estimated_cost_usd": "0.000000",
+        "period_start": f"{today}T00:00:00Z",
+        "period_end": f"{tomorrow}T00:00:00Z",
+    }
+    assert list(empty.json()) == [  # the reference's field order
+        "input_tokens",
+        "output_tokens",
+        "total_calls",
+        "estimated_cost_usd",
+        "period_start",
+        "period_end",
+    ]
+    agent.mode, agent.status = "status", 200
+    agent.body = b'{"jsonrpc":"2.0","id":1,"result":{"usage":{"input_tokens":1000,"output_tokens":100}}}'
+    for _ in range(2):
+        assert (await client.post(f"/workspaces/{target}/a2a", json=message("x"))).status_code == 200
+
+    async def counted() -> Any:
+        r = await client.get(f"/workspaces/{target}/metrics", headers=bearer(token))
+        return r.json() if r.json()["total_calls"] == 2 else None
+
+    got = await wait_for(counted, "two calls in the metrics")
+    assert (got["input_tokens"], got["output_tokens"], got["estimated_cost_usd"]) == (2000, 200, "0.009000")
+
+
+async def test_metrics_route_auth_and_missing_workspace(client_factory: ClientFactory) -> None:
+    client = await client_factory()
+    ctx = ctx_of(client)
+    target = await add_workspace(ctx, "t", status="online")
+    other = await add_workspace(ctx, "o", status="online")
+    other_token = await mint_token(ctx, other)
+    await mint_token(ctx, target)
+    r = await client.get(f"/workspaces/{target}/metrics")
+    assert (r.status_code, r.json()) == (401, {"error": "missing workspace auth token"})
+    r = await client.get(f"/workspaces/{target}/metrics", headers=bearer(other_token))
+    assert (r.status_code, r.json()) == (401, {"error": "invalid workspace auth token"})
+    dev = await dev_client(client_factory)
+    missing = await dev.get("/workspaces/00000000-0000-4000-8000-0000000000ff/metrics")
+    assert (missing.status_code, missing.json()) == (404, {"error": "workspace not found"})

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from http import HTTPStatus
 from typing import Any
@@ -35,7 +35,7 @@ from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import new_id
 from workspace_server.common.jsonnum import loads_strict
 from workspace_server.common.kv import URL_TTL, clear_workspace_keys, url_key
-from workspace_server.common.time import utcnow
+from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
 from workspace_server.events.bus import Event
 from workspace_server.registry.access import can_communicate
@@ -851,12 +851,39 @@ def _count(value: Any) -> int:
     return min(max(int(value), 0), MAX_TOKENS)
 
 
+def usage_period(now: datetime) -> datetime:
+    """Token usage is kept per UTC day: the day's 00:00Z."""
+    return datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+
 async def record_usage(ctx: AppContext, ws_id: str, body: bytes) -> None:
     inp, out = parse_usage(body)
     if not inp and not out:
         return
-    now = utcnow()
-    period = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    period = usage_period(utcnow())
     cost = inp * INPUT_COST + out * OUTPUT_COST
     async with ctx.engine.begin() as conn:
         await store.upsert_token_usage(conn, ws_id, period, inp, out, cost)
+
+
+async def usage_today(ctx: AppContext, ws_id: str) -> dict[str, Any]:
+    """GET /workspaces/:id/metrics (spec 01, spec 05 §9): today's UTC token usage of `ws_id`."""
+    start = usage_period(utcnow())
+    try:
+        async with ctx.engine.connect() as conn:
+            if not await store.workspace_exists(conn, ws_id):
+                raise ApiError(404, msg.NOT_FOUND)
+            row = await store.token_usage(conn, ws_id, start)
+    except ApiError:
+        raise
+    except Exception:
+        log.exception("a2a: reading token usage of %s failed", ws_id)
+        raise ApiError(500, "failed to query metrics") from None
+    return {
+        "input_tokens": int(row.input_tokens) if row else 0,
+        "output_tokens": int(row.output_tokens) if row else 0,
+        "total_calls": int(row.call_count) if row else 0,
+        "estimated_cost_usd": f"{float(row.estimated_cost_usd) if row else 0.0:.6f}",
+        "period_start": rfc3339(start),
+        "period_end": rfc3339(start + timedelta(days=1)),
+    }

@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect
 
 from workspace_server.a2a import delegation, queue
 from workspace_server.a2a import schemas as msg
-from workspace_server.a2a.proxy import MAX_REQUEST_BYTES, TASKS_KEY, ProxyResult, proxy_a2a
+from workspace_server.a2a.proxy import MAX_REQUEST_BYTES, TASKS_KEY, ProxyResult, proxy_a2a, usage_today
 from workspace_server.a2a.schemas import DelegateRequest, RecordRequest, UpdateRequest
 from workspace_server.auth import tokens
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
@@ -112,6 +112,11 @@ async def proxy(request: Request) -> Response:
 
 # Every agent-to-agent message passes here; served ahead of FastAPI's router (app.py).
 HOT_ROUTES = [hot_route("/workspaces/{id}/a2a", proxy, "POST")]
+
+
+@router.get("/workspaces/{id}/metrics")
+async def token_metrics(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    return JSONResponse(await usage_today(ctx, _id(id)))
 
 
 # ---- delegation (WorkspaceAuth; :id is the delegating workspace) ----

@@ -255,6 +255,21 @@ async def upsert_token_usage(
     await conn.execute(stmt)
 
 
+async def token_usage(conn: AsyncConnection, ws_id: str, period_start: datetime) -> Any | None:
+    """The (input, output, calls, cost) row of `ws_id` for the day starting at `period_start`, if any."""
+    u = workspace_token_usage
+    stmt = sa.select(u.c.input_tokens, u.c.output_tokens, u.c.call_count, u.c.estimated_cost_usd).where(
+        u.c.workspace_id == ws_id, u.c.period_start == period_start
+    )
+    return (await conn.execute(stmt)).first()
+
+
+async def workspace_exists(conn: AsyncConnection, ws_id: str) -> bool:
+    w = workspaces
+    stmt = sa.select(w.c.id).where(w.c.id == ws_id, w.c.status != "removed")
+    return (await conn.execute(stmt)).first() is not None
+
+
 # ---- delegation rows (activity_logs, method delegate / delegate_result) ----
 
 _a = activity_logs
