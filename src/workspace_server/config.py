@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     # it), bridge otherwise
     DOCKER_NETWORK_MODE: Literal["auto", "bridge", "host"] = "auto"
     DOCKER_NETWORK: str = "molecule-monorepo-net"
+    MOLECULE_IN_DOCKER: bool | None = None  # unset: detected from /.dockerenv (see `in_docker`)
     MOLECULE_IMAGE_PLATFORM: str | None = None  # set (even empty) wins over the host default
     ALLOW_PRIVILEGED_TIERS: bool = False  # T3/T4 privileged, pid=host, host net, docker.sock
     TIER1_MEMORY_MB: str = ""
@@ -174,6 +175,13 @@ class Settings(BaseSettings):
         if self.DOCKER_NETWORK_MODE != "auto":
             return self.DOCKER_NETWORK_MODE == "host"
         return self.HOST in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def in_docker(self) -> bool:
+        """Whether this server itself runs in a Docker container (spec 06 §2.2 MOLECULE_IN_DOCKER)."""
+        if self.MOLECULE_IN_DOCKER is not None:
+            return self.MOLECULE_IN_DOCKER
+        return Path("/.dockerenv").exists()
 
     @property
     def platform_url(self) -> str:

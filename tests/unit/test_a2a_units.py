@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -13,17 +15,20 @@ from aiohttp.client_reqrep import ConnectionKey
 
 from workspace_server.a2a import delegation
 from workspace_server.a2a.proxy import (
+    Call,
     IdleTimeout,
     IdleWatch,
     Outcome,
     ProxyResult,
     _busy_error,
+    _container_url,
     _message_id,
     normalise,
     parse_usage,
     run_watched,
 )
 from workspace_server.a2a.schemas import is_system_caller
+from workspace_server.config import Settings
 from workspace_server.events.bus import Event
 
 
@@ -184,3 +189,26 @@ async def test_ceiling_is_absolute() -> None:
         stop.set()
         await ticker
     assert watch.last_event("ws") == 0.0  # nothing left behind once no dispatch is in flight
+
+
+@pytest.mark.parametrize(
+    ("in_docker", "backend", "url", "dialled"),
+    [
+        # a server in a container reaches a Docker-backed agent by container name, not its own loopback
+        (True, "docker", "http://127.0.0.1:32768", "http://ws-0123456789ab:8000"),
+        (False, "docker", "http://127.0.0.1:32768", "http://127.0.0.1:32768"),
+        (True, "process", "http://127.0.0.1:32768", "http://127.0.0.1:32768"),
+        (True, None, "http://127.0.0.1:32768", "http://127.0.0.1:32768"),
+        (True, "docker", "http://agent.example:8000", "http://agent.example:8000"),  # agent-registered
+    ],
+)
+def test_container_url_rewrite(in_docker: bool, backend: str | None, url: str, dialled: str) -> None:
+    settings = Settings(MOLECULE_IN_DOCKER=in_docker)
+    ctx = SimpleNamespace(settings=settings, backend=SimpleNamespace(name=backend) if backend else None)
+    call = Call(ctx, "0123456789ab-cdef-4000-8000-000000000000", "", True, None, False)  # type: ignore[arg-type]
+    assert _container_url(call, url) == dialled
+
+
+def test_in_docker_defaults_to_dockerenv() -> None:
+    assert Settings().in_docker is Path("/.dockerenv").exists()
+    assert Settings(MOLECULE_IN_DOCKER=False).in_docker is False

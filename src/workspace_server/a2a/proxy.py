@@ -39,7 +39,7 @@ from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
 from workspace_server.events.bus import Event
 from workspace_server.registry.access import can_communicate
-from workspace_server.registry.service import has_capability, idle_timeout_override
+from workspace_server.registry.service import has_capability, idle_timeout_override, internal_url
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +320,7 @@ async def _run(call: Call, raw: bytes) -> ProxyResult:
     _check_budget(call)
     url = await _resolve_url(call)
     await _check_url(call, url)
+    url = _container_url(call, url)
     if not isinstance(payload, dict):
         raise ApiError(400, msg.INVALID_JSON)
     envelope = normalise(payload)
@@ -430,6 +431,21 @@ async def _resolve_url(call: Call) -> str:
     except Exception:
         log.exception("a2a: url cache write failed for %s", call.target)
     return str(row.url)
+
+
+def _container_url(call: Call, url: str) -> str:
+    """The address to dial for a URL our Docker backend assigned, as seen from where this server runs.
+
+    The backend stores the container's published port as `http://127.0.0.1:<port>`. A server that itself
+    runs in a container (MOLECULE_IN_DOCKER, else /.dockerenv) would dial its own loopback there, so it
+    calls the agent by container name on the Docker network instead (spec 04 §1.3). Checked after the
+    SSRF step: the rewrite is platform-derived, never agent input.
+    """
+    ctx = call.ctx
+    backend = ctx.backend
+    if not url.startswith(TRUSTED_URL_PREFIX) or backend is None or backend.name != "docker":
+        return url
+    return internal_url(call.target) if ctx.settings.in_docker else url
 
 
 def _trusted(call: Call, url: str) -> bool:
