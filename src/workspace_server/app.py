@@ -27,12 +27,14 @@ from workspace_server.workspaces.lifecycle import Lifecycle
 log = logging.getLogger(__name__)
 
 
-async def build_context(settings: Settings) -> AppContext:
+async def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
+    """`migrate=False` when the caller already migrated (`workspace-server serve` does, before it binds)."""
     from workspace_server.secrets.crypto import init_strict
 
     init_strict(settings)  # production without a valid SECRETS_ENCRYPTION_KEY: refuse before touching the DB
     engine = make_engine(settings.DATABASE_URL)
-    await upgrade_to_head(engine)
+    if migrate:
+        await upgrade_to_head(engine)
     redis: Any | None = None
     bus: Bus
     kv: KV
@@ -95,14 +97,14 @@ async def close_context(ctx: AppContext) -> None:
     await ctx.engine.dispose()
 
 
-def create_app(settings: Settings | None = None, *, run_loops: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, run_loops: bool = True, migrate: bool = True) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from workspace_server.loops.supervisor import start_loops
 
-        ctx = await build_context(settings)
+        ctx = await build_context(settings, migrate=migrate)
         from workspace_server.a2a import install as install_a2a
 
         install_a2a(ctx)

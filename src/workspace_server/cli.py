@@ -30,7 +30,7 @@ def serve(
     from workspace_server.app import create_app
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, migrate=False),  # migrated just above
         host=host or settings.HOST,
         port=port or settings.PORT,
         log_level="info",
