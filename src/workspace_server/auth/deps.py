@@ -182,7 +182,12 @@ async def grandfathered_caller(ctx: AppContext, request: Request, ws_id: str) ->
         return
     if not has:
         return
-    raise ApiError(401, "invalid workspace auth token" if bearer else "missing workspace auth token")
+    raise grandfather_denial(bearer)
+
+
+def grandfather_denial(bearer: str) -> ApiError:
+    """The 401 of the grandfather rule: the workspace has a live token and the bearer is not one of them."""
+    return ApiError(401, "invalid workspace auth token" if bearer else "missing workspace auth token")
 
 
 AdminAuth = Annotated[AuthInfo, Depends(admin_auth)]

@@ -12,7 +12,7 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from workspace_server.auth.deps import Ctx, grandfathered_caller
+from workspace_server.auth.deps import Ctx, grandfather_denial, grandfathered_caller
 from workspace_server.auth.ssrf import UnsafeURL, validate_agent_url
 from workspace_server.auth.tokens import hash_token
 from workspace_server.common.errors import ApiError
@@ -78,7 +78,7 @@ async def heartbeat(request: Request) -> JSONResponse:
             pass  # answered by the per-step path below, with its own error statuses
         else:
             if result.denied:
-                raise ApiError(401, _denial(request))
+                raise grandfather_denial(bearer_token(request))
             pending = result.queue_pending
             await service.after_heartbeat(ctx, ws_id, body, result.snapshot, queue_pending=pending)
             return _ok()
@@ -102,11 +102,6 @@ def _beat(ws_id: str, body: HeartbeatRequest, bearer: str) -> Beat:
         current_task=body.current_task,
         monthly_spend=body.monthly_spend,
     )
-
-
-def _denial(request: Request) -> str:
-    """The grandfather rule's 401 text (as `grandfathered_caller`)."""
-    return "invalid workspace auth token" if bearer_token(request) else "missing workspace auth token"
 
 
 # Every agent beats every 30 s: route matching through the included routers and FastAPI's dependency
