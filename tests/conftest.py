@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 
 from workspace_server.app import create_app
+from workspace_server.cli import server_config
 from workspace_server.config import Settings
 from workspace_server.db.engine import make_engine
 from workspace_server.db.migrate import upgrade_to_head
@@ -176,9 +177,7 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings, run_loops=run_loops)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
+        config = server_config(self.app, "127.0.0.1", self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

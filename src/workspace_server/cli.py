@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import typer
 import uvicorn
 
 from workspace_server.config import Settings
+
+
+def server_config(app: Any, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
+    """uvicorn as `serve` runs it (the tests' live server too).
+
+    - the client IP is the TCP peer (spec 03 §4), never X-Forwarded-For;
+    - wsproto for WebSockets: uvicorn's default (websockets' sans-I/O protocol) sends a refused
+      handshake's HTTP response (`websocket.http.response`) correctly but then logs "ASGI callable
+      returned without completing handshake" as an ERROR for every refusal; wsproto's does not.
+    """
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, lifespan="on", proxy_headers=False, ws="wsproto"
+    )
+
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="workspace-server control plane")
 
@@ -29,13 +44,8 @@ def serve(
     _migrate(settings)
     from workspace_server.app import create_app
 
-    uvicorn.run(
-        create_app(settings, migrate=False),  # migrated just above
-        host=host or settings.HOST,
-        port=port or settings.PORT,
-        log_level="info",
-        proxy_headers=False,  # client IP is the TCP peer (spec 03 §4)
-    )
+    app = create_app(settings, migrate=False)  # migrated just above
+    uvicorn.Server(server_config(app, host or settings.HOST, port or settings.PORT)).run()
 
 
 @cli.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import httpx
@@ -55,9 +56,18 @@ async def test_websocket_passes_through_and_is_counted(live_server_factory: Live
     assert f'molecule_http_requests_total{{method="GET",path="{PATH}",status="101"}} 2.0' in text
 
 
-async def test_websocket_from_disallowed_origin_is_refused(live_server_factory: LiveFactory) -> None:
+async def test_websocket_from_disallowed_origin_is_refused(
+    live_server_factory: LiveFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     srv = start(live_server_factory)
-    assert await refused_status(srv, origin="http://evil.example") == 403
+    uvicorn_log = logging.getLogger("uvicorn.error")  # does not propagate to caplog's root handler
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        assert await refused_status(srv, origin="http://evil.example") == 403
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    # a refusal is an answer, not a server error (uvicorn's default WebSocket protocol logged one)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_websocket_is_rate_limited(live_server_factory: LiveFactory) -> None:
