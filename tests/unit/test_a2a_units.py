@@ -192,18 +192,22 @@ async def test_ceiling_is_absolute() -> None:
 
 
 @pytest.mark.parametrize(
-    ("in_docker", "backend", "url", "dialled"),
+    ("in_docker", "network", "backend", "url", "dialled"),
     [
-        # a server in a container reaches a Docker-backed agent by container name, not its own loopback
-        (True, "docker", "http://127.0.0.1:32768", "http://ws-0123456789ab:8000"),
-        (False, "docker", "http://127.0.0.1:32768", "http://127.0.0.1:32768"),
-        (True, "process", "http://127.0.0.1:32768", "http://127.0.0.1:32768"),
-        (True, None, "http://127.0.0.1:32768", "http://127.0.0.1:32768"),
-        (True, "docker", "http://agent.example:8000", "http://agent.example:8000"),  # agent-registered
+        # a server in a container reaches a bridged Docker agent by container name, not its own loopback
+        (True, "bridge", "docker", "http://127.0.0.1:32768", "http://ws-0123456789ab:8000"),
+        (False, "bridge", "docker", "http://127.0.0.1:32768", "http://127.0.0.1:32768"),
+        # host networking: the agent has no container name to be reached by; its port is on the host
+        (True, "host", "docker", "http://127.0.0.1:32768", "http://127.0.0.1:32768"),
+        (True, "bridge", "process", "http://127.0.0.1:32768", "http://127.0.0.1:32768"),
+        (True, "bridge", None, "http://127.0.0.1:32768", "http://127.0.0.1:32768"),
+        (True, "bridge", "docker", "http://agent.example:8000", "http://agent.example:8000"),  # registered
     ],
 )
-def test_container_url_rewrite(in_docker: bool, backend: str | None, url: str, dialled: str) -> None:
-    settings = Settings(MOLECULE_IN_DOCKER=in_docker)
+def test_container_url_rewrite(
+    in_docker: bool, network: str, backend: str | None, url: str, dialled: str
+) -> None:
+    settings = Settings(MOLECULE_IN_DOCKER=in_docker, DOCKER_NETWORK_MODE=network)
     ctx = SimpleNamespace(settings=settings, backend=SimpleNamespace(name=backend) if backend else None)
     call = Call(ctx, "0123456789ab-cdef-4000-8000-000000000000", "", True, None, False)  # type: ignore[arg-type]
     assert _container_url(call, url) == dialled

@@ -438,14 +438,18 @@ def _container_url(call: Call, url: str) -> str:
 
     The backend stores the container's published port as `http://127.0.0.1:<port>`. A server that itself
     runs in a container (MOLECULE_IN_DOCKER, else /.dockerenv) would dial its own loopback there, so it
-    calls the agent by container name on the Docker network instead (spec 04 §1.3). Checked after the
-    SSRF step: the rewrite is platform-derived, never agent input.
+    calls the agent by container name on the Docker network instead (spec 04 §1.3). Not in host network
+    mode: there the agent listens on the engine host's loopback and has no name on any network (a server
+    in a container that runs its own engine, as on our CI machines, reaches it at 127.0.0.1). Checked
+    after the SSRF step: the rewrite is platform-derived, never agent input.
     """
     ctx = call.ctx
     backend = ctx.backend
     if not url.startswith(TRUSTED_URL_PREFIX) or backend is None or backend.name != "docker":
         return url
-    return internal_url(call.target) if ctx.settings.in_docker else url
+    if ctx.settings.docker_host_network or not ctx.settings.in_docker:
+        return url
+    return internal_url(call.target)
 
 
 def _trusted(call: Call, url: str) -> bool:
