@@ -4,13 +4,12 @@ a killed container comes back by itself; secrets reach the container's env. Runs
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import docker.errors
 import pytest
 
-from tests.integration.provisioner_support import docker_client, need_agent_image
+from tests.integration.provisioner_support import engine_fixture  # noqa: F401 - registers the engine fixture
 from tests.integration.test_orchestrator_support import (
     Platform,
     PlatformFactory,
@@ -21,14 +20,6 @@ from workspace_server.provisioner.docker import DockerBackend, configs_volume, w
 from workspace_server.workspaces.files import workspace_config_dir
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def engine() -> Iterator[Any]:
-    client = docker_client()
-    need_agent_image(client)
-    yield client
-    client.close()
 
 
 def container(engine: Any, wid: str) -> Any | None:

@@ -8,14 +8,15 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import free_port, need
-from workspace_server.provisioner import Backend
+from workspace_server.provisioner import Backend, InstanceNotRunning, StartSpec
 
 AGENT_IMAGE = "molecule/workspace-agent:latest"
 WAIT_SECONDS = 60.0
@@ -41,6 +42,16 @@ def need_agent_image(client: Any) -> None:
         client.images.get(AGENT_IMAGE)
     except docker.errors.ImageNotFound:
         need(f"the {AGENT_IMAGE} image (make runtime-image)", False)
+
+
+@pytest.fixture(name="engine")
+def engine_fixture() -> Iterator[Any]:
+    """Import `engine_fixture` into a test module to use the `engine` fixture: a docker SDK client of an
+    engine that has the agent image (a loud skip, a failure in CI, when there is none)."""
+    client = docker_client()
+    need_agent_image(client)
+    yield client
+    client.close()
 
 
 def message_send(text: str) -> dict[str, Any]:
@@ -81,6 +92,35 @@ def echoed_text(reply: dict[str, Any]) -> str:
     return str(reply["result"]["parts"][0]["text"])
 
 
+async def check_tty_and_session(backend: Backend, ws_id: str) -> None:
+    """On a running workspace: a tty exec has a terminal, and a pty session takes a resize and runs a shell
+    until it exits."""
+    tty = await backend.exec(ws_id, ["sh", "-c", "test -t 1 && echo tty"], tty=True)
+    assert tty.exit_code == 0 and b"tty" in tty.stdout, tty
+
+    session = await backend.open_session(ws_id, ["/bin/sh"])
+    try:
+        await session.resize(30, 100)
+        await session.write(b"stty size; echo $((6*7)); exit\n")
+        out = b""
+        while chunk := await session.read():
+            out += chunk
+    finally:
+        await session.close()
+    assert b"30 100" in out and b"42" in out, out
+
+
+async def check_not_running_refused(backend: Backend) -> None:
+    """exec, a session and logs of a workspace with no instance raise InstanceNotRunning."""
+    other = str(uuid.uuid4())
+    with pytest.raises(InstanceNotRunning):
+        await backend.exec(other, ["true"])
+    with pytest.raises(InstanceNotRunning):
+        await backend.open_session(other, ["/bin/sh"])
+    with pytest.raises(InstanceNotRunning):
+        await backend.logs(other)
+
+
 async def cleanup(backend: Backend, ids: list[str]) -> None:
     for ws_id in ids:
         try:
@@ -100,6 +140,28 @@ class WorkspaceIds:
         ws_id = str(uuid.uuid4())
         self.ids.append(ws_id)
         return ws_id
+
+
+@pytest.fixture(name="ids")
+async def ids_fixture(backend: Backend) -> AsyncIterator[WorkspaceIds]:
+    """Import `ids_fixture` into a test module that has a `backend` fixture to use the `ids` fixture:
+    `WorkspaceIds` whose workspaces are cleaned up on that backend at teardown."""
+    w = WorkspaceIds()
+    yield w
+    await cleanup(backend, w.ids)
+
+
+def echo_spec(ws_id: str, config_yaml: bytes, /, **fields: Any) -> StartSpec:
+    """A StartSpec of the echo runtime with `config_yaml` and a fresh token; `fields` (the image, at least)
+    set or override any other field."""
+    base: dict[str, Any] = {
+        "workspace_id": ws_id,
+        "runtime": "echo",
+        "config_files": {"config.yaml": config_yaml, ".auth_token": b"tok-" + uuid.uuid4().hex.encode()},
+        "platform_url": "http://127.0.0.1:9",  # nothing listens: registration fails, serving does not
+    }
+    base.update(fields)
+    return StartSpec(**base)
 
 
 class Registry:

@@ -14,17 +14,15 @@ from tests.integration.provisioner_support import (
     cleanup,
     docker_client,
     need_agent_image,
-    wait_for_reply,
 )
 from tests.integration.test_files_api_support import (
-    CONFIG_YAML,
     add_workspace,
     check_running_contract,
     ctx_of,
     files_url,
     install_backend,
+    start_echo_agent,
 )
-from workspace_server.provisioner import StartSpec
 from workspace_server.provisioner.docker import DockerBackend, configs_volume
 
 pytestmark = pytest.mark.docker
@@ -44,31 +42,16 @@ async def env(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, DockerBackend]]:
     client = await client_factory(MOLECULE_ENV="development", DOCKER_NETWORK_MODE="host")
     backend = DockerBackend(ctx_of(client).settings)
-    install_backend(client, backend)
-    started: list[str] = []
-    backend.started = started  # type: ignore[attr-defined]
+    started = install_backend(client, backend)
     yield client, backend
     await cleanup(backend, started)
     await backend.close()
 
 
-async def start_container(backend: DockerBackend, ws_id: str) -> None:
-    backend.started.append(ws_id)  # type: ignore[attr-defined]
-    spec = StartSpec(
-        workspace_id=ws_id,
-        image=AGENT_IMAGE,
-        runtime="echo",
-        config_files={"config.yaml": CONFIG_YAML, ".auth_token": b"tok"},
-        platform_url="http://127.0.0.1:9",
-    )
-    started = await backend.start(spec)
-    await wait_for_reply(started.url)
-
-
 async def test_running_container_contract(env: tuple[httpx.AsyncClient, DockerBackend]) -> None:
     client, backend = env
     ws_id = await add_workspace(client)
-    await start_container(backend, ws_id)
+    await start_echo_agent(backend, ws_id, AGENT_IMAGE)
     await check_running_contract(client, ws_id)
     # the file is really in the container, owned by the agent user (it can edit its own config)
     res = await backend.exec(ws_id, ["stat", "-c", "%u %a", "/configs/b.md"])
@@ -78,7 +61,7 @@ async def test_running_container_contract(env: tuple[httpx.AsyncClient, DockerBa
 async def test_container_listing_skips_vcs_and_caches(env: tuple[httpx.AsyncClient, DockerBackend]) -> None:
     client, backend = env
     ws_id = await add_workspace(client)
-    await start_container(backend, ws_id)
+    await start_echo_agent(backend, ws_id, AGENT_IMAGE)
     # (the agent user owns /configs; /workspace is the engine's root-owned volume)
     script = "cd /configs && mkdir -p .git/objects node_modules/x __pycache__ src && touch .DS_Store"
     assert (await backend.exec(ws_id, ["sh", "-c", script])).exit_code == 0
@@ -99,7 +82,7 @@ async def test_container_listing_skips_vcs_and_caches(env: tuple[httpx.AsyncClie
 async def test_special_files_are_not_read(env: tuple[httpx.AsyncClient, DockerBackend]) -> None:
     client, backend = env
     ws_id = await add_workspace(client)
-    await start_container(backend, ws_id)
+    await start_echo_agent(backend, ws_id, AGENT_IMAGE)
     script = "ln -s /dev/zero /configs/zero && mkfifo /configs/fifo"
     assert (await backend.exec(ws_id, ["sh", "-c", script])).exit_code == 0
     for name in ("zero", "fifo"):
@@ -112,7 +95,7 @@ async def test_stopped_workspace_goes_through_its_config_volume(
 ) -> None:
     client, backend = env
     ws_id = await add_workspace(client)
-    await start_container(backend, ws_id)
+    await start_echo_agent(backend, ws_id, AGENT_IMAGE)
     await client.put(files_url(ws_id, "keep.md"), json={"content": "survives the stop"})
     await backend.stop(ws_id)  # removes the container; the config volume stays
 
@@ -128,7 +111,7 @@ async def test_stopped_workspace_goes_through_its_config_volume(
     assert (await client.get(files_url(ws_id), params={"root": "/workspace"})).json() == []
 
     # the next start sees the offline edits, and no helper container was left behind
-    await start_container(backend, ws_id)
+    await start_echo_agent(backend, ws_id, AGENT_IMAGE)
     res = await backend.exec(ws_id, ["cat", "/configs/offline/new.md", "/configs/single.md"])
     assert res.stdout == b"written offlineone"
     leftovers = engine.containers.list(all=True, filters={"name": f"ws-{ws_id[:12]}-seed"})

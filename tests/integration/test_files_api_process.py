@@ -10,17 +10,15 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.integration.provisioner_support import wait_for_reply
 from tests.integration.test_files_api_support import (
-    CONFIG_YAML,
     add_workspace,
     check_running_contract,
     ctx_of,
     files_url,
     install_backend,
+    start_echo_agent,
 )
 from workspace_server.auth.tokens import issue_workspace_token
-from workspace_server.provisioner import StartSpec
 from workspace_server.provisioner.process import ProcessBackend
 from workspace_server.workspaces.files import workspace_config_dir
 
@@ -37,32 +35,17 @@ async def env(client_factory: ClientFactory) -> AsyncIterator[tuple[httpx.AsyncC
         MOLECULE_ENV="development"
     )  # dev mode: WorkspaceAuth passes without a token
     backend = ProcessBackend(ctx_of(client).settings)
-    install_backend(client, backend)
-    started: list[str] = []
-    backend.started = started  # type: ignore[attr-defined]
+    started = install_backend(client, backend)
     yield client, backend
     for ws_id in started:
         await backend.stop(ws_id)
         await backend.remove_volumes(ws_id, workspace=True)
 
 
-async def start_agent(backend: ProcessBackend, ws_id: str) -> None:
-    backend.started.append(ws_id)  # type: ignore[attr-defined]
-    spec = StartSpec(
-        workspace_id=ws_id,
-        image="ignored",
-        runtime="echo",
-        config_files={"config.yaml": CONFIG_YAML, ".auth_token": b"tok"},
-        platform_url="http://127.0.0.1:9",
-    )
-    started = await backend.start(spec)
-    await wait_for_reply(started.url)
-
-
 async def test_running_process_workspace_contract(env: tuple[httpx.AsyncClient, ProcessBackend]) -> None:
     client, backend = env
     ws_id = await add_workspace(client)
-    await start_agent(backend, ws_id)
+    await start_echo_agent(backend, ws_id, "ignored")
     await check_running_contract(client, ws_id)
     # the files really are the agent's host config dir
     config_dir = workspace_config_dir(ctx_of(client).settings, ws_id)
@@ -74,7 +57,7 @@ async def test_planted_symlinks_do_not_leak_host_files(
 ) -> None:
     client, backend = env
     ws_id = await add_workspace(client)
-    await start_agent(backend, ws_id)
+    await start_echo_agent(backend, ws_id, "ignored")
     secret = tmp_path / "host-secret"
     secret.write_text("do not read")
     config_dir = workspace_config_dir(ctx_of(client).settings, ws_id)
@@ -94,7 +77,7 @@ async def test_planted_symlinks_do_not_leak_host_files(
 async def test_workspace_root_and_other_roots(env: tuple[httpx.AsyncClient, ProcessBackend]) -> None:
     client, backend = env
     ws_id = await add_workspace(client)
-    await start_agent(backend, ws_id)
+    await start_echo_agent(backend, ws_id, "ignored")
     workdir = Path(ctx_of(client).settings.DATA_DIR).resolve() / "workspaces" / ws_id / "workspace"
     (workdir / "src").mkdir()
     (workdir / "src" / "main.py").write_text("print(1)\n")
@@ -109,7 +92,7 @@ async def test_workspace_root_and_other_roots(env: tuple[httpx.AsyncClient, Proc
 async def test_stopped_workspace_uses_its_config_dir(env: tuple[httpx.AsyncClient, ProcessBackend]) -> None:
     client, backend = env
     ws_id = await add_workspace(client)
-    await start_agent(backend, ws_id)
+    await start_echo_agent(backend, ws_id, "ignored")
     await backend.stop(ws_id)
 
     resp = await client.put(files_url(ws_id), json={"files": {"offline.md": "saved while stopped"}})

@@ -4,11 +4,12 @@ must satisfy while the workspace runs (collected by pytest, but holds no tests o
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import httpx
 
+from tests.integration.provisioner_support import wait_for_reply
 from workspace_server.context import AppContext
+from workspace_server.provisioner import Backend, StartSpec
 from workspace_server.workspaces.store import insert_workspace
 
 CONFIG_YAML = (
@@ -28,8 +29,27 @@ async def add_workspace(client: httpx.AsyncClient, name: str = "Files Agent", ru
     return ws_id
 
 
-def install_backend(client: httpx.AsyncClient, backend: Any) -> None:
+def install_backend(client: httpx.AsyncClient, backend: Backend) -> list[str]:
+    """Make `backend` the app's; the returned list (also `backend.started`) collects the workspaces that
+    `start_echo_agent` starts on it, for the test's teardown."""
     ctx_of(client).extras["backend"] = backend
+    started: list[str] = []
+    backend.started = started  # type: ignore[attr-defined]
+    return started
+
+
+async def start_echo_agent(backend: Backend, ws_id: str, image: str) -> None:
+    """Start the echo agent of `ws_id` with CONFIG_YAML on an installed backend and wait until it answers."""
+    backend.started.append(ws_id)  # type: ignore[attr-defined]
+    spec = StartSpec(
+        workspace_id=ws_id,
+        image=image,
+        runtime="echo",
+        config_files={"config.yaml": CONFIG_YAML, ".auth_token": b"tok"},
+        platform_url="http://127.0.0.1:9",
+    )
+    started = await backend.start(spec)
+    await wait_for_reply(started.url)
 
 
 def files_url(ws_id: str, path: str = "") -> str:

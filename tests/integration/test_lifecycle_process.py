@@ -8,14 +8,12 @@ import asyncio
 import json
 import os
 import signal
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.integration.stub_http import StubHandler, StubServer
 from tests.integration.test_orchestrator_support import (
     Platform,
     PlatformFactory,
@@ -47,34 +45,21 @@ def alive(pid: int | None) -> bool:
         return False
 
 
-class ModelStub:
+class ModelStub(StubServer):
     """An OpenAI-compatible endpoint on loopback that records what the agent asks it."""
 
     def __init__(self) -> None:
         self.prompts: list[str] = []
         stub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_: Any) -> None:
-                pass
-
+        class Handler(StubHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.read_json()
                 stub.prompts.append(body["messages"][-1]["content"])
                 out = json.dumps({"choices": [{"message": {"content": "noted"}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                self.respond(200, out)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.integration.stub_http import StubHandler, StubServer
 from workspace_server.auth.tokens import issue_workspace_token
 from workspace_server.common.ids import new_id
 from workspace_server.db.schema import activity_logs, agent_memories
@@ -26,7 +25,7 @@ ADMIN = "admin-secret"
 SETTINGS = {"ADMIN_TOKEN": ADMIN, "MOLECULE_ENV": "development"}
 
 
-class Agent:
+class Agent(StubServer):
     """A loopback A2A agent: echoes `message/send` text, or answers with a JSON-RPC error."""
 
     def __init__(self) -> None:
@@ -34,9 +33,9 @@ class Agent:
         self.fail = False
         agent = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(StubHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.read_json()
                 agent.requests.append((self.path, body))
                 text = "".join(p.get("text", "") for p in body["params"]["message"]["parts"])
                 if agent.fail:
@@ -52,23 +51,9 @@ class Agent:
                         "parts": [{"kind": "text", "text": "echo: " + text}],
                     }
                     reply = {"jsonrpc": "2.0", "id": body["id"], "result": msg}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.respond(200, json.dumps(reply).encode())
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture

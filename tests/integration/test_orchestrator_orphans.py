@@ -7,27 +7,21 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import docker.errors
 import pytest
 
-from tests.integration.provisioner_support import AGENT_IMAGE, docker_client, need_agent_image
+from tests.integration.provisioner_support import (
+    AGENT_IMAGE,
+    engine_fixture,  # noqa: F401 - registers the engine fixture
+)
 from workspace_server.loops.orphans import sweep_orphans
 from workspace_server.provisioner.base import Instance, StartSpec
 from workspace_server.provisioner.docker import configs_volume
 from workspace_server.workspaces import store as ws_store
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def engine() -> Iterator[Any]:
-    client = docker_client()
-    need_agent_image(client)
-    yield client
-    client.close()
 
 
 class OnlyThese:

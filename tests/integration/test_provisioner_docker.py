@@ -13,15 +13,19 @@ import pytest
 from tests.integration.provisioner_support import (
     AGENT_IMAGE,
     WorkspaceIds,
+    check_not_running_refused,
+    check_tty_and_session,
     cleanup,
     docker_client,
+    echo_spec,
     echoed_text,
+    ids_fixture,  # noqa: F401 - registers the ids fixture
     need_agent_image,
     wait_for_reply,
     wait_until,
 )
 from workspace_server.config import Settings
-from workspace_server.provisioner import BackendError, InstanceNotRunning, StartSpec
+from workspace_server.provisioner import BackendError, StartSpec
 from workspace_server.provisioner import docker as docker_backend
 from workspace_server.provisioner.docker import (
     DockerBackend,
@@ -57,24 +61,8 @@ async def backend(client: Any, tmp_path: Path) -> AsyncIterator[DockerBackend]:
     await b.close()
 
 
-@pytest.fixture
-async def ids(backend: DockerBackend) -> AsyncIterator[WorkspaceIds]:
-    w = WorkspaceIds()
-    yield w
-    await cleanup(backend, w.ids)
-
-
 def spec_for(ws_id: str, **kw: Any) -> StartSpec:
-    base: dict[str, Any] = {
-        "workspace_id": ws_id,
-        "image": AGENT_IMAGE,
-        "runtime": "echo",
-        "tier": 2,
-        "config_files": {"config.yaml": CONFIG_YAML, ".auth_token": b"tok-" + uuid.uuid4().hex.encode()},
-        "platform_url": "http://127.0.0.1:9",  # nothing listens: registration fails, serving does not
-    }
-    base.update(kw)
-    return StartSpec(**base)
+    return echo_spec(ws_id, CONFIG_YAML, **{"image": AGENT_IMAGE, "tier": 2, **kw})
 
 
 async def sh(backend: DockerBackend, ws_id: str, script: str) -> str:
@@ -263,19 +251,7 @@ async def test_exec_session_and_files_on_a_running_container(
 
     res = await backend.exec(ws_id, ["sh", "-c", "echo out; echo err >&2; exit 3"])
     assert (res.exit_code, res.stdout, res.stderr) == (3, b"out\n", b"err\n")
-    tty = await backend.exec(ws_id, ["sh", "-c", "test -t 1 && echo tty"], tty=True)
-    assert tty.exit_code == 0 and b"tty" in tty.stdout
-
-    session = await backend.open_session(ws_id, ["/bin/sh"])
-    try:
-        await session.resize(30, 100)
-        await session.write(b"stty size; echo $((6*7)); exit\n")
-        out = b""
-        while chunk := await session.read():
-            out += chunk
-    finally:
-        await session.close()
-    assert b"30 100" in out and b"42" in out
+    await check_tty_and_session(backend, ws_id)
 
     await backend.write_config_files(ws_id, {"skills/new/SKILL.md": b"# new\n"})
     assert await sh(
@@ -287,13 +263,7 @@ async def test_exec_session_and_files_on_a_running_container(
     instances = {i.workspace_id: i for i in await backend.list_instances()}
     assert instances[ws_id].running is True and instances[ws_id].name == f"ws-{ws_id[:12]}"
 
-    other = str(uuid.uuid4())
-    with pytest.raises(InstanceNotRunning):
-        await backend.exec(other, ["true"])
-    with pytest.raises(InstanceNotRunning):
-        await backend.open_session(other, ["/bin/sh"])
-    with pytest.raises(InstanceNotRunning):
-        await backend.logs(other)
+    await check_not_running_refused(backend)
 
 
 async def test_unsafe_workspace_bind_is_refused_before_anything_runs(

@@ -16,13 +16,16 @@ import pytest
 
 from tests.integration.provisioner_support import (
     WorkspaceIds,
-    cleanup,
+    check_not_running_refused,
+    check_tty_and_session,
+    echo_spec,
     echoed_text,
+    ids_fixture,  # noqa: F401 - registers the ids fixture
     wait_for_reply,
     wait_until,
 )
 from workspace_server.config import Settings
-from workspace_server.provisioner import BackendError, InstanceNotRunning, StartSpec
+from workspace_server.provisioner import BackendError, StartSpec
 from workspace_server.provisioner.process import ProcessBackend
 
 CONFIG_YAML = b"name: Process Echo\nskills: [echo]\n"
@@ -40,23 +43,8 @@ async def backend(settings: Settings) -> AsyncIterator[ProcessBackend]:
     await b.close()
 
 
-@pytest.fixture
-async def ids(backend: ProcessBackend) -> AsyncIterator[WorkspaceIds]:
-    w = WorkspaceIds()
-    yield w
-    await cleanup(backend, w.ids)
-
-
 def spec_for(ws_id: str, **kw: Any) -> StartSpec:
-    base: dict[str, Any] = {
-        "workspace_id": ws_id,
-        "image": "ignored/by-process:1",
-        "runtime": "echo",
-        "config_files": {"config.yaml": CONFIG_YAML, ".auth_token": b"tok-" + uuid.uuid4().hex.encode()},
-        "platform_url": "http://127.0.0.1:9",
-    }
-    base.update(kw)
-    return StartSpec(**base)
+    return echo_spec(ws_id, CONFIG_YAML, **{"image": "ignored/by-process:1", **kw})
 
 
 def agent_pid(backend: ProcessBackend, ws_id: str) -> int:
@@ -180,19 +168,7 @@ async def test_exec_session_and_files(backend: ProcessBackend, ids: WorkspaceIds
     assert (res.exit_code, res.stdout, res.stderr) == (3, f"{workdir}\n".encode(), b"err\n")
     missing = await backend.exec(ws_id, ["definitely-not-a-command-xyz"])
     assert missing.exit_code == 127
-    tty = await backend.exec(ws_id, ["sh", "-c", "test -t 1 && echo tty"], tty=True)
-    assert tty.exit_code == 0 and b"tty" in tty.stdout
-
-    session = await backend.open_session(ws_id, ["/bin/sh"])
-    try:
-        await session.resize(30, 100)
-        await session.write(b"stty size; echo $((6*7)); exit\n")
-        out = b""
-        while chunk := await session.read():
-            out += chunk
-    finally:
-        await session.close()
-    assert b"30 100" in out and b"42" in out
+    await check_tty_and_session(backend, ws_id)
 
     await backend.write_config_files(ws_id, {"skills/new/SKILL.md": b"# new\n", ".auth_token": b"t2"})
     config_dir = workdir.parent / "configs"
@@ -201,13 +177,7 @@ async def test_exec_session_and_files(backend: ProcessBackend, ids: WorkspaceIds
     with pytest.raises(BackendError):
         await backend.write_config_files(ws_id, {"../escape": b"x"})
 
-    other = str(uuid.uuid4())
-    with pytest.raises(InstanceNotRunning):
-        await backend.exec(other, ["true"])
-    with pytest.raises(InstanceNotRunning):
-        await backend.open_session(other, ["/bin/sh"])
-    with pytest.raises(InstanceNotRunning):
-        await backend.logs(other)
+    await check_not_running_refused(backend)
 
 
 async def test_workspace_bind_is_the_cwd(backend: ProcessBackend, ids: WorkspaceIds, tmp_path: Path) -> None:

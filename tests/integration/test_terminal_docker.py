@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.provisioner_support import AGENT_IMAGE, docker_client, need_agent_image, wait_for_reply
+from tests.integration.provisioner_support import AGENT_IMAGE, docker_client, need_agent_image
 from tests.integration.test_terminal_support import (
     LiveFactory,
     Rows,
     check_handshake_rules,
     check_shell_session,
+    dev_server,
     refused,
+    start_agent,
+    tracked_backend,
 )
+from workspace_server.config import Settings
 from workspace_server.provisioner import StartSpec
 from workspace_server.provisioner.docker import DockerBackend
 
@@ -30,21 +35,13 @@ def engine() -> Iterator[Any]:
 
 
 @pytest.fixture
-async def backend(engine: Any, tmp_path: Any) -> Any:
-    from workspace_server.config import Settings
-
-    b = DockerBackend(Settings(DATA_DIR=tmp_path / "data", DOCKER_NETWORK_MODE="host"))
-    started: list[str] = []
-    b.started = started  # type: ignore[attr-defined]
-    yield b
-    for ws_id in started:
-        await b.stop(ws_id)
-        await b.remove_volumes(ws_id, workspace=True)
-    await b.close()
+async def backend(engine: Any, tmp_path: Path) -> AsyncIterator[DockerBackend]:
+    settings = Settings(DATA_DIR=tmp_path / "data", DOCKER_NETWORK_MODE="host")
+    async with tracked_backend(DockerBackend(settings)) as b:
+        yield b
 
 
 async def start_container(backend: DockerBackend, ws_id: str) -> None:
-    backend.started.append(ws_id)  # type: ignore[attr-defined]
     spec = StartSpec(
         workspace_id=ws_id,
         image=AGENT_IMAGE,
@@ -52,14 +49,13 @@ async def start_container(backend: DockerBackend, ws_id: str) -> None:
         config_files={"config.yaml": b"name: Term\n", ".auth_token": b"tok"},
         platform_url="http://127.0.0.1:9",
     )
-    await wait_for_reply((await backend.start(spec)).url)
+    await start_agent(backend, spec)
 
 
 async def test_terminal_runs_commands_in_the_container(
     live_server_factory: LiveFactory, db_url: str, backend: DockerBackend
 ) -> None:
-    srv = live_server_factory(MOLECULE_ENV="development")
-    srv.app.state.ctx.extras["backend"] = backend
+    srv = dev_server(live_server_factory, backend)
     rows = Rows(db_url)
     ws_id = await rows.workspace()
     sibling = await rows.workspace("Sibling Root")

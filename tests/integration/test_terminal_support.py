@@ -7,24 +7,54 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import LiveServer
+from tests.integration.provisioner_support import wait_for_reply
 from workspace_server.auth.tokens import issue_workspace_token
 from workspace_server.db.engine import make_engine
+from workspace_server.provisioner import Backend, StartSpec
 from workspace_server.workspaces.store import insert_workspace
 
 LiveFactory = Callable[..., LiveServer]
 READ_DEADLINE = 60.0  # only ends a hang; nothing is asserted about timing
+B = TypeVar("B", bound=Backend)
 
 
 def ws_url(srv: LiveServer, ws_id: str) -> str:
     return srv.url.replace("http://", "ws://") + f"/workspaces/{ws_id}/terminal"
+
+
+@asynccontextmanager
+async def tracked_backend(backend: B) -> AsyncIterator[B]:
+    """`backend`, recording the workspaces `start_agent` starts on it; at exit each of them is stopped and
+    its volumes removed, then the backend is closed."""
+    started: list[str] = []
+    backend.started = started  # type: ignore[attr-defined]
+    yield backend
+    for ws_id in started:
+        await backend.stop(ws_id)
+        await backend.remove_volumes(ws_id, workspace=True)
+    await backend.close()
+
+
+async def start_agent(backend: Backend, spec: StartSpec) -> None:
+    """Start `spec` on a `tracked_backend` and wait until its agent answers."""
+    backend.started.append(spec.workspace_id)  # type: ignore[attr-defined]
+    await wait_for_reply((await backend.start(spec)).url)
+
+
+def dev_server(live_server_factory: LiveFactory, backend: Backend) -> LiveServer:
+    """A live server in dev mode (no bearer needed) whose app runs workspaces on `backend`."""
+    srv = live_server_factory(MOLECULE_ENV="development")
+    srv.app.state.ctx.extras["backend"] = backend
+    return srv
 
 
 class Rows:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.integration.stub_http import StubHandler, StubServer
 from workspace_server.auth.tokens import issue_workspace_token
 from workspace_server.common.ids import new_id
 from workspace_server.workspaces.store import insert_workspace
@@ -20,7 +19,7 @@ ADMIN = "admin-secret"
 AH = {"Authorization": f"Bearer {ADMIN}"}
 
 
-class Upstream:
+class Upstream(StubServer):
     """A loopback HTTP server that records GETs and answers with the configured reply."""
 
     def __init__(self) -> None:
@@ -31,28 +30,13 @@ class Upstream:
         self.extra_headers: dict[str, str] = {}
         up = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(StubHandler):
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 up.seen.append((parts.path, parse_qs(parts.query), self.headers.get("Authorization")))
-                self.send_response(up.status)
-                self.send_header("Content-Type", up.content_type)
-                self.send_header("Content-Length", str(len(up.body)))
-                for k, v in up.extra_headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(up.body)
+                self.respond(up.status, up.body, up.content_type, up.extra_headers)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
