@@ -445,3 +445,23 @@ async def test_metrics_route_auth_and_missing_workspace(client_factory: ClientFa
     dev = await dev_client(client_factory)
     missing = await dev.get("/workspaces/00000000-0000-4000-8000-0000000000ff/metrics")
     assert (missing.status_code, missing.json()) == (404, {"error": "workspace not found"})
+
+
+async def test_message_with_nul_is_delivered_and_logged(
+    client_factory: ClientFactory, agent: StubAgent
+) -> None:
+    """A2A text may carry U+0000, which Postgres text/jsonb cannot store: the message is delivered as
+    sent and its activity row is still written (on Postgres with U+FFFD in place of the NUL)."""
+    client = await dev_client(client_factory)
+    ctx = ctx_of(client)
+    target = await add_workspace(ctx, "Echo Agent", status="online", url=agent.url)
+    body = json.dumps(message("a\x00b")).encode()  # the JSON escape \u0000 on the wire
+    assert b"\\u0000" in body
+    r = await client.post(
+        f"/workspaces/{target}/a2a", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 200
+    assert agent.received[0]["params"]["message"]["parts"][0]["text"] == "a\x00b"
+    rows = await wait_for(lambda: activity(ctx, target), "a2a_receive row")
+    logged = rows[0].request_body["params"]["message"]["parts"][0]["text"]
+    assert logged == ("a\ufffdb" if ctx.engine.dialect.name == "postgresql" else "a\x00b")

@@ -198,7 +198,7 @@ def response_text(body: bytes) -> str:
     raw = body.decode(errors="replace")
     try:
         reply = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # an agent's reply: nesting depth unbounded
         return raw
     result = reply.get("result") if isinstance(reply, dict) else None
     if not isinstance(result, dict):

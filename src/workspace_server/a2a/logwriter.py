@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from workspace_server.common.ids import new_id
+from workspace_server.common.jsonnum import contains_nul, scrub_nul
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
 from workspace_server.db.schema import activity_logs, workspaces
@@ -90,14 +91,21 @@ class LogWriter:
                 await conn.execute(stmt.values(last_outbound_at=now))
 
     async def _write_each(self, rows: list[dict[str, Any]], outbound: set[str]) -> list[dict[str, Any]]:
-        """One bad row (its workspace just purged, say) must not take the batch down with it."""
+        """One bad row (its workspace just purged, say) must not take the batch down with it. A row that
+        carries NUL characters (an A2A message may; Postgres text and jsonb cannot) is written with them
+        replaced by U+FFFD rather than dropped."""
         written = []
         for row in rows:
-            try:
-                await self._write([row], set())
-                written.append(row)
-            except Exception:
-                log.exception("a2a: activity row for %s dropped", row.get("workspace_id"))
+            for candidate in _variants(row):
+                try:
+                    await self._write([candidate], set())
+                except Exception as exc:
+                    log.warning("a2a: activity row for %s not written: %s", row.get("workspace_id"), exc)
+                    continue
+                written.append(candidate)
+                break
+            else:
+                log.error("a2a: activity row for %s dropped", row.get("workspace_id"))
         try:
             await self._write([], outbound)
         except Exception:
@@ -113,6 +121,11 @@ class LogWriter:
             await self.flush()
             if len(self._pending.rows) >= before:
                 break
+
+
+def _variants(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The row, then (when it holds NUL characters) its NUL-free copy."""
+    return [row] if not contains_nul(row) else [row, scrub_nul(row)]
 
 
 def _db_values(row: dict[str, Any], now: Any) -> dict[str, Any]:

@@ -88,7 +88,7 @@ class ProxyResult:
     def json(self) -> Any:
         try:
             return json.loads(self.body) if self.body else None
-        except ValueError:
+        except (ValueError, RecursionError):  # an agent's reply: nesting depth unbounded
             return None
 
     def error_text(self) -> str:
@@ -570,7 +570,7 @@ def _replied(call: Call, ex: _Exchange) -> ProxyResult:
 def _agent_error(body: bytes, status: int) -> str:
     try:
         top = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # an agent's reply: nesting depth unbounded
         top = None
     if isinstance(top, dict) and isinstance(top.get("error"), str):
         return str(top["error"])
@@ -814,7 +814,7 @@ async def _after_reply(call: Call, status: int, body: bytes, duration_ms: int) -
     ctx = call.ctx
     try:
         reply = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # an agent's reply: nesting depth unbounded
         reply = None
     row = _row(
         call,
@@ -852,7 +852,7 @@ def parse_usage(body: bytes) -> tuple[int, int]:
     """`result.usage`, else top-level `usage`: (input_tokens, output_tokens); (0, 0) when absent."""
     try:
         top = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # an agent's reply: nesting depth unbounded
         return 0, 0
     if not isinstance(top, dict):
         return 0, 0

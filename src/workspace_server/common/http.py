@@ -9,6 +9,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from workspace_server.common.errors import ApiError
+from workspace_server.common.jsonnum import contains_nul
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -38,9 +39,14 @@ async def read_json(
 ) -> Any:
     raw = await read_body(request, max_bytes)
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ApiError(400, error) from None
+    # Postgres text and jsonb cannot hold NUL (the write would fail as a 500): refused as bad input, on
+    # both databases alike. The byte test keeps the common body free of the walk.
+    if b"\\u0000" in raw and contains_nul(data):
+        raise ApiError(400, error)
+    return data
 
 
 async def read_model(

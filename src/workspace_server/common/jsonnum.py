@@ -30,8 +30,12 @@ def _reject_constant(name: str) -> Any:
 
 
 def loads_strict(raw: bytes | str) -> Any:
-    """`json.loads` without NaN/Infinity (invalid JSON, as Go sees it). Raises ValueError."""
-    return json.loads(raw, parse_constant=_reject_constant)
+    """`json.loads` without NaN/Infinity (invalid JSON, as Go sees it). Raises ValueError, also for
+    nesting too deep for the parser (which raises RecursionError: a 500 where callers expect bad input)."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def contains_nul(value: Any) -> bool:
@@ -46,3 +50,15 @@ def contains_nul(value: Any) -> bool:
     if isinstance(value, list):
         return any(contains_nul(v) for v in value)
     return False
+
+
+def scrub_nul(value: Any) -> Any:
+    """A copy with every U+0000 in strings and keys replaced by U+FFFD (for logging what Postgres
+    could not otherwise store, e.g. an A2A message that carried a NUL)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {scrub_nul(k): scrub_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_nul(v) for v in value]
+    return value

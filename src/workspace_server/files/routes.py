@@ -28,7 +28,7 @@ async def _json(request: Request, max_bytes: int) -> Any:
     raw = await read_body(request, max_bytes)
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, service.INVALID_BODY) from None
 
 

@@ -77,7 +77,7 @@ def parse_request(raw: bytes) -> _Request | None:
     """The request, or None when the body is not one JSON-RPC object (→ HTTP 400, -32700)."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None

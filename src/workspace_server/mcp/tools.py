@@ -174,7 +174,7 @@ def extract_a2a_text(body: bytes) -> str:
     raw = body.decode(errors="replace")
     try:
         reply = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # an agent's reply: nesting depth unbounded
         return raw
     if not isinstance(reply, dict):
         return raw

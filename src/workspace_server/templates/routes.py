@@ -27,7 +27,7 @@ async def import_template(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONR
     raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, service.INVALID_BODY) from None
     req = service.parse_import_body(data)
     body = await anyio.to_thread.run_sync(service.import_template, ctx.settings, req)

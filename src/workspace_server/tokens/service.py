@@ -178,6 +178,8 @@ def parse_org_token_name(raw: bytes) -> str:
     name = name if isinstance(name, str) else ""
     if len(name) > ORG_TOKEN_NAME_MAX:
         raise ApiError(400, "name too long (max 100 chars)")
+    if "\x00" in name:  # Postgres text cannot hold it: bad input, not a failed mint
+        raise ApiError(400, "name must not contain NUL characters")
     return name
 
 
