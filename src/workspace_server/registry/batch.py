@@ -144,22 +144,26 @@ class HeartbeatBatcher:
     async def _run(self) -> None:
         try:
             while self._pending:
-                batch = self._take()
-                try:
-                    results = await self._execute([beat for beat, _ in batch])
-                except Exception as exc:
-                    log.warning(
-                        "registry: heartbeat batch of %d failed (%s); retried per step", len(batch), exc
-                    )
-                    for _beat, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(BatchFailed(str(exc)))
-                    continue
-                for (_beat, fut), result in zip(batch, results, strict=True):
-                    if not fut.done():  # the request may have gone (client disconnect)
-                        fut.set_result(result)
+                await self._settle(self._take())
         finally:
             self._runner = None
+
+    async def _settle(self, batch: list[_Waiter]) -> None:
+        """Run one batch and answer its waiters; whatever goes wrong (a DB error, cancellation at
+        shutdown), no waiter is left hanging: each gets BatchFailed and retries per step."""
+        try:
+            results = await self._execute([beat for beat, _ in batch])
+        except BaseException as exc:
+            for _beat, fut in batch:
+                if not fut.done():
+                    fut.set_exception(BatchFailed(str(exc) or type(exc).__name__))
+            if not isinstance(exc, Exception):
+                raise  # cancellation
+            log.warning("registry: heartbeat batch of %d failed (%s); retried per step", len(batch), exc)
+            return
+        for (_beat, fut), result in zip(batch, results, strict=True):
+            if not fut.done():  # the request may have gone (client disconnect)
+                fut.set_result(result)
 
     def _take(self) -> list[_Waiter]:
         """Up to MAX_BATCH heartbeats of distinct workspaces (an UPDATE … FROM writes a row once); the
