@@ -9,7 +9,6 @@ the context with `get_ctx`; `ApiError` still goes through the app's exception ha
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,5 +27,5 @@ class HotRoute(Route):
         return match, child
 
 
-def hot_route(path: str, endpoint: Callable[[Request], Awaitable[Response]], method: str) -> Any:
+def hot_route(path: str, endpoint: Callable[[Request], Awaitable[Response]], method: str) -> HotRoute:
     return HotRoute(path, endpoint, methods=[method])
