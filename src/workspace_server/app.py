@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -97,7 +98,14 @@ async def close_context(ctx: AppContext) -> None:
     await ctx.engine.dispose()
 
 
-def create_app(settings: Settings | None = None, *, run_loops: bool = True, migrate: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, run_loops: bool = True, migrate: bool = True, freeze_gc: bool = False
+) -> FastAPI:
+    """`freeze_gc`: once started, move every object that exists then (modules, routes, models, compiled
+    statements, pools: they live as long as the process) out of the cyclic collector's reach, so each full
+    collection scans only what requests create. About a quarter of the CPU of a proxied A2A call was the
+    collector re-scanning ~200k start-up objects (bench/README.md). `serve` sets it; tests, which build many
+    apps in one process, do not (frozen cycles are never collected)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -110,6 +118,9 @@ def create_app(settings: Settings | None = None, *, run_loops: bool = True, migr
         install_a2a(ctx)
         app.state.ctx = ctx
         loops = start_loops(ctx) if run_loops else None
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:

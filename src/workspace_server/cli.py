@@ -44,7 +44,7 @@ def serve(
     _migrate(settings)
     from workspace_server.app import create_app
 
-    app = create_app(settings, migrate=False)  # migrated just above
+    app = create_app(settings, migrate=False, freeze_gc=True)  # migrated just above
     uvicorn.Server(server_config(app, host or settings.HOST, port or settings.PORT)).run()
 
 
