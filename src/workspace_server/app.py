@@ -14,8 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workspace_server.common.errors import ApiError
+from workspace_server.common.errors import ApiError, api_error_response, http_error_response
 from workspace_server.common.kv import KV, MemoryKV, RedisKV
+from workspace_server.common.routing import HotRoute
 from workspace_server.config import Settings
 from workspace_server.context import AppContext
 from workspace_server.db.engine import make_engine
@@ -143,15 +144,16 @@ def create_app(
     )
     app.state.settings = settings
     _install_error_handlers(app)
-    _include_routers(app)
+    hot = _include_routers(app)
 
     from workspace_server.middleware import install_middleware
 
-    install_middleware(app, settings)
+    install_middleware(app, settings, hot)
     return app
 
 
-def _include_routers(app: FastAPI) -> None:
+def _include_routers(app: FastAPI) -> list[HotRoute]:
+    """Every router; returns the hot routes (common/routing.py), which the hot lane serves too."""
     from workspace_server.a2a.routes import HOT_ROUTES as A2A_HOT
     from workspace_server.a2a.routes import router as a2a_router
     from workspace_server.activity.extra_routes import router as activity_extra_router
@@ -175,7 +177,8 @@ def _include_routers(app: FastAPI) -> None:
     from workspace_server.workspaces.lifecycle_routes import router as lifecycle_router
     from workspace_server.workspaces.routes import router as workspaces_router
 
-    app.router.routes[0:0] = [*REGISTRY_HOT, *A2A_HOT]  # matched first, without dependency injection
+    hot = [*REGISTRY_HOT, *A2A_HOT]
+    app.router.routes[0:0] = hot  # matched first, without dependency injection
     for r in (
         observability_router,
         workspaces_router,
@@ -199,12 +202,13 @@ def _include_routers(app: FastAPI) -> None:
         terminal_router,
     ):
         app.include_router(r)
+    return hot
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+        return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, __: RequestValidationError) -> JSONResponse:
@@ -212,14 +216,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        msg = (
-            "not found"
-            if exc.status_code == 404
-            else (exc.detail if isinstance(exc.detail, str) else "error")
-        )
-        if exc.status_code == 405:  # the reference has no 405: a wrong method is a 404
-            return JSONResponse({"error": "not found"}, status_code=404)
-        return JSONResponse({"error": msg}, status_code=exc.status_code, headers=exc.headers)
+        return http_error_response(exc)
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

@@ -3,7 +3,11 @@ WebSockets pass through untouched.
 
 Stack, outermost first:
 
-    metrics → CORS → per-IP rate limit → TenantGuard → security headers → body limit → slash redirect → app
+    hot lane → metrics → CORS → per-IP rate limit → TenantGuard → security headers → body limit
+             → slash redirect → app
+
+The hot lane (common/routing.py) sends the agents' hot routes through a second copy of the same stack
+(sharing the rate limiter and the metrics) straight to their endpoints.
 
 The reference orders CORS → rate limit → metrics; here the metrics recorder sits outside the other two so
 that the requests they refuse (CORS 403, 429) are counted as well. It changes no header, so what a client
@@ -17,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +33,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from workspace_server.auth.deps import is_same_origin_canvas
 from workspace_server.auth.ratelimit import FixedWindowLimiter
+from workspace_server.common.routing import HotEndpoint, HotLane, HotRoute
 from workspace_server.config import DEFAULT_CORS_ORIGINS, Settings
 from workspace_server.observability.metrics import UNMATCHED, HttpMetrics, build_registry, route_template
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("workspace_server.access")
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -199,6 +205,24 @@ class RouteTemplates:
         return UNMATCHED
 
 
+def _log_access(scope: Scope, status: int, elapsed: float) -> None:
+    """uvicorn's access line (client, request line, status) plus the duration."""
+    client = scope.get("client")
+    peer = f"{client[0]}:{client[1]}" if client else "-"
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string")
+    target = (path + b"?" + query if query else path).decode("latin-1")
+    access_log.info(
+        '%s - "%s %s HTTP/%s" %d %.1fms',
+        peer,
+        scope["method"],
+        target,
+        scope.get("http_version", "1.1"),
+        status,
+        elapsed * 1000,
+    )
+
+
 def _route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
@@ -206,10 +230,13 @@ def _route_path(scope: Scope) -> str:
 
 
 class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+    """Counts every request by route template and writes the access log line (uvicorn's is off)."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics, access: str = "on") -> None:
         self.app = app
         self.metrics = metrics
         self.templates = RouteTemplates()
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -234,6 +261,15 @@ class MetricsMiddleware:
         finally:
             elapsed = time.perf_counter() - start
             self.metrics.observe(scope["method"], self.templates.label(scope), status, elapsed)
+            if self._logs(scope, status):
+                _log_access(scope, status, elapsed)
+
+    def _logs(self, scope: Scope, status: int) -> bool:
+        if self.access == "all":
+            return True
+        if self.access == "off":
+            return False
+        return status >= 400 or not isinstance(scope.get("route"), HotRoute)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Counted once, at the end of the handshake: a WebSocket's lifetime is not a request duration.
@@ -592,19 +628,37 @@ def _ws_active(app: FastAPI) -> Callable[[], int]:
     return read
 
 
-def install_middleware(app: FastAPI, settings: Settings) -> None:
+def install_middleware(app: FastAPI, settings: Settings, hot_routes: Sequence[HotRoute] = ()) -> None:
     http_metrics = HttpMetrics()
     app.state.http_metrics = http_metrics
     app.state.metrics_registry = build_registry(http_metrics, _ws_active(app))
 
-    # add_middleware prepends: the last one added is the outermost.
-    app.add_middleware(TrailingSlashRedirectMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
-    app.add_middleware(SecurityHeadersMiddleware)
+    layers = _shell_layers(settings, http_metrics)
+    for cls, kwargs in layers:  # add_middleware prepends: the last one added is the outermost
+        app.add_middleware(cls, **kwargs)
+    # The hot lane's copy: the same layers (same limiter, same metrics) but the slash redirect, which
+    # only rewrites the router's own redirects and a full match never gets one.
+    lane: ASGIApp = HotEndpoint()
+    for cls, kwargs in layers:
+        if cls is not TrailingSlashRedirectMiddleware:
+            lane = cls(lane, **kwargs)
+    app.add_middleware(HotLane, routes=hot_routes, lane=lane)
+
+
+def _shell_layers(settings: Settings, http_metrics: HttpMetrics) -> list[tuple[Any, dict[str, Any]]]:
+    """The HTTP shell's middlewares, innermost first."""
+    layers: list[tuple[Any, dict[str, Any]]] = [
+        (TrailingSlashRedirectMiddleware, {}),
+        (BodyLimitMiddleware, {"max_bytes": settings.MAX_BODY_BYTES}),
+        (SecurityHeadersMiddleware, {}),
+    ]
     org_id = settings.MOLECULE_ORG_ID.strip()
     if org_id:
-        app.add_middleware(TenantGuardMiddleware, org_id=org_id)
+        layers.append((TenantGuardMiddleware, {"org_id": org_id}))
     limiter = FixedWindowLimiter(settings.rate_limit, RATE_WINDOW_SECONDS)
-    app.add_middleware(RateLimitMiddleware, limiter=limiter, dev_mode=settings.dev_mode_fail_open)
-    app.add_middleware(CORSMiddleware, config=cors_config(settings))
-    app.add_middleware(MetricsMiddleware, metrics=http_metrics)
+    layers += [
+        (RateLimitMiddleware, {"limiter": limiter, "dev_mode": settings.dev_mode_fail_open}),
+        (CORSMiddleware, {"config": cors_config(settings)}),
+        (MetricsMiddleware, {"metrics": http_metrics, "access": settings.ACCESS_LOG}),
+    ]
+    return layers

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
 
 class ApiError(Exception):
     def __init__(
@@ -27,3 +30,19 @@ def not_found(msg: str = "workspace not found") -> ApiError:
 
 def bad_request(msg: str) -> ApiError:
     return ApiError(400, msg)
+
+
+def api_error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+
+def http_error_response(exc: HTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own HTTP errors in our shape. The reference has no 405: a wrong method
+    is a 404."""
+    if exc.status_code == 405:
+        return JSONResponse({"error": "not found"}, status_code=404)
+    if exc.status_code == 404:
+        msg = "not found"
+    else:
+        msg = exc.detail if isinstance(exc.detail, str) else "error"
+    return JSONResponse({"error": msg}, status_code=exc.status_code, headers=exc.headers)
