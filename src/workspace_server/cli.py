@@ -18,10 +18,18 @@ def server_config(app: Any, host: str, port: int, log_level: str = "info") -> uv
     - the client IP is the TCP peer (spec 03 §4), never X-Forwarded-For;
     - wsproto for WebSockets: uvicorn's default (websockets' sans-I/O protocol) sends a refused
       handshake's HTTP response (`websocket.http.response`) correctly but then logs "ASGI callable
-      returned without completing handshake" as an ERROR for every refusal; wsproto's does not.
+      returned without completing handshake" as an ERROR for every refusal; wsproto's does not;
+    - no uvicorn access log: the metrics middleware writes it (ACCESS_LOG), with the duration.
     """
     return uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, lifespan="on", proxy_headers=False, ws="wsproto"
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        proxy_headers=False,
+        ws="wsproto",
+        access_log=False,
     )
 
 

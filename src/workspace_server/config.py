@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     LANGFUSE_PUBLIC_KEY: str = ""
     LANGFUSE_SECRET_KEY: str = ""
 
+    # request log: "on" = every request but the agents' successful heartbeats and A2A calls (those are in
+    # /metrics, and every A2A call in the activity log); "all" = every request, as the reference; "off"
+    ACCESS_LOG: Literal["on", "all", "off"] = "on"
+
     # request limits
     MAX_BODY_BYTES: int = Field(default=10 * 1024 * 1024)
 
