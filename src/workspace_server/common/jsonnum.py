@@ -29,11 +29,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON constant {name}")
 
 
+# one decoder for every call: `json.loads(..., parse_constant=...)` builds a new one each time
+_STRICT = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def loads_strict(raw: bytes | str) -> Any:
     """`json.loads` without NaN/Infinity (invalid JSON, as Go sees it). Raises ValueError, also for
     nesting too deep for the parser (which raises RecursionError: a 500 where callers expect bad input)."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        if not isinstance(raw, str):
+            raw = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads does
+        return _STRICT.decode(raw)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
