@@ -292,6 +292,38 @@ async def test_redirect_is_passed_through_not_followed(client_factory: ClientFac
     assert hits == []
 
 
+async def test_cookies_are_not_carried_between_agents(client_factory: ClientFactory) -> None:
+    """Agents may share a host name (ports apart, or paths on one external host) and cookies do not isolate
+    by port: a cookie one agent sets must never reach another (or come back to it). By name: the default
+    jar already ignores cookies from IP addresses."""
+    seen: list[str | None] = []
+
+    class Setting(StubHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Cookie"))
+            self.respond(200, b"{}", headers={"Set-Cookie": "session=secret; Path=/"})
+
+    class Other(StubHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Cookie"))
+            self.respond(200, b"{}")
+
+    first, second = StubServer(Setting), StubServer(Other)
+    try:
+        client = await dev_client(client_factory)
+        by_name = [s.url.replace("127.0.0.1", "localhost") for s in (first, second)]
+        a = await add_workspace(ctx_of(client), "a", status="online", url=by_name[0])
+        b = await add_workspace(ctx_of(client), "b", status="online", url=by_name[1])
+        for target in (a, b, a):
+            assert (await client.post(f"/workspaces/{target}/a2a", json=message("x"))).status_code == 200
+    finally:
+        first.close()
+        second.close()
+    assert seen == [None, None, None]
+
+
 async def test_compressed_reply_is_decoded(client_factory: ClientFactory) -> None:
     plain = b'{"jsonrpc":"2.0","id":"1","result":{"kind":"message","parts":[]}}'
 

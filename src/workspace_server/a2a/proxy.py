@@ -14,6 +14,7 @@ What a transport failure means for delivery decides what may be retried (spec 04
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ from http import HTTPStatus
 from typing import Any
 
 import aiohttp
+import yarl
 
 from workspace_server.a2a import schemas as msg
 from workspace_server.a2a import store
@@ -56,6 +58,7 @@ EXTERNAL = "external"
 MAX_CONNECTIONS = 2000  # agent calls in flight at once, all agents together
 KEEPALIVE_SECONDS = 5.0  # idle agent connections are closed after this
 READ_CHUNK = 64 << 10
+ENCODING = "Content-Encoding"  # a compressed reply is read in chunks: its decoded size is not declared
 
 CLIENT_KEY = "a2a_http"
 WATCH_KEY = "a2a_idle_watch"
@@ -155,8 +158,13 @@ def a2a_client(ctx: AppContext) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS
         )
+        # No cookie jar: agents share hosts (127.0.0.1, ports apart), and cookies do not isolate by port,
+        # so one agent's Set-Cookie would be sent to the others.
         client = ctx.extras[CLIENT_KEY] = aiohttp.ClientSession(
-            connector=connector, timeout=DISPATCH_TIMEOUT, auto_decompress=True
+            connector=connector,
+            timeout=DISPATCH_TIMEOUT,
+            auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
     return client
 
@@ -517,11 +525,22 @@ def _idle_seconds(ctx: AppContext, ws_id: str) -> float:
     return float(n) if n > 0 else float(DEFAULT_IDLE_SECONDS)
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(url: str) -> yarl.URL:
+    """Agent URLs repeat: parse each once, not on every call."""
+    return yarl.URL(url)
+
+
 async def _exchange(http: aiohttp.ClientSession, url: str, data: bytes, ex: _Exchange) -> None:
     started = time.perf_counter()
-    async with http.post(url, data=data, headers=DISPATCH_HEADERS, allow_redirects=False) as response:
+    target = _parsed(url)
+    async with http.post(target, data=data, headers=DISPATCH_HEADERS, allow_redirects=False) as response:
         ex.status = response.status
         ex.duration_ms = int((time.perf_counter() - started) * 1000)
+        declared = response.content_length
+        if declared is not None and declared <= MAX_RESPONSE_BYTES and not response.headers.get(ENCODING):
+            ex.body = await response.read()  # the usual reply: its length known, nothing to decompress
+            return
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(READ_CHUNK):
