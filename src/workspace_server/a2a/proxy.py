@@ -528,7 +528,10 @@ def _idle_seconds(ctx: AppContext, ws_id: str) -> float:
 @functools.lru_cache(maxsize=4096)
 def _parsed(url: str) -> yarl.URL:
     """Agent URLs repeat: parse each once, not on every call."""
-    return yarl.URL(url)
+    try:
+        return yarl.URL(url)
+    except ValueError as e:  # e.g. a port out of range: what aiohttp reports when it parses the URL itself
+        raise aiohttp.InvalidURL(url, str(e)) from e
 
 
 async def _exchange(http: aiohttp.ClientSession, url: str, data: bytes, ex: _Exchange) -> None:
