@@ -13,6 +13,8 @@
    twice in alternating order; throughput = calls / wall time, best of the two runs for each path.
 5. Print `RESULT a2a ratio=<proxied/direct throughput at C> p50_added_ms=<ms>`, plus CPU per call of
    the server and the agent. `--profile` records the server with py-spy during the concurrent phase.
+6. Unless `--no-forwarder`: the same concurrent runs through `bench/forwarder.py`, a bare uvicorn +
+   aiohttp forwarder with no logic at all, i.e. the ceiling of any proxy on this stack, and its ratio.
 
 Bounded in count and time: every phase has a deadline; the run fails rather than hangs.
 """
@@ -132,6 +134,15 @@ def start_control_agent(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", CONTROL_AGENT, str(port)], stdout=log, stderr=subprocess.STDOUT
     )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def start_forwarder(agent_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = (workdir / "forwarder.log").open("wb")
+    cmd = [sys.executable, "-m", "uvicorn", "forwarder:app", "--app-dir", str(ROOT / "bench")]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=_env(FORWARD_TO=agent_url), stdout=log, stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -306,19 +317,32 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Non
 
             d50, p50 = await asyncio.wait_for(sequential(direct, proxied, args.pairs), PHASE_DEADLINE)
             control = await control_run(args, client, agent_client, base, workdir, procs)
-            srv, agt = psutil.Process(server.pid), psutil.Process(agent.pid)
-            rates: dict[str, list[float]] = {"direct": [], "proxied": []}
-            cpu: dict[str, float] = {"server": 0.0, "agent": 0.0}
+            paths = {"direct": direct, "proxied": proxied}
+            watched = {"server": psutil.Process(server.pid), "agent": psutil.Process(agent.pid)}
+            if not args.no_forwarder:
+                fwd, fwd_url = start_forwarder(agent_url, workdir)
+                procs.append(fwd)
+                paths["forwarder"] = sender(client, fwd_url)
+                watched["forwarder"] = psutil.Process(fwd.pid)
+
+                async def forwarding() -> bool:
+                    return (await client.call("POST", fwd_url, message_body(0)))[0] == 200
+
+                await wait_until(forwarding, "forwarder", procs)
+            rates: dict[str, list[float]] = {name: [] for name in paths}
+            cpu: dict[str, float] = dict.fromkeys(watched, 0.0)
             spy = start_profiler(server.pid, workdir) if args.profile else None
-            for order in (("direct", "proxied"), ("proxied", "direct")):
+            for order in (list(paths), list(reversed(paths))):
                 for name in order:
-                    send = direct if name == "direct" else proxied
+                    send = paths[name]
                     await ramp(send, args.concurrency)
-                    s0, a0 = cpu_seconds(srv), cpu_seconds(agt)
+                    before = {k: cpu_seconds(p) for k, p in watched.items()}
                     rates[name].append(await concurrent(send, args.calls, args.concurrency))
                     if name == "proxied":
-                        cpu["server"] += cpu_seconds(srv) - s0
-                        cpu["agent"] += cpu_seconds(agt) - a0
+                        cpu["server"] += cpu_seconds(watched["server"]) - before["server"]
+                        cpu["agent"] += cpu_seconds(watched["agent"]) - before["agent"]
+                    elif name == "forwarder":
+                        cpu["forwarder"] += cpu_seconds(watched["forwarder"]) - before["forwarder"]
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT, not on SIGTERM
                 spy.wait(timeout=60)
@@ -336,7 +360,8 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Non
     per_call = 2 * args.calls
     print(f"# db={args.db} pairs={args.pairs} calls={args.calls} concurrency={args.concurrency}")
     print(f"# sequential p50 direct={d50:.2f}ms proxied={p50:.2f}ms")
-    print(f"# concurrent direct={rates['direct']} proxied={rates['proxied']} calls/s")
+    shown = " ".join(f"{k}={[round(r) for r in v]}" for k, v in rates.items())
+    print(f"# concurrent calls/s {shown}")
     print(
         f"# proxied cpu per call: server={cpu['server'] / per_call * 1000:.2f}ms "
         f"agent={cpu['agent'] / per_call * 1000:.2f}ms"
@@ -345,6 +370,12 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Non
         print(
             f"# control agent (TCP_NODELAY, one write): sequential p50 direct={control[0]:.2f}ms "
             f"proxied={control[1]:.2f}ms added={control[1] - control[0]:.2f}ms"
+        )
+    if rates.get("forwarder"):
+        print(
+            f"# floor, bare forwarder (uvicorn + aiohttp, no logic): rate={max(rates['forwarder']):.0f}/s "
+            f"ratio={max(rates['forwarder']) / direct_rate:.3f} "
+            f"cpu per call={cpu['forwarder'] / per_call * 1000:.2f}ms"
         )
     print(f"RESULT a2a ratio={proxied_rate / direct_rate:.3f} p50_added_ms={p50 - d50:.2f}")
 
@@ -396,6 +427,7 @@ def parse_args() -> argparse.Namespace:
         "--pg", default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
     p.add_argument("--no-control", action="store_true", help="skip the control-agent latency run")
+    p.add_argument("--no-forwarder", action="store_true", help="skip the bare forwarder (the stack's floor)")
     p.add_argument("--profile", action="store_true", help="py-spy the server: <workdir>/a2a-profile.txt")
     p.add_argument("--workdir", default=str(ROOT / "data" / "bench"), help="server cwd and logs")
     return p.parse_args()
