@@ -20,6 +20,8 @@ from workspace_server.a2a.proxy import (
     IdleWatch,
     Outcome,
     ProxyResult,
+    QueueHint,
+    TargetCache,
     _busy_error,
     _container_url,
     _message_id,
@@ -216,3 +218,82 @@ def test_container_url_rewrite(
 def test_in_docker_defaults_to_dockerenv() -> None:
     assert Settings().in_docker is Path("/.dockerenv").exists()
     assert Settings(MOLECULE_IN_DOCKER=False).in_docker is False
+
+
+# ---- queue hint and target cache ----
+
+
+def test_queue_hint_ignores_a_look_that_began_before_an_enqueue() -> None:
+    hint = QueueHint()
+    mark = hint.mark()  # a probe starts: the queue is empty in the database
+    hint.touch("ws")  # meanwhile a busy call queues an item for ws
+    hint.seen_empty("ws", since=mark)  # the probe's stale "empty" arrives
+    assert not hint.probably_empty("ws")
+    hint.seen_empty("ws", since=hint.mark())  # a look begun after the enqueue counts
+    assert hint.probably_empty("ws")
+    hint.touch("other")
+    assert hint.probably_empty("ws")
+
+
+def test_queue_hint_marks_from_before_a_clear_do_not_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(QueueHint, "MAX_KEYS", 2)
+    hint = QueueHint()
+    mark = hint.mark()
+    for ws in ("a", "b", "c", "d"):  # "a" was touched, then forgotten by the clear
+        hint.touch(ws)
+    hint.seen_empty("a", since=mark)
+    assert not hint.probably_empty("a")
+
+
+async def test_target_cache_shares_one_query_among_concurrent_misses() -> None:
+    cache, calls, release = TargetCache(), [], asyncio.Event()
+
+    async def fetch() -> str:
+        calls.append(1)
+        await release.wait()
+        return "row"
+
+    waiters = [asyncio.ensure_future(cache.load("ws", fetch)) for _ in range(50)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()  # one caller giving up does not cancel the query for the others
+    release.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert len(calls) == 1
+    assert isinstance(results[0], asyncio.CancelledError) and results[1:] == ["row"] * 49
+    assert cache.get("ws") == "row"
+
+
+async def test_target_cache_does_not_keep_a_row_read_before_a_status_event() -> None:
+    cache, release = TargetCache(), asyncio.Event()
+    rows = iter(["stale", "fresh"])
+
+    async def fetch() -> str:
+        row = next(rows)
+        if row == "stale":
+            await release.wait()
+        return row
+
+    first = asyncio.ensure_future(cache.load("ws", fetch))
+    await asyncio.sleep(0)
+    cache.on_event(Event("WORKSPACE_OFFLINE", "ws"))  # the status changed while the read was running
+    assert await cache.load("ws", fetch) == "fresh"  # a later caller does not join the old read
+    release.set()
+    assert await first == "stale"
+    assert cache.get("ws") == "fresh"
+
+
+async def test_target_cache_failed_query_reaches_every_waiter_and_is_not_cached() -> None:
+    cache = TargetCache()
+
+    async def broken() -> str:
+        await asyncio.sleep(0)
+        raise RuntimeError("db down")
+
+    results = await asyncio.gather(*(cache.load("ws", broken) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert cache.get("ws") is None
+
+    async def works() -> str:
+        return "row"
+
+    assert await cache.load("ws", works) == "row"

@@ -379,26 +379,35 @@ async def _load_target(call: Call, key: str) -> str | None:
     not known to be empty (QueueHint): the common call costs no queue query at all.
     """
     ctx = call.ctx
-    cache = target_cache(ctx)
-    call.row = cache.get(call.target)
-    probe = bool(key) and not call.from_queue and not queue_hint(ctx).probably_empty(call.target)
-    if call.row is not None and not probe:
+    hint = queue_hint(ctx)
+    call.row = target_cache(ctx).get(call.target)
+    probe = bool(key) and not call.from_queue and not hint.probably_empty(call.target)
+    if call.row is None:
+        try:
+            call.row = await target_cache(ctx).load(
+                call.target, functools.partial(_target_row, ctx, call.target)
+            )
+        except Exception:
+            log.exception("a2a: target lookup failed for %s", call.target)
+            call.row_error = True
+            return None
+    if not probe or call.row is None:
         return None
-    queued_id: str | None = None
+    mark = hint.mark()
     try:
         async with ctx.autocommit.connect() as conn:
-            if call.row is None:
-                call.row = await store.target_row(conn, call.target)
-                if call.row is not None:
-                    cache.put(call.target, call.row)
-            if probe and call.row is not None:
-                queued_id, active = await store.queue_probe(conn, call.target, key)
-                if not active:
-                    queue_hint(ctx).seen_empty(call.target)
+            queued_id, active = await store.queue_probe(conn, call.target, key)
     except Exception:
-        log.exception("a2a: target lookup failed for %s", call.target)
-        call.row_error = call.row is None
+        log.exception("a2a: queue probe failed for %s", call.target)
+        return None
+    if not active:
+        hint.seen_empty(call.target, since=mark)
     return queued_id
+
+
+async def _target_row(ctx: AppContext, ws_id: str) -> Any:
+    async with ctx.autocommit.connect() as conn:
+        return await store.target_row(conn, ws_id)
 
 
 def _check_budget(call: Call) -> None:
@@ -733,13 +742,17 @@ async def _queued_reply(call: Call, queue_id: str) -> ProxyResult:
 
 class TargetCache:
     """Spares the database a read per call. Budget and URL are at most TTL seconds stale; status
-    changes (removed, hibernated, offline, ...) come with a WORKSPACE_* event and drop the entry."""
+    changes (removed, hibernated, offline, ...) come with a WORKSPACE_* event and drop the entry.
+
+    Calls that miss together share one query (`load`): with 50 calls in flight to one agent, every
+    expiry would otherwise send 50 identical reads at once."""
 
     TTL = 2.0
     QUIET = frozenset({"WORKSPACE_HEARTBEAT"})
 
     def __init__(self) -> None:
         self._rows: dict[str, tuple[Any, float]] = {}
+        self._loading: dict[str, asyncio.Task[Any]] = {}
 
     def get(self, ws_id: str) -> Any | None:
         hit = self._rows.get(ws_id)
@@ -752,8 +765,28 @@ class TargetCache:
             self._rows.clear()
         self._rows[ws_id] = (row, time.monotonic() + self.TTL)
 
+    async def load(self, ws_id: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+        """The row from `fetch`, shared with every other caller that asks before it returns."""
+        pending = self._loading.get(ws_id)
+        if pending is None:
+            pending = self._loading[ws_id] = asyncio.ensure_future(self._fetch(ws_id, fetch))
+        return await asyncio.shield(pending)  # a caller that gives up does not cancel the others' query
+
+    async def _fetch(self, ws_id: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+        me = asyncio.current_task()
+        try:
+            row = await fetch()
+        finally:
+            current = self._loading.get(ws_id) is me
+            if current:
+                del self._loading[ws_id]
+        if current and row is not None:  # not current: a WORKSPACE_* event came meanwhile, row may be stale
+            self.put(ws_id, row)
+        return row
+
     def drop(self, ws_id: str) -> None:
         self._rows.pop(ws_id, None)
+        self._loading.pop(ws_id, None)  # later callers query again rather than join a read from before
 
     def on_event(self, event: Event) -> None:
         if event.event.startswith("WORKSPACE_") and event.event not in self.QUIET:
@@ -776,18 +809,36 @@ class QueueHint:
 
     Another replica's enqueue is not seen here, so an "empty" verdict is trusted for RECHECK seconds
     only; after that the next heartbeat looks at the database again (and reclaims expired leases).
+    A look that began before an enqueue in this process does not count (`mark`/`seen_empty(since=)`):
+    taken after the enqueue, its "empty" would hide the new item, delaying its drain, or letting a resent
+    message skip the duplicate check and be delivered twice.
     """
 
     RECHECK = 5.0
+    MAX_KEYS = 100_000
 
     def __init__(self) -> None:
         self._empty_at: dict[str, float] = {}
+        self._touched: dict[str, int] = {}
+        self._seq = 0
+        self._cleared = 0  # `_seq` when `_touched` was last cleared: older marks cannot be checked
+
+    def mark(self) -> int:
+        """Taken before looking at the queue; pass it to `seen_empty`."""
+        return self._seq
 
     def touch(self, ws_id: str) -> None:
         self._empty_at.pop(ws_id, None)
+        self._seq += 1
+        if len(self._touched) > self.MAX_KEYS:
+            self._touched.clear()
+            self._cleared = self._seq
+        self._touched[ws_id] = self._seq
 
-    def seen_empty(self, ws_id: str) -> None:
-        if len(self._empty_at) > 100_000:
+    def seen_empty(self, ws_id: str, since: int) -> None:
+        if since < self._cleared or self._touched.get(ws_id, 0) > since:
+            return
+        if len(self._empty_at) > self.MAX_KEYS:
             self._empty_at.clear()
         self._empty_at[ws_id] = time.monotonic()
 

@@ -54,9 +54,10 @@ async def drain_one(ctx: AppContext, ws_id: str) -> str | None:
         return None
     draining.add(ws_id)
     try:
+        mark = hint.mark()
         item = await _claim(ctx, ws_id)
         if item is None:
-            hint.seen_empty(ws_id)
+            hint.seen_empty(ws_id, since=mark)
             return None
         renewer = spawn(ctx, _renew(ctx, str(item.id)), f"a2a-lease:{item.id}")
         try:
