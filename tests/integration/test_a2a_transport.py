@@ -265,6 +265,17 @@ async def test_request_and_reply_bytes_are_unchanged(client_factory: ClientFacto
     assert f"content-length: {len(sent)}" in lines
 
 
+async def call_stub_agent(client_factory: ClientFactory, handler: type[StubHandler]) -> httpx.Response:
+    """One message through the proxy to a workspace whose agent is a stub server running `handler`."""
+    agent = StubServer(handler)
+    try:
+        client = await dev_client(client_factory)
+        target = await add_workspace(ctx_of(client), "t", status="online", url=agent.url)
+        return await client.post(f"/workspaces/{target}/a2a", json=message("x"))
+    finally:
+        agent.close()
+
+
 async def test_redirect_is_passed_through_not_followed(client_factory: ClientFactory) -> None:
     hits: list[str] = []
 
@@ -280,13 +291,9 @@ async def test_redirect_is_passed_through_not_followed(client_factory: ClientFac
             self.rfile.read(int(self.headers["Content-Length"]))
             self.respond(302, b"", headers={"Location": f"{elsewhere.url}/moved"})
 
-    agent = StubServer(Redirecting)
     try:
-        client = await dev_client(client_factory)
-        target = await add_workspace(ctx_of(client), "t", status="online", url=agent.url)
-        r = await client.post(f"/workspaces/{target}/a2a", json=message("x"))
+        r = await call_stub_agent(client_factory, Redirecting)
     finally:
-        agent.close()
         elsewhere.close()
     assert (r.status_code, r.json()) == (302, {"error": "Found"})
     assert hits == []
@@ -332,13 +339,7 @@ async def test_compressed_reply_is_decoded(client_factory: ClientFactory) -> Non
             self.rfile.read(int(self.headers["Content-Length"]))
             self.respond(200, gzip.compress(plain), headers={"Content-Encoding": "gzip"})
 
-    agent = StubServer(Gzipping)
-    try:
-        client = await dev_client(client_factory)
-        target = await add_workspace(ctx_of(client), "t", status="online", url=agent.url)
-        r = await client.post(f"/workspaces/{target}/a2a", json=message("x"))
-    finally:
-        agent.close()
+    r = await call_stub_agent(client_factory, Gzipping)
     assert (r.status_code, r.content) == (200, plain)
 
 
