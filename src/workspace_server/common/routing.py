@@ -52,9 +52,7 @@ class HotEndpoint:
             response = await route.endpoint(request)
         except ApiError as exc:
             response = api_error_response(exc)
-        except HTTPException as exc:
-            if exc.status_code == 413:
-                raise  # the body limit's own signal: BodyLimitMiddleware answers it
+        except HTTPException as exc:  # also the body cap's 413, raised from `receive` mid-read
             response = http_error_response(exc)
         await response(scope, receive, send)
 
