@@ -9,9 +9,11 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.integration.stub_http import StubHandler, StubServer
 from tests.integration.test_orchestrator_support import (
@@ -20,6 +22,9 @@ from tests.integration.test_orchestrator_support import (
     agent_reply,
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
 )
+from workspace_server.common.time import utcnow
+from workspace_server.db.engine import make_engine
+from workspace_server.db.schema import workspaces
 
 
 def agent_pid(p: Platform, wid: str) -> int | None:
@@ -187,3 +192,29 @@ async def test_hibernate_then_wake_on_the_next_a2a_call(platform_factory: Platfo
     view = await p.wait_status(wid, "online")  # the wake restarted it (the reference never did)
     r = await p.a2a(wid, "good morning")
     assert r.status_code == 200 and r.json()["result"]["parts"][0]["text"] == "good morning"
+
+
+async def test_idle_workspace_is_hibernated_by_the_sweep(platform_factory: PlatformFactory) -> None:
+    """The loop itself (run_loops), a real agent heartbeating with no task: once its idle time passes
+    the window it opted in to, it is hibernated and its process stopped; a call wakes it."""
+    p: Platform = await platform_factory("process", run_loops=True, HIBERNATION_SWEEP_INTERVAL=0.2)
+    wid = await p.create("Idle Agent")
+    await p.wait_status(wid, "online")
+    pid = agent_pid(p, wid)
+    r = await p.http.patch(f"/workspaces/{wid}", json={"hibernation_idle_minutes": 1})
+    assert r.status_code == 200
+    await asyncio.sleep(1)
+    assert (await p.get(wid))["status"] == "online"  # opted in, but not idle for a minute yet
+    engine = make_engine(p.settings.DATABASE_URL)  # the server's engine belongs to its own loop
+    try:
+        async with engine.begin() as conn:
+            stmt = sa.update(workspaces).where(workspaces.c.id == wid)
+            await conn.execute(stmt.values(idle_since=utcnow() - timedelta(minutes=2)))
+    finally:
+        await engine.dispose()
+    view = await p.wait_status(wid, "hibernated")
+    assert view["url"] == ""
+    assert not alive(pid)
+    r = await p.a2a(wid, "wake up")
+    assert r.status_code == 503 and r.json()["waking"] is True
+    await p.wait_status(wid, "online")

@@ -156,11 +156,15 @@ def start_loops(ctx: AppContext) -> Loops:
     ]
     if getattr(ctx.extras.get("orchestrator"), "backend", None) is not None:
         from workspace_server.loops.health import sweep_health
+        from workspace_server.loops.hibernation import sweep_idle_hibernation
         from workspace_server.loops.orphans import sweep_orphans
 
         sweepers.append(("health-sweep", s.HEALTH_SWEEP_INTERVAL, lambda: sweep_health(ctx), 0.0))
         if s.ORPHAN_SWEEP_INTERVAL > 0:
             sweepers.append(("orphan-sweep", s.ORPHAN_SWEEP_INTERVAL, lambda: sweep_orphans(ctx), 0.0))
+        if s.HIBERNATION_SWEEP_INTERVAL > 0:
+            every = s.HIBERNATION_SWEEP_INTERVAL
+            sweepers.append(("hibernation-sweep", every, lambda: sweep_idle_hibernation(ctx), every))
     loops.spawn("leader-lease", keep_lease)
     for name, interval, body, first_delay in sweepers:
         loops.spawn(name, _bind_periodic(ctx, name, interval, body, lease, first_delay))

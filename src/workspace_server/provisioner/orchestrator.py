@@ -26,6 +26,7 @@ import logging
 import re
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -723,10 +724,14 @@ class Orchestrator:
             raise ApiError(404, NOT_HIBERNATABLE)
         return {"status": "hibernated"}
 
-    async def hibernate_workspace(self, ws_id: str, *, force: bool = False) -> bool:
+    async def hibernate_workspace(
+        self, ws_id: str, *, force: bool = False, idle_before: datetime | None = None
+    ) -> bool:
         """Atomic claim → stop → hibernated. False when the claim lost (nothing stopped)."""
         async with self.engine.begin() as conn:
-            claimed = await pstore.claim_for_hibernation(conn, self.ctx.lifecycle, ws_id, force=force)
+            claimed = await pstore.claim_for_hibernation(
+                conn, self.ctx.lifecycle, ws_id, force=force, idle_before=idle_before
+            )
         if not claimed:
             return False
         if not await self._stop_quietly(ws_id):

@@ -7,6 +7,7 @@ non-status columns under a status guard, so a late write never lands on a remove
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -76,14 +77,22 @@ async def set_runtime(conn: AsyncConnection, ws_id: str, runtime: str) -> None:
 
 
 async def claim_for_hibernation(
-    conn: AsyncConnection, lifecycle: Lifecycle, ws_id: str, *, force: bool
+    conn: AsyncConnection,
+    lifecycle: Lifecycle,
+    ws_id: str,
+    *,
+    force: bool,
+    idle_before: datetime | None = None,
 ) -> bool:
     """online/degraded → hibernating, with no active tasks unless `force`; the row is locked first.
 
     The lock makes the active-task check and the status change one step (two concurrent hibernates:
-    exactly one wins; a task arriving in between makes a non-forced claim fail).
+    exactly one wins; a task arriving in between makes a non-forced claim fail). `idle_before` (the idle
+    sweep): the agent must also have reported no task since before then.
     """
     guard = sa.true() if force else w.active_tasks == 0
+    if idle_before is not None:
+        guard = sa.and_(guard, w.idle_since <= idle_before)
     locked = sa.select(w.id).where(w.id == ws_id, guard).with_for_update()
     if (await conn.execute(locked)).first() is None:
         return False
@@ -103,6 +112,19 @@ async def ids_with_prefix(conn: AsyncConnection, prefix: str) -> dict[str, str]:
     """id → status for rows whose id starts with `prefix` (legacy unlabelled containers)."""
     rows = (await conn.execute(sa.select(w.id, w.status).where(w.id.like(prefix + "%")))).all()
     return {r.id: r.status for r in rows}
+
+
+async def hibernation_candidates(conn: AsyncConnection) -> list[Any]:
+    """Rows opted in to idle hibernation that are live, idle and ours; their window is checked by the
+    caller (it differs per row)."""
+    q = sa.select(w.id, w.hibernation_idle_minutes, w.idle_since).where(
+        w.hibernation_idle_minutes > 0,
+        w.status.in_(("online", "degraded")),
+        w.active_tasks == 0,
+        w.idle_since.is_not(None),
+        w.runtime != "external",
+    )
+    return list((await conn.execute(q)).all())
 
 
 async def backend_live_rows(conn: AsyncConnection) -> list[Any]:

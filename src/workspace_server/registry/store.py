@@ -31,7 +31,8 @@ async def upsert_registration(
     """Insert an unknown id as an online row (name = id), or refresh a known, non-removed one.
 
     A known row keeps a provisioner host-port URL (`http://127.0.0.1…`), takes the new agent card and
-    heartbeat time, but not its status — the caller moves that through the lifecycle. Returns the url
+    heartbeat time (and forgets its idle time), but not its status — the caller moves that through the
+    lifecycle. Returns the url
     stored on the row, or None when the row is `removed` (left untouched: #73).
     """
     w = workspaces
@@ -57,6 +58,9 @@ async def upsert_registration(
             "agent_card": stmt.excluded.agent_card,
             "last_heartbeat_at": now,
             "updated_at": now,
+            # a (re)started agent has not been idle yet: its first heartbeat starts the idle clock, so a
+            # workspace woken from hibernation is not put back to sleep at once by the idle sweep
+            "idle_since": None,
         },
         where=w.c.status != "removed",
     ).returning(w.c.url)

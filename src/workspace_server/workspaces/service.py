@@ -341,6 +341,8 @@ class WorkspaceService:
         # checked before any write so a bad path leaves the row untouched (the reference wrote earlier keys)
         if isinstance(wdir, str) and wdir and not workspace_dir_ok(wdir):
             raise ApiError(400, "invalid workspace directory")
+        if "hibernation_idle_minutes" in body and _idle_minutes(body["hibernation_idle_minutes"]) is None:
+            raise ApiError(400, IDLE_MINUTES_ERROR)
 
         for key, values in _patch_columns(body):
             await self._write(ws_id, key, store.update_columns, **values)
@@ -617,11 +619,28 @@ def _patch_columns(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         out.append(("runtime", {"runtime": body["runtime"]}))
     if "workspace_dir" in body and (body["workspace_dir"] is None or isinstance(body["workspace_dir"], str)):
         out.append(("workspace_dir", {"workspace_dir": body["workspace_dir"] or None}))
+    if "hibernation_idle_minutes" in body:  # validated by the caller; 0 or null switches it off
+        minutes = _idle_minutes(body["hibernation_idle_minutes"]) or None
+        out.append(("hibernation_idle_minutes", {"hibernation_idle_minutes": minutes}))
     skipped = {"name", "role", "tier", "parent_id", "runtime", "workspace_dir"} & body.keys()
     skipped -= {k for k, _ in out}
     if skipped:
         log.info("update: ignoring keys with unusable values: %s", sorted(skipped))
     return out
+
+
+IDLE_MINUTES_ERROR = "hibernation_idle_minutes must be a non-negative integer or null"
+
+
+def _idle_minutes(value: Any) -> int | None:
+    """PATCH's `hibernation_idle_minutes` (our extension: the reference has no API for the column):
+    minutes as an int, 0 for null; None when unusable."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return None
+    n = _int32(value)
+    return n if n is not None and n >= 0 else None
 
 
 def _int32(value: Any) -> int | None:
