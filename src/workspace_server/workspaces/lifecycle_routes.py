@@ -1,4 +1,5 @@
-"""HTTP for the restart family (spec 01 §3): restart, pause, resume, hibernate. WorkspaceAuth on all."""
+"""HTTP for the restart family (spec 01 §3: restart, pause, resume, hibernate) and team expand/collapse
+(§4.5). WorkspaceAuth on all."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from workspace_server.provisioner.orchestrator import (
     NOT_PAUSED,
     Orchestrator,
 )
+from workspace_server.workspaces import team
+from workspace_server.workspaces.routes import external_platform_url
+from workspace_server.workspaces.service import WorkspaceService
 
 router = APIRouter()
 
@@ -71,3 +75,14 @@ async def resume_workspace(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONRespo
 async def hibernate_workspace(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     force = request.query_params.get("force") == "true"
     return JSONResponse(await orchestrator(ctx).hibernate(_known_id(id, NOT_HIBERNATABLE), force))
+
+
+@router.post("/workspaces/{id}/expand")
+async def expand_team(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
+    platform_url = external_platform_url(ctx.settings, request)
+    return JSONResponse(await team.expand(WorkspaceService(ctx), _known_id(id, team.NOT_FOUND), platform_url))
+
+
+@router.post("/workspaces/{id}/collapse")
+async def collapse_team(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
+    return JSONResponse(await team.collapse(WorkspaceService(ctx), _known_id(id, team.NOT_FOUND)))
