@@ -1,11 +1,12 @@
 """Team expand / collapse (spec 01 §4.5): a workspace's `sub_workspaces` become child workspaces, and back.
 
 Expand reads the parent's template (`<CONFIGS_DIR>/<normalize_name(name)>/config.yaml`, else the template
-whose `name:` is the parent's name) and creates one child per `sub_workspaces` entry `{config, name,
-role}` through the ordinary create path, so each child gets what any workspace gets: its token, secrets,
-confined template path and provisioning. (The reference inserted the rows and started bare containers:
-no token, no secrets, no stored URL, no path check.) An entry whose `config` names no template is created
-from the defaults, as a create without a template; an entry the create path refuses is skipped.
+whose `name:` is the parent's name: `config_source.find_by_name`, the lookup of a restart with
+apply_template) and creates one child per `sub_workspaces` entry `{config, name, role}` through the
+ordinary create path, so each child gets what any workspace gets: its token, secrets, confined template
+path and provisioning. (The reference inserted the rows and started bare containers: no token, no
+secrets, no stored URL, no path check.) An entry whose `config` names no template is created from the
+defaults, as a create without a template; an entry the create path refuses is skipped.
 
 Collapse removes the direct live children with the delete cascade (DECIDE): their own descendants,
 tokens, schedules and cache keys go too, where the reference left them behind.
@@ -20,10 +21,11 @@ from typing import Any
 import yaml
 
 from workspace_server.common.errors import ApiError
+from workspace_server.provisioner.config_source import find_by_name
 from workspace_server.workspaces import store
 from workspace_server.workspaces.schemas import CreateWorkspace
 from workspace_server.workspaces.service import WorkspaceService
-from workspace_server.workspaces.templates import find_template_by_name, normalize_name, resolve_template
+from workspace_server.workspaces.templates import resolve_template
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,8 @@ async def _live_row(svc: WorkspaceService, ws_id: str) -> Any:
 
 
 def _read_config(svc: WorkspaceService, name: str) -> Any:
-    template = resolve_template(svc.settings, normalize_name(name))
-    if template is None or not (template / "config.yaml").is_file():
-        template = find_template_by_name(svc.settings.configs_dir, name)
-    if template is None or not (template / "config.yaml").is_file():
+    template = find_by_name(svc.settings.configs_dir, name)  # the restart's template lookup, spec 02 §4
+    if template is None:
         raise ApiError(400, NO_CONFIG)
     try:
         text = (template / "config.yaml").read_text(encoding="utf-8")
