@@ -170,6 +170,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
     from workspace_server.provisioner.routes import router as provisioner_router
     from workspace_server.registry.routes import HOT_ROUTES as REGISTRY_HOT
     from workspace_server.registry.routes import router as registry_router
+    from workspace_server.schedules.routes import router as schedules_router
     from workspace_server.secrets.routes import router as secrets_router
     from workspace_server.templates.routes import router as templates_router
     from workspace_server.terminal.routes import router as terminal_router
@@ -195,6 +196,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
         mcp_router,
         instructions_router,
         memories_router,
+        schedules_router,
         activity_extra_router,
         chatfiles_router,
         files_router,

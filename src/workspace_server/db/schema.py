@@ -312,3 +312,32 @@ global_secrets = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
     sa.Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
 )
+
+# ---- schedules (spec 05 §6) ----
+
+SCHEDULE_SOURCES = ("template", "runtime")
+
+# Cron-driven prompts sent to a workspace through the A2A proxy (schedules/scheduler.py).
+workspace_schedules = sa.Table(
+    "workspace_schedules",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Column("name", sa.Text, nullable=False, server_default=""),
+    sa.Column("cron_expr", sa.Text, nullable=False),
+    sa.Column("timezone", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("last_run_at", UTCDateTime),
+    sa.Column("next_run_at", UTCDateTime),
+    sa.Column("run_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_status", sa.Text, nullable=False, server_default=""),
+    sa.Column("last_error", sa.Text, nullable=False, server_default=""),
+    sa.Column("source", sa.String(16), nullable=False, server_default="runtime"),
+    sa.Column("consecutive_empty_runs", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.CheckConstraint("source IN ('template','runtime')", name="source_valid"),
+    sa.UniqueConstraint("workspace_id", "name"),
+    sa.Index("ix_workspace_schedules_due", "enabled", "next_run_at"),
+)

@@ -154,6 +154,13 @@ def start_loops(ctx: AppContext) -> Loops:
         ("provision-timeout-sweep", s.PROVISION_SWEEP_INTERVAL, lambda: sweep_provision_timeouts(ctx), 0.0),
         ("activity-pruner", every_prune, lambda: prune_once(ctx), every_prune),
     ]
+    if s.SCHEDULER_INTERVAL > 0:
+        from workspace_server.schedules.scheduler import PHANTOM_SWEEP_SECONDS, Scheduler, sweep_phantom_busy
+
+        scheduler = Scheduler(ctx)
+        ctx.extras["scheduler"] = scheduler
+        sweepers.append(("scheduler", s.SCHEDULER_INTERVAL, scheduler.tick, 0.0))
+        sweepers.append(("phantom-busy-sweep", PHANTOM_SWEEP_SECONDS, lambda: sweep_phantom_busy(ctx), 0.0))
     if getattr(ctx.extras.get("orchestrator"), "backend", None) is not None:
         from workspace_server.loops.health import sweep_health
         from workspace_server.loops.hibernation import sweep_idle_hibernation

@@ -1,0 +1,90 @@
+"""Schedule routes (spec 05 §6): CRUD, run-now, history (WorkspaceAuth), the peer health view (the
+caller authenticates in the handler) and the operators' health overview (AdminAuth)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from workspace_server.a2a import schemas as a2a_msg
+from workspace_server.a2a.routes import authenticate_caller
+from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
+from workspace_server.common.errors import ApiError
+from workspace_server.common.http import read_model
+from workspace_server.common.ids import parse_uuid
+from workspace_server.context import AppContext
+from workspace_server.registry.access import can_communicate
+from workspace_server.schedules import service
+from workspace_server.schedules.service import REQUIRED, CreateBody, UpdateBody
+
+router = APIRouter()
+
+
+def _id(raw: str) -> str:
+    return parse_uuid(raw) or raw
+
+
+@router.get("/workspaces/{id}/schedules")
+async def list_schedules(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    return JSONResponse(await service.list_schedules(ctx, _id(id)))
+
+
+@router.post("/workspaces/{id}/schedules")
+async def create_schedule(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    body = await read_model(request, CreateBody, REQUIRED)
+    return JSONResponse(await service.create(ctx, _id(id), body), status_code=201)
+
+
+# registered before `/{schedule_id}` routes so "health" is never read as a schedule id
+@router.get("/workspaces/{id}/schedules/health")
+async def schedules_health(id: str, request: Request, ctx: Ctx) -> JSONResponse:
+    target = _id(id)
+    await _authorize_peer(ctx, request, target)
+    return JSONResponse(await service.health(ctx, target))
+
+
+async def _authorize_peer(ctx: AppContext, request: Request, target: str) -> None:
+    """The caller names itself in X-Workspace-ID and proves it with its own token once it has one.
+
+    Unlike the reference, a system prefix is refused (only in-process callers use those) and a caller
+    naming the target itself still needs the target's token (spec 06 §6).
+    """
+    header = request.headers.get("x-workspace-id", "")
+    if not header:
+        raise ApiError(401, "X-Workspace-ID header required")
+    if a2a_msg.is_system_caller(header):
+        raise ApiError(403, a2a_msg.INVALID_CALLER)
+    caller = _id(header)
+    await authenticate_caller(ctx, request, caller)
+    if not await can_communicate(ctx.engine, caller, target):
+        raise ApiError(403, "access denied")
+
+
+@router.patch("/workspaces/{id}/schedules/{schedule_id}")
+async def update_schedule(
+    id: str, schedule_id: str, request: Request, _: WorkspaceAuth, ctx: Ctx
+) -> JSONResponse:
+    body = await read_model(request, UpdateBody, "invalid JSON")
+    await service.update(ctx, _id(id), schedule_id, body)
+    return JSONResponse({"status": "updated"})
+
+
+@router.delete("/workspaces/{id}/schedules/{schedule_id}")
+async def delete_schedule(id: str, schedule_id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    await service.delete(ctx, _id(id), schedule_id)
+    return JSONResponse({"status": "deleted"})
+
+
+@router.post("/workspaces/{id}/schedules/{schedule_id}/run")
+async def run_schedule(id: str, schedule_id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    return JSONResponse(await service.run_now(ctx, _id(id), schedule_id))
+
+
+@router.get("/workspaces/{id}/schedules/{schedule_id}/history")
+async def schedule_history(id: str, schedule_id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
+    return JSONResponse(await service.history(ctx, _id(id), schedule_id))
+
+
+@router.get("/admin/schedules/health")
+async def admin_schedules_health(_: AdminAuth, ctx: Ctx) -> JSONResponse:
+    return JSONResponse(await service.admin_health(ctx))
