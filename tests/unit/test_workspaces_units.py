@@ -11,7 +11,7 @@ import pytest
 
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
-from workspace_server.common.jsonnum import contains_nul, go_float, loads_strict
+from workspace_server.common.jsonnum import contains_nul, go_float, loads_finite, loads_strict, storable_json
 from workspace_server.common.paths import resolve_inside_root
 from workspace_server.secrets.crypto import DecryptError, SecretsCrypto, parse_key
 from workspace_server.workspaces.schemas import (
@@ -40,6 +40,23 @@ def test_loads_strict_rejects_nan_and_infinity() -> None:
     for bad in ('{"a":NaN}', '{"a":Infinity}', "[-Infinity]"):
         with pytest.raises(ValueError):
             loads_strict(bad)
+        with pytest.raises(ValueError):
+            loads_finite(bad)
+    assert loads_strict('{"a":1e400}') == {"a": float("inf")}  # PATCH /workspaces/:id skips such values
+
+
+def test_loads_finite_rejects_numbers_beyond_float_range() -> None:
+    for bad in ('{"a":1e400}', "[-1e999]"):
+        with pytest.raises(ValueError):
+            loads_finite(bad)
+    big = 12345678901234567890123
+    assert loads_finite('{"a":1e300,"b":12345678901234567890123}') == {"a": 1e300, "b": big}
+
+
+def test_storable_json_refuses_what_postgres_cannot_hold() -> None:
+    assert storable_json({"a": ["b", {"c": 1.5}], "d": None, "e": True})
+    for bad in ({"a": "x\x00"}, {"k\x00": 1}, ["\ud800"], {"a": [{"b": float("inf")}]}, float("nan")):
+        assert not storable_json(bad), bad
 
 
 def test_contains_nul_looks_at_keys_and_nested_values() -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from workspace_server.common.errors import ApiError
-from workspace_server.common.jsonnum import contains_nul
+from workspace_server.common.jsonnum import loads_finite, storable_json
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,12 +38,13 @@ async def read_json(
 ) -> Any:
     raw = await read_body(request, max_bytes)
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
+        data = loads_finite(raw)  # no NaN/Infinity/1e400: Go refuses them, and re-encoded they are not JSON
+    except (ValueError, UnicodeDecodeError):
         raise ApiError(400, error) from None
-    # Postgres text and jsonb cannot hold NUL (the write would fail as a 500): refused as bad input, on
-    # both databases alike. The byte test keeps the common body free of the walk.
-    if b"\\u0000" in raw and contains_nul(data):
+    # Postgres text and jsonb cannot hold NUL or a lone surrogate (the write would fail as a 500): refused
+    # as bad input, on both databases alike. Both arrive only as a `\\u` escape or as the raw bytes of an
+    # encoded surrogate (0xED), so the byte test keeps the common body free of the walk.
+    if (b"\\u" in raw or b"\xed" in raw) and not storable_json(data):
         raise ApiError(400, error)
     return data
 

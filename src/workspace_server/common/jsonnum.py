@@ -29,17 +29,35 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # `1e400`: Go refuses it as out of range; re-encoded it is not JSON
+        raise ValueError(f"number {text} out of range")
+    return value
+
+
 # one decoder for every call: `json.loads(..., parse_constant=...)` builds a new one each time
 _STRICT = json.JSONDecoder(parse_constant=_reject_constant)
+_FINITE = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def loads_strict(raw: bytes | str) -> Any:
     """`json.loads` without NaN/Infinity (invalid JSON, as Go sees it). Raises ValueError, also for
     nesting too deep for the parser (which raises RecursionError: a 500 where callers expect bad input)."""
+    return _decode(_STRICT, raw)
+
+
+def loads_finite(raw: bytes | str) -> Any:
+    """`loads_strict` that also refuses numbers beyond float range (`1e400`), as Go's decoder does: stored
+    or re-encoded they would be `Infinity`, which is not JSON and which jsonb refuses."""
+    return _decode(_FINITE, raw)
+
+
+def _decode(decoder: json.JSONDecoder, raw: bytes | str) -> Any:
     try:
         if not isinstance(raw, str):
             raw = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads does
-        return _STRICT.decode(raw)
+        return decoder.decode(raw)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
@@ -68,3 +86,30 @@ def scrub_nul(value: Any) -> Any:
     if isinstance(value, list):
         return [scrub_nul(v) for v in value]
     return value
+
+
+def storable_json(value: Any) -> bool:
+    """True when a decoded JSON document can be stored as text/jsonb on both databases: no NUL, no lone
+    surrogate (`"\\ud800"`), no non-finite number (`1e400` decodes to inf; Python accepts `NaN`)."""
+    try:
+        return _storable(value)
+    except RecursionError:  # nesting as deep as the parser allowed, walked from a deeper stack
+        return False
+
+
+def _storable(value: Any) -> bool:
+    if isinstance(value, str):
+        if "\x00" in value:
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    return True

@@ -7,7 +7,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 
 def async_url(database_url: str) -> str:
@@ -64,3 +65,11 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
 def autocommit(engine: AsyncEngine) -> AsyncEngine:
     """The same pool with AUTOCOMMIT: single-statement hot paths skip the BEGIN/COMMIT round trips."""
     return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
+    """The connection's dialect INSERT of `table`: it knows ON CONFLICT (and `excluded`), which the generic
+    one does not. Postgres and SQLite spell the upsert alike."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

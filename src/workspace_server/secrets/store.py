@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow
+from workspace_server.db.engine import dialect_insert
 from workspace_server.db.schema import global_secrets, workspace_secrets, workspaces
 
 # statuses whose container must not be (re)started because a secret changed (spec 05 §1 Rules)
@@ -33,15 +34,7 @@ class WorkspaceNode:
 
 def _upsert(conn: AsyncConnection, table: sa.Table, values: dict[str, Any], keys: list[str]) -> Any:
     """INSERT … ON CONFLICT DO UPDATE of the value columns only: id and created_at survive a rewrite."""
-    stmt: Any
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt = pg_insert(table).values(**values)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(table).values(**values)
+    stmt = dialect_insert(conn, table).values(**values)
     changing = ("encrypted_value", "encryption_version", "updated_at")
     return stmt.on_conflict_do_update(index_elements=keys, set_={k: stmt.excluded[k] for k in changing})
 

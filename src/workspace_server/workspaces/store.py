@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow
+from workspace_server.db.engine import dialect_insert
 from workspace_server.db.schema import (
     canvas_layouts,
     canvas_viewport,
@@ -167,15 +168,7 @@ async def workspace_exists(conn: AsyncConnection, ws_id: str, *, include_removed
 
 def _upsert(table: sa.Table, conn: AsyncConnection, values: dict[str, Any], keys: list[str]) -> Any:
     """INSERT … ON CONFLICT (keys) DO UPDATE for the columns in values (Postgres and SQLite alike)."""
-    stmt: Any
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt = pg_insert(table).values(**values)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(table).values(**values)
+    stmt = dialect_insert(conn, table).values(**values)
     update = {k: stmt.excluded[k] for k in values if k not in keys}
     return stmt.on_conflict_do_update(index_elements=keys, set_=update)
 
