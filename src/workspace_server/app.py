@@ -158,11 +158,15 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
     from workspace_server.a2a.routes import router as a2a_router
     from workspace_server.activity.extra_routes import router as activity_extra_router
     from workspace_server.activity.routes import router as activity_router
+    from workspace_server.approvals.routes import router as approvals_router
+    from workspace_server.audit.routes import router as audit_router
     from workspace_server.bundles.routes import router as bundles_router
     from workspace_server.chatfiles.routes import router as chatfiles_router
+    from workspace_server.checkpoints.routes import router as checkpoints_router
     from workspace_server.events.routes import router as events_router
     from workspace_server.files.routes import router as files_router
     from workspace_server.instructions.routes import router as instructions_router
+    from workspace_server.kvmemory.routes import router as kvmemory_router
     from workspace_server.loops.routes import router as loops_router
     from workspace_server.mcp.routes import router as mcp_router
     from workspace_server.memories.routes import router as memories_router
@@ -197,6 +201,10 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
         instructions_router,
         memories_router,
         schedules_router,
+        kvmemory_router,
+        approvals_router,
+        checkpoints_router,
+        audit_router,
         activity_extra_router,
         chatfiles_router,
         files_router,

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     LANGFUSE_PUBLIC_KEY: str = ""
     LANGFUSE_SECRET_KEY: str = ""
 
+    # audit ledger (audit/): the password the agents' ledger derives its HMAC key from; empty means
+    # `GET /workspaces/:id/audit` reports `chain_valid: null` instead of verifying the chain
+    AUDIT_LEDGER_SALT: str = ""
+
     # request log: "on" = every request but the agents' successful heartbeats and A2A calls (those are in
     # /metrics, and every A2A call in the activity log); "all" = every request, as the reference; "off"
     ACCESS_LOG: Literal["on", "all", "off"] = "on"

@@ -341,3 +341,87 @@ workspace_schedules = sa.Table(
     sa.UniqueConstraint("workspace_id", "name"),
     sa.Index("ix_workspace_schedules_due", "enabled", "next_run_at"),
 )
+
+# ---- KV memory (spec 05 §3) and approvals (spec 05 §4) ----
+
+# Per-workspace key/value store with optimistic concurrency (kvmemory/). `version` starts at 1 and grows by
+# one per write; the unique (workspace_id, key) settles concurrent creators. Expired rows stay until they
+# are overwritten or deleted: they are invisible to reads but still hold their version.
+workspace_memory = sa.Table(
+    "workspace_memory",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("value", JSONType, nullable=False),  # any JSON document, `null` included
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="1"),
+    sa.UniqueConstraint("workspace_id", "key"),
+)
+
+APPROVAL_STATUSES = ("pending", "approved", "denied", "escalated")
+
+# Human-in-the-loop approval requests (approvals/). The workspace reference has no ON DELETE: a decision
+# record is never dropped as a side effect; purge deletes the rows explicitly (workspaces/store.py).
+approval_requests = sa.Table(
+    "approval_requests",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, sa.ForeignKey("workspaces.id"), nullable=False),
+    sa.Column("task_id", sa.Text, nullable=False, server_default=""),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("context", JSONType, nullable=False, server_default=sa.text("'{}'")),
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("decided_by", sa.Text),
+    sa.Column("decided_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.CheckConstraint(
+        "status IN (" + ",".join(f"'{s}'" for s in APPROVAL_STATUSES) + ")", name="status_valid"
+    ),
+    sa.Index("ix_approval_requests_workspace_id_created_at", "workspace_id", "created_at"),
+    sa.Index("ix_approval_requests_status_created_at", "status", "created_at"),
+)
+
+# ---- workflow checkpoints (spec 05 §7) and the audit ledger (spec 05 §5) ----
+
+# The last completed step of an agent's durable workflows, one row per (workflow, step); a repeated step
+# overwrites its row (checkpoints/). `payload` is any JSON document, `null` included.
+workflow_checkpoints = sa.Table(
+    "workflow_checkpoints",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Column("workflow_id", sa.Text, nullable=False),
+    sa.Column("step_name", sa.Text, nullable=False),
+    sa.Column("step_index", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("completed_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("payload", JSONType),
+    sa.UniqueConstraint("workspace_id", "workflow_id", "step_name"),
+    sa.Index("ix_workflow_checkpoints_workspace_id_completed_at", "workspace_id", "completed_at"),
+)
+
+# HMAC-chained agent event log, written by the agents' ledger and only read here (audit/). `id` is the
+# writer's text id; `prev_hmac` is the hmac of the same agent's previous row (NULL for its first).
+# `operation` is task_start|llm_call|tool_call|task_end; no CHECK: the server verifies rows, it does not
+# get to refuse them.
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("timestamp", UTCDateTime, nullable=False),
+    sa.Column("agent_id", sa.Text, nullable=False),
+    sa.Column("session_id", sa.Text, nullable=False),
+    sa.Column("operation", sa.Text, nullable=False),
+    sa.Column("input_hash", sa.Text),
+    sa.Column("output_hash", sa.Text),
+    sa.Column("model_used", sa.Text),
+    sa.Column("human_oversight_flag", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("risk_flag", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("prev_hmac", sa.Text),
+    sa.Column("hmac", sa.Text, nullable=False),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Index("ix_audit_events_workspace_id_timestamp", "workspace_id", "timestamp"),
+    sa.Index("ix_audit_events_agent_id_timestamp", "agent_id", "timestamp"),
+)

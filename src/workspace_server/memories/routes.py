@@ -1,12 +1,13 @@
-"""`POST|GET /workspaces/:id/memories`, `DELETE /workspaces/:id/memories/:memoryId` (spec 05 §2)."""
+"""`POST|GET /workspaces/:id/memories`, `DELETE /workspaces/:id/memories/:memoryId` (WorkspaceAuth) and
+the admin backup `GET /admin/memories/export`, `POST /admin/memories/import` (AdminAuth) (spec 05 §2)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from workspace_server.auth.deps import Ctx, WorkspaceAuth
-from workspace_server.common.http import read_model
+from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
+from workspace_server.common.http import read_body, read_model
 from workspace_server.common.ids import parse_uuid
 from workspace_server.memories import service
 from workspace_server.memories.service import CommitBody
@@ -43,3 +44,14 @@ async def search_memories(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx)
 async def delete_memory(id: str, memory_id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     await service.delete(ctx, _workspace_id(id), memory_id)
     return JSONResponse({"status": "deleted"})
+
+
+@router.get("/admin/memories/export")
+async def export_memories(_: AdminAuth, ctx: Ctx) -> JSONResponse:
+    return JSONResponse(await service.export_all(ctx))
+
+
+@router.post("/admin/memories/import")
+async def import_memories(request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
+    entries = service.parse_import(await read_body(request, ctx.settings.MAX_BODY_BYTES))
+    return JSONResponse(await service.import_all(ctx, entries))

@@ -128,3 +128,45 @@ async def recall(conn: AsyncConnection, workspace_id: str, scope: str, query: st
         where.append(m.c.content.icontains(query, autoescape=True))
     stmt = stmt.where(*where).order_by(m.c.created_at.desc(), m.c.id).limit(50)
     return list((await conn.execute(stmt)).all())
+
+
+# ---- admin backup (export / import) ----
+
+
+async def export_rows(conn: AsyncConnection) -> list[Any]:
+    """Every memory of every workspace (any status) with its workspace's name, oldest first."""
+    stmt = (
+        sa.select(
+            m.c.id,
+            m.c.workspace_id,
+            m.c.content,
+            m.c.scope,
+            m.c.namespace,
+            m.c.created_at,
+            w.c.name.label("workspace_name"),
+        )
+        .select_from(m.join(w, w.c.id == m.c.workspace_id))
+        .order_by(m.c.created_at, m.c.id)
+    )
+    return list((await conn.execute(stmt)).all())
+
+
+async def workspace_id_by_name(conn: AsyncConnection, name: str) -> str | None:
+    """The workspace an imported memory goes to: exact name, a live one before a removed one, then the
+    oldest (the reference took whichever row came first)."""
+    removed_last = sa.case((w.c.status == "removed", 1), else_=0)
+    stmt = sa.select(w.c.id).where(w.c.name == name).order_by(removed_last, w.c.created_at, w.c.id).limit(1)
+    return (await conn.execute(stmt)).scalar()
+
+
+async def memory_texts(conn: AsyncConnection, workspace_id: str) -> list[Any]:
+    """(content, scope) of every memory the workspace holds (the import's duplicate check)."""
+    stmt = sa.select(m.c.content, m.c.scope).where(m.c.workspace_id == workspace_id)
+    return list((await conn.execute(stmt)).all())
+
+
+async def insert_memories(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Bulk insert of rows with workspace_id, content, scope, namespace and created_at (None: now)."""
+    now = utcnow()
+    values = [{**r, "id": new_id(), "created_at": r["created_at"] or now, "updated_at": now} for r in rows]
+    await conn.execute(sa.insert(m), values)
