@@ -179,6 +179,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
     from workspace_server.templates.routes import router as templates_router
     from workspace_server.terminal.routes import router as terminal_router
     from workspace_server.tokens.routes import router as tokens_router
+    from workspace_server.webhooks.routes import router as webhooks_router
     from workspace_server.workspaces.lifecycle_routes import router as lifecycle_router
     from workspace_server.workspaces.routes import router as workspaces_router
 
@@ -201,6 +202,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
         instructions_router,
         memories_router,
         schedules_router,
+        webhooks_router,
         kvmemory_router,
         approvals_router,
         checkpoints_router,

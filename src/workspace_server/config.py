@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     ORPHAN_SWEEP_INTERVAL: float = 60.0  # orchestrator: instances without a live row; <= 0 disables
     HIBERNATION_SWEEP_INTERVAL: float = 120.0  # idle hibernation (hibernation_idle_minutes); <= 0 disables
     SCHEDULER_INTERVAL: float = 30.0  # cron schedules: how often due ones are fired; <= 0 disables
+    GITHUB_WEBHOOK_SECRET: str = ""  # HMAC key of POST /webhooks/github; empty: the route answers 503
     GHCR_USER: str = ""  # registry auth for POST /admin/workspace-images/refresh pulls from ghcr.io
     GHCR_TOKEN: str = ""
     LEADER_LEASE_TTL_SECONDS: float = 15.0  # background-loop leader lease (DESIGN §6)

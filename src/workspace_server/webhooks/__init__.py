@@ -1,0 +1,1 @@
+"""Inbound webhooks from outside systems (spec 06 §3.7: GitHub)."""
