@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from workspace_server.activity.service import log_activity, sorted_keys
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
-from workspace_server.common.jsonnum import loads_strict
+from workspace_server.common.jsonnum import loads_strict, storable_json
 from workspace_server.common.time import parse_rfc3339, rfc3339
 from workspace_server.context import AppContext
 from workspace_server.db.schema import MEMORY_SCOPES
@@ -297,13 +297,7 @@ def parse_import(raw: bytes) -> list[Any]:
 
 def _text(value: Any) -> TypeGuard[str]:
     """A string both databases can store (no NUL, no lone surrogate)."""
-    if not isinstance(value, str) or "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return isinstance(value, str) and storable_json(value)
 
 
 def _namespace(value: Any) -> str | None:
