@@ -158,6 +158,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
     from workspace_server.a2a.routes import router as a2a_router
     from workspace_server.activity.extra_routes import router as activity_extra_router
     from workspace_server.activity.routes import router as activity_router
+    from workspace_server.agents.routes import router as agents_router
     from workspace_server.approvals.routes import router as approvals_router
     from workspace_server.audit.routes import router as audit_router
     from workspace_server.bundles.routes import router as bundles_router
@@ -189,6 +190,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
         observability_router,
         workspaces_router,
         lifecycle_router,
+        agents_router,
         provisioner_router,
         registry_router,
         tokens_router,

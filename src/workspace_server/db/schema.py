@@ -425,3 +425,34 @@ audit_events = sa.Table(
     sa.Index("ix_audit_events_workspace_id_timestamp", "workspace_id", "timestamp"),
     sa.Index("ix_audit_events_agent_id_timestamp", "agent_id", "timestamp"),
 )
+
+# ---- agents assigned to workspaces (spec 01 §3) ----
+
+AGENT_STATUSES = ("active", "replaced", "removed")
+_ACTIVE_AGENT = "status = 'active'"
+
+# The model a workspace runs. History is kept: a replaced or removed agent stays as a row. At most one
+# active agent per workspace, enforced by the partial unique index (the reference only checked first).
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="active"),
+    sa.Column("removed_at", UTCDateTime),
+    sa.Column("removal_reason", sa.String(32)),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.CheckConstraint("status IN ('active','replaced','removed')", name="status_valid"),
+    sa.CheckConstraint(
+        "removal_reason IS NULL OR removal_reason IN ('model_replaced','manual_removal')", name="reason_valid"
+    ),
+    sa.Index("ix_agents_workspace_id", "workspace_id"),
+    sa.Index(
+        "uq_agents_one_active",
+        "workspace_id",
+        unique=True,
+        postgresql_where=sa.text(_ACTIVE_AGENT),
+        sqlite_where=sa.text(_ACTIVE_AGENT),
+    ),
+)
