@@ -1,4 +1,5 @@
-"""HTTP for the provisioner: `POST /admin/workspace-images/refresh` (AdminAuth, spec 02 §6)."""
+"""HTTP for the provisioner (AdminAuth): `POST /admin/workspace-images/refresh` (spec 02 §6) and
+`GET /workspaces/:id/console` (spec 01 §2, 02 §5)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ from fastapi.responses import JSONResponse
 
 from workspace_server.auth.deps import AdminAuth, Ctx
 from workspace_server.common.errors import ApiError
+from workspace_server.common.ids import parse_uuid
+from workspace_server.provisioner.base import BackendError, InstanceNotRunning
 from workspace_server.provisioner.refresh import RefreshError, refresh
 
 router = APIRouter()
 
 DOCKER_ONLY = "image refresh needs the docker workspace backend"
+CONSOLE_MAX_BYTES = 256 << 10  # the reference's control-plane console cap
+CONSOLE_TAIL_LINES = 2000
+NO_CONSOLE = "console output unavailable on this deployment (no control plane)"
 
 
 @router.post("/admin/workspace-images/refresh")
@@ -32,3 +38,26 @@ async def refresh_images(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONRe
             {"error": "container list failed", "partial_result": exc.result.to_dict()}, status_code=500
         )
     return JSONResponse(result.to_dict())
+
+
+@router.get("/workspaces/{id}/console")
+async def console(id: str, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
+    """The instance's recent output. The reference read a cloud VM's serial console through its control
+    plane and answered 501 without one; with our backends it is the container's (or process's) log tail,
+    which shows the same thing: why an agent did not come up. DECIDE recorded in docs/decisions.md."""
+    backend = getattr(ctx.extras.get("orchestrator"), "backend", None)
+    if backend is None:
+        raise ApiError(501, NO_CONSOLE)
+    ws_id = parse_uuid(id)
+    if ws_id is None:
+        raise ApiError(404, "workspace not found")
+    try:
+        text = await backend.logs(ws_id, tail=CONSOLE_TAIL_LINES)
+    except InstanceNotRunning:
+        raise ApiError(404, "no console output: the workspace has no instance") from None
+    except BackendError:
+        raise ApiError(502, "failed to read console output") from None
+    raw = text.encode()
+    if len(raw) > CONSOLE_MAX_BYTES:  # keep the newest output, cut at a character boundary
+        text = raw[-CONSOLE_MAX_BYTES:].decode("utf-8", "ignore")
+    return JSONResponse({"output": text})
