@@ -172,6 +172,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
     from workspace_server.mcp.routes import router as mcp_router
     from workspace_server.memories.routes import router as memories_router
     from workspace_server.observability.routes import router as observability_router
+    from workspace_server.orgs.routes import router as orgs_router
     from workspace_server.provisioner.routes import router as provisioner_router
     from workspace_server.registry.routes import HOT_ROUTES as REGISTRY_HOT
     from workspace_server.registry.routes import router as registry_router
@@ -214,6 +215,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
         files_router,
         templates_router,
         terminal_router,
+        orgs_router,
     ):
         app.include_router(r)
     return hot

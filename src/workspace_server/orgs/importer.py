@@ -1,0 +1,285 @@
+"""The org import walk (spec 06 §3.5 steps 3–10).
+
+Each node becomes a workspace through the ordinary create path (`WorkspaceService.create`), exactly as
+team expand does, so it gets what any workspace gets: name/field checks, the `workspace_dir` check, its
+secrets encrypted with the real encryption version, a confined template, provisioning by whatever backend
+is configured (process or Docker; the reference provisioned only with Docker and slept 2 s per child
+inside the request). Then the org-only extras: initial memories, template schedules, and a report of
+what this server does not port yet (channels, plugins, config.yaml prompt blocks). The first node that
+fails stops the walk; nodes already created stay and the answer is a 207.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from workspace_server.common.errors import ApiError
+from workspace_server.common.ids import new_id
+from workspace_server.common.time import utcnow
+from workspace_server.context import AppContext
+from workspace_server.db.engine import dialect_insert
+from workspace_server.db.schema import MEMORY_SCOPES, workspace_schedules
+from workspace_server.memories import store as memory_store
+from workspace_server.memories.service import stored_content
+from workspace_server.orgs import layout
+from workspace_server.orgs.models import Defaults, MemorySeed, Node, Schedule
+from workspace_server.orgs.service import LoadedOrg
+from workspace_server.orgs.sources import expand_vars, files_dir, read_dotenv, read_side_file
+from workspace_server.provisioner.config_source import CLAUDE_CODE_MODEL, DEFAULT_MODEL
+from workspace_server.schedules import cron
+from workspace_server.workspaces.schemas import CanvasPos, CreateWorkspace
+from workspace_server.workspaces.service import WorkspaceService, truncate_utf8
+from workspace_server.workspaces.templates import resolve_template
+
+log = logging.getLogger(__name__)
+
+MEMORY_MAX_BYTES = 100_000
+CHANNELS_NOT_PORTED = "channels are not supported by this server yet"
+# org.yaml keys that would be written into the workspace's config.yaml / config volume; the create path
+# has no seam for extra config yet, so they are reported per node instead of silently dropped.
+CONFIG_NOT_PORTED = (
+    "files_dir",
+    "system_prompt",
+    "initial_prompt",
+    "initial_prompt_file",
+    "idle_prompt",
+    "idle_prompt_file",
+    "category_routing",
+)
+
+
+@dataclass
+class _Walk:
+    loaded: LoadedOrg
+    platform_url: str
+    org_env: dict[str, str]
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+class NodeFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class OrgImporter:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.svc = WorkspaceService(ctx)
+
+    async def run(self, loaded: LoadedOrg, platform_url: str) -> tuple[int, dict[str, Any]]:
+        root = loaded.root
+        org_env = await asyncio.to_thread(read_dotenv, root, root) if root is not None else {}
+        walk = _Walk(loaded, platform_url, org_env)
+        error = ""
+        try:
+            for node in loaded.template.workspaces:
+                x, y = node.canvas.x, node.canvas.y
+                await self._tree(walk, node, None, (x, y))
+        except NodeFailed as exc:
+            error = exc.message
+        if walk.results and loaded.template.global_memories:
+            await self._seed_memories(walk.results[0]["id"], loaded.template.global_memories, "GLOBAL")
+        body: dict[str, Any] = {
+            "count": len(walk.results),
+            "org": loaded.template.name,
+            "workspaces": walk.results,
+        }
+        log.info("org import %r: %d workspaces created", loaded.template.name, len(walk.results))
+        if error:
+            body["error"] = error
+            return 207, body
+        return 201, body
+
+    async def _tree(self, walk: _Walk, node: Node, parent_id: str | None, pos: tuple[float, float]) -> None:
+        ws_id = await self._node(walk, node, parent_id, pos)
+        sizes = [layout.subtree_size(c) for c in node.children]
+        for child, (dx, dy) in zip(node.children, layout.child_slots(sizes), strict=True):
+            await self._tree(walk, child, ws_id, (pos[0] + dx, pos[1] + dy))
+
+    async def _node(self, walk: _Walk, node: Node, parent_id: str | None, pos: tuple[float, float]) -> str:
+        defaults = walk.loaded.template.defaults
+        root = walk.loaded.root
+        node_dir = files_dir(root, node.files_dir) if root is not None and node.files_dir else None
+        node_env = await asyncio.to_thread(read_dotenv, root, node_dir) if root and node_dir else {}
+        runtime = node.runtime or defaults.runtime or "langgraph"
+        tier = node.tier or defaults.tier or 2
+        try:
+            payload = self._payload(walk, node, parent_id, pos, runtime, tier, node_env)
+        except ValidationError:  # e.g. a tier beyond int32 or a non-finite position
+            raise NodeFailed(f"failed to create workspace {node.name!r}: invalid workspace fields") from None
+        try:
+            created = await self.svc.create(payload, walk.platform_url)
+        except ApiError as exc:
+            reason = exc.body.get("error") or "failed to create workspace"
+            raise NodeFailed(f"failed to create workspace {node.name!r}: {reason}") from None
+        ws_id = str(created["id"])
+        await self._seed_memories(ws_id, node.initial_memories or defaults.initial_memories, None)
+        base = node_dir or root
+        await self._schedules(ws_id, node.schedules, root, base)
+        walk.results.append(self._result(ws_id, node, tier, defaults))
+        return ws_id
+
+    def _payload(
+        self,
+        walk: _Walk,
+        node: Node,
+        parent_id: str | None,
+        pos: tuple[float, float],
+        runtime: str,
+        tier: int,
+        node_env: dict[str, str],
+    ) -> CreateWorkspace:
+        defaults = walk.loaded.template.defaults
+        return CreateWorkspace(
+            name=node.name,
+            role=node.role or None,
+            template=self._template(node.template),
+            tier=tier,
+            model=node.model or defaults.model or _default_model(runtime),
+            runtime=runtime,
+            external=node.external or None,
+            url=node.url or None,
+            workspace_dir=self._workspace_dir(node, walk.org_env, node_env) or None,
+            workspace_access=node.workspace_access or None,
+            parent_id=parent_id,
+            secrets={**walk.org_env, **node_env} or None,
+            max_concurrent_tasks=node.max_concurrent_tasks if node.max_concurrent_tasks > 0 else 1,
+            canvas=CanvasPos(x=pos[0], y=pos[1]),
+        )
+
+    def _template(self, name: str) -> str | None:
+        """The node's template when it is a directory inside CONFIGS_DIR; else None (runtime default)."""
+        if not name:
+            return None
+        path = resolve_template(self.ctx.settings, name)
+        return name if path is not None and path.is_dir() else None
+
+    @staticmethod
+    def _workspace_dir(node: Node, org_env: dict[str, str], node_env: dict[str, str]) -> str:
+        """`${VAR}` expanded from the org `.env`, the node `.env`, then the server's environment; the
+        create path then refuses relative paths, `..` and system directories."""
+        if not node.workspace_dir:
+            return ""
+        return expand_vars(node.workspace_dir, org_env, node_env, dict(os.environ))
+
+    @staticmethod
+    def _result(ws_id: str, node: Node, tier: int, defaults: Defaults) -> dict[str, Any]:
+        entry: dict[str, Any] = {"id": ws_id, "name": node.name, "tier": tier}
+        skipped = [
+            {"reason": CHANNELS_NOT_PORTED, "type": ch.type, "workspace": node.name} for ch in node.channels
+        ]
+        if skipped:
+            entry["channels_skipped"] = skipped
+        plugins = _plugins(defaults.plugins, node.plugins)
+        if plugins:
+            entry["plugins_skipped"] = plugins
+        config = [key for key in CONFIG_NOT_PORTED if getattr(node, key)]
+        if defaults.category_routing and "category_routing" not in config:
+            config.append("category_routing")
+        for key in ("initial_prompt", "initial_prompt_file", "idle_prompt", "idle_prompt_file"):
+            if getattr(defaults, key) and key not in config:
+                config.append(key)
+        if config:
+            entry["config_skipped"] = config
+        return dict(sorted(entry.items()))
+
+    # ------------------------------------------------------------ memories
+
+    async def _seed_memories(self, ws_id: str, seeds: list[MemorySeed], force_scope: str | None) -> None:
+        """Initial memories (scope upper-cased, default LOCAL, invalid skipped, ≤100,000 bytes, redacted,
+        namespace `workspace:<id>`); GLOBAL for the org's `global_memories`. Best effort."""
+        rows = []
+        for seed in seeds:
+            scope = force_scope or (seed.scope.upper() or "LOCAL")
+            if scope not in MEMORY_SCOPES or not seed.content or "\x00" in seed.content:
+                continue
+            content = stored_content(ws_id, truncate_utf8(seed.content, MEMORY_MAX_BYTES), scope)
+            rows.append((content, scope))
+        if not rows:
+            return
+        try:
+            async with self.ctx.engine.begin() as conn:
+                for content, scope in rows:
+                    await memory_store.insert_memory(
+                        conn, workspace_id=ws_id, content=content, scope=scope, namespace=f"workspace:{ws_id}"
+                    )
+        except Exception:
+            log.exception("org import %s: seeding memories failed", ws_id)
+
+    # ------------------------------------------------------------ schedules
+
+    async def _schedules(
+        self, ws_id: str, schedules: list[Schedule], root: Path | None, base: Path | None
+    ) -> None:
+        for sched in schedules:
+            values = await asyncio.to_thread(_schedule_values, sched, root, base)
+            if values is None:
+                log.warning("org import %s: schedule %r skipped (no prompt/bad cron)", ws_id, sched.name)
+                continue
+            try:
+                async with self.ctx.engine.begin() as conn:
+                    await upsert_template_schedule(conn, ws_id, values)
+            except Exception:
+                log.exception("org import %s: saving schedule %r failed", ws_id, sched.name)
+
+
+def _default_model(runtime: str) -> str:
+    return CLAUDE_CODE_MODEL if runtime == "claude-code" else DEFAULT_MODEL
+
+
+def _plugins(defaults: list[str], node: list[str]) -> list[str]:
+    """defaults ∪ node, deduplicated; a node entry `!x` or `-x` removes x."""
+    removed = {p[1:] for p in node if p[:1] in ("!", "-")}
+    out: list[str] = []
+    for name in [*defaults, *node]:
+        if name and name[:1] not in ("!", "-") and name not in removed and name not in out:
+            out.append(name)
+    return out
+
+
+def _schedule_values(sched: Schedule, root: Path | None, base: Path | None) -> dict[str, Any] | None:
+    prompt = sched.prompt
+    if not prompt and sched.prompt_file and root is not None and base is not None:
+        prompt = read_side_file(root, base, sched.prompt_file) or ""
+    tz = sched.timezone or "UTC"
+    if not prompt.strip() or any("\x00" in v for v in (prompt, sched.name, sched.cron_expr, tz)):
+        return None
+    try:
+        next_run = cron.next_fire(sched.cron_expr, tz, utcnow())
+    except (cron.CronError, ValueError):
+        return None
+    return {
+        "name": sched.name,
+        "cron_expr": sched.cron_expr,
+        "timezone": tz,
+        "prompt": prompt,
+        "enabled": sched.enabled,
+        "next_run_at": next_run,
+    }
+
+
+async def upsert_template_schedule(conn: Any, ws_id: str, values: dict[str, Any]) -> None:
+    """Insert with source `template`; on (workspace_id, name) refresh only a row that is itself a
+    template row (a schedule the agent or a user added at runtime is never overwritten); never delete."""
+    s = workspace_schedules
+    now = utcnow()
+    stmt = dialect_insert(conn, s).values(
+        id=new_id(), workspace_id=ws_id, source="template", created_at=now, updated_at=now, **values
+    )
+    refreshed = {k: stmt.excluded[k] for k in ("cron_expr", "timezone", "prompt", "enabled", "next_run_at")}
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[s.c.workspace_id, s.c.name],
+            set_={**refreshed, "updated_at": now},
+            where=s.c.source == sa.literal("template"),
+        )
+    )
