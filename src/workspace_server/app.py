@@ -173,6 +173,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
     from workspace_server.memories.routes import router as memories_router
     from workspace_server.observability.routes import router as observability_router
     from workspace_server.orgs.routes import router as orgs_router
+    from workspace_server.plugins.routes import router as plugins_router
     from workspace_server.provisioner.routes import router as provisioner_router
     from workspace_server.registry.routes import HOT_ROUTES as REGISTRY_HOT
     from workspace_server.registry.routes import router as registry_router
@@ -216,6 +217,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
         templates_router,
         terminal_router,
         orgs_router,
+        plugins_router,
     ):
         app.include_router(r)
     return hot

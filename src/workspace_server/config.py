@@ -6,6 +6,7 @@ Everything else receives a `Settings` instance; no other module reads `os.enviro
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -104,6 +105,15 @@ class Settings(BaseSettings):
     # request limits
     MAX_BODY_BYTES: int = Field(default=10 * 1024 * 1024)
 
+    # plugins (plugins/): the registry dir, install caps (spec 06 §2.2: unset, unparsable or <= 0 means the
+    # default), and the github source
+    PLUGINS_DIR: str = ""  # empty: discovered next to the configs dir (spec 06 §2.3)
+    PLUGIN_INSTALL_BODY_MAX_BYTES: str = ""  # default 65536
+    PLUGIN_INSTALL_FETCH_TIMEOUT: str = ""  # a Go duration ("90s", "5m"); default 5m
+    PLUGIN_INSTALL_MAX_DIR_BYTES: str = ""  # default 104857600 (100 MiB) staged per plugin
+    PLUGIN_ALLOW_UNPINNED: str = ""  # exactly "true" allows github:// sources without a #ref
+    PLUGIN_GITHUB_BASE_URL: str = "https://github.com"  # where github:// clones from (tests: a file:// dir)
+
     @field_validator("PORT", mode="before")
     @classmethod
     def _port(cls, v: object) -> object:
@@ -199,6 +209,35 @@ class Settings(BaseSettings):
         return self.PLATFORM_URL or f"http://host.docker.internal:{self.PORT}"
 
     @property
+    def plugin_body_max_bytes(self) -> int:
+        return _positive_int(self.PLUGIN_INSTALL_BODY_MAX_BYTES, 65536)
+
+    @property
+    def plugin_max_dir_bytes(self) -> int:
+        return _positive_int(self.PLUGIN_INSTALL_MAX_DIR_BYTES, 100 * 1024 * 1024)
+
+    @property
+    def plugin_fetch_timeout_seconds(self) -> float:
+        seconds = parse_go_duration(self.PLUGIN_INSTALL_FETCH_TIMEOUT)
+        return seconds if seconds is not None and seconds > 0 else 300.0
+
+    @property
+    def plugin_allow_unpinned(self) -> bool:
+        return self.PLUGIN_ALLOW_UNPINNED == "true"
+
+    @property
+    def plugins_dir(self) -> Path:
+        """PLUGINS_DIR, else the first of `<configs>/../plugins`, `../plugins`, `plugins` holding a
+        subdirectory, else `<configs>/../plugins` (spec 06 §2.3)."""
+        if self.PLUGINS_DIR:
+            return Path(self.PLUGINS_DIR).resolve()
+        default = (self.configs_dir.parent / "plugins").resolve()
+        for cand in (default, Path("../plugins"), Path("plugins")):
+            if cand.is_dir() and any(d.is_dir() for d in cand.iterdir()):
+                return cand.resolve()
+        return default
+
+    @property
     def configs_dir(self) -> Path:
         if self.CONFIGS_DIR:
             return Path(self.CONFIGS_DIR).resolve()
@@ -207,3 +246,31 @@ class Settings(BaseSettings):
             if p.is_dir() and any((d / "config.yaml").is_file() for d in p.iterdir() if d.is_dir()):
                 return p.resolve()
         return Path("workspace-configs-templates").resolve()
+
+
+_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(raw: str) -> float | None:
+    """Seconds of a Go `time.ParseDuration` string (`1m30s`, `250ms`, `-5s`), None when it does not parse."""
+    text = raw.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    text = text.lstrip("+-")
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            return None
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    return sign * total if text and pos == len(text) else None
+
+
+def _positive_int(raw: str, default: int) -> int:
+    try:
+        n = int(raw.strip())
+    except ValueError:
+        return default
+    return n if n > 0 else default

@@ -456,3 +456,18 @@ agents = sa.Table(
         sqlite_where=sa.text(_ACTIVE_AGENT),
     ),
 )
+
+# ---- org plugin allowlist (spec 06 §3.3, reference migration 026) ----
+
+# Which plugins the workspaces of an org (a root workspace and its direct children) may install. An org
+# without rows allows every plugin.
+org_plugin_allowlist = sa.Table(
+    "org_plugin_allowlist",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("org_id", ID, _ws_fk(), nullable=False),
+    sa.Column("plugin_name", sa.Text, nullable=False),
+    sa.Column("enabled_by", sa.Text, nullable=False),
+    sa.Column("enabled_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.UniqueConstraint("org_id", "plugin_name"),
+)
