@@ -252,9 +252,15 @@ async def test_invalid_json_is_400_after_url_resolution(
 ) -> None:
     client = await dev_client(client_factory)
     target = await add_workspace(ctx_of(client), "t", status="online", url=agent.url)
-    for raw in (b"{nope", b"[1,2]", b'"text"'):
+    unencodable = (
+        b'{"params":{"message":{"parts":[{"text":"\\ud800"}]}}}',  # a lone surrogate: no UTF-8 for it
+        b'{"params":{"message":{"parts":[{"text":"\xed\xa0\x80"}]}}}',  # the same as raw bytes
+        b'{"params":{"n":1e400}}',  # beyond float range: re-encoded it would be `Infinity`
+        b'{"params":{"n":NaN}}',
+    )
+    for raw in (b"{nope", b"[1,2]", b'"text"', *unencodable):
         r = await client.post(f"/workspaces/{target}/a2a", content=raw)
-        assert (r.status_code, r.json()) == (400, {"error": "invalid JSON"})
+        assert (r.status_code, r.json()) == (400, {"error": "invalid JSON"}), raw
     r = await client.post("/workspaces/00000000-0000-0000-0000-00000000abcd/a2a", content=b"{nope")
     assert r.status_code == 404
     assert agent.received == []

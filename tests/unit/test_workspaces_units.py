@@ -11,7 +11,14 @@ import pytest
 
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
-from workspace_server.common.jsonnum import contains_nul, go_float, loads_finite, loads_strict, storable_json
+from workspace_server.common.jsonnum import (
+    contains_nul,
+    encodable_json,
+    go_float,
+    loads_finite,
+    loads_strict,
+    storable_json,
+)
 from workspace_server.common.paths import resolve_inside_root
 from workspace_server.secrets.crypto import DecryptError, SecretsCrypto, parse_key
 from workspace_server.workspaces.schemas import (
@@ -57,6 +64,9 @@ def test_storable_json_refuses_what_postgres_cannot_hold() -> None:
     assert storable_json({"a": ["b", {"c": 1.5}], "d": None, "e": True})
     for bad in ({"a": "x\x00"}, {"k\x00": 1}, ["\ud800"], {"a": [{"b": float("inf")}]}, float("nan")):
         assert not storable_json(bad), bad
+    assert encodable_json({"a": "x\x00"})  # NUL is fine on the wire, only the database refuses it
+    for bad in (["\ud800"], {"a": float("inf")}, float("nan")):
+        assert not encodable_json(bad), bad
 
 
 def test_contains_nul_looks_at_keys_and_nested_values() -> None:

@@ -35,7 +35,7 @@ from workspace_server.activity.service import sorted_keys
 from workspace_server.auth.ssrf import UnsafeURL, check_dial_url
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import new_id
-from workspace_server.common.jsonnum import loads_strict
+from workspace_server.common.jsonnum import encodable_json, loads_finite
 from workspace_server.common.kv import URL_TTL, clear_workspace_keys, url_key
 from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
@@ -341,10 +341,16 @@ async def _run(call: Call, raw: bytes) -> ProxyResult:
 
 
 def _parse(raw: bytes) -> Any:
+    """The request, or _INVALID. Besides malformed JSON that is a body we could not forward intact: a
+    number beyond float range or a lone surrogate (`\\ud800`, or its raw bytes) has no JSON/UTF-8
+    encoding. Both need a `\\u` escape, an 0xED byte or a float, so the walk is rare."""
     try:
-        return loads_strict(raw)
+        payload = loads_finite(raw)
     except (ValueError, UnicodeDecodeError):
         return _INVALID
+    if (b"\\u" in raw or b"\xed" in raw) and not encodable_json(payload):
+        return _INVALID
+    return payload
 
 
 def _message_id(payload: Any) -> str:

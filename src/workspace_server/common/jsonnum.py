@@ -91,15 +91,25 @@ def scrub_nul(value: Any) -> Any:
 def storable_json(value: Any) -> bool:
     """True when a decoded JSON document can be stored as text/jsonb on both databases: no NUL, no lone
     surrogate (`"\\ud800"`), no non-finite number (`1e400` decodes to inf; Python accepts `NaN`)."""
+    return _walk(value, allow_nul=False)
+
+
+def encodable_json(value: Any) -> bool:
+    """True when a decoded JSON document can be written back as UTF-8 JSON: no lone surrogate, no
+    non-finite number. NUL is fine on the wire (the activity log scrubs it before storing)."""
+    return _walk(value, allow_nul=True)
+
+
+def _walk(value: Any, *, allow_nul: bool) -> bool:
     try:
-        return _storable(value)
+        return _ok(value, allow_nul)
     except RecursionError:  # nesting as deep as the parser allowed, walked from a deeper stack
         return False
 
 
-def _storable(value: Any) -> bool:
+def _ok(value: Any, allow_nul: bool) -> bool:
     if isinstance(value, str):
-        if "\x00" in value:
+        if not allow_nul and "\x00" in value:
             return False
         try:
             value.encode("utf-8")
@@ -109,7 +119,7 @@ def _storable(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, dict):
-        return all(_storable(k) and _storable(v) for k, v in value.items())
+        return all(_ok(k, allow_nul) and _ok(v, allow_nul) for k, v in value.items())
     if isinstance(value, list):
-        return all(_storable(v) for v in value)
+        return all(_ok(v, allow_nul) for v in value)
     return True
