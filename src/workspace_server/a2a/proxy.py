@@ -42,6 +42,7 @@ from workspace_server.context import AppContext
 from workspace_server.events.bus import Event
 from workspace_server.registry.access import can_communicate
 from workspace_server.registry.service import has_capability, idle_timeout_override, internal_url
+from workspace_server.workspaces.store import workspace_exists
 
 log = logging.getLogger(__name__)
 
@@ -970,7 +971,7 @@ async def usage_today(ctx: AppContext, ws_id: str) -> dict[str, Any]:
     start = usage_period(utcnow())
     try:
         async with ctx.engine.connect() as conn:
-            if not await store.workspace_exists(conn, ws_id):
+            if not await workspace_exists(conn, ws_id, include_removed=False):
                 raise ApiError(404, msg.NOT_FOUND)
             row = await store.token_usage(conn, ws_id, start)
     except ApiError:

@@ -264,12 +264,6 @@ async def token_usage(conn: AsyncConnection, ws_id: str, period_start: datetime)
     return (await conn.execute(stmt)).first()
 
 
-async def workspace_exists(conn: AsyncConnection, ws_id: str) -> bool:
-    w = workspaces
-    stmt = sa.select(w.c.id).where(w.c.id == ws_id, w.c.status != "removed")
-    return (await conn.execute(stmt)).first() is not None
-
-
 # ---- delegation rows (activity_logs, method delegate / delegate_result) ----
 
 _a = activity_logs

@@ -22,6 +22,7 @@ from workspace_server.common.ids import parse_uuid
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
 from workspace_server.registry.access import can_communicate
+from workspace_server.workspaces.store import workspace_exists
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,7 +59,7 @@ async def _tx(
 
 async def assign(ctx: AppContext, ws_id: str, model: str) -> dict[str, Any]:
     async def work(conn: AsyncConnection) -> str:
-        if not await store.workspace_exists(conn, ws_id):
+        if not await workspace_exists(conn, ws_id, include_removed=False):
             raise ApiError(404, WS_NOT_FOUND)
         if await store.active(conn, ws_id) is not None:
             raise ApiError(409, ALREADY_ACTIVE)
@@ -104,7 +105,7 @@ async def move(ctx: AppContext, source: str, raw_target: str, auth: AuthInfo) ->
         raise ApiError(403, "access denied: workspaces cannot communicate per hierarchy rules")
 
     async def work(conn: AsyncConnection) -> Any:
-        if not await store.workspace_exists(conn, target):
+        if not await workspace_exists(conn, target, include_removed=False):
             raise ApiError(404, "target workspace not found")
         moving = await store.active(conn, source)
         if moving is None:

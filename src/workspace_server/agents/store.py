@@ -16,11 +16,6 @@ from workspace_server.db.schema import agents, workspaces
 a, w = agents, workspaces
 
 
-async def workspace_exists(conn: AsyncConnection, ws_id: str) -> bool:
-    q = sa.select(w.c.id).where(w.c.id == ws_id, w.c.status != "removed")
-    return (await conn.execute(q)).first() is not None
-
-
 async def active(conn: AsyncConnection, ws_id: str) -> Any | None:
     """The workspace's active agent, row-locked on Postgres so a concurrent change waits for ours."""
     q = sa.select(a.c.id, a.c.model).where(a.c.workspace_id == ws_id, a.c.status == "active")

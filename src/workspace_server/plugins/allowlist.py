@@ -23,6 +23,7 @@ from workspace_server.context import AppContext
 from workspace_server.db.schema import org_plugin_allowlist as allow
 from workspace_server.db.schema import workspaces
 from workspace_server.plugins.manifest import NAME_RE, is_handler_name
+from workspace_server.workspaces.store import workspace_exists
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,6 @@ NAME_DETAIL = "plugin names must match ^[a-z0-9][a-z0-9._-]{0,127}$"
 
 
 # ---------------------------------------------------------------- store
-
-
-async def _workspace_exists(conn: AsyncConnection, ws_id: str) -> bool:
-    q = sa.select(workspaces.c.id).where(workspaces.c.id == ws_id)
-    return (await conn.execute(q)).first() is not None
 
 
 async def _org_of(conn: AsyncConnection, ws_id: str) -> str | None:
@@ -95,7 +91,7 @@ async def _require_org(ctx: AppContext, org_id: str) -> None:
         raise ApiError(404, "org not found")
     try:
         async with ctx.engine.connect() as conn:
-            exists = await _workspace_exists(conn, org_id)
+            exists = await workspace_exists(conn, org_id)
     except Exception as exc:
         log.error("org lookup failed: %s", type(exc).__name__)
         raise ApiError(500, "failed to look up org") from None

@@ -23,6 +23,7 @@ from workspace_server.common.ids import parse_uuid
 from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
 from workspace_server.schedules import cron, store
+from workspace_server.workspaces.store import workspace_exists
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -152,7 +153,7 @@ async def create(ctx: AppContext, ws_id: str, body: CreateBody) -> dict[str, Any
     }
 
     async def work(conn: AsyncConnection) -> str:
-        if not await store.workspace_exists(conn, ws_id):
+        if not await workspace_exists(conn, ws_id, include_removed=False):
             raise ApiError(404, "workspace not found")
         if await store.name_taken(conn, ws_id, body.name):
             raise ApiError(409, NAME_TAKEN)

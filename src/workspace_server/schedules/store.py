@@ -28,11 +28,6 @@ async def get(conn: AsyncConnection, ws_id: str, schedule_id: str) -> Row[Any] |
     return (await conn.execute(q)).first()
 
 
-async def workspace_exists(conn: AsyncConnection, ws_id: str) -> bool:
-    q = sa.select(w.c.id).where(w.c.id == ws_id, w.c.status != "removed")
-    return (await conn.execute(q)).first() is not None
-
-
 async def name_taken(conn: AsyncConnection, ws_id: str, name: str, *, other_than: str = "") -> bool:
     q = sa.select(s.c.id).where(s.c.workspace_id == ws_id, s.c.name == name, s.c.id != other_than)
     return (await conn.execute(q)).first() is not None

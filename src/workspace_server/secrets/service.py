@@ -21,6 +21,7 @@ from workspace_server.config import Settings
 from workspace_server.context import AppContext
 from workspace_server.secrets import store
 from workspace_server.secrets.crypto import DecryptError, SecretsCrypto, crypto_for
+from workspace_server.workspaces.store import workspace_exists
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ async def _save_workspace_secret(
     stored, version = _encrypt(ctx, value, errors[0], f"secret {key!r} of {ws_id}")
     try:
         async with ctx.engine.begin() as conn:
-            if not await store.workspace_exists(conn, ws_id):
+            if not await workspace_exists(conn, ws_id):
                 raise ApiError(404, "workspace not found")
             await store.upsert_workspace_secret(conn, ws_id, key, stored, version)
     except ApiError:

@@ -122,11 +122,6 @@ async def delete_global_secret(conn: AsyncConnection, key: str) -> int:
 # ---- who a change affects ----
 
 
-async def workspace_exists(conn: AsyncConnection, ws_id: str) -> bool:
-    q = sa.select(workspaces.c.id).where(workspaces.c.id == ws_id)
-    return (await conn.execute(q)).first() is not None
-
-
 async def workspace_tree(conn: AsyncConnection) -> dict[str, WorkspaceNode]:
     """Every workspace's parent, status and runtime: enough to apply the restart rules in one query."""
     w = workspaces
