@@ -155,6 +155,12 @@ async def test_create_refuses_bad_input(client_factory: ClientFactory) -> None:
         assert (r.status_code, r.json()) == (status, err), body
     r = await client.post(url, content=b"{nope", headers=h)
     assert (r.status_code, r.json()) == (400, required)
+    for raw in (
+        b'{"cron_expr":"* * * * *","prompt":"p\\u0000"}',
+        b'{"cron_expr":"* * * * *","prompt":"\\ud800"}',
+    ):
+        r = await client.post(url, content=raw, headers=h)  # Postgres text holds neither
+        assert (r.status_code, r.json()) == (400, required), raw
     r = await client.get(url, headers=h)
     assert r.json() == []
 

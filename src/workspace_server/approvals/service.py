@@ -26,7 +26,6 @@ from workspace_server.auth.deps import AuthInfo
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import parse_model
 from workspace_server.common.ids import parse_uuid
-from workspace_server.common.jsonnum import storable_json
 from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
 from workspace_server.workspaces.store import get_workspace
@@ -52,9 +51,8 @@ class DecideBody(BaseModel):
 
 
 def parse_create(data: Any) -> CreateBody:
-    """400 `invalid request body` for anything Go's binding refused (`action` is required, non-empty)."""
-    if not storable_json(data):
-        raise ApiError(400, BAD_BODY)
+    """400 `invalid request body` for anything Go's binding refused (`action` is required, non-empty).
+    `data` comes from read_json, which already refused what the databases cannot store."""
     body = parse_model(CreateBody, data, BAD_BODY)
     if not body.action:
         raise ApiError(400, BAD_BODY)
@@ -62,8 +60,6 @@ def parse_create(data: Any) -> CreateBody:
 
 
 def parse_decide(data: Any) -> DecideBody:
-    if not storable_json(data):
-        raise ApiError(400, BAD_BODY)
     body = parse_model(DecideBody, data, BAD_BODY)
     if not body.decision:
         raise ApiError(400, BAD_BODY)

@@ -10,14 +10,14 @@ from fastapi.responses import JSONResponse
 
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.checkpoints import service
-from workspace_server.common.http import read_body
+from workspace_server.common.http import read_json
 
 router = APIRouter()
 
 
 @router.post("/workspaces/{id}/checkpoints")
 async def upsert_checkpoint(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
-    step = service.parse_step(await read_body(request, ctx.settings.MAX_BODY_BYTES))
+    step = service.parse_step(await read_json(request, service.BAD_BODY, ctx.settings.MAX_BODY_BYTES))
     return JSONResponse(await service.upsert(ctx, id, step), status_code=201)
 
 

@@ -42,10 +42,6 @@ class UpdateBody(BaseModel):
     enabled: StrictBool | None = None
 
 
-def _has_nul(*values: str | None) -> bool:
-    return any(v is not None and "\x00" in v for v in values)
-
-
 def _check_caps(title: str | None, content: str | None) -> None:
     if content is not None and len(content.encode()) > MAX_CONTENT_BYTES:
         raise ApiError(400, "content exceeds 8192 chars")
@@ -89,8 +85,6 @@ async def list_instructions(ctx: AppContext, *, scope: str, workspace_id: str) -
 async def create(ctx: AppContext, body: CreateBody) -> str:
     if not (body.scope and body.title and body.content) or not _in_int32(body.priority):
         raise ApiError(400, CREATE_REQUIRED)
-    if _has_nul(body.scope, body.scope_target, body.title, body.content):
-        raise ApiError(400, CREATE_REQUIRED)
     if body.scope not in ("global", "workspace"):
         raise ApiError(400, "scope must be global or workspace (team scope not yet supported)")
     if body.scope == "workspace" and not body.scope_target:
@@ -116,7 +110,7 @@ async def create(ctx: AppContext, body: CreateBody) -> str:
 
 
 async def update(ctx: AppContext, raw_id: str, body: UpdateBody) -> None:
-    if _has_nul(body.title, body.content) or not _in_int32(body.priority):
+    if not _in_int32(body.priority):
         raise ApiError(400, "invalid request")
     _check_caps(body.title, body.content)
     row_id = parse_uuid(raw_id)

@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from workspace_server.activity.service import sorted_keys
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
-from workspace_server.common.jsonnum import storable_json
 from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
 from workspace_server.kvmemory import store
@@ -59,7 +58,7 @@ def _optional_int(data: dict[str, Any], name: str, error: str, minimum: int) -> 
 
 def parse_set(data: Any) -> SetRequest:
     """Validate a `POST /workspaces/:id/memory` body; every refusal is a 400."""
-    if not isinstance(data, dict) or not storable_json(data):
+    if not isinstance(data, dict):  # read_json already refused what the databases cannot store
         raise ApiError(400, BAD_BODY)
     key = data.get("key")
     if key is None or key == "":
