@@ -21,6 +21,8 @@ from workspace_server.config import Settings
 from workspace_server.context import AppContext
 from workspace_server.db.engine import make_engine
 from workspace_server.db.migrate import upgrade_to_head
+from workspace_server.egress.clients import guarded_http_client
+from workspace_server.egress.policy import policy_for
 from workspace_server.events.bus import Bus, InProcessBus, RedisBus
 from workspace_server.events.hub import Hub
 from workspace_server.events.service import EventService
@@ -58,7 +60,7 @@ async def build_context(settings: Settings, *, migrate: bool = True) -> AppConte
         lifecycle=Lifecycle(engine, events),
         kv=kv,
         hub=Hub(bus),
-        http=httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)),
+        http=guarded_http_client(policy_for(settings), httpx.Timeout(10.0, connect=5.0)),
         redis=redis,
     )
     await _install_orchestrator(ctx)
@@ -82,10 +84,12 @@ async def _install_orchestrator(ctx: AppContext) -> None:
 
 async def close_context(ctx: AppContext) -> None:
     from workspace_server.a2a import shutdown as shutdown_a2a
+    from workspace_server.activity.transcript import close_clients as close_transcript_clients
     from workspace_server.registry.service import shutdown as shutdown_registry
 
     await shutdown_registry(ctx)
     await shutdown_a2a(ctx)
+    await close_transcript_clients(ctx)
     orch = ctx.extras.get("orchestrator")
     if orch is not None:
         await orch.close()

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     ACTIVITY_RETENTION_DAYS: str = "7"
     ACTIVITY_CLEANUP_INTERVAL_HOURS: str = "6"
     A2A_IDLE_TIMEOUT_SECONDS: int = 300
+    # egress (egress/): private CIDRs the server may dial besides public addresses (agents on a private
+    # network); comma separated, e.g. "10.20.0.0/16,fd12:3456::/48"
+    EGRESS_ALLOW_CIDRS: str = ""
 
     # MCP bridge and traces (mcp/, activity/traces.py)
     MOLECULE_MCP_ALLOW_SEND_MESSAGE: str = ""  # exactly "true" enables send_message_to_user
@@ -113,6 +116,16 @@ class Settings(BaseSettings):
     PLUGIN_INSTALL_MAX_DIR_BYTES: str = ""  # default 104857600 (100 MiB) staged per plugin
     PLUGIN_ALLOW_UNPINNED: str = ""  # exactly "true" allows github:// sources without a #ref
     PLUGIN_GITHUB_BASE_URL: str = "https://github.com"  # where github:// clones from (tests: a file:// dir)
+
+    @field_validator("EGRESS_ALLOW_CIDRS")
+    @classmethod
+    def _egress_cidrs(cls, v: str) -> str:
+        import ipaddress
+
+        for part in re.split(r"[,\s]+", v.strip()):
+            if part:
+                ipaddress.ip_network(part, strict=False)  # ValueError: refuse to start on a typo
+        return v
 
     @field_validator("PORT", mode="before")
     @classmethod

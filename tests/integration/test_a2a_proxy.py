@@ -24,6 +24,7 @@ from tests.integration.test_registry_support import (
     row,
     set_columns,
 )
+from workspace_server import egress
 from workspace_server.a2a.proxy import target_cache
 from workspace_server.common.kv import url_key
 from workspace_server.db.schema import workspace_token_usage
@@ -267,24 +268,74 @@ async def test_invalid_json_is_400_after_url_resolution(
 
 
 async def test_ssrf_guard_and_backend_trust(client_factory: ClientFactory, agent: StubAgent) -> None:
-    client = await client_factory()  # not dev mode: loopback is not dialable
+    """Issue 11 §2: production mode (ADMIN_TOKEN) refuses loopback unless this server assigned the URL."""
+    client = await client_factory(ADMIN_TOKEN="adm")
     ctx = ctx_of(client)
+    send = ctx.extras["a2a_proxy"]
+    body = json.dumps(message("x")).encode()
     target = await add_workspace(ctx, "t", status="online", url=agent.url)
-    r = await client.post(f"/workspaces/{target}/a2a", json=message("x"))
-    assert (r.status_code, r.json()) == (502, {"error": "workspace URL is not publicly routable"})
+    r = await send(target, body)
+    assert (r.status, r.error) == (502, {"error": "workspace URL is not publicly routable"})
     metadata = await add_workspace(ctx, "m", status="online", url="http://169.254.169.254/latest")
-    r = await client.post(f"/workspaces/{metadata}/a2a", json=message("x"))
-    assert r.status_code == 502
+    assert (await send(metadata, body)).status == 502
     assert agent.received == []
-    # a URL our own backend stored (http://127.0.0.1:<port>, with a backend running) is trusted
+    # a URL our own backend assigned is trusted: recorded when the orchestrator started the agent ...
     ctx.extras["provisioner"] = object()
-    r = await client.post(f"/workspaces/{target}/a2a", json=message("x"))
-    assert r.status_code == 200 and len(agent.received) == 1
+    egress.assigned(ctx).record(target, agent.url)
+    assert (await send(target, body)).status == 200 and len(agent.received) == 1
+    # ... or, after a restart of this server, the provisioner's http://127.0.0.1:<port> on a
+    # non-external row (registration can never write that form)
+    restarted = await add_workspace(ctx, "r", status="online", url=agent.url, runtime="langgraph")
+    assert (await send(restarted, body)).status == 200 and len(agent.received) == 2
+    external = await add_workspace(ctx, "e", status="online", url=agent.url, runtime="external")
+    assert (await send(external, body)).status == 502
     # ...but not when it came from the cache instead of the row (the agent could have registered it)
     other = await add_workspace(ctx, "o", status="online", url="http://127.0.0.1:1")
     await ctx.kv.set(url_key(other), agent.url, 60)
-    r = await client.post(f"/workspaces/{other}/a2a", json=message("x"))
-    assert r.status_code == 502
+    assert (await send(other, body)).status == 502
+    # a recorded URL is trusted for its own workspace only
+    egress.assigned(ctx).record(other, "http://127.0.0.1:1")
+    assert (await send(other, body)).status == 502
+    assert len(agent.received) == 2
+
+
+async def test_open_mode_dials_loopback_not_private(client_factory: ClientFactory, agent: StubAgent) -> None:
+    """Open bootstrap mode (no ADMIN_TOKEN, no MOLECULE_ENV): loopback agents work, private ranges do not."""
+    client = await client_factory()
+    ctx = ctx_of(client)
+    target = await add_workspace(ctx, "t", status="online", url=agent.url)
+    r = await client.post(f"/workspaces/{target}/a2a", json=message("x"))
+    assert r.status_code == 200 and len(agent.received) == 1
+    for inward in (
+        "http://10.0.0.1:8000",
+        "http://167772161/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://[fd00::1]/",
+    ):
+        ws = await add_workspace(ctx, "p", status="online", url=inward)
+        r = await client.post(f"/workspaces/{ws}/a2a", json=message("x"))
+        assert (r.status_code, r.json()) == (502, {"error": "workspace URL is not publicly routable"}), inward
+
+
+async def test_name_resolving_inward_is_refused_at_connect_time(
+    client_factory: ClientFactory, agent: StubAgent
+) -> None:
+    """A name is judged by the connector's resolver when the connection opens, not by a check before:
+    `localhost` reaches the loopback stub, which production mode refuses; nothing arrives, no row is
+    written, nothing is queued."""
+    client = await client_factory(ADMIN_TOKEN="adm")
+    ctx = ctx_of(client)
+    port = agent.url.rsplit(":", 1)[1]
+    target = await add_workspace(ctx, "t", status="online", url=f"http://localhost:{port}")
+    r = await ctx.extras["a2a_proxy"](target, json.dumps(message("x")).encode())
+    assert (r.status, r.error) == (502, {"error": "workspace URL is not publicly routable"})
+    assert agent.received == []
+    assert await queue_rows(ctx) == []
+    allowed = await client_factory(ADMIN_TOKEN="adm", EGRESS_ALLOW_CIDRS="127.0.0.0/8,::1")
+    actx = ctx_of(allowed)
+    target = await add_workspace(actx, "t", status="online", url=f"http://localhost:{port}")
+    r = await actx.extras["a2a_proxy"](target, json.dumps(message("x")).encode())
+    assert r.status == 200 and len(agent.received) == 1
 
 
 async def test_dev_mode_never_unblocks_metadata(client_factory: ClientFactory) -> None:

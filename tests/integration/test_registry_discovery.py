@@ -18,9 +18,9 @@ from tests.integration.test_registry_support import (
     mint_token,
     set_columns,
 )
-from workspace_server.auth import ssrf
 from workspace_server.common.ids import new_id
 from workspace_server.common.kv import internal_url_key
+from workspace_server.egress import policy as egress_policy
 from workspace_server.registry import service
 
 
@@ -37,7 +37,7 @@ def public_dns(monkeypatch: pytest.MonkeyPatch) -> None:
             return [ipaddress.ip_address("127.0.0.1")]
         return [ipaddress.ip_address("93.184.215.14")]
 
-    monkeypatch.setattr(ssrf, "resolve", fake)
+    monkeypatch.setattr(egress_policy, "resolve", fake)
 
 
 # ---- discover ----
@@ -100,13 +100,31 @@ async def test_discover_external_target(client: httpx.AsyncClient, public_dns: N
     r = await discover(client, ids["FE"], ids["BE"])
     # a container caller gets the host-loopback URL rewritten; the name then resolves publicly here
     assert r.json() == {"id": ids["BE"], "name": "BE", "url": "http://host.docker.internal:9000/a2a"}
-    # an external caller gets it verbatim, and loopback fails the safety check outside dev mode
+    # an external caller gets it verbatim; loopback passes the egress policy outside production mode
     await set_columns(ctx, ids["FE"], runtime="external")
     r = await discover(client, ids["FE"], ids["BE"])
+    assert r.json() == {"id": ids["BE"], "name": "BE", "url": "http://localhost:9000/a2a"}
+    for inward in ("http://169.254.169.254/", "http://10.0.0.1:9000/", "http://167772161/"):
+        await set_columns(ctx, ids["BE"], url=inward)
+        r = await discover(client, ids["FE"], ids["BE"])
+        assert (r.status_code, r.json()) == (503, {"error": "workspace URL failed safety check"})
+
+
+async def test_discover_external_loopback_refused_in_production(
+    client_factory: Any, public_dns: None
+) -> None:
+    """Issue 11 §2: in production mode loopback fails the safety check (it passed in open mode above)."""
+    client = await client_factory(ADMIN_TOKEN="adm")
+    ctx = ctx_of(client)
+    ids = await build_tree(ctx)
+    await set_columns(ctx, ids["BE"], runtime="external", url="http://localhost:9000/a2a")
+    await set_columns(ctx, ids["FE"], runtime="external")
+    token = await mint_token(ctx, ids["FE"])
+    r = await discover(client, ids["FE"], ids["BE"], **bearer(token))
     assert (r.status_code, r.json()) == (503, {"error": "workspace URL failed safety check"})
-    await set_columns(ctx, ids["BE"], url="http://169.254.169.254/")
-    r = await discover(client, ids["FE"], ids["BE"])
-    assert r.status_code == 503
+    await set_columns(ctx, ids["BE"], url="http://example.com:9000/a2a")
+    r = await discover(client, ids["FE"], ids["BE"], **bearer(token))
+    assert r.json() == {"id": ids["BE"], "name": "BE", "url": "http://example.com:9000/a2a"}
 
 
 async def test_discover_external_loopback_allowed_in_dev(client_factory: Any) -> None:

@@ -17,6 +17,8 @@ from workspace_server.workspaces.store import insert_workspace
 
 ADMIN = "admin-secret"
 AH = {"Authorization": f"Bearer {ADMIN}"}
+# Production mode refuses loopback (issue 11 §2); these stubs listen on 127.0.0.1, so the operator lists it.
+LOOPBACK_ALLOWED = {"ADMIN_TOKEN": ADMIN, "EGRESS_ALLOW_CIDRS": "127.0.0.1/32"}
 
 
 class Upstream(StubServer):
@@ -61,7 +63,7 @@ def _closed_port() -> int:
 
 
 async def test_transcript_proxies_to_the_agent(client_factory: Any, upstream: Upstream) -> None:
-    client = await client_factory(ADMIN_TOKEN=ADMIN)
+    client = await client_factory(**LOOPBACK_ALLOWED)
     ws, h = await _ws(client.app.state.ctx, {"url": upstream.url + "/a2a/root?x=1", "name": "agent"})
 
     r = await client.get(
@@ -82,7 +84,7 @@ async def test_transcript_proxies_to_the_agent(client_factory: Any, upstream: Up
 async def test_transcript_caps_body_and_never_follows_redirects(
     client_factory: Any, upstream: Upstream
 ) -> None:
-    client = await client_factory(ADMIN_TOKEN=ADMIN)
+    client = await client_factory(**LOOPBACK_ALLOWED)
     ws, h = await _ws(client.app.state.ctx, {"url": upstream.url})
     upstream.body = b"x" * ((1 << 20) + 5000)
     r = await client.get(f"/workspaces/{ws}/transcript", headers=h)
@@ -96,7 +98,7 @@ async def test_transcript_caps_body_and_never_follows_redirects(
 
 
 async def test_transcript_errors(client_factory: Any) -> None:
-    client = await client_factory(ADMIN_TOKEN=ADMIN)
+    client = await client_factory(**LOOPBACK_ALLOWED)
     ctx = client.app.state.ctx
 
     r = await client.get(f"/workspaces/{new_id()}/transcript", headers=AH)
@@ -149,7 +151,7 @@ async def test_traces_empty_without_langfuse(client_factory: Any) -> None:
 
 async def test_traces_proxy_langfuse(client_factory: Any, upstream: Upstream) -> None:
     client = await client_factory(
-        ADMIN_TOKEN=ADMIN, LANGFUSE_HOST=upstream.url, LANGFUSE_PUBLIC_KEY="pk", LANGFUSE_SECRET_KEY="sk"
+        **LOOPBACK_ALLOWED, LANGFUSE_HOST=upstream.url, LANGFUSE_PUBLIC_KEY="pk", LANGFUSE_SECRET_KEY="sk"
     )
     ws, h = await _ws(client.app.state.ctx)
     upstream.body = b'{"data":[{"id":"t1"}],"meta":{}}'

@@ -14,6 +14,7 @@ import pytest
 from workspace_server.auth.deps import AuthInfo
 from workspace_server.common.errors import ApiError
 from workspace_server.config import Settings, parse_go_duration
+from workspace_server.egress import EgressPolicy
 from workspace_server.plugins import sources
 from workspace_server.plugins.allowlist import check_ownership, parse_put_body
 from workspace_server.plugins.manifest import is_handler_name, plugin_item, supports_runtime
@@ -57,7 +58,8 @@ def test_github_spec_rules() -> None:
     sources.GithubResolver("https://github.com", allow_unpinned=True).validate("acme/tool")
     argv = gh.clone_argv("acme", "tool", "v1", "/tmp/x/repo")
     url = "https://github.com/acme/tool.git"
-    assert argv == ["git", "clone", "--depth=1", "--branch", "v1", "--", url, "/tmp/x/repo"]
+    no_redirects = ["-c", "http.followRedirects=false"]
+    assert argv == ["git", *no_redirects, "clone", "--depth=1", "--branch", "v1", "--", url, "/tmp/x/repo"]
     assert "--branch" not in gh.clone_argv("acme", "tool", None, "/t")
 
 
@@ -70,7 +72,8 @@ def test_clone_failures_are_classified() -> None:
 
 
 async def test_missing_git_is_a_fetch_failure(tmp_path: Path) -> None:
-    gh = sources.GithubResolver("https://github.com", allow_unpinned=False, git=str(tmp_path / "no-git"))
+    policy = EgressPolicy(production=True, saas=False)
+    gh = sources.GithubResolver("https://93.184.215.14", False, git=str(tmp_path / "no-git"), policy=policy)
     with pytest.raises(sources.FetchFailed):
         await gh.fetch("a/b#v1", tmp_path / "dest", 1000)
 
@@ -200,3 +203,15 @@ def test_limits_settings() -> None:
     assert Settings(PLUGIN_INSTALL_FETCH_TIMEOUT="bogus").plugin_fetch_timeout_seconds == 300.0
     assert not Settings(PLUGIN_ALLOW_UNPINNED="yes").plugin_allow_unpinned
     assert (parse_go_duration("1m30s"), parse_go_duration("10")) == (90.0, None)
+
+
+async def test_github_source_host_goes_through_the_egress_policy(tmp_path: Path) -> None:
+    """PLUGIN_GITHUB_BASE_URL on a private or loopback address is refused before git runs (issue 11 §2)."""
+    policy = EgressPolicy(production=True, saas=False)
+    for base in ("http://10.0.0.1", "http://127.0.0.1:9", "http://167772161", "https://[::ffff:10.0.0.1]"):
+        gh = sources.GithubResolver(base, False, git=str(tmp_path / "must-not-run"), policy=policy)
+        with pytest.raises(sources.FetchFailed, match="egress policy"):
+            await gh.fetch("a/b#v1", tmp_path / "dest", 1000)
+    for base in ("ssh://github.com", "git://github.com"):
+        with pytest.raises(sources.FetchFailed, match="http"):
+            await sources.GithubResolver(base, False, policy=policy).fetch("a/b#v1", tmp_path / "d", 1)

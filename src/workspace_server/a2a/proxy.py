@@ -32,13 +32,14 @@ from workspace_server.a2a import schemas as msg
 from workspace_server.a2a import store
 from workspace_server.a2a.logwriter import writer
 from workspace_server.activity.service import sorted_keys
-from workspace_server.auth.ssrf import UnsafeURL, check_dial_url
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import new_id
 from workspace_server.common.jsonnum import encodable_json, loads_finite
 from workspace_server.common.kv import URL_TTL, clear_workspace_keys, url_key
 from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
+from workspace_server.egress import UnsafeURL, assigned, policy_for
+from workspace_server.egress.clients import guarded_connector, refused_cause
 from workspace_server.events.bus import Event
 from workspace_server.registry.access import can_communicate
 from workspace_server.registry.service import has_capability, idle_timeout_override, internal_url
@@ -62,10 +63,8 @@ READ_CHUNK = 64 << 10
 ENCODING = "Content-Encoding"  # a compressed reply is read in chunks: its decoded size is not declared
 
 CLIENT_KEY = "a2a_http"
+TRUSTED_CLIENT_KEY = "a2a_http_assigned"
 WATCH_KEY = "a2a_idle_watch"
-SAFE_URLS_KEY = "a2a_safe_urls"
-SAFE_URL_TTL = 10.0  # seconds a dial-time SSRF verdict is reused (it costs a DNS lookup for names)
-SAFE_URL_CACHE_MAX = 10_000
 TASKS_KEY = "a2a_tasks"
 RESTART_HOOK = "restart_workspace"
 
@@ -146,22 +145,34 @@ async def cancel_background(ctx: AppContext) -> None:
 # ---- the outbound client ----
 
 
-def a2a_client(ctx: AppContext) -> aiohttp.ClientSession:
+def a2a_client(ctx: AppContext, assigned_url: bool = False) -> aiohttp.ClientSession:
     """The pool for agent calls, created on first use (inside the running loop) and closed by `close_client`.
+
+    Agent-supplied URLs go through the egress policy's resolver (egress/clients.py): a name whose
+    answers include an address the policy refuses fails at connect time, so DNS rebinding cannot get past
+    the check made before the call. URLs this server's backend assigned (`assigned_url`) use a second
+    pool with the default resolver: they may be loopback or a container name on the Docker network.
 
     aiohttp rather than the shared httpx `ctx.http`: this is the data path of every A2A message, and with
     50 calls in flight httpx spent ~1.5 ms of CPU per request against aiohttp's ~0.12 ms (its pool
     rescans every connection per request, its parser is pure Python); see docs/decisions.md. Its own
     pool, too: A2A calls last minutes, so a few dozen in flight would starve every other outbound call.
     """
-    client: aiohttp.ClientSession | None = ctx.extras.get(CLIENT_KEY)
+    key = TRUSTED_CLIENT_KEY if assigned_url else CLIENT_KEY
+    client: aiohttp.ClientSession | None = ctx.extras.get(key)
     if client is None:
-        connector = aiohttp.TCPConnector(
-            limit=MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS
-        )
+        limits: dict[str, Any] = {
+            "limit": MAX_CONNECTIONS,
+            "limit_per_host": 0,
+            "keepalive_timeout": KEEPALIVE_SECONDS,
+        }
+        if assigned_url:
+            connector = aiohttp.TCPConnector(**limits)
+        else:
+            connector = guarded_connector(policy_for(ctx.settings), **limits)
         # No cookie jar: agents share hosts (127.0.0.1, ports apart), and cookies do not isolate by port,
         # so one agent's Set-Cookie would be sent to the others.
-        client = ctx.extras[CLIENT_KEY] = aiohttp.ClientSession(
+        client = ctx.extras[key] = aiohttp.ClientSession(
             connector=connector,
             timeout=DISPATCH_TIMEOUT,
             auto_decompress=True,
@@ -171,9 +182,10 @@ def a2a_client(ctx: AppContext) -> aiohttp.ClientSession:
 
 
 async def close_client(ctx: AppContext) -> None:
-    client: aiohttp.ClientSession | None = ctx.extras.pop(CLIENT_KEY, None)
-    if client is not None:
-        await client.close()
+    for key in (CLIENT_KEY, TRUSTED_CLIENT_KEY):
+        client: aiohttp.ClientSession | None = ctx.extras.pop(key, None)
+        if client is not None:
+            await client.close()
 
 
 # ---- idle watch: the time of the last bus event per workspace with a dispatch in flight ----
@@ -328,7 +340,7 @@ async def _run(call: Call, raw: bytes) -> ProxyResult:
     queued_id = await _load_target(call, key)
     _check_budget(call)
     url = await _resolve_url(call)
-    await _check_url(call, url)
+    assigned_url = _check_url(call, url)
     url = _container_url(call, url)
     if not isinstance(payload, dict):
         raise ApiError(400, msg.INVALID_JSON)
@@ -338,7 +350,7 @@ async def _run(call: Call, raw: bytes) -> ProxyResult:
     if queued_id:
         # The same message is already waiting for this target: sending it now would deliver it twice.
         return await _queued_reply(call, queued_id)
-    return await _dispatch(call, url, _encode(envelope))
+    return await _dispatch(call, url, _encode(envelope), assigned_url)
 
 
 def _parse(raw: bytes) -> Any:
@@ -464,8 +476,8 @@ def _container_url(call: Call, url: str) -> str:
     runs in a container (MOLECULE_IN_DOCKER, else /.dockerenv) would dial its own loopback there, so it
     calls the agent by container name on the Docker network instead (spec 04 §1.3). Not in host network
     mode: there the agent listens on the engine host's loopback and has no name on any network (a server
-    in a container that runs its own engine, as on our CI machines, reaches it at 127.0.0.1). Checked
-    after the SSRF step: the rewrite is platform-derived, never agent input.
+    in a container that runs its own engine, as on our CI machines, reaches it at 127.0.0.1). Only for a
+    URL the egress step found server-assigned: the rewrite is platform-derived, never agent input.
     """
     ctx = call.ctx
     backend = ctx.backend
@@ -476,35 +488,35 @@ def _container_url(call: Call, url: str) -> str:
     return internal_url(call.target)
 
 
-def _trusted(call: Call, url: str) -> bool:
-    """A URL our own backend assigned (it stores `http://127.0.0.1:<port>` on the row) is not agent input."""
+def _assigned(call: Call, url: str) -> bool:
+    """Whether our own backend assigned `url` to the target (never true for anything an agent sent).
+
+    Either the orchestrator recorded it when the start succeeded (`egress.assigned`), or — after a
+    restart of this server, with the record gone — the row holds the `http://127.0.0.1:<port>` the
+    orchestrator wrote for a workspace it provisions: registration cannot write that form (loopback
+    literals are refused, and a provisioner URL on the row is never replaced), an external workspace's
+    admin-given URL does not count. Both need a backend installed, and the URL must be the row's.
+    """
+    ctx = call.ctx
     row = call.row
-    return (
-        row is not None
-        and row.url == url
-        and url.startswith(TRUSTED_URL_PREFIX)
-        and call.ctx.extras.get("provisioner") is not None
-    )
+    if row is None or row.url != url or ctx.extras.get("provisioner") is None:
+        return False
+    if assigned(ctx).is_assigned(call.target, url):
+        return True
+    return url.startswith(TRUSTED_URL_PREFIX) and row.runtime != EXTERNAL
 
 
-async def _check_url(call: Call, url: str) -> None:
-    if _trusted(call, url):
-        return
-    cache: dict[str, tuple[bool, float]] = call.ctx.extras.setdefault(SAFE_URLS_KEY, {})
-    now = time.monotonic()
-    hit = cache.get(url)
-    if hit is None or hit[1] < now:
-        try:
-            await check_dial_url(url, call.ctx.settings)
-            safe = True
-        except UnsafeURL as e:
-            log.warning("a2a: unsafe url for workspace %s: %s", call.target, e)
-            safe = False
-        if len(cache) >= SAFE_URL_CACHE_MAX:
-            cache.clear()
-        cache[url] = hit = (safe, now + SAFE_URL_TTL)
-    if not hit[0]:
-        raise ApiError(502, msg.NOT_ROUTABLE)
+def _check_url(call: Call, url: str) -> bool:
+    """The egress step before a dial: True for a server-assigned URL, else the URL's form and (for an IP
+    literal) its address are checked here, its name's addresses at connect time. 502 when refused."""
+    if _assigned(call, url):
+        return True
+    try:
+        policy_for(call.ctx.settings).check_static(url)
+    except UnsafeURL as e:
+        log.warning("a2a: unsafe url for workspace %s: %s", call.target, e)
+        raise ApiError(502, msg.NOT_ROUTABLE) from None
+    return False
 
 
 def _restart(ctx: AppContext, ws_id: str, why: str) -> None:
@@ -570,7 +582,7 @@ async def _exchange(http: aiohttp.ClientSession, url: str, data: bytes, ex: _Exc
         ex.body = b"".join(chunks)
 
 
-async def _dispatch(call: Call, url: str, data: bytes) -> ProxyResult:
+async def _dispatch(call: Call, url: str, data: bytes, assigned_url: bool = False) -> ProxyResult:
     ctx = call.ctx
     ex = _Exchange()
     started = time.perf_counter()
@@ -578,7 +590,7 @@ async def _dispatch(call: Call, url: str, data: bytes) -> ProxyResult:
         await run_watched(
             idle_watch(ctx),
             call.target,
-            _exchange(a2a_client(ctx), url, data, ex),
+            _exchange(a2a_client(ctx, assigned_url), url, data, ex),
             _idle_seconds(ctx, call.target),
             call.ceiling,
         )
@@ -586,6 +598,10 @@ async def _dispatch(call: Call, url: str, data: bytes) -> ProxyResult:
         log.warning("a2a: cannot build request to %s: %s", call.target, e)
         return _fail(500, {"error": msg.BUILD_FAILED}, Outcome.NOT_DELIVERED)
     except Exception as e:
+        if ex.status is None and (refused := refused_cause(e)) is not None:
+            # the name resolved to an address the policy refuses (checked when the connection opened)
+            log.warning("a2a: unsafe url for workspace %s at connect time: %s", call.target, refused)
+            return _fail(502, {"error": msg.NOT_ROUTABLE}, Outcome.NOT_DELIVERED)
         if ex.status is not None:
             return _read_failed(call, ex, e)
         ex.duration_ms = int((time.perf_counter() - started) * 1000)

@@ -1,8 +1,9 @@
 """`GET /workspaces/:id/traces` (spec 04 §4): a workspace's recent Langfuse traces.
 
 Without a complete Langfuse configuration, or when Langfuse does not answer, the list is empty (200
-`[]`): traces are a nicety and must never break the canvas. The host is operator configuration, so it
-is not put through the agent-URL SSRF checks.
+`[]`): traces are a nicety and must never break the canvas. `ctx.http` puts the host through the egress
+policy like every other dial (a Langfuse on a private address needs its CIDR in `EGRESS_ALLOW_CIDRS` in
+production mode); a refused host is logged and answers `[]` like an unreachable one.
 """
 
 from __future__ import annotations

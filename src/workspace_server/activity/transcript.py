@@ -1,34 +1,34 @@
 """`GET /workspaces/:id/transcript` (spec 04 §4): proxy to the agent's own `/transcript` endpoint.
 
-The URL comes from the agent card, which the agent itself writes, so it is untrusted. The check is the
-reference's lenient one (loopback allowed: local agents live on 127.0.0.1), hardened where that costs
-nothing: names are resolved and every address is judged, and redirects are never followed, so neither
-DNS nor a 30x can steer the request to a metadata service. Only `since` and `limit` are forwarded.
+The URL comes from the agent card, which the agent itself writes, so it is untrusted: it goes through
+the egress policy (egress/) like every URL the server dials, where the reference had a lenient check of
+its own. Names are resolved and every address judged before the call, and `ctx.http` judges the address
+it connects to again, so DNS cannot steer the request inward between the two; redirects are never
+followed. A workspace whose agent this server started is reached at the address its backend assigned
+(`egress.assigned`), not at whatever its card says. Only `since` and `limit` are forwarded.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from workspace_server.auth import ssrf
+from workspace_server import egress
 from workspace_server.common.errors import ApiError
 from workspace_server.context import AppContext
+from workspace_server.egress.clients import refused_cause
+from workspace_server.registry.service import internal_url
 from workspace_server.workspaces.store import get_workspace
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_SECONDS = 10.0
 MAX_BODY_BYTES = 1 << 20  # a runaway transcript must not melt the canvas; the rest is cut silently
-BANNED_HOSTS = ("metadata.google.internal", "metadata.azure.com", "metadata")
-METADATA_IP = ipaddress.ip_address("169.254.169.254")
-_BLOCKED_NETS = tuple(
-    ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10", "224.0.0.0/24", "ff02::/16", "fd00::/8")
-)
+NOT_ALLOWED = "workspace URL not allowed"
+ASSIGNED_CLIENT_KEY = "transcript_http_assigned"
 
 
 @dataclass(frozen=True)
@@ -38,32 +38,42 @@ class Upstream:
     body: bytes
 
 
-def ip_allowed(ip: ssrf.IPAddress) -> bool:
-    """The lenient policy: no metadata, link-local (unicast/multicast) or fd00::/8 address."""
-    ip = ssrf.normalise_ip(ip)
-    if ip == METADATA_IP:
-        return False
-    return not any(ip.version == n.version and ip in n for n in _BLOCKED_NETS)
-
-
-async def check_url(url: str) -> httpx.URL:
+async def check_url(ctx: AppContext, url: str) -> httpx.URL:
     """The URL to dial, or ApiError 400 (`invalid workspace URL` / `workspace URL not allowed`)."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError, TypeError):
         raise ApiError(400, "invalid workspace URL") from None
     try:
-        host = ssrf.parse_host(url)
-        if host in BANNED_HOSTS:
-            raise ssrf.UnsafeURL(f"metadata hostname {host}")
-        literal = ssrf.ip_literal(host)
-        addrs = [literal] if literal is not None else await ssrf.resolve(host)
-        if not all(ip_allowed(ip) for ip in addrs):
-            raise ssrf.UnsafeURL(f"{host} is a blocked address")
-    except ssrf.UnsafeURL as exc:
+        await egress.policy_for(ctx.settings).check_url(url)
+    except egress.UnsafeURL as exc:
         log.warning("transcript: workspace URL %r rejected: %s", url, exc)
-        raise ApiError(400, "workspace URL not allowed") from None
+        raise ApiError(400, NOT_ALLOWED) from None
     return parsed
+
+
+def _assigned_client(ctx: AppContext) -> httpx.AsyncClient:
+    """A plain client for server-assigned agent addresses (loopback ports, container names)."""
+    client: httpx.AsyncClient | None = ctx.extras.get(ASSIGNED_CLIENT_KEY)
+    if client is None:
+        client = ctx.extras[ASSIGNED_CLIENT_KEY] = httpx.AsyncClient(trust_env=False)
+    return client
+
+
+def _as_seen_from_here(ctx: AppContext, ws_id: str, url: str) -> str:
+    """As the A2A proxy dials it (spec 04 §1.3): by container name when this server runs in a container
+    beside a bridge-networked agent, whose published loopback port is not this container's loopback."""
+    s = ctx.settings
+    backend = ctx.backend
+    if backend is not None and backend.name == "docker" and s.in_docker and not s.docker_host_network:
+        return internal_url(ws_id)
+    return url
+
+
+async def close_clients(ctx: AppContext) -> None:
+    client: httpx.AsyncClient | None = ctx.extras.pop(ASSIGNED_CLIENT_KEY, None)
+    if client is not None:
+        await client.aclose()
 
 
 async def _agent_url(ctx: AppContext, ws_id: str) -> str:
@@ -85,12 +95,17 @@ async def _agent_url(ctx: AppContext, ws_id: str) -> str:
 async def fetch_transcript(
     ctx: AppContext, ws_id: str, *, since: str, limit: str, authorization: str
 ) -> Upstream:
-    base = await check_url(await _agent_url(ctx, ws_id))
+    card_url = await _agent_url(ctx, ws_id)
+    assigned_url = egress.assigned(ctx).get(ws_id)
+    if assigned_url:
+        base, http = httpx.URL(_as_seen_from_here(ctx, ws_id, assigned_url)), _assigned_client(ctx)
+    else:
+        base, http = await check_url(ctx, card_url), ctx.http
     params = {k: v for k, v in (("limit", limit), ("since", since)) if v}
     target = base.copy_with(path="/transcript", query=None, fragment=None).copy_merge_params(params)
     headers = {"Authorization": authorization} if authorization else {}
     try:
-        async with ctx.http.stream(
+        async with http.stream(
             "GET", target, headers=headers, timeout=TIMEOUT_SECONDS, follow_redirects=False
         ) as resp:
             body = await _read_capped(resp)
@@ -99,6 +114,10 @@ async def fetch_transcript(
         raise
     except httpx.HTTPError as exc:
         # the target and reason stay in our log: they would reveal internal hosts to the caller
+        refused = refused_cause(exc)
+        if refused is not None:  # the name resolved inward when the connection was opened
+            log.warning("transcript: workspace %s URL refused at connect time: %s", ws_id, refused)
+            raise ApiError(400, NOT_ALLOWED) from None
         log.warning("transcript: workspace %s unreachable: %s", ws_id, exc)
         raise ApiError(502, "workspace unreachable") from None
 

@@ -26,6 +26,7 @@ from typing import Any
 import anyio.to_thread
 import sqlalchemy as sa
 
+from workspace_server import egress
 from workspace_server.auth import tokens
 from workspace_server.auth.deps import AuthInfo
 from workspace_server.common.errors import ApiError
@@ -65,7 +66,11 @@ def source_registry(ctx: AppContext) -> sources.SourceRegistry:
         s = ctx.settings
         found = sources.SourceRegistry()
         found.register(sources.LocalResolver(s.plugins_dir))
-        found.register(sources.GithubResolver(s.PLUGIN_GITHUB_BASE_URL, s.plugin_allow_unpinned))
+        found.register(
+            sources.GithubResolver(
+                s.PLUGIN_GITHUB_BASE_URL, s.plugin_allow_unpinned, policy=egress.policy_for(s)
+            )
+        )
         ctx.extras[REGISTRY_KEY] = found
         log.info(
             "Plugin install limits: body=%d timeout=%ss staged=%d",

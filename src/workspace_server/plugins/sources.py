@@ -27,6 +27,7 @@ from typing import Protocol
 import anyio.to_thread
 
 from workspace_server.common.paths import resolve_inside_root
+from workspace_server.egress import EgressPolicy, UnsafeURL
 from workspace_server.plugins.manifest import NAME_RE
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
@@ -236,10 +237,31 @@ class LocalResolver:
 class GithubResolver:
     scheme = "github"
 
-    def __init__(self, base_url: str, allow_unpinned: bool, git: str = "git") -> None:
+    def __init__(
+        self, base_url: str, allow_unpinned: bool, git: str = "git", policy: EgressPolicy | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.allow_unpinned = allow_unpinned
         self.git = git
+        self.policy = policy
+
+    async def check_base_url(self) -> str:
+        """The egress check before git dials (issue 11 §2): the base URL's form and every address its
+        host resolves to now. git resolves again itself, so this narrows rather than closes a rebinding
+        window; redirects are off and git may use only the base URL's protocol. `file://` (tests, local
+        mirrors) dials nothing. Returns the protocol git may use."""
+        scheme = self.base_url.split(":", 1)[0].lower()
+        if scheme == "file":
+            return scheme
+        if scheme not in ("http", "https"):
+            raise FetchFailed("PLUGIN_GITHUB_BASE_URL must be an http(s) or file URL")
+        if self.policy is None:
+            raise FetchFailed("no egress policy to check the plugin source host with")
+        try:
+            await self.policy.check_url(self.base_url + "/")
+        except UnsafeURL as exc:
+            raise FetchFailed(f"plugin source host refused by the egress policy: {exc}") from None
+        return scheme
 
     def _parse(self, spec: str) -> tuple[str, str, str | None]:
         m = _GH_RE.match(spec)
@@ -254,15 +276,18 @@ class GithubResolver:
 
     def clone_argv(self, owner: str, repo: str, ref: str | None, target: str) -> list[str]:
         branch = ["--branch", ref] if ref else []
-        return [self.git, "clone", "--depth=1", *branch, "--", f"{self.base_url}/{owner}/{repo}.git", target]
+        no_redirects = ["-c", "http.followRedirects=false"]
+        url = f"{self.base_url}/{owner}/{repo}.git"
+        return [self.git, *no_redirects, "clone", "--depth=1", *branch, "--", url, target]
 
     async def fetch(self, spec: str, dest: Path, max_bytes: int) -> str:
         self.validate(spec)
         owner, repo, ref = self._parse(spec)
+        protocol = await self.check_base_url()
         tmp = Path(tempfile.mkdtemp(prefix="molecule-gh-clone-"))
         try:
             clone = tmp / "repo"
-            await self._clone(self.clone_argv(owner, repo, ref, str(clone)), tmp)
+            await self._clone(self.clone_argv(owner, repo, ref, str(clone)), tmp, protocol)
             await anyio.to_thread.run_sync(
                 copy_regular_tree, clone, dest, max_bytes, frozenset({".git"}), abandon_on_cancel=True
             )
@@ -270,9 +295,10 @@ class GithubResolver:
             await anyio.to_thread.run_sync(shutil.rmtree, tmp, True)
         return repo
 
-    async def _clone(self, argv: list[str], home: Path) -> None:
+    async def _clone(self, argv: list[str], home: Path, protocol: str = "https") -> None:
         env = {k: v for k in _PASSTHROUGH_ENV if (v := os.environ.get(k))}
         env.update(HOME=str(home), LANG="C", LC_ALL="C", GIT_TERMINAL_PROMPT="0")
+        env["GIT_ALLOW_PROTOCOL"] = protocol  # no hop to ssh://, git://, ext:: or another scheme
         env.setdefault("PATH", os.defpath)
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 
+from workspace_server import egress
 from workspace_server.auth import tokens
 from workspace_server.common.errors import ApiError
 from workspace_server.common.kv import URL_TTL, clear_workspace_keys, internal_url_key, url_key
@@ -477,6 +478,9 @@ class Orchestrator:
                     log.warning("removing volumes of deleted %s failed", job.ws_id, exc_info=True)
             log.info("workspace %s moved on during start (%s); instance stopped", job.ws_id, status)
             return
+        # server-side record of where this agent lives: the egress policy trusts this URL for this
+        # workspace, whatever range it is in (egress.Assigned), and nothing an agent sends
+        egress.assigned(self.ctx).record(job.ws_id, url)
         try:
             await self.ctx.kv.set(url_key(job.ws_id), url, URL_TTL)
             await self.ctx.kv.set(

@@ -13,13 +13,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from workspace_server.auth.deps import Ctx, grandfather_denial, grandfathered_caller
-from workspace_server.auth.ssrf import UnsafeURL, validate_agent_url
 from workspace_server.auth.tokens import hash_token
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import bearer_token, read_model
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.routing import hot_route
 from workspace_server.context import get_ctx
+from workspace_server.egress import UnsafeURL, validate_agent_url
 from workspace_server.registry import service
 from workspace_server.registry.batch import BatchFailed, Beat
 from workspace_server.registry.schemas import (

@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.auth import tokens
 from workspace_server.auth.session import verify_cp_session
-from workspace_server.auth.ssrf import is_safe_url
 from workspace_server.common.errors import ApiError
 from workspace_server.common.kv import (
     URL_TTL,
@@ -26,6 +25,7 @@ from workspace_server.common.kv import (
 )
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
+from workspace_server.egress import is_safe_url
 from workspace_server.registry import store
 from workspace_server.registry.access import can_communicate
 from workspace_server.registry.batch import HeartbeatBatcher

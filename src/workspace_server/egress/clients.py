@@ -1,0 +1,155 @@
+"""The policy at connect time, through the HTTP libraries' own extension points.
+
+- aiohttp (the A2A proxy): `GuardedResolver` wraps the default resolver and refuses a name whose answers
+  include an address the policy refuses. aiohttp calls the resolver only for names, and only when it opens
+  a new connection (its DNS cache holds what this resolver returned), so a pooled connection costs
+  nothing; IP-literal hosts skip resolvers altogether and are judged by `EgressPolicy.check_static`
+  before the request is made (aiohttp itself refuses non-canonical numeric hosts).
+- httpx (transcript, traces, session checks): `GuardedBackend` is an httpcore network backend. It resolves
+  the host itself, judges every answer, connects to the address it judged (so a second DNS answer cannot
+  differ from the first), and checks the connected socket's peer address once more.
+
+Both raise `EgressRefused` (an OSError), which the libraries report as a failed connect; callers map it to
+their spec error strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import typing
+
+import aiohttp
+import httpcore
+import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from workspace_server.egress.policy import DNS_TIMEOUT, EgressPolicy, EgressRefused, ip_literal
+
+
+class GuardedResolver(AbstractResolver):
+    def __init__(self, policy: EgressPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self.inner = inner or aiohttp.DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self.inner.resolve(host, port, family)
+        if not results:
+            raise EgressRefused(f"{host}: no addresses")
+        for r in results:
+            self.policy.check_ip(str(r["host"]), host)
+        return results
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def guarded_connector(policy: EgressPolicy, **kwargs: typing.Any) -> aiohttp.TCPConnector:
+    return aiohttp.TCPConnector(resolver=GuardedResolver(policy), **kwargs)
+
+
+def refused_cause(exc: BaseException | None) -> EgressRefused | None:
+    """The EgressRefused behind a library's connect error (aiohttp's `os_error`, httpx's `__cause__`)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, EgressRefused):
+            return exc
+        nxt = getattr(exc, "os_error", None)
+        exc = nxt if isinstance(nxt, BaseException) else (exc.__cause__ or exc.__context__)
+        seen += 1
+    return None
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, policy: EgressPolicy, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.policy = policy
+        self.inner = inner or httpcore.AnyIOBackend()
+
+    async def _addresses(self, host: str, port: int) -> list[str]:
+        literal = ip_literal(host)
+        if literal is not None:
+            self.policy.check_ip(literal, host)
+            return [host]
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout=DNS_TIMEOUT
+            )
+        except (OSError, UnicodeError, TimeoutError) as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}") from exc
+        addrs: list[str] = []
+        for info in infos:
+            addr = str(info[4][0])
+            self.policy.check_ip(addr, host)
+            if addr not in addrs:
+                addrs.append(addr)
+        if not addrs:
+            raise EgressRefused(f"{host}: no addresses")
+        return addrs
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            addrs = await self._addresses(host, port)
+        except EgressRefused as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        last: Exception | None = None
+        for addr in addrs:
+            try:
+                stream = await self.inner.connect_tcp(
+                    addr, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+                continue
+            peer = stream.get_extra_info("server_addr")
+            try:
+                self.policy.check_ip(str(peer[0]) if peer else "", host)
+            except EgressRefused as exc:
+                await stream.aclose()
+                raise httpcore.ConnectError(str(exc)) from exc
+            return stream
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not dialed")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport over a pool whose every new connection goes through `GuardedBackend`.
+
+    No proxy (an environment proxy would resolve names where the policy cannot see them)."""
+
+    def __init__(self, policy: EgressPolicy, limits: httpx.Limits = httpx.Limits()) -> None:
+        super().__init__(trust_env=False, limits=limits)
+        ssl_context: ssl.SSLContext = httpx.create_ssl_context(trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(policy),
+        )
+
+
+def guarded_http_client(policy: EgressPolicy, timeout: httpx.Timeout) -> httpx.AsyncClient:
+    """The shared `ctx.http`: every outbound httpx request of the server goes through the policy."""
+    return httpx.AsyncClient(transport=GuardedTransport(policy), timeout=timeout, trust_env=False)
