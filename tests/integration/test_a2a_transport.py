@@ -35,6 +35,7 @@ from workspace_server.a2a.proxy import (
     a2a_client,
     close_client,
 )
+from workspace_server.config import Settings
 from workspace_server.context import AppContext
 
 BUSY_MESSAGE = "workspace agent busy — request queued, will dispatch when capacity available"
@@ -135,7 +136,8 @@ class FullBacklog:
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """The proxy's own client, built by `a2a_client` from the module's settings (patch them first)."""
-    ctx = cast(AppContext, SimpleNamespace(extras={}))
+    # open bootstrap mode: the egress policy lets these loopback listeners be dialed
+    ctx = cast(AppContext, SimpleNamespace(extras={}, settings=Settings()))
     yield a2a_client(ctx)
     await close_client(ctx)
 
@@ -188,7 +190,7 @@ async def test_connect_timeout_is_not_busy(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(
         proxy, "DISPATCH_TIMEOUT", aiohttp.ClientTimeout(total=None, connect=5, sock_connect=0.3)
     )
-    ctx = cast(AppContext, SimpleNamespace(extras={}))
+    ctx = cast(AppContext, SimpleNamespace(extras={}, settings=Settings()))
     backlog = FullBacklog()
     try:
         exc = await _fail(a2a_client(ctx), backlog.url)
@@ -205,7 +207,7 @@ async def test_pool_timeout_is_not_busy(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(
         proxy, "DISPATCH_TIMEOUT", aiohttp.ClientTimeout(total=None, connect=0.3, sock_connect=5)
     )
-    ctx = cast(AppContext, SimpleNamespace(extras={}))
+    ctx = cast(AppContext, SimpleNamespace(extras={}, settings=Settings()))
     http = a2a_client(ctx)
     async with RawAgent("hang") as agent:
         first = asyncio.create_task(_exchange(http, agent.url, b"{}", _Exchange()))

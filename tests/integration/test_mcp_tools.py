@@ -21,8 +21,9 @@ from workspace_server.events.bus import Event
 from workspace_server.workspaces.store import insert_workspace
 
 ADMIN = "admin-secret"
-# dev env: the proxy may dial the loopback agent; ADMIN_TOKEN keeps auth strict
-SETTINGS = {"ADMIN_TOKEN": ADMIN, "MOLECULE_ENV": "development"}
+# ADMIN_TOKEN keeps auth strict, and makes this production mode for the egress policy (issue 11 §2):
+# the operator lists loopback so the proxy may dial the loopback agent
+SETTINGS = {"ADMIN_TOKEN": ADMIN, "MOLECULE_ENV": "development", "EGRESS_ALLOW_CIDRS": "127.0.0.1/32"}
 
 
 class Agent(StubServer):

@@ -30,6 +30,7 @@ from workspace_server.schedules.scheduler import Scheduler, sweep_phantom_busy
 
 ADMIN = "admin-secret"
 AH = bearer(ADMIN)
+LOOPBACK = "127.0.0.1/32"  # ADMIN_TOKEN = production mode: the operator lets the loopback stub be dialed
 
 
 @pytest.fixture
@@ -42,7 +43,9 @@ def agent() -> Iterator[StubAgent]:
 async def setup(
     client_factory: ClientFactory, agent_url: str, **overrides: Any
 ) -> tuple[httpx.AsyncClient, AppContext, str]:
-    client = await client_factory(MOLECULE_ENV="development", ADMIN_TOKEN=ADMIN, **overrides)
+    client = await client_factory(
+        MOLECULE_ENV="development", ADMIN_TOKEN=ADMIN, EGRESS_ALLOW_CIDRS=LOOPBACK, **overrides
+    )
     ctx = ctx_of(client)
     ws = await add_workspace(ctx, "Cron Agent", status="online", url=agent_url)
     return client, ctx, ws
@@ -302,7 +305,11 @@ async def test_deleting_a_workspace_disables_its_schedules(
 
 async def test_the_loop_fires_on_its_own(client_factory: ClientFactory, agent: StubAgent) -> None:
     client = await client_factory(
-        run_loops=True, MOLECULE_ENV="development", ADMIN_TOKEN=ADMIN, SCHEDULER_INTERVAL=0.2
+        run_loops=True,
+        MOLECULE_ENV="development",
+        ADMIN_TOKEN=ADMIN,
+        EGRESS_ALLOW_CIDRS=LOOPBACK,
+        SCHEDULER_INTERVAL=0.2,
     )
     ctx = ctx_of(client)
     ws = await add_workspace(ctx, "Cron Agent", status="online", url=agent.url)

@@ -42,7 +42,12 @@ def signed(event: str, payload: Any, secret: str = SECRET, raw: bytes | None = N
 
 
 async def setup(client_factory: ClientFactory, **overrides: Any) -> tuple[httpx.AsyncClient, AppContext]:
-    settings = {"GITHUB_WEBHOOK_SECRET": f"  {SECRET}\n", "ADMIN_TOKEN": ADMIN, "MOLECULE_ENV": "development"}
+    settings = {
+        "GITHUB_WEBHOOK_SECRET": f"  {SECRET}\n",
+        "ADMIN_TOKEN": ADMIN,
+        "MOLECULE_ENV": "development",
+        "EGRESS_ALLOW_CIDRS": "127.0.0.1/32",  # ADMIN_TOKEN: production egress; the stub agent is loopback
+    }
     client = await client_factory(**{**settings, **overrides})
     return client, ctx_of(client)
 
