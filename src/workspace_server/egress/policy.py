@@ -172,9 +172,9 @@ def parse_url(url: str) -> Target:
 # ---- the policy ----
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hash: `check_static`'s cache key costs nothing per call
 class EgressPolicy:
-    """Immutable: built once per `Settings` (see `policy_for`)."""
+    """Immutable: built once per configuration (see `policy_for`)."""
 
     production: bool
     saas: bool
