@@ -240,10 +240,15 @@ def fake_cp() -> Iterator[FakeControlPlane]:
     thread.join(timeout=10)
 
 
+# ADMIN_TOKEN is production mode for the egress policy (issue 11 §2): the fake control plane listens on
+# loopback, so the operator lists it
+CP_ON_LOOPBACK = {"ADMIN_TOKEN": ADMIN, "EGRESS_ALLOW_CIDRS": "127.0.0.1/32"}
+
+
 async def test_session_cookie_member_passes_admin_auth(
     client_factory: ClientFactory, fake_cp: FakeControlPlane
 ) -> None:
-    client = await client_factory(ADMIN_TOKEN=ADMIN, MOLECULE_ORG_SLUG="acme", CP_UPSTREAM_URL=fake_cp.url)
+    client = await client_factory(**CP_ON_LOOPBACK, MOLECULE_ORG_SLUG="acme", CP_UPSTREAM_URL=fake_cp.url)
     r = await client.get(ADMIN_PATH, headers={"Cookie": "session=member"})
     assert r.status_code == 200
     assert fake_cp.seen[0] == {
@@ -262,7 +267,7 @@ async def test_session_cookie_member_passes_admin_auth(
 async def test_session_cookie_non_member_falls_through(
     client_factory: ClientFactory, fake_cp: FakeControlPlane, cookie: str
 ) -> None:
-    client = await client_factory(ADMIN_TOKEN=ADMIN, MOLECULE_ORG_SLUG="acme", CP_UPSTREAM_URL=fake_cp.url)
+    client = await client_factory(**CP_ON_LOOPBACK, MOLECULE_ORG_SLUG="acme", CP_UPSTREAM_URL=fake_cp.url)
     r = await client.get(ADMIN_PATH, headers={"Cookie": cookie})
     assert r.status_code == 401
     assert r.json() == {"error": "admin auth required"}
@@ -275,7 +280,7 @@ async def test_session_cookie_non_member_falls_through(
 async def test_session_needs_slug_and_upstream(
     client_factory: ClientFactory, fake_cp: FakeControlPlane
 ) -> None:
-    client = await client_factory(ADMIN_TOKEN=ADMIN, CP_UPSTREAM_URL=fake_cp.url)  # no MOLECULE_ORG_SLUG
+    client = await client_factory(**CP_ON_LOOPBACK, CP_UPSTREAM_URL=fake_cp.url)  # no MOLECULE_ORG_SLUG
     r = await client.get(ADMIN_PATH, headers={"Cookie": "session=member"})
     assert r.status_code == 401
     assert fake_cp.seen == []
