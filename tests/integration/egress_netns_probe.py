@@ -169,7 +169,9 @@ async def run(tmp: Path) -> dict[str, Any]:
             }
         )
 
-    def a2a(ctx: Any, target: str) -> Callable[[], Awaitable[tuple[bool, str]]]:
+    Probe = Callable[[], Awaitable[tuple[bool, str]]]
+
+    def a2a(ctx: Any, target: str) -> Probe:
         async def go() -> tuple[bool, str]:
             ws, _ = await workspace(ctx, target)
             body = json.dumps({"method": "message/send", "params": {"message": {"parts": []}}}).encode()
@@ -239,6 +241,25 @@ async def run(tmp: Path) -> dict[str, Any]:
     await check("production", f"transcript {NAME}, public at check time", False, rebinding_transcript)
     await check("production", f"ctx.http GET {NAME}", False, httpx_by_name)
     await check("production", f"guarded aiohttp GET {NAME}", False, aiohttp_by_name)
+
+    def aiohttp_literal(target: str) -> Probe:
+        async def go() -> tuple[bool, str]:  # no pre-check: the connector's socket factory decides
+            import aiohttp
+
+            connector = guarded_connector(egress.policy_for(ctx.settings))
+            async with aiohttp.ClientSession(connector=connector) as s:
+                try:
+                    async with s.get(target) as r:
+                        return r.status == 200, f"aiohttp {r.status}"
+                except aiohttp.ClientError as exc:
+                    return False, f"aiohttp refused: {exc}"
+
+        return go
+
+    for label in ("10.1.2.3", "172.17.0.5", "fd00::7"):
+        await check(
+            "production", f"guarded aiohttp GET literal {label}", False, aiohttp_literal(private[label])
+        )
 
     # server-assigned: the backend's record (not the agent's claim) opens exactly that URL for that workspace
     ctx.extras["provisioner"] = object()

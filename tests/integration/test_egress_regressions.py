@@ -128,3 +128,26 @@ def agent() -> Any:
     a = StubAgent()
     yield a
     a.close()
+
+
+async def test_guarded_connector_judges_the_address_it_connects_to(agent: StubAgent) -> None:
+    """Without the proxy's pre-check: an IP literal skips aiohttp's resolver, the connector's socket
+    factory still refuses it before connecting; a name is refused by the resolver."""
+    import aiohttp
+
+    from workspace_server.egress import EgressPolicy
+    from workspace_server.egress.clients import guarded_connector, refused_cause
+
+    port = agent.url.rsplit(":", 1)[1]
+    strict = EgressPolicy(production=True, saas=False)
+    async with aiohttp.ClientSession(connector=guarded_connector(strict)) as s:
+        for url in (agent.url, f"http://[::ffff:127.0.0.1]:{port}", f"http://localhost:{port}"):
+            with pytest.raises(aiohttp.ClientConnectorError) as info:
+                await s.post(url, json=message("x"))
+            assert refused_cause(info.value) is not None, url
+    assert agent.received == []
+    open_mode = EgressPolicy(production=False, saas=False)
+    async with aiohttp.ClientSession(connector=guarded_connector(open_mode)) as s:
+        async with s.post(agent.url, json=message("x")) as r:
+            assert r.status == 200
+    assert len(agent.received) == 1

@@ -1,10 +1,11 @@
 """The policy at connect time, through the HTTP libraries' own extension points.
 
 - aiohttp (the A2A proxy): `GuardedResolver` wraps the default resolver and refuses a name whose answers
-  include an address the policy refuses. aiohttp calls the resolver only for names, and only when it opens
-  a new connection (its DNS cache holds what this resolver returned), so a pooled connection costs
-  nothing; IP-literal hosts skip resolvers altogether and are judged by `EgressPolicy.check_static`
-  before the request is made (aiohttp itself refuses non-canonical numeric hosts).
+  include an address the policy refuses; and the connector's `socket_factory` (called by aiohttp for every
+  connect attempt, with the address it is about to connect to, IP literals included: they skip resolvers)
+  refuses once more. Both run only when a new connection is opened (the connector's DNS cache holds what
+  the resolver returned), so a pooled connection costs nothing. The proxy also judges IP-literal URLs
+  before the call (`EgressPolicy.check_static`) to answer with the spec's error without trying.
 - httpx (transcript, traces, session checks): `GuardedBackend` is an httpcore network backend. It resolves
   the host itself, judges every answer, connects to the address it judged (so a second DNS answer cannot
   differ from the first), and checks the connected socket's peer address once more.
@@ -16,6 +17,7 @@ their spec error strings.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import typing
@@ -26,6 +28,8 @@ import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from workspace_server.egress.policy import DNS_TIMEOUT, EgressPolicy, EgressRefused, ip_literal
+
+log = logging.getLogger(__name__)
 
 
 class GuardedResolver(AbstractResolver):
@@ -47,8 +51,28 @@ class GuardedResolver(AbstractResolver):
         await self.inner.close()
 
 
+REFUSED = "address refused by the egress policy"  # one text: aiohttp keeps the type of identical errors
+
+
+def checked_socket_factory(policy: EgressPolicy) -> typing.Callable[[typing.Any], socket.socket]:
+    """aiohttp's `socket_factory`: the last word on the address a connection is about to be made to."""
+
+    def make(addr_info: typing.Any) -> socket.socket:
+        family, type_, proto, _canon, sockaddr = addr_info
+        try:
+            policy.check_ip(str(sockaddr[0]))
+        except EgressRefused as exc:
+            log.warning("egress: connect refused: %s", exc)
+            raise EgressRefused(REFUSED) from None
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return make
+
+
 def guarded_connector(policy: EgressPolicy, **kwargs: typing.Any) -> aiohttp.TCPConnector:
-    return aiohttp.TCPConnector(resolver=GuardedResolver(policy), **kwargs)
+    return aiohttp.TCPConnector(
+        resolver=GuardedResolver(policy), socket_factory=checked_socket_factory(policy), **kwargs
+    )
 
 
 def refused_cause(exc: BaseException | None) -> EgressRefused | None:
