@@ -282,6 +282,17 @@ async def run(tmp: Path) -> dict[str, Any]:
         results[-1]["card_address_hits"] = hits.by_addr.get("192.168.7.7", 0)
         results[-1]["pass"] = results[-1]["pass"] and hits.by_addr.get("192.168.7.7", 0) == 0
 
+    async def stopped_assigned() -> tuple[bool, str]:  # the row's url was cleared when the agent stopped
+        target = private["172.17.0.5"]
+        ws, token = await workspace(ctx, "", card_url=target)
+        egress.assigned(ctx).record(ws, target)
+        body = json.dumps({"method": "message/send", "params": {"message": {"parts": []}}}).encode()
+        r = await ctx.extras["a2a_proxy"](ws, body)
+        t = await client.get(f"/workspaces/{ws}/transcript", headers={"Authorization": f"Bearer {token}"})
+        return r.status == 200 or t.status_code == 200, f"a2a {r.status} transcript {t.status_code}"
+
+    await check("production", "172.17.0.5 assigned, agent stopped (row url cleared)", False, stopped_assigned)
+
     async def claimed_assigned() -> tuple[bool, str]:  # another workspace's record does not count
         ws, _ = await workspace(ctx, private["172.17.0.5"])
         egress.assigned(ctx).record(new_id(), private["172.17.0.5"])

@@ -85,7 +85,7 @@ def test_production_refuses_every_private_address_and_spelling(report: dict[str,
 
 def test_server_assigned_addresses_are_dialed_in_production(report: dict[str, Any]) -> None:
     cases = [c for c in _cases(report, "production") if "assigned" in c["case"]]
-    assert len(cases) == 3
+    assert len(cases) == 4
     _assert_all_pass(cases)
 
 

@@ -76,7 +76,8 @@ async def close_clients(ctx: AppContext) -> None:
         await client.aclose()
 
 
-async def _agent_url(ctx: AppContext, ws_id: str) -> str:
+async def _agent_url(ctx: AppContext, ws_id: str) -> tuple[str, str]:
+    """(the card's url, the row's url)."""
     try:
         async with ctx.engine.connect() as conn:
             row = await get_workspace(conn, ws_id)
@@ -89,15 +90,15 @@ async def _agent_url(ctx: AppContext, ws_id: str) -> str:
     url = card.get("url") if isinstance(card, dict) else None
     if not isinstance(url, str) or not url:
         raise ApiError(503, "workspace not registered (no URL on file)")
-    return url
+    return url, str(row.url or "")
 
 
 async def fetch_transcript(
     ctx: AppContext, ws_id: str, *, since: str, limit: str, authorization: str
 ) -> Upstream:
-    card_url = await _agent_url(ctx, ws_id)
+    card_url, row_url = await _agent_url(ctx, ws_id)
     assigned_url = egress.assigned(ctx).get(ws_id)
-    if assigned_url:
+    if assigned_url and assigned_url == row_url:  # a stopped agent's row url is cleared
         base, http = httpx.URL(_as_seen_from_here(ctx, ws_id, assigned_url)), _assigned_client(ctx)
     else:
         base, http = await check_url(ctx, card_url), ctx.http
