@@ -341,7 +341,8 @@ async def _run(call: Call, raw: bytes) -> ProxyResult:
     _check_budget(call)
     url = await _resolve_url(call)
     assigned_url = _check_url(call, url)
-    url = _container_url(call, url)
+    if assigned_url:
+        url = _container_url(call, url)
     if not isinstance(payload, dict):
         raise ApiError(400, msg.INVALID_JSON)
     envelope = normalise(payload)
