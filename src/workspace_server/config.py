@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     ACTIVITY_CLEANUP_INTERVAL_HOURS: str = "6"
     A2A_IDLE_TIMEOUT_SECONDS: int = 300
     # egress (egress/): private CIDRs the server may dial besides public addresses (agents on a private
-    # network); comma separated, e.g. "10.20.0.0/16,fd12:3456::/48"
+    # network); comma separated, `CIDR` or `CIDR:port`, e.g. "10.20.0.0/16,fd12:3456::/48,127.0.0.1/32:3000"
     EGRESS_ALLOW_CIDRS: str = ""
 
     # MCP bridge and traces (mcp/, activity/traces.py)
@@ -120,11 +120,9 @@ class Settings(BaseSettings):
     @field_validator("EGRESS_ALLOW_CIDRS")
     @classmethod
     def _egress_cidrs(cls, v: str) -> str:
-        import ipaddress
+        from workspace_server.egress.policy import parse_cidrs
 
-        for part in re.split(r"[,\s]+", v.strip()):
-            if part:
-                ipaddress.ip_network(part, strict=False)  # ValueError: refuse to start on a typo
+        parse_cidrs(v)  # ValueError: refuse to start on a typo
         return v
 
     @field_validator("PORT", mode="before")

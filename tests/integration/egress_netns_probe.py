@@ -315,6 +315,21 @@ async def run(tmp: Path) -> dict[str, Any]:
         await check("production+allow", f"a2a {label}", expect, a2a(ctx, target))
         await check("production+allow", f"transcript {label}", expect, transcript(ctx, client, target))
 
+    # an entry with a port opens that port only
+    with socket.socket() as s2:
+        s2.bind(("127.0.0.1", 0))
+        other_port = int(s2.getsockname()[1])
+    servers.append(listener("10.1.2.3", other_port, hits))
+    ctx, client = await app("allow-port", ADMIN_TOKEN="adm", EGRESS_ALLOW_CIDRS=f"10.1.2.3/32:{port}")
+    await check(
+        "production+allow", f"a2a 10.1.2.3 (entry 10.1.2.3/32:{port})", True, a2a(ctx, private["10.1.2.3"])
+    )
+    other = f"http://10.1.2.3:{other_port}"
+    await check("production+allow", "a2a 10.1.2.3 at another port", False, a2a(ctx, other))
+    await check(
+        "production+allow", "transcript 10.1.2.3 at another port", False, transcript(ctx, client, other)
+    )
+
     # open bootstrap mode (and dev): loopback yes, private no
     for mode, env in (("open", {}), ("dev", {"MOLECULE_ENV": "development"})):
         ctx, client = await app(mode, **env)

@@ -240,9 +240,29 @@ async def test_allow_cidrs_open_exactly_what_they_list() -> None:
     assert not await agent_ok("http://10.2.0.1:8000/", s)
 
 
-def test_allow_cidrs_typo_refuses_to_start() -> None:
+async def test_allow_entry_with_a_port_opens_that_port_only() -> None:
+    """`127.0.0.1/32:3000`: a loopback Langfuse in production without opening loopback to agent URLs."""
+    s = settings(ADMIN_TOKEN="x", EGRESS_ALLOW_CIDRS="127.0.0.1/32:3000, ::1/128:3000 fd00::/8:443")
+    assert await is_safe_url("http://127.0.0.1:3000/api", s)
+    assert await is_safe_url("http://localhost:3000/api", s)  # both of its answers are on the list
+    assert await is_safe_url("http://[::ffff:127.0.0.1]:3000/", s)
+    assert await is_safe_url("https://[fd00::5]/", s)  # 443 by default
+    for url in ("http://127.0.0.1:3001/", "http://127.0.0.1/", "http://localhost:8000/", "http://[fd00::5]/"):
+        assert not await is_safe_url(url, s), url
+    p = policy_for(s)
+    p.check_ip("127.0.0.1", port=3000)
+    with pytest.raises(OSError):
+        p.check_ip("127.0.0.1", port=3001)
+    with pytest.raises(OSError):
+        p.check_ip("127.0.0.1")  # port unknown: a port-scoped entry does not apply
+
+
+@pytest.mark.parametrize(
+    "raw", ["10.0.0.0/33", "10.0.0.1:80", "127.0.0.1/32:0", "127.0.0.1/32:99999", "127.0.0.1/32:x", "nope"]
+)
+def test_allow_cidrs_typo_refuses_to_start(raw: str) -> None:
     with pytest.raises(ValueError):
-        settings(EGRESS_ALLOW_CIDRS="10.0.0.0/33")
+        settings(EGRESS_ALLOW_CIDRS=raw)
 
 
 def test_policy_is_shared_per_configuration() -> None:

@@ -44,7 +44,7 @@ class GuardedResolver(AbstractResolver):
         if not results:
             raise EgressRefused(f"{host}: no addresses")
         for r in results:
-            self.policy.check_ip(str(r["host"]), host)
+            self.policy.check_ip(str(r["host"]), host, port or None)
         return results
 
     async def close(self) -> None:
@@ -60,7 +60,7 @@ def checked_socket_factory(policy: EgressPolicy) -> typing.Callable[[typing.Any]
     def make(addr_info: typing.Any) -> socket.socket:
         family, type_, proto, _canon, sockaddr = addr_info
         try:
-            policy.check_ip(str(sockaddr[0]))
+            policy.check_ip(str(sockaddr[0]), port=int(sockaddr[1]))
         except EgressRefused as exc:
             log.warning("egress: connect refused: %s", exc)
             raise EgressRefused(REFUSED) from None
@@ -95,7 +95,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     async def _addresses(self, host: str, port: int) -> list[str]:
         literal = ip_literal(host)
         if literal is not None:
-            self.policy.check_ip(literal, host)
+            self.policy.check_ip(literal, host, port)
             return [host]
         loop = asyncio.get_running_loop()
         try:
@@ -107,7 +107,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         addrs: list[str] = []
         for info in infos:
             addr = str(info[4][0])
-            self.policy.check_ip(addr, host)
+            self.policy.check_ip(addr, host, port)
             if addr not in addrs:
                 addrs.append(addr)
         if not addrs:
@@ -137,7 +137,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
                 continue
             peer = stream.get_extra_info("server_addr")
             try:
-                self.policy.check_ip(str(peer[0]) if peer else "", host)
+                self.policy.check_ip(str(peer[0]) if peer else "", host, port)
             except EgressRefused as exc:
                 await stream.aclose()
                 raise httpcore.ConnectError(str(exc)) from exc

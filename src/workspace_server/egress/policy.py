@@ -110,13 +110,36 @@ def ip_literal(host: str) -> IPAddress | None:
         return None
 
 
-def parse_cidrs(raw: str) -> tuple[Network, ...]:
-    """`EGRESS_ALLOW_CIDRS`: comma/space separated; a bare address is a /32 (/128). Raises ValueError."""
-    nets: list[Network] = []
+@dataclass(frozen=True)
+class Allowed:
+    """One `EGRESS_ALLOW_CIDRS` entry: a network, and optionally the one port it is opened for."""
+
+    net: Network
+    port: int | None = None
+
+    def matches(self, ip: IPAddress, port: int | None) -> bool:
+        if ip.version != self.net.version or ip not in self.net:
+            return False
+        return self.port is None or self.port == port
+
+
+def parse_cidrs(raw: str) -> tuple[Allowed, ...]:
+    """`EGRESS_ALLOW_CIDRS`: entries separated by commas or spaces, each `CIDR` or `CIDR:port` (the port
+    after the prefix length: `127.0.0.1/32:3000`, `fd00::/8:443`); a bare address is a /32 (/128).
+    Raises ValueError on anything else."""
+    entries: list[Allowed] = []
     for part in re.split(r"[,\s]+", raw.strip()):
-        if part:
-            nets.append(ipaddress.ip_network(part, strict=False))
-    return tuple(nets)
+        if not part:
+            continue
+        port: int | None = None
+        addr, slash, length = part.partition("/")
+        if slash and ":" in length:
+            length, _, port_text = length.partition(":")
+            if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+                raise ValueError(f"bad port in {part!r}")
+            port = int(port_text)
+        entries.append(Allowed(ipaddress.ip_network(f"{addr}{slash}{length}", strict=False), port))
+    return tuple(entries)
 
 
 # ---- URL parsing ----
@@ -178,7 +201,7 @@ class EgressPolicy:
 
     production: bool
     saas: bool
-    allow: tuple[Network, ...] = ()
+    allow: tuple[Allowed, ...] = ()
 
     @classmethod
     def from_settings(cls, s: Settings) -> EgressPolicy:
@@ -189,10 +212,14 @@ class EgressPolicy:
     def loopback_allowed(self) -> bool:
         return not self.production
 
-    def refusal(self, ip: IPAddress) -> str | None:
-        """Why the server may not dial `ip` (for the log), or None when it may."""
+    def allow_listed(self, ip: IPAddress, port: int | None = None) -> bool:
         ip = normalise_ip(ip)
-        if _in_any(ip, self.allow):
+        return any(a.matches(ip, port) for a in self.allow)
+
+    def refusal(self, ip: IPAddress, port: int | None = None) -> str | None:
+        """Why the server may not dial `ip` (at `port`, when known) — for the log — or None when it may."""
+        ip = normalise_ip(ip)
+        if self.allow_listed(ip, port):
             return None
         if _in_any(ip, LOOPBACK):
             return None if self.loopback_allowed else "loopback (production mode)"
@@ -202,15 +229,15 @@ class EgressPolicy:
             return "not a public unicast address"
         return None
 
-    def allows(self, ip: IPAddress) -> bool:
-        return self.refusal(ip) is None
+    def allows(self, ip: IPAddress, port: int | None = None) -> bool:
+        return self.refusal(ip, port) is None
 
-    def check_ip(self, ip: IPAddress | str, host: str = "") -> None:
+    def check_ip(self, ip: IPAddress | str, host: str = "", port: int | None = None) -> None:
         """Raise EgressRefused unless `ip` may be dialed (the connect-time check)."""
         addr = ip_literal(ip) if isinstance(ip, str) else ip
         if addr is None:
             raise EgressRefused(f"{host or ip}: not an IP address")
-        why = self.refusal(addr)
+        why = self.refusal(addr, port)
         if why is not None:
             raise EgressRefused(f"{host or addr} -> {addr}: {why}")
 
@@ -225,7 +252,7 @@ class EgressPolicy:
         if target.host in METADATA_NAMES:
             raise UnsafeURL(f"metadata hostname {target.host}")
         if target.literal is not None:
-            why = self.refusal(target.literal)
+            why = self.refusal(target.literal, target.port)
             if why is not None:
                 raise UnsafeURL(f"{target.host}: {why}")
         return target
@@ -235,7 +262,7 @@ class EgressPolicy:
         target = self.check_static(url)
         if target.literal is None:
             for ip in await resolve(target.host):
-                why = self.refusal(ip)
+                why = self.refusal(ip, target.port)
                 if why is not None:
                     raise UnsafeURL(f"{target.host} -> {ip}: {why}")
         return target
@@ -249,9 +276,9 @@ class EgressPolicy:
         addrs = [target.literal] if target.literal is not None else await resolve(target.host)
         for ip in addrs:
             n = normalise_ip(ip)
-            if _in_any(n, LOOPBACK) and not _in_any(n, self.allow):
+            if _in_any(n, LOOPBACK) and not self.allow_listed(n, target.port):
                 raise UnsafeURL(f"{target.host}: loopback")
-            why = self.refusal(ip)
+            why = self.refusal(ip, target.port)
             if why is not None:
                 raise UnsafeURL(f"{target.host} -> {ip}: {why}")
 
