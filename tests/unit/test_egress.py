@@ -125,6 +125,7 @@ def test_parse_gives_the_dialed_host_and_port() -> None:
     t = parse_url("http://[::ffff:10.0.0.1]:8000/")
     assert t.port == 8000 and t.literal == ipaddress.ip_address("::ffff:10.0.0.1")
     assert parse_url("http://ws-0123456789ab:8000").host == "ws-0123456789ab"
+    assert parse_url("http://example.com/a2a?by=a@b#c@d").host == "example.com"  # @ after the authority
 
 
 # ---- the dial policy per mode ----

@@ -169,7 +169,7 @@ def parse_url(url: str) -> Target:
         raise UnsafeURL("malformed url") from None
     if parsed.scheme not in ("http", "https"):
         raise UnsafeURL("scheme must be http or https")
-    if parsed.userinfo or "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+    if parsed.userinfo or "@" in re.split(r"[/?#]", url.split("//", 1)[-1], maxsplit=1)[0]:
         raise UnsafeURL("userinfo is not allowed")
     port = parsed.port
     if port is not None and not 0 < port <= 65535:
