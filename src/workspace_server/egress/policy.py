@@ -203,11 +203,6 @@ class EgressPolicy:
     saas: bool
     allow: tuple[Allowed, ...] = ()
 
-    @classmethod
-    def from_settings(cls, s: Settings) -> EgressPolicy:
-        production = bool(s.ADMIN_TOKEN) or s.env_name in ("prod", "production")
-        return cls(production=production, saas=s.saas_mode, allow=parse_cidrs(s.EGRESS_ALLOW_CIDRS))
-
     @property
     def loopback_allowed(self) -> bool:
         return not self.production
@@ -288,10 +283,14 @@ def _policy(production: bool, saas: bool, allow_raw: str) -> EgressPolicy:
     return EgressPolicy(production=production, saas=saas, allow=parse_cidrs(allow_raw))
 
 
+def production_mode(s: Settings) -> bool:
+    """Issue 11: production mode is `ADMIN_TOKEN` set or `MOLECULE_ENV` prod/production."""
+    return bool(s.ADMIN_TOKEN) or s.env_name in ("prod", "production")
+
+
 def policy_for(s: Settings) -> EgressPolicy:
     """The policy of these settings (one instance per distinct configuration, so its caches are shared)."""
-    production = bool(s.ADMIN_TOKEN) or s.env_name in ("prod", "production")
-    return _policy(production, s.saas_mode, s.EGRESS_ALLOW_CIDRS)
+    return _policy(production_mode(s), s.saas_mode, s.EGRESS_ALLOW_CIDRS)
 
 
 async def resolve(host: str) -> list[IPAddress]:
