@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Iterable
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from workspace_server.config import Settings
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -280,7 +283,14 @@ class EgressPolicy:
 
 @functools.lru_cache(maxsize=64)
 def _policy(production: bool, saas: bool, allow_raw: str) -> EgressPolicy:
-    return EgressPolicy(production=production, saas=saas, allow=parse_cidrs(allow_raw))
+    policy = EgressPolicy(production=production, saas=saas, allow=parse_cidrs(allow_raw))
+    log.info(
+        "egress: public addresses%s%s%s, and addresses this server assigned to its agents",
+        "" if production else ", loopback",
+        ", RFC 1918 and fd00::/8 (SaaS)" if saas else "",
+        f", EGRESS_ALLOW_CIDRS {allow_raw.strip()}" if allow_raw.strip() else "",
+    )
+    return policy
 
 
 def production_mode(s: Settings) -> bool:
