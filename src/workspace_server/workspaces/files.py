@@ -21,7 +21,17 @@ MAX_FILE_BYTES = 5 * 1024 * 1024  # the reference's per-file cap when reading a 
 
 
 class UnsafePath(ValueError):
-    """A relative path that is empty, absolute, or would leave its root."""
+    """A relative path that is empty, absolute, too long, or would leave its root."""
+
+
+# Linux's NAME_MAX for one component; a whole relative path stays far below PATH_MAX (4096) once its
+# root (data dir, workspace id, mount) is in front of it. Longer is bad input, not the OS's ENAMETOOLONG.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
+
+
+def _byte_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def workspace_config_dir(settings: Settings, ws_id: str) -> Path:
@@ -33,14 +43,19 @@ def workspace_config_dir(settings: Settings, ws_id: str) -> Path:
 
 
 def is_plain_name(name: str) -> bool:
-    """One path component: not empty, not `.`/`..`, no separators or NUL."""
-    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\x00")
+    """One path component: not empty, not `.`/`..`, no separators or NUL, at most MAX_NAME_BYTES."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and not any(c in name for c in "/\\\x00")
+        and _byte_len(name) <= MAX_NAME_BYTES
+    )
 
 
 def split_relpath(rel: str) -> list[str]:
     """Components of a safe relative path (`a/b/c.md`), or UnsafePath."""
     parts = rel.split("/")
-    if not rel or not all(is_plain_name(p) for p in parts):
+    if not rel or _byte_len(rel) > MAX_PATH_BYTES or not all(is_plain_name(p) for p in parts):
         raise UnsafePath(f"unsafe relative path {rel!r}")
     return parts
 
