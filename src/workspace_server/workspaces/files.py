@@ -10,6 +10,7 @@ relative paths into tar entries unchecked, so an import could write outside `/co
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -103,7 +104,12 @@ def _write_one(root_fd: int, parts: list[str], data: bytes, mode: int | None = N
                 raise UnsafePath(f"cannot enter {name!r}") from exc
             fds.append(dir_fd)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
-        fd = os.open(parts[-1], flags, 0o644 if mode is None else mode, dir_fd=dir_fd)
+        try:
+            fd = os.open(parts[-1], flags, 0o644 if mode is None else mode, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENAMETOOLONG):  # a symlink, a directory
+                raise UnsafePath(f"cannot write {parts[-1]!r}") from exc
+            raise
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise UnsafePath(f"{parts[-1]!r} is not a regular file")
