@@ -6,8 +6,11 @@ every JSON body and the JSON columns' reader learned to repair what an earlier b
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -157,3 +160,33 @@ async def test_template_import_with_a_long_name_is_400(client_factory: ClientFac
     body = {"name": "ok", "files": {"a" * 300 + ".md": "x"}}
     r = await client.post("/templates/import", json=body, headers=AUTH)
     assert r.status_code == 400, r.text
+
+
+def _hang_up_mid_body(port: int, path: str) -> None:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode() + b'{"name": "half')
+        time.sleep(0.3)  # the handler is waiting for the rest of the body
+
+
+async def test_a_client_that_hangs_up_mid_body_is_one_info_line(
+    live_server_factory: type[LiveServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = live_server_factory(ADMIN_TOKEN=ADMIN, ACCESS_LOG="off")
+    caplog.set_level(logging.INFO)
+    for path in ("/workspaces", "/registry/heartbeat", "/bundles/import"):  # a FastAPI route, a hot route
+        caplog.clear()
+        await asyncio.to_thread(_hang_up_mid_body, srv.port, path)
+        deadline = time.monotonic() + 5
+        while (
+            not [r for r in caplog.records if "went away" in r.getMessage()] and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.05)
+        mine = [r for r in caplog.records if r.name.startswith(("workspace_server", "uvicorn"))]
+        assert [(r.levelno, r.getMessage()) for r in mine] == [
+            (logging.INFO, f"client went away before sending the whole body: POST {path}")
+        ], caplog.text
+        assert not any(r.exc_info for r in mine)
