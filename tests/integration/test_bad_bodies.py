@@ -37,6 +37,10 @@ SKIP = re.compile(r"/(events/stream|mcp/stream|terminal)$|^/ws$")
 NOT_JSON = re.compile(r"/chat/uploads$")
 # NUL is fine on the wire: the proxy forwards it (to the closed port here) and the activity log scrubs it
 FORWARDS_NUL = re.compile(r"/a2a$")
+# spec 02 "Files API": a write with nowhere to go (no workspace backend in these tests, no template) is the
+# reference's 500; that is this deployment's configuration, not bad input
+NO_BACKEND = re.compile(r'^\{"error":"failed to (write file|delete): no workspace backend available"\}$')
+NO_PLACE = '{"error":"failed to write files to workspace"}'
 
 STRING_KEYS = (
     "name",
@@ -157,3 +161,45 @@ async def test_every_body_route_refuses_every_unkeepable_body(client_factory: Cl
             ws_id = await _seed(client, headers)  # a route that ignores its body removed it: start again
     assert not failures, f"{len(failures)} bad-body responses:\n" + "\n".join(failures[:80])
     assert time.monotonic() - started < 120, "the route-table sweep should stay fast"
+
+
+def _server_error(r: httpx.Response) -> bool:
+    if r.status_code < 500 or r.status_code in DELIBERATE:
+        return False
+    return not (NO_BACKEND.match(r.text) or r.text == NO_PLACE)
+
+
+def _long(template: str, ws_id: str, size: int) -> str:
+    """Every path parameter but the workspace id `size` characters long (a path one: two components)."""
+    path = template.replace("{id}", ws_id)
+    half = "b" * (size // 2)
+    return re.sub(r"\{([^}:]+)(:path)?\}", lambda m: f"{half}/{half}" if m.group(2) else "a" * size, path)
+
+
+@pytest.mark.timeout(300)
+async def test_long_names_and_paths_are_never_a_server_error(client_factory: ClientFactory) -> None:
+    """Names and paths past what a file system or a column takes: a 4xx (or a plain miss), never a 5xx."""
+    client = await client_factory(ADMIN_TOKEN=ADMIN, MOLECULE_ENV="development")
+    headers = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
+    ws_id = await _seed(client, headers)
+    failures: list[str] = []
+    for method, template in _body_routes(client.app):  # type: ignore[attr-defined]
+        if FORWARDS_NUL.search(template):
+            continue  # long strings are a valid A2A message: forwarded (to the closed port: a 502)
+        for size in (300, 5000):
+            long = "n" * size
+            body = _shaped(ws_id, f'"{long}"')
+            for path in {_fill(template, ws_id), _long(template, ws_id, size)}:
+                r = await client.request(method, path, content=body, headers=headers)
+                if _server_error(r):
+                    failures.append(f"{method} {template} [{size}]: {r.status_code} {r.text[:160]}")
+        gone = await client.get(f"/workspaces/{ws_id}", headers=headers)
+        if gone.status_code != 200 or gone.json().get("status") == "removed":
+            ws_id = await _seed(client, headers)
+    for template in ("/workspaces/{id}/files/{path:path}", "/workspaces/{id}/memory/{key}"):
+        for size in (300, 5000):
+            for method in ("GET", "DELETE"):
+                r = await client.request(method, _long(template, ws_id, size), headers=headers)
+                if _server_error(r):
+                    failures.append(f"{method} {template} [{size}]: {r.status_code} {r.text[:160]}")
+    assert not failures, f"{len(failures)} responses:\n" + "\n".join(failures[:80])
