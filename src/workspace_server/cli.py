@@ -32,6 +32,7 @@ def server_config(
         max_headers=settings.MAX_HEADER_COUNT,
         max_url_bytes=settings.MAX_URL_BYTES,
         head_timeout=settings.HEADER_TIMEOUT_SECONDS,
+        body_idle_timeout=settings.BODY_IDLE_TIMEOUT_SECONDS,
     )
     return uvicorn.Config(
         app,

@@ -110,6 +110,7 @@ class Settings(BaseSettings):
     MAX_HEADER_COUNT: int = Field(default=100, gt=0)
     MAX_URL_BYTES: int = Field(default=8 * 1024, gt=0)
     HEADER_TIMEOUT_SECONDS: float = 10.0  # <= 0 disables
+    BODY_IDLE_TIMEOUT_SECONDS: float = 30.0  # a request body sending nothing this long: closed; <= 0 disables
     KEEP_ALIVE_TIMEOUT_SECONDS: int = Field(
         default=5, gt=0
     )  # idle keep-alive connections are closed after this

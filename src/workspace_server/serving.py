@@ -1,4 +1,5 @@
-"""The HTTP server's own bounds on a request head: size, header count, URL length, time to send it.
+"""The HTTP server's own bounds on a request: head size, header count, URL length, time to send the head,
+and how long a body may stall.
 
 uvicorn runs httptools (llhttp), which has no cap of its own: it buffers a header value whole before
 the application sees it, so a 16 MiB header cost 16 MiB of server memory per connection, and a client
@@ -9,7 +10,9 @@ httptools instead (docs/decisions.md, "Input bounds").
 
 A head over a cap is answered before the application runs and the connection is closed:
 431 (head bytes or header count), 414 (request target), 408 (head not complete in time; an idle new
-connection is simply closed). The body is the app's usual `{"error": …}`.
+connection is simply closed). The body is the app's usual `{"error": …}`. A body that stalls (no byte
+for `body_idle_timeout` while the server is ready to read) closes the connection: the handler sees the
+client go away (one info line, common/errors.client_gone_response).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class HeadLimits:
     max_headers: int
     max_url_bytes: int
     head_timeout: float  # seconds from a connection (or a request's first byte) to the end of its head
+    body_idle_timeout: float = 0.0  # seconds a request body may go without a byte; <= 0: no limit
 
 
 class _Refuse(Exception):
@@ -55,6 +59,8 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self._header_count = 0
             self._refused = False
             self._head_timer: asyncio.TimerHandle | None = None
+            self._body_timer: asyncio.TimerHandle | None = None
+            self._last_data = 0.0
 
         # ---- connection ----
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -63,6 +69,7 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
+            self._cancel_body_timer()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -73,9 +80,13 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 return
             self._unset_keepalive_if_required()
             was_in_head = self._in_head
+            if self._body_timer is not None:
+                self._last_data = self.loop.time()
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
+                self._cancel_head_timer()
+                self._cancel_body_timer()
                 if self._should_upgrade():
                     self.handle_websocket_upgrade()
                 else:
@@ -118,6 +129,14 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self._in_head = False
             self._cancel_head_timer()
             super().on_headers_complete()
+            upgrade = self.parser.should_upgrade() and self._should_upgrade()
+            if self._limits.body_idle_timeout > 0 and not upgrade and not self._refused:
+                self._last_data = self.loop.time()
+                self._body_timer = self.loop.call_later(self._limits.body_idle_timeout, self._body_idle)
+
+        def on_message_complete(self) -> None:
+            self._cancel_body_timer()
+            super().on_message_complete()
 
         # ---- refusing ----
         def _start_head_timer(self) -> None:
@@ -129,6 +148,28 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+
+        def _cancel_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_idle(self) -> None:
+            """Re-armed for the time left while bytes arrive (no timer churn per chunk), and while reading
+            is paused by flow control (the server, not the client, is the slow one then)."""
+            self._body_timer = None
+            if self.transport.is_closing():
+                return
+            idle = self.loop.time() - self._last_data
+            if self.flow.read_paused:
+                self._last_data, idle = self.loop.time(), 0.0
+            if idle < self._limits.body_idle_timeout:
+                wait = self._limits.body_idle_timeout - idle
+                self._body_timer = self.loop.call_later(wait, self._body_idle)
+                return
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+            log.info("%s: request body stalled for %.0f s; connection closed", client, idle)
+            self.transport.close()
 
         def _head_timed_out(self) -> None:
             self._head_timer = None

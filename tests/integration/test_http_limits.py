@@ -7,6 +7,7 @@ its connection for ever.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -125,3 +126,50 @@ async def test_websocket_messages_over_the_cap_close_the_socket(live_server_fact
         with pytest.raises(ConnectionClosed) as info:
             await ws.recv()
     assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+def _stalled_body(port: int) -> tuple[bytes, float]:
+    head = (
+        "POST /workspaces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        started = time.monotonic()
+        sock.sendall(head.encode() + b'{"name": "sl')
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        return data, time.monotonic() - started
+
+
+async def test_a_stalled_body_is_cut_off(
+    live_server_factory: LiveFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = live_server_factory(BODY_IDLE_TIMEOUT_SECONDS=0.5)
+    caplog.set_level(logging.INFO)
+    answer, took = await asyncio.to_thread(_stalled_body, srv.port)
+    assert answer == b"" and took < 5  # closed, not held for ever
+    deadline = time.monotonic() + 5
+    while "went away" not in caplog.text and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert "request body stalled" in caplog.text and "went away" in caplog.text, caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    # a body that keeps coming, slowly, is read to the end
+    body = b'{"name": "slow but steady"}'
+    head = (
+        f"POST /workspaces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+    def trickle() -> bytes:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as sock:
+            sock.sendall(head)
+            for i in range(0, len(body), 9):
+                time.sleep(0.3)
+                sock.sendall(body[i : i + 9])
+            return sock.recv(65536)
+
+    assert _status(await asyncio.to_thread(trickle)) == 201
