@@ -60,7 +60,7 @@ async def test_lone_surrogates_are_400_on_the_reported_routes(client_factory: Cl
     assert not wrong, "\n".join(f"{m} {p} {b}: {s} {t[:120]}" for m, p, b, s, t in wrong)
     # the routes with a message of their own keep it
     by_route = {(m, p.replace(ws_id, ":id")): json.loads(t) for m, p, _b, _s, t in got}
-    assert by_route[("POST", "/workspaces")] == {"error": "invalid workspace payload"}
+    assert by_route[("POST", "/workspaces")] == {"error": "invalid workspace fields"}  # as NUL is
     assert by_route[("PATCH", "/workspaces/:id/config")] == {"error": "invalid JSON"}
     assert by_route[("POST", "/bundles/import")] == {"error": "invalid bundle"}
     assert by_route[("POST", "/workspaces/:id/mcp")]["error"]["code"] == -32700  # JSON-RPC parse error
