@@ -55,21 +55,25 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._in_head = True
+            self._in_body = False
             self._head_bytes = 0
             self._header_count = 0
             self._refused = False
-            self._head_timer: asyncio.TimerHandle | None = None
-            self._body_timer: asyncio.TimerHandle | None = None
+            # One watchdog per connection (not a timer per request: the hot routes pay two attribute
+            # writes per request, not two TimerHandles): it checks the head deadline and the body's
+            # last byte, and re-arms itself for the next moment either could expire.
+            self._watchdog: asyncio.TimerHandle | None = None
+            self._head_started = 0.0
             self._last_data = 0.0
 
         # ---- connection ----
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._start_head_timer()
+            self._head_started = self._last_data = self.loop.time()
+            self._arm(self._period())
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_timer()
-            self._cancel_body_timer()
+            self._disarm()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -80,13 +84,12 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 return
             self._unset_keepalive_if_required()
             was_in_head = self._in_head
-            if self._body_timer is not None:
+            if self._in_body:
                 self._last_data = self.loop.time()
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
-                self._cancel_head_timer()
-                self._cancel_body_timer()
+                self._disarm()  # the WebSocket protocol owns the transport from here
                 if self._should_upgrade():
                     self.handle_websocket_upgrade()
                 else:
@@ -112,7 +115,7 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self._in_head = True
             self._head_bytes = 0
             self._header_count = 0
-            self._start_head_timer()
+            self._head_started = self.loop.time()
 
         def on_url(self, url: bytes) -> None:
             super().on_url(url)
@@ -127,54 +130,57 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
 
         def on_headers_complete(self) -> None:
             self._in_head = False
-            self._cancel_head_timer()
             super().on_headers_complete()
-            upgrade = self.parser.should_upgrade() and self._should_upgrade()
-            if self._limits.body_idle_timeout > 0 and not upgrade and not self._refused:
+            if not (self.parser.should_upgrade() and self._should_upgrade()):
+                self._in_body = True
                 self._last_data = self.loop.time()
-                self._body_timer = self.loop.call_later(self._limits.body_idle_timeout, self._body_idle)
 
         def on_message_complete(self) -> None:
-            self._cancel_body_timer()
+            self._in_body = False
             super().on_message_complete()
 
+        # ---- the watchdog ----
+        def _period(self) -> float:
+            enabled = [t for t in (self._limits.head_timeout, self._limits.body_idle_timeout) if t > 0]
+            return min(enabled) if enabled else 0.0
+
+        def _arm(self, delay: float) -> None:
+            if delay > 0:
+                self._watchdog = self.loop.call_later(delay, self._watch)
+
+        def _disarm(self) -> None:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
+
+        def _watch(self) -> None:
+            self._watchdog = None
+            if self._refused or self.transport.is_closing():
+                return
+            now = self.loop.time()
+            head_timeout, body_timeout = self._limits.head_timeout, self._limits.body_idle_timeout
+            if self._in_head and head_timeout > 0:
+                left = self._head_started + head_timeout - now
+                if left <= 0:
+                    self._head_timed_out()
+                    return
+                self._arm(left)
+                return
+            if self._in_body and body_timeout > 0:
+                if self.flow.read_paused:  # the server, not the client, is the slow one now
+                    self._last_data = now
+                left = self._last_data + body_timeout - now
+                if left <= 0:
+                    client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+                    log.info("%s: request body stalled for %.0f s; connection closed", client, body_timeout)
+                    self.transport.close()
+                    return
+                self._arm(left)
+                return
+            self._arm(self._period())  # between requests, or the app is answering
+
         # ---- refusing ----
-        def _start_head_timer(self) -> None:
-            self._cancel_head_timer()
-            if self._limits.head_timeout > 0:
-                self._head_timer = self.loop.call_later(self._limits.head_timeout, self._head_timed_out)
-
-        def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _cancel_body_timer(self) -> None:
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
-
-        def _body_idle(self) -> None:
-            """Re-armed for the time left while bytes arrive (no timer churn per chunk), and while reading
-            is paused by flow control (the server, not the client, is the slow one then)."""
-            self._body_timer = None
-            if self.transport.is_closing():
-                return
-            idle = self.loop.time() - self._last_data
-            if self.flow.read_paused:
-                self._last_data, idle = self.loop.time(), 0.0
-            if idle < self._limits.body_idle_timeout:
-                wait = self._limits.body_idle_timeout - idle
-                self._body_timer = self.loop.call_later(wait, self._body_idle)
-                return
-            client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
-            log.info("%s: request body stalled for %.0f s; connection closed", client, idle)
-            self.transport.close()
-
         def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if not self._in_head or self._refused or self.transport.is_closing():
-                return
             if self._head_bytes or self.__dict__.get("url") or self.headers:
                 self._refuse(408, "request header timeout")
             else:  # nothing sent: an idle connection, closed without a word (as Go's ReadHeaderTimeout)
@@ -183,7 +189,7 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
 
         def _refuse(self, status: int, reason: str) -> None:
             self._refused = True
-            self._cancel_head_timer()
+            self._disarm()
             client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
             log.info("%s: %d %s", client, status, reason)
             body = json.dumps({"error": reason}, separators=(",", ":")).encode()
