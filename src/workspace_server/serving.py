@@ -57,7 +57,6 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self._in_head = True
             self._in_body = False
             self._head_bytes = 0
-            self._header_count = 0
             self._refused = False
             # One watchdog per connection (not a timer per request: the hot routes pay two attribute
             # writes per request, not two TimerHandles): it checks the head deadline and the body's
@@ -114,7 +113,6 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             super().on_message_begin()
             self._in_head = True
             self._head_bytes = 0
-            self._header_count = 0
             self._head_started = self.loop.time()
 
         def on_url(self, url: bytes) -> None:
@@ -122,13 +120,10 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             if len(self.url) > self._limits.max_url_bytes:
                 raise _Refuse(414, "request URI too long")
 
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._header_count += 1
-            if self._header_count > self._limits.max_headers:
-                raise _Refuse(431, "too many request header fields")
-            super().on_header(name, value)
-
         def on_headers_complete(self) -> None:
+            # counted here, not per header (the head-bytes cap already bounds what they cost meanwhile)
+            if len(self.headers) > self._limits.max_headers:
+                raise _Refuse(431, "too many request header fields")
             self._in_head = False
             super().on_headers_complete()
             if not (self.parser.should_upgrade() and self._should_upgrade()):
