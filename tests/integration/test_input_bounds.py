@@ -190,3 +190,18 @@ async def test_a_client_that_hangs_up_mid_body_is_one_info_line(
             (logging.INFO, f"client went away before sending the whole body: POST {path}")
         ], caplog.text
         assert not any(r.exc_info for r in mine)
+
+
+async def test_patch_workspace_judges_strings_by_field(client_factory: ClientFactory) -> None:
+    """NUL and lone surrogates in PATCH /workspaces/:id: the field rule's message where a field rule reads
+    the key (as NUL always was), `invalid request body` anywhere else; nothing written either way."""
+    client = await client_factory(ADMIN_TOKEN=ADMIN)
+    ws_id = await _workspace(client)
+    for bad in ('"\\ud800"', '"a\\u0000"'):
+        r = await client.patch(f"/workspaces/{ws_id}", content=f'{{"name": {bad}}}'.encode(), headers=AUTH)
+        assert (r.status_code, r.json()) == (400, {"error": "name contains invalid characters"})
+        body = f'{{"role": "ok", "workspace_dir": {bad}}}'.encode()
+        r = await client.patch(f"/workspaces/{ws_id}", content=body, headers=AUTH)
+        assert (r.status_code, r.json()) == (400, {"error": "invalid request body"})
+    got = (await client.get(f"/workspaces/{ws_id}", headers=AUTH)).json()
+    assert got["name"] == "bounds" and got.get("role") in ("", None)

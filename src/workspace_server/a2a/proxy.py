@@ -342,9 +342,8 @@ async def _run(call: Call, raw: bytes) -> ProxyResult:
 
 
 def _parse(raw: bytes) -> Any:
-    """The request, or _INVALID. Besides malformed JSON that is a body we could not forward intact: a
-    number beyond float range or a lone surrogate (`\\ud800`, or its raw bytes) has no JSON/UTF-8
-    encoding. Both need a `\\u` escape, an 0xED byte or a float, so the walk is rare."""
+    """The request, or _INVALID: the rules of every body (`jsonnum.decode_document`: malformed JSON, a
+    number beyond float range, a lone surrogate, nesting past MAX_JSON_DEPTH), except that NUL is kept."""
     try:
         return decode_document(raw, allow_nul=True)  # NUL is fine on the wire (the log scrubs it)
     except (ValueError, UnicodeDecodeError):

@@ -81,11 +81,11 @@ async def get_workspace(id: str, ctx: Ctx) -> JSONResponse:
 async def update_workspace(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     ws_id = _valid_id(id)
     raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)
-    # A body that is not JSON, or that the server could not keep (a lone surrogate, `1e400`: Go's decoder
-    # refuses a number beyond float64 too), is judged after the field rules and the existence check: 400
-    # `invalid request body`, the reference's order.
+    # A body that is not JSON, or that the server could not keep (`1e400`: Go's decoder refuses a number
+    # beyond float64 too; NUL or a lone surrogate outside the checked fields), is judged after the field
+    # rules and the existence check: 400 `invalid request body`, the reference's order.
     try:
-        decoded = decode_document(raw)
+        decoded = decode_document(raw, check_strings=False)  # strings: WorkspaceService.update
     except (ValueError, UnicodeDecodeError):
         decoded = None
     body = decoded if isinstance(decoded, dict) else None

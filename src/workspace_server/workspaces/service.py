@@ -338,7 +338,7 @@ class WorkspaceService:
         async with self.engine.connect() as conn:
             if not await store.workspace_exists(conn, ws_id):
                 raise ApiError(404, "workspace not found")
-        if body is None:
+        if body is None or not storable_json(body):
             raise ApiError(400, "invalid request body")
         wdir = body.get("workspace_dir")
         # checked before any write so a bad path leaves the row untouched (the reference wrote earlier keys)
