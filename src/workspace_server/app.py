@@ -13,8 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from workspace_server.common.errors import ApiError, api_error_response, http_error_response
+from workspace_server.common.errors import (
+    ApiError,
+    api_error_response,
+    client_gone_response,
+    http_error_response,
+)
 from workspace_server.common.kv import KV, MemoryKV, RedisKV
 from workspace_server.common.routing import HotRoute
 from workspace_server.config import Settings
@@ -235,6 +241,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, __: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": "invalid request body"}, status_code=400)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        return client_gone_response(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -10,17 +10,30 @@ import typer
 import uvicorn
 
 from workspace_server.config import Settings
+from workspace_server.serving import HeadLimits, bounded_httptools
 
 
-def server_config(app: Any, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
-    """uvicorn as `serve` runs it (the tests' live server too).
+def server_config(
+    app: Any, host: str, port: int, log_level: str = "info", settings: Settings | None = None
+) -> uvicorn.Config:
+    """uvicorn as `serve` runs it (the tests' live server too). `settings`: the app's by default.
 
     - the client IP is the TCP peer (spec 03 §4), never X-Forwarded-For;
     - wsproto for WebSockets: uvicorn's default (websockets' sans-I/O protocol) sends a refused
       handshake's HTTP response (`websocket.http.response`) correctly but then logs "ASGI callable
       returned without completing handshake" as an ERROR for every refusal; wsproto's does not;
-    - no uvicorn access log: the metrics middleware writes it (ACCESS_LOG), with the duration.
+    - no uvicorn access log: the metrics middleware writes it (ACCESS_LOG), with the duration;
+    - httptools with the request-head caps of serving.py (size, header count, URL, header timeout), the
+      WebSocket message cap, a keep-alive timeout and a connection cap, all from Settings.
     """
+    settings = settings or getattr(getattr(app, "state", None), "settings", None) or Settings()
+    limits = HeadLimits(
+        max_head_bytes=settings.MAX_HEADER_BYTES,
+        max_headers=settings.MAX_HEADER_COUNT,
+        max_url_bytes=settings.MAX_URL_BYTES,
+        head_timeout=settings.HEADER_TIMEOUT_SECONDS,
+        body_idle_timeout=settings.BODY_IDLE_TIMEOUT_SECONDS,
+    )
     return uvicorn.Config(
         app,
         host=host,
@@ -30,6 +43,10 @@ def server_config(app: Any, host: str, port: int, log_level: str = "info") -> uv
         proxy_headers=False,
         ws="wsproto",
         access_log=False,
+        http=bounded_httptools(limits),
+        ws_max_size=settings.WS_MAX_MESSAGE_BYTES,
+        timeout_keep_alive=settings.KEEP_ALIVE_TIMEOUT_SECONDS,
+        limit_concurrency=settings.MAX_CONNECTIONS if settings.MAX_CONNECTIONS > 0 else None,
     )
 
 

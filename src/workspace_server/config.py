@@ -105,8 +105,20 @@ class Settings(BaseSettings):
     # /metrics, and every A2A call in the activity log); "all" = every request, as the reference; "off"
     ACCESS_LOG: Literal["on", "all", "off"] = "on"
 
-    # request limits
+    # request limits (issue 11 §3; serving.py and cli.server_config apply the HTTP ones, common/http.py
+    # the body ones). Over a head cap: 431/414 and the connection closed; a head not complete within
+    # HEADER_TIMEOUT_SECONDS: 408 and closed.
     MAX_BODY_BYTES: int = Field(default=10 * 1024 * 1024)
+    MAX_HEADER_BYTES: int = Field(default=64 * 1024, gt=0)  # request line and headers together
+    MAX_HEADER_COUNT: int = Field(default=100, gt=0)
+    MAX_URL_BYTES: int = Field(default=8 * 1024, gt=0)
+    HEADER_TIMEOUT_SECONDS: float = 10.0  # <= 0 disables
+    BODY_IDLE_TIMEOUT_SECONDS: float = 30.0  # a request body sending nothing this long: closed; <= 0 disables
+    KEEP_ALIVE_TIMEOUT_SECONDS: int = Field(
+        default=5, gt=0
+    )  # idle keep-alive connections are closed after this
+    WS_MAX_MESSAGE_BYTES: int = Field(default=1024 * 1024, gt=0)  # larger WebSocket messages close it (1009)
+    MAX_CONNECTIONS: int = 4096  # open connections + in-flight requests; over it: 503. <= 0: no cap
 
     # plugins (plugins/): the registry dir, install caps (spec 06 §2.2: unset, unparsable or <= 0 means the
     # default), and the github source

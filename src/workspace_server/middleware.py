@@ -4,7 +4,7 @@ WebSockets pass through untouched.
 Stack, outermost first:
 
     hot lane → metrics → CORS → per-IP rate limit → TenantGuard → security headers → body limit
-             → slash redirect → app
+             → URL guard → slash redirect → app
 
 The hot lane (common/routing.py) sends the agents' hot routes through a second copy of the same stack
 (sharing the rate limiter and the metrics) straight to their endpoints.
@@ -571,6 +571,29 @@ class BodyLimitMiddleware:
             await send_response(send, 413, _json({"error": BODY_TOO_LARGE}), [JSON_TYPE])
 
 
+# ---------------------------------------------------------------- URL guard
+
+
+INVALID_URL = "invalid URL"
+
+
+class UrlGuardMiddleware:
+    """A NUL in the path or the query (`%00`) is 400 before any route sees it: Postgres text cannot hold it,
+    so every route that looked a path or query value up answered a 500, and no real URL carries one. (Other
+    bytes need no guard: the server decodes invalid UTF-8, a `%ED%A0%80` surrogate included, to U+FFFD.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and (
+            "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
+        ):
+            await refuse(scope, receive, send, 400, _json({"error": INVALID_URL}), [JSON_TYPE])
+            return
+        await self.app(scope, receive, send)
+
+
 # ---------------------------------------------------------------- trailing-slash redirect
 
 
@@ -649,6 +672,7 @@ def _shell_layers(settings: Settings, http_metrics: HttpMetrics) -> list[tuple[A
     """The HTTP shell's middlewares, innermost first."""
     layers: list[tuple[Any, dict[str, Any]]] = [
         (TrailingSlashRedirectMiddleware, {}),
+        (UrlGuardMiddleware, {}),
         (BodyLimitMiddleware, {"max_bytes": settings.MAX_BODY_BYTES}),
         (SecurityHeadersMiddleware, {}),
     ]

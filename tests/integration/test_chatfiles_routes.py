@@ -148,7 +148,8 @@ async def test_upload_refuses_symlinked_upload_dir(client_factory: Any, tmp_path
     outside.mkdir()
     os.symlink(outside, workspace / ".molecule")  # planted by whatever runs in the workspace
     r = await _upload(client, ws, h, [("files", ("a.txt", b"x", "text/plain"))])
-    assert (r.status_code, r.json()) == (500, {"error": "failed to stage files in workspace"})
+    # forbidden (issue 11 §3: it was a 500), the reference's message kept; nothing written outside
+    assert (r.status_code, r.json()) == (403, {"error": "failed to stage files in workspace"})
     assert list(outside.iterdir()) == []
 
 

@@ -67,9 +67,19 @@ async def test_planted_symlinks_do_not_leak_host_files(
     assert (await client.get(files_url(ws_id, "link.txt"))).status_code == 404
     assert (await client.get(files_url(ws_id, "linkdir/host-secret"))).status_code == 404
     assert (await client.get(files_url(ws_id), params={"path": "linkdir"})).json() == []
+    # a write through a planted symlink (a directory or the file itself) is refused as a bad path: a 400
+    # (issue 11 §3; it was a 500 "failed to write file"), the link target untouched
     resp = await client.put(files_url(ws_id, "linkdir/evil.txt"), json={"content": "x"})
-    assert resp.status_code == 500 and "linkdir" not in resp.text
+    assert (resp.status_code, resp.json()) == (400, {"error": "invalid path"})
     assert not (tmp_path / "evil.txt").exists()
+    resp = await client.put(files_url(ws_id, "link.txt"), json={"content": "overwritten"})
+    assert (resp.status_code, resp.json()) == (400, {"error": "invalid path"})
+    resp = await client.put(files_url(ws_id), json={"files": {"linkdir/evil.txt": "x"}})
+    assert (resp.status_code, resp.json()) == (400, {"error": "invalid path"})
+    assert not (tmp_path / "evil.txt").exists()
+    # a path too long for the file system is a bad path as well, not an OS error
+    resp = await client.put(files_url(ws_id, "a" * 300), json={"content": "x"})
+    assert resp.status_code == 400, resp.text
     assert (await client.delete(files_url(ws_id, "linkdir"))).status_code == 200
     assert secret.read_text() == "do not read"  # the link went, its target stayed
 

@@ -262,10 +262,11 @@ async def test_unknown_and_malformed_ids(client_factory: Any) -> None:
         assert (r.status_code, r.json()) == (404, {"error": "key not found"})
         r = await client.delete(f"/workspaces/{bad}/memory/k", headers=AH)
         assert (r.status_code, r.json()) == (200, {"status": "deleted"})
+    # a NUL in the URL is refused before routing, on every route (issue 11 §3, middleware.UrlGuardMiddleware)
     r = await client.get(f"/workspaces/{ws}/memory/a%00b", headers=AH)
-    assert (r.status_code, r.json()) == (404, {"error": "key not found"})
+    assert (r.status_code, r.json()) == (400, {"error": "invalid URL"})
     r = await client.delete(f"/workspaces/{ws}/memory/a%00b", headers=AH)
-    assert (r.status_code, r.json()) == (200, {"status": "deleted"})
+    assert (r.status_code, r.json()) == (400, {"error": "invalid URL"})
     # an upper-case id names the same workspace
     r = await _set(client, ws.upper(), AH, key="k", value="upper")
     assert r.status_code == 200

@@ -142,8 +142,9 @@ async def test_patch_skips_unusable_values_but_applies_the_rest(client_factory: 
     assert (r.status_code, r.json()) == (200, {"status": "updated"})
     w = await listed(client, ws_id)
     assert (w["tier"], w["name"], w["runtime"], w["x"], w["role"]) == (3, "alpha", "langgraph", 0, "ok")
+    # Numbers beyond float64 range: Go's decoder refuses the body (and a stored Infinity could not be
+    # sent again), so it is the reference's `invalid request body` and nothing is written (issue 11 §3).
     huge = '{"x": 1' + "0" * 400 + ', "y": 1e400, "tier": 1' + "0" * 400 + "}"
     r = await patch(client, ws_id, huge)
-    assert (r.status_code, r.json()) == (200, {"status": "updated"})
-    w = await listed(client, ws_id)
-    assert (w["tier"], w["x"], w["y"]) == (3, 0, 0)
+    assert (r.status_code, r.json()) == (400, {"error": "invalid request body"})
+    assert await listed(client, ws_id) == w

@@ -255,6 +255,7 @@ def test_resize_message_parsing() -> None:
         '{"type":"resize","cols":1}',
         '{"type":"other","cols":1,"rows":1}',
         "{not json",
+        '{"resize": ' + "[" * 100_000,  # nesting past the parser: keystrokes, not a RecursionError
     ):
         assert parse_resize(keys) is None
 

@@ -49,7 +49,7 @@ def test_loads_strict_rejects_nan_and_infinity() -> None:
             loads_strict(bad)
         with pytest.raises(ValueError):
             loads_finite(bad)
-    assert loads_strict('{"a":1e400}') == {"a": float("inf")}  # PATCH /workspaces/:id skips such values
+    assert loads_strict('{"a":1e400}') == {"a": float("inf")}  # loads_finite (every body) refuses it
 
 
 def test_loads_finite_rejects_numbers_beyond_float_range() -> None:

@@ -34,7 +34,7 @@ from workspace_server.a2a.logwriter import writer
 from workspace_server.activity.service import sorted_keys
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import new_id
-from workspace_server.common.jsonnum import encodable_json, loads_finite
+from workspace_server.common.jsonnum import decode_document
 from workspace_server.common.kv import URL_TTL, clear_workspace_keys, url_key
 from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
@@ -355,16 +355,12 @@ async def _run(call: Call, raw: bytes) -> ProxyResult:
 
 
 def _parse(raw: bytes) -> Any:
-    """The request, or _INVALID. Besides malformed JSON that is a body we could not forward intact: a
-    number beyond float range or a lone surrogate (`\\ud800`, or its raw bytes) has no JSON/UTF-8
-    encoding. Both need a `\\u` escape, an 0xED byte or a float, so the walk is rare."""
+    """The request, or _INVALID: the rules of every body (`jsonnum.decode_document`: malformed JSON, a
+    number beyond float range, a lone surrogate, nesting past MAX_JSON_DEPTH), except that NUL is kept."""
     try:
-        payload = loads_finite(raw)
+        return decode_document(raw, allow_nul=True)  # NUL is fine on the wire (the log scrubs it)
     except (ValueError, UnicodeDecodeError):
         return _INVALID
-    if (b"\\u" in raw or b"\xed" in raw) and not encodable_json(payload):
-        return _INVALID
-    return payload
 
 
 def _message_id(payload: Any) -> str:

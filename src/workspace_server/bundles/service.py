@@ -7,7 +7,6 @@ the new workspaces' config dirs (the reference joined them into `/configs` tar e
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.bundles.schemas import MAX_DEPTH, Bundle, nesting_depth
 from workspace_server.common.errors import ApiError
+from workspace_server.common.http import parse_json
 from workspace_server.common.ids import new_id, parse_uuid
 from workspace_server.config import Settings
 from workspace_server.context import AppContext
@@ -46,10 +46,7 @@ FILES_FAILED = "failed to write workspace config files"
 
 def parse_bundle(raw: bytes) -> Bundle:
     """JSON → validated Bundle, or 400 `invalid bundle` (bad JSON, wrong types, unsafe paths, no name)."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ApiError(400, INVALID) from None
+    data = parse_json(raw, INVALID)
     if not isinstance(data, dict) or nesting_depth(data) > MAX_DEPTH:
         raise ApiError(400, INVALID)
     try:

@@ -43,6 +43,10 @@ class StageFailed(Exception):
     """Writing into the workspace failed (read-only, full, engine error); details are logged only."""
 
 
+class StageRefused(StageFailed):
+    """The upload directory leads out of the workspace (a planted symlink): refused, not a failure."""
+
+
 @dataclass
 class FileStream:
     size: int
@@ -85,7 +89,9 @@ class HostFS:
         tree = {f"{rel}/{name}" if rel else name: data for name, data in files.items()}
         try:
             await anyio.to_thread.run_sync(write_tree, self.mounts[point], tree)
-        except (OSError, UnsafePath) as exc:
+        except UnsafePath as exc:  # names are sanitised: only a symlink planted on the way gets here
+            raise StageRefused(str(exc)) from exc
+        except OSError as exc:
             raise StageFailed(str(exc)) from exc
 
     async def open_file(self, path: str) -> FileStream:

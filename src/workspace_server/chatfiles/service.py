@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from workspace_server.chatfiles.fs import DockerFS, HostFS, StageFailed, WorkspaceFS
+from workspace_server.chatfiles.fs import DockerFS, HostFS, StageFailed, StageRefused, WorkspaceFS
 from workspace_server.common.errors import ApiError
 from workspace_server.context import AppContext
 from workspace_server.provisioner.base import BackendError, instance_name, validate_workspace_mount
@@ -35,6 +35,7 @@ MAX_FILE_BYTES = 25 * 1024 * 1024
 MAX_NAME = 100
 ALLOWED_ROOTS = ("/configs", "/workspace", "/home", "/plugins")
 NOT_RUNNING = ApiError(503, "workspace container not running")
+STAGE_FAILED = "failed to stage files in workspace"
 _UNSAFE_CHARS = re.compile(r"[^a-zA-Z0-9._\-]")
 _RFC3986_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -170,9 +171,12 @@ async def upload(ctx: AppContext, ws_id: str, uploads: list[Upload]) -> list[dic
         reply.append(entry)
     try:
         await fs.write_flat(UPLOAD_DIR, staged)
+    except StageRefused as exc:  # through a symlink planted in the workspace: forbidden, not a 500
+        log.info("chat upload for %s refused: %s", ws_id, exc)
+        raise ApiError(403, STAGE_FAILED) from None
     except StageFailed as exc:
         log.warning("chat upload for %s failed: %s", ws_id, exc)
-        raise ApiError(500, "failed to stage files in workspace") from None
+        raise ApiError(500, STAGE_FAILED) from None
     return reply
 
 

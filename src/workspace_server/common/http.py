@@ -1,4 +1,10 @@
-"""Request-body helpers that give the reference's exact 4xx messages instead of FastAPI's 422s."""
+"""Request-body helpers that give the reference's exact 4xx messages instead of FastAPI's 422s.
+
+What a body may hold is decided here and nowhere else (DESIGN §9): every route reads its body through
+`read_body` (a size cap) and decodes it with `read_json`/`parse_json` (no NaN/Infinity/`1e400`, no lone
+surrogate, no NUL, nesting at most MAX_JSON_DEPTH). A route only chooses its error message. The route-table
+test (tests/integration/test_bad_bodies.py) sends every route the bodies refused here.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from workspace_server.common.errors import ApiError
-from workspace_server.common.jsonnum import loads_finite, storable_json
+from workspace_server.common.jsonnum import UnsafeJSON, decode_document
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,20 +39,39 @@ async def read_body(
     return b"".join(chunks)
 
 
+INVALID_JSON = "invalid JSON"
+
+
 async def read_json(
     request: Request, error: str = "invalid request body", max_bytes: int = DEFAULT_MAX_BODY
 ) -> Any:
-    raw = await read_body(request, max_bytes)
+    return parse_json(await read_body(request, max_bytes), error)
+
+
+_RAISE: Any = object()
+
+
+def parse_json(
+    raw: bytes, error: str = "invalid request body", *, if_malformed: Any = _RAISE, check_strings: bool = True
+) -> Any:
+    """The decoded body, or ApiError(400, error).
+
+    Refused: malformed JSON; NaN/Infinity/`1e400` (Go refuses them, and re-encoded they are not JSON);
+    NUL and lone surrogates (Postgres text and jsonb cannot hold them: the write would be a 500, so they
+    are bad input on both databases alike); nesting deeper than MAX_JSON_DEPTH.
+
+    `if_malformed`: for the routes whose reference ignores a body it cannot parse, malformed JSON reads as
+    that value instead; a well-formed body that cannot be kept is still refused. `check_strings=False`: the
+    caller checks strings itself, item by item (`jsonnum.storable_json`).
+    """
     try:
-        data = loads_finite(raw)  # no NaN/Infinity/1e400: Go refuses them, and re-encoded they are not JSON
-    except (ValueError, UnicodeDecodeError):
+        return decode_document(raw, check_strings=check_strings)
+    except UnsafeJSON:
         raise ApiError(400, error) from None
-    # Postgres text and jsonb cannot hold NUL or a lone surrogate (the write would fail as a 500): refused
-    # as bad input, on both databases alike. Both arrive only as a `\\u` escape or as the raw bytes of an
-    # encoded surrogate (0xED), so the byte test keeps the common body free of the walk.
-    if (b"\\u" in raw or b"\xed" in raw) and not storable_json(data):
-        raise ApiError(400, error)
-    return data
+    except (ValueError, UnicodeDecodeError):
+        if if_malformed is not _RAISE:
+            return if_malformed
+        raise ApiError(400, error) from None
 
 
 async def read_model(

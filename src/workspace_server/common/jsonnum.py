@@ -8,8 +8,12 @@ Go's decoder also rejects the `NaN`/`Infinity` literals Python's `json` accepts 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # Go switches to exponent form at 1e21; below that a whole float is printed as an integer.
 _GO_INT_LIMIT = 1e21
@@ -25,6 +29,18 @@ def go_float(value: float | int | None) -> float | int:
     return v
 
 
+# How deep a request body may nest (objects and arrays). Go's decoder stops at 10000; Python's parser, and
+# every recursive walk after it (validation, re-encoding, jsonb), at about the interpreter's recursion
+# limit. 128 is far past any document the API takes (a 32-level bundle tree is ~70 levels).
+MAX_JSON_DEPTH = 128
+
+
+class UnsafeJSON(ValueError):
+    """Well-formed JSON the server cannot keep: a lone surrogate, NUL (where it is stored), a number
+    beyond float range, or nesting past MAX_JSON_DEPTH. Routes that ignore a malformed body still refuse
+    these (the body was meant, it just cannot be stored or forwarded intact)."""
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON constant {name}")
 
@@ -32,7 +48,7 @@ def _reject_constant(name: str) -> Any:
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # `1e400`: Go refuses it as out of range; re-encoded it is not JSON
-        raise ValueError(f"number {text} out of range")
+        raise UnsafeJSON(f"number {text} out of range")
     return value
 
 
@@ -59,7 +75,127 @@ def _decode(decoder: json.JSONDecoder, raw: bytes | str) -> Any:
             raw = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads does
         return decoder.decode(raw)
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+        raise UnsafeJSON("JSON nested too deeply") from None
+
+
+def decode_document(
+    raw: bytes, *, allow_nul: bool = False, check_strings: bool = True, max_depth: int = MAX_JSON_DEPTH
+) -> Any:
+    """A request body as the API accepts it: `loads_finite`, then no lone surrogate (nor NUL unless
+    `allow_nul`) and no nesting past `max_depth`. ValueError for malformed JSON, its subclass UnsafeJSON
+    for well-formed JSON that cannot be kept. `check_strings=False`: the caller judges strings itself,
+    item by item (a batch import counts such an entry as one error).
+
+    Both walks are skipped when the bytes cannot need them, so a common body costs one C-level parse and a
+    few byte scans: a surrogate or NUL needs a `\\u` escape (or the raw 0xED bytes of an encoded
+    surrogate), and a document cannot nest deeper than its count of `[` and `{`.
+    """
+    data = loads_finite(raw)
+    strings = check_strings and (b"\\u" in raw or b"\xed" in raw)
+    deep = raw.count(b"[") + raw.count(b"{") > max_depth
+    if (strings or deep) and not _keepable(data, allow_nul, max_depth if deep else None, strings):
+        raise UnsafeJSON("JSON document cannot be stored")
+    return data
+
+
+def _keepable(value: Any, allow_nul: bool, max_depth: int | None, strings: bool) -> bool:
+    """Iterative (a deep document must not recurse here): depth, strings and keys, non-finite floats."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if max_depth is not None and depth >= max_depth:
+                return False
+            for key, child in item.items():
+                if strings and not _string_ok(key, allow_nul):
+                    return False
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            if max_depth is not None and depth >= max_depth:
+                return False
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            if strings and not _string_ok(item, allow_nul):
+                return False
+        elif isinstance(item, float) and not math.isfinite(item):
+            return False
+    return True
+
+
+def _string_ok(value: str, allow_nul: bool) -> bool:
+    if not allow_nul and "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# ---- reading stored documents back ----
+
+# An escaped UTF-16 surrogate in stored JSON text (a valid pair decodes to one character; a lone one
+# does not), and the constants Python's encoder writes for non-finite floats.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _finite_or_none(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:  # past Python's int-string limit (4300 digits): jsonb keeps `1e5000` as numeric
+        return None
+
+
+_STORED = json.JSONDecoder(parse_constant=lambda _name: None, parse_float=_finite_or_none)
+_STORED_HUGE = json.JSONDecoder(
+    parse_constant=lambda _name: None, parse_float=_finite_or_none, parse_int=_int_or_none
+)
+
+
+def loads_stored(text: str | bytes) -> Any:
+    """The JSON columns' reader (db/engine.py): a stored document, repaired so it can be sent again.
+
+    Before bodies were checked in one place some rows were stored that no response can carry: a lone
+    surrogate (SQLite keeps `"\\ud800"` as text), `NaN`/`Infinity` (SQLite), numbers beyond float or int
+    range (`1e400`, or `1e5000` which jsonb keeps as numeric). Read back, each made the route a 500. They
+    are repaired as JavaScript's `JSON.stringify` and Go's decoder would: non-finite numbers become
+    `null`, a lone surrogate U+FFFD. A document that is not JSON at all reads as `null` (logged).
+    """
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8", "surrogatepass")
+    try:
+        try:
+            value = _STORED.decode(text)
+        except ValueError:
+            value = _STORED_HUGE.decode(text)
+        return _repair_strings(value) if _SURROGATE_ESCAPE.search(text) else value
+    except (ValueError, RecursionError):
+        log.warning("a stored JSON document could not be read; it reads as null")
+        return None
+
+
+def _fix(s: str) -> str:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return s
+
+
+def _repair_strings(value: Any) -> Any:
+    """A copy with every lone surrogate (in strings and keys) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _fix(value)
+    if isinstance(value, dict):
+        return {_fix(k): _repair_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_repair_strings(v) for v in value]
+    return value
 
 
 def contains_nul(value: Any) -> bool:

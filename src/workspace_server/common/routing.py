@@ -19,12 +19,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from workspace_server.common.errors import ApiError, api_error_response, http_error_response
+from workspace_server.common.errors import (
+    ApiError,
+    api_error_response,
+    client_gone_response,
+    http_error_response,
+)
 
 
 class HotRoute(Route):
@@ -54,6 +59,8 @@ class HotEndpoint:
             response = api_error_response(exc)
         except HTTPException as exc:  # also the body cap's 413, raised from `receive` mid-read
             response = http_error_response(exc)
+        except ClientDisconnect:
+            response = client_gone_response(request)
         await response(scope, receive, send)
 
 

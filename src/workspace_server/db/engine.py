@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from workspace_server.common.jsonnum import loads_stored
+
 
 def async_url(database_url: str) -> str:
     """Map the reference's URL forms onto SQLAlchemy async driver URLs."""
@@ -44,8 +46,10 @@ def make_engine(database_url: str) -> AsyncEngine:
         # no pre-ping: it costs a round trip per checkout on the hottest paths; a connection the server
         # dropped is detected as a disconnect, invalidated, and the pool refills (recycle bounds age)
         kwargs.update(pool_size=20, max_overflow=10, pool_recycle=1800)
-    # statement parameters can hold plaintext secrets: keep them out of error text and logs
-    engine = create_async_engine(url, hide_parameters=True, **kwargs)
+    # statement parameters can hold plaintext secrets: keep them out of error text and logs.
+    # JSON columns are read with `loads_stored`, which repairs what no response could carry (rows stored
+    # before request bodies were checked in one place: a lone surrogate, Infinity, 1e5000).
+    engine = create_async_engine(url, hide_parameters=True, json_deserializer=loads_stored, **kwargs)
     if engine.dialect.name == "sqlite":
         _sqlite_pragmas(engine)
     return engine

@@ -8,15 +8,13 @@ the "strip exactly one leading `/`" of the reference's wildcard, so `files//etc/
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
-from workspace_server.common.errors import ApiError
-from workspace_server.common.http import read_body
+from workspace_server.common.http import parse_json, read_body
 from workspace_server.files import service
 from workspace_server.files.service import FilesService
 from workspace_server.templates.service import check_upload_count
@@ -25,11 +23,7 @@ router = APIRouter()
 
 
 async def _json(request: Request, max_bytes: int) -> Any:
-    raw = await read_body(request, max_bytes)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ApiError(400, service.INVALID_BODY) from None
+    return parse_json(await read_body(request, max_bytes), service.INVALID_BODY)
 
 
 @router.get("/workspaces/{id}/files")

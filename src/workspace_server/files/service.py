@@ -31,6 +31,7 @@ from workspace_server.provisioner.base import (
     FileAccess,
     FileTooLargeError,
     InstanceNotRunning,
+    InvalidPath,
 )
 from workspace_server.provisioner.runtimes import RuntimeImages, RuntimeImagesError
 from workspace_server.templates.service import confined_tree, generate_default_config
@@ -206,6 +207,9 @@ class FilesService:
             await files.write_files(
                 ws.id, {rel: content.encode("utf-8", "replace")}, helper_image=self._helper_image(ws)
             )
+        except InvalidPath as exc:  # through a planted symlink, onto a directory: bad input, not a 500
+            log.info("writing %s of %s refused: %s", rel, ws.id, exc.detail)
+            raise ApiError(400, INVALID_PATH) from None
         except BackendError as exc:
             log.warning("writing %s of %s failed: %s", rel, ws.id, exc.detail)
             raise ApiError(500, f"failed to write file: {exc.message}") from None
@@ -227,6 +231,9 @@ class FilesService:
                 source = await files.write_files(ws.id, tree, helper_image=image)
             except InstanceNotRunning:
                 pass
+            except InvalidPath as exc:
+                log.info("replacing files of %s refused: %s", ws.id, exc.detail)
+                raise ApiError(400, INVALID_PATH) from None
             except BackendError as exc:
                 log.warning("replacing files of %s failed, trying the template: %s", ws.id, exc.detail)
             else:
@@ -266,6 +273,9 @@ class FilesService:
             await files.delete_path(ws.id, rel, helper_image=self._helper_image(ws))
         except InstanceNotRunning:
             pass  # nothing stored for the workspace: the path is already absent
+        except InvalidPath as exc:
+            log.info("deleting %s of %s refused: %s", rel, ws.id, exc.detail)
+            raise ApiError(400, INVALID_PATH) from None
         except BackendError as exc:
             log.warning("deleting %s of %s failed: %s", rel, ws.id, exc.detail)
             raise ApiError(500, f"failed to delete: {exc.message}") from None

@@ -12,7 +12,6 @@ SDK's models (`InitializeResult`, `Tool`, `CallToolResult`/`TextContent`, `JSONR
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from mcp import types
 from pydantic import BaseModel, StrictStr, ValidationError
 
+from workspace_server.common.jsonnum import decode_document
 from workspace_server.context import AppContext
 from workspace_server.mcp import tools
 
@@ -76,8 +76,8 @@ def initialize_result() -> types.InitializeResult:
 def parse_request(raw: bytes) -> _Request | None:
     """The request, or None when the body is not one JSON-RPC object (→ HTTP 400, -32700)."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        data = decode_document(raw)  # the rules of every body (common/http.py), as JSON-RPC's parse error
+    except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(data, dict):
         return None

@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.activity.service import log_activity, sorted_keys
 from workspace_server.common.errors import ApiError
+from workspace_server.common.http import parse_json
 from workspace_server.common.ids import parse_uuid
-from workspace_server.common.jsonnum import loads_strict, storable_json
+from workspace_server.common.jsonnum import storable_json
 from workspace_server.common.time import parse_rfc3339, rfc3339
 from workspace_server.context import AppContext
 from workspace_server.db.schema import MEMORY_SCOPES
@@ -284,10 +285,7 @@ async def export_all(ctx: AppContext) -> list[dict[str, Any]]:
 
 def parse_import(raw: bytes) -> list[Any]:
     """The import body: a JSON array (`null` reads as an empty one, as Go decodes it)."""
-    try:
-        data = loads_strict(raw)
-    except ValueError:
-        raise ApiError(400, IMPORT_BAD_JSON) from None
+    data = parse_json(raw, IMPORT_BAD_JSON, check_strings=False)  # a bad string is one entry's error
     if data is None:
         return []
     if not isinstance(data, list):

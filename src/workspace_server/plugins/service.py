@@ -30,8 +30,8 @@ from workspace_server import egress
 from workspace_server.auth import tokens
 from workspace_server.auth.deps import AuthInfo
 from workspace_server.common.errors import ApiError
+from workspace_server.common.http import parse_json
 from workspace_server.common.ids import parse_uuid
-from workspace_server.common.jsonnum import loads_finite
 from workspace_server.context import AppContext
 from workspace_server.db.schema import workspaces
 from workspace_server.plugins import sources
@@ -266,10 +266,7 @@ async def stage(ctx: AppContext, raw_source: str) -> Staged:
 
 def parse_install_body(raw: bytes) -> tuple[str, str]:
     """(source, sha256) from `{"source","sha256"?}`."""
-    try:
-        data = loads_finite(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid request body") from None
+    data = parse_json(raw, "invalid request body")
     if not isinstance(data, dict):
         raise ApiError(400, "invalid request body")
     source, sha = data.get("source"), data.get("sha256")

@@ -128,6 +128,14 @@ class ExecResult:
     truncated: bool = False  # output went past MAX_EXEC_OUTPUT and the rest was dropped
 
 
+class InvalidPath(BackendError):
+    """A files-API path that names no place the API may write: it escapes its root, passes through a
+    symlink, or is too long. The caller's bad input (a 4xx), not a backend failure."""
+
+    def __init__(self, detail: str = "", message: str = "invalid path") -> None:
+        super().__init__(message, detail)
+
+
 class FileTooLargeError(BackendError):
     """A file read through the files API is larger than MAX_EXEC_OUTPUT."""
 
@@ -332,6 +340,6 @@ def split_workspace_path(path: str) -> tuple[str, str]:
             try:
                 split_relpath(rest)
             except UnsafePath as exc:
-                raise BackendError("invalid path", str(exc)) from exc
+                raise InvalidPath(str(exc)) from exc
             return root, rest
-    raise BackendError("invalid path", f"{path!r} is outside the files API roots")
+    raise InvalidPath(f"{path!r} is outside the files API roots")

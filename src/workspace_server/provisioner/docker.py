@@ -70,6 +70,7 @@ from workspace_server.provisioner.base import (
     FileTooLargeError,
     Instance,
     InstanceNotRunning,
+    InvalidPath,
     PullProgress,
     Started,
     StartSpec,
@@ -879,7 +880,7 @@ class DockerBackend:
         try:
             return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
         except UnsafePath as exc:
-            raise BackendError("invalid path", str(exc)) from exc
+            raise InvalidPath(str(exc)) from exc
         except BackendError:
             raise
         except ENGINE_ERRORS as exc:

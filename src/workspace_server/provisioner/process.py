@@ -50,6 +50,7 @@ from workspace_server.provisioner.base import (
     FileTooLargeError,
     Instance,
     InstanceNotRunning,
+    InvalidPath,
     Started,
     StartSpec,
     build_env,
@@ -337,7 +338,7 @@ class ProcessBackend:
         try:
             await anyio.to_thread.run_sync(write)
         except UnsafePath as exc:
-            raise BackendError("invalid config file path", str(exc)) from exc
+            raise InvalidPath(str(exc), "invalid config file path") from exc
         except OSError as exc:
             raise BackendError("could not write config files", str(exc)) from exc
 
@@ -390,7 +391,7 @@ class ProcessBackend:
         try:
             await anyio.to_thread.run_sync(remove_path, config_dir, rel)
         except UnsafePath as exc:
-            raise BackendError("invalid path", str(exc)) from exc
+            raise InvalidPath(str(exc)) from exc
         except OSError as exc:
             raise BackendError("delete failed", str(exc)) from exc
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from workspace_server.auth.deps import AdminAuth, Ctx
-from workspace_server.common.errors import ApiError
-from workspace_server.common.http import read_body
+from workspace_server.common.http import parse_json, read_body
 from workspace_server.templates import service
 
 router = APIRouter()
@@ -24,11 +21,7 @@ async def list_templates(ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
 
 @router.post("/templates/import")
 async def import_template(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
-    raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ApiError(400, service.INVALID_BODY) from None
+    data = parse_json(await read_body(request, ctx.settings.MAX_BODY_BYTES), service.INVALID_BODY)
     req = service.parse_import_body(data)
     body = await anyio.to_thread.run_sync(service.import_template, ctx.settings, req)
     return JSONResponse(body, status_code=201)

@@ -21,7 +21,14 @@ import yaml
 
 from workspace_server.common.errors import ApiError
 from workspace_server.config import Settings
-from workspace_server.workspaces.files import MAX_FILE_BYTES, UnsafePath, check_tree, read_file, write_tree
+from workspace_server.workspaces.files import (
+    MAX_FILE_BYTES,
+    UnsafePath,
+    check_tree,
+    is_plain_name,
+    read_file,
+    write_tree,
+)
 from workspace_server.workspaces.templates import (
     clean_rel_path,
     clear_template_caches,
@@ -246,7 +253,9 @@ def import_template(settings: Settings, req: ImportRequest) -> dict[str, Any]:
     check_upload_count(req.files)
     dir_name = normalize_name(req.name)
     configs_dir = settings.configs_dir
-    dest = configs_dir / dir_name  # normalize_name leaves only [a-z0-9_-]: always one plain component
+    if not is_plain_name(dir_name):  # normalize_name leaves only [a-z0-9_-]; this is its length limit
+        raise ApiError(400, INVALID_BODY)
+    dest = configs_dir / dir_name
     if dest.exists() or dest.is_symlink():
         raise ApiError(409, "template already exists", id=dir_name)
     tree = confined_tree(req.files)

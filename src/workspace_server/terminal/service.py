@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any, cast
 
@@ -29,6 +28,7 @@ from workspace_server.auth.deps import AuthInfo
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import bearer_token
 from workspace_server.common.ids import parse_uuid
+from workspace_server.common.jsonnum import loads_strict
 from workspace_server.config import Settings
 from workspace_server.context import AppContext
 from workspace_server.provisioner.base import BackendError, ExecSession
@@ -75,7 +75,7 @@ def parse_resize(text: str) -> tuple[int, int] | None:
     if not text.startswith("{") or '"resize"' not in text:
         return None
     try:
-        msg: Any = json.loads(text)
+        msg: Any = loads_strict(text)  # a deeply nested "resize" is keystrokes, not a crashed session
     except ValueError:
         return None
     if not isinstance(msg, dict) or msg.get("type") != "resize" or set(msg) != {"type", "cols", "rows"}:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
@@ -11,6 +10,7 @@ from workspace_server.auth import tokens as auth_tokens
 from workspace_server.auth.deps import AuthInfo
 from workspace_server.auth.ratelimit import FixedWindowLimiter
 from workspace_server.common.errors import ApiError
+from workspace_server.common.http import INVALID_JSON, parse_json
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.time import rfc3339
 from workspace_server.context import AppContext
@@ -170,10 +170,7 @@ def check_mint_limit(ctx: AppContext, ip: str) -> None:
 
 def parse_org_token_name(raw: bytes) -> str:
     """Optional `{"name"}`; a body that is not JSON (or a non-string name) means no name."""
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        body = None
+    body = parse_json(raw, INVALID_JSON, if_malformed=None) if raw.strip() else None
     name = body.get("name") if isinstance(body, dict) else None
     name = name if isinstance(name, str) else ""
     if len(name) > ORG_TOKEN_NAME_MAX:

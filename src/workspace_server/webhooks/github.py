@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from workspace_server.a2a.proxy import ProxyResult, proxy_a2a
 from workspace_server.common.errors import ApiError
+from workspace_server.common.http import parse_json
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
@@ -49,10 +50,7 @@ def verify_signature(secret: str, body: bytes, header: str) -> bool:
 
 
 def parse_payload(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "invalid JSON payload") from None
+    data = parse_json(body, "invalid JSON payload")
     if not isinstance(data, dict):
         raise ApiError(400, "invalid JSON payload")
     return data

@@ -10,6 +10,7 @@ relative paths into tar entries unchecked, so an import could write outside `/co
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -21,7 +22,17 @@ MAX_FILE_BYTES = 5 * 1024 * 1024  # the reference's per-file cap when reading a 
 
 
 class UnsafePath(ValueError):
-    """A relative path that is empty, absolute, or would leave its root."""
+    """A relative path that is empty, absolute, too long, or would leave its root."""
+
+
+# Linux's NAME_MAX for one component; a whole relative path stays far below PATH_MAX (4096) once its
+# root (data dir, workspace id, mount) is in front of it. Longer is bad input, not the OS's ENAMETOOLONG.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
+
+
+def _byte_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def workspace_config_dir(settings: Settings, ws_id: str) -> Path:
@@ -33,14 +44,19 @@ def workspace_config_dir(settings: Settings, ws_id: str) -> Path:
 
 
 def is_plain_name(name: str) -> bool:
-    """One path component: not empty, not `.`/`..`, no separators or NUL."""
-    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\x00")
+    """One path component: not empty, not `.`/`..`, no separators or NUL, at most MAX_NAME_BYTES."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and not any(c in name for c in "/\\\x00")
+        and _byte_len(name) <= MAX_NAME_BYTES
+    )
 
 
 def split_relpath(rel: str) -> list[str]:
     """Components of a safe relative path (`a/b/c.md`), or UnsafePath."""
     parts = rel.split("/")
-    if not rel or not all(is_plain_name(p) for p in parts):
+    if not rel or _byte_len(rel) > MAX_PATH_BYTES or not all(is_plain_name(p) for p in parts):
         raise UnsafePath(f"unsafe relative path {rel!r}")
     return parts
 
@@ -88,7 +104,12 @@ def _write_one(root_fd: int, parts: list[str], data: bytes, mode: int | None = N
                 raise UnsafePath(f"cannot enter {name!r}") from exc
             fds.append(dir_fd)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
-        fd = os.open(parts[-1], flags, 0o644 if mode is None else mode, dir_fd=dir_fd)
+        try:
+            fd = os.open(parts[-1], flags, 0o644 if mode is None else mode, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENAMETOOLONG):  # a symlink, a directory
+                raise UnsafePath(f"cannot write {parts[-1]!r}") from exc
+            raise
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise UnsafePath(f"{parts[-1]!r} is not a regular file")

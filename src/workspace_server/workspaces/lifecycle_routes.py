@@ -8,9 +8,8 @@ from fastapi.responses import JSONResponse
 
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import read_body
+from workspace_server.common.http import parse_json, read_body
 from workspace_server.common.ids import parse_uuid
-from workspace_server.common.jsonnum import loads_strict
 from workspace_server.context import AppContext
 from workspace_server.provisioner.config_source import parse_restart_body
 from workspace_server.provisioner.orchestrator import (
@@ -50,10 +49,7 @@ async def restart_workspace(id: str, request: Request, ctx: Ctx, _auth: Workspac
     raw = await read_body(request, RESTART_BODY_MAX)
     data = None
     if raw.strip():
-        try:
-            data = loads_strict(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "invalid request body") from None
+        data = parse_json(raw, "invalid request body")
     body = parse_restart_body(data)
     if body is None:
         raise ApiError(400, "invalid request body")

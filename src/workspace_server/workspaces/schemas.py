@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from workspace_server.common.jsonnum import storable_json
+
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 
@@ -85,7 +87,8 @@ class CreateWorkspace(_Strict):
 def workspace_fields_error(name: str, role: str, model: str, runtime: str) -> str | None:
     """The reference's field rule (#685 YAML injection, #688 caps); its message, or None if valid.
 
-    Lengths are in bytes, as Go's len(). NUL is refused too: Postgres TEXT cannot hold it.
+    Lengths are in bytes, as Go's len(). NUL and lone surrogates are refused too: Postgres TEXT cannot
+    hold them.
     """
     fields = (("name", name), ("role", role), ("model", model), ("runtime", runtime))
     for label, val in fields:
@@ -95,7 +98,7 @@ def workspace_fields_error(name: str, role: str, model: str, runtime: str) -> st
         if any(c in val for c in YAML_SPECIAL_CHARS):
             return f"{label} contains invalid characters"
     for label, val in fields:
-        if "\x00" in val:
+        if not storable_json(val):  # NUL, or a lone surrogate (which has no UTF-8 encoding either)
             return f"{label} contains invalid characters"
     for label, val, cap in (
         ("name", name, NAME_MAX),

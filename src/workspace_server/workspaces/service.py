@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from workspace_server.auth import tokens
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import new_id, parse_uuid
-from workspace_server.common.jsonnum import go_float
+from workspace_server.common.jsonnum import go_float, storable_json
 from workspace_server.common.kv import URL_TTL, clear_workspace_keys, url_key
 from workspace_server.common.time import rfc3339
 from workspace_server.context import AppContext
@@ -109,7 +109,10 @@ class WorkspaceService:
         if not name:
             raise ApiError(400, "invalid workspace payload")
         role, model, runtime, template = p.role or "", p.model or "", p.runtime or "", p.template or ""
-        if workspace_fields_error(name, role, model, runtime) or any("\x00" in s for s in p.strings()):
+        # a string Postgres TEXT cannot hold (NUL, a lone surrogate) is a field error, checked first
+        if not all(storable_json(s) for s in p.strings()) or workspace_fields_error(
+            name, role, model, runtime
+        ):
             raise ApiError(400, "invalid workspace fields")
         if p.budget_limit is not None and p.budget_limit < 0:
             raise ApiError(400, "invalid workspace fields")
@@ -335,7 +338,7 @@ class WorkspaceService:
         async with self.engine.connect() as conn:
             if not await store.workspace_exists(conn, ws_id):
                 raise ApiError(404, "workspace not found")
-        if body is None:
+        if body is None or not storable_json(body):
             raise ApiError(400, "invalid request body")
         wdir = body.get("workspace_dir")
         # checked before any write so a bad path leaves the row untouched (the reference wrote earlier keys)

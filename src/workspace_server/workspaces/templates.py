@@ -18,6 +18,7 @@ import yaml
 
 from workspace_server.common.paths import resolve_inside_root
 from workspace_server.config import Settings
+from workspace_server.workspaces.files import MAX_NAME_BYTES, MAX_PATH_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +193,17 @@ def validate_rel_path(rel: str) -> bool:
 
 
 def clean_rel_path(rel: str) -> str | None:
-    """`rel` validated and normalised (`a//./b` → `a/b`), or None when invalid or naming the root."""
+    """`rel` validated and normalised (`a//./b` → `a/b`), or None when invalid, naming the root, or longer
+    than a file system takes (a component over MAX_NAME_BYTES, the whole over MAX_PATH_BYTES)."""
     if not validate_rel_path(rel):
         return None
     parts = [p for p in rel.split("/") if p not in ("", ".")]
-    return "/".join(parts) or None
+    clean = "/".join(parts)
+    if len(clean.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES or any(
+        len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for p in parts
+    ):
+        return None
+    return clean or None
 
 
 def _config_name(config_text: str) -> str:

@@ -1,0 +1,200 @@
+"""The HTTP server's own bounds on a request: head size, header count, URL length, time to send the head,
+and how long a body may stall.
+
+uvicorn runs httptools (llhttp), which has no cap of its own: it buffers a header value whole before
+the application sees it, so a 16 MiB header cost 16 MiB of server memory per connection, and a client
+that sends its head one byte at a time held a connection for ever (uvicorn's keep-alive timeout only
+runs between requests). h11 has a cap (`h11_max_incomplete_event_size`) but is a pure-Python parser,
+several times slower on the agents' hot routes (bench/README.md), so the caps are added here around
+httptools instead (docs/decisions.md, "Input bounds").
+
+A head over a cap is answered before the application runs and the connection is closed:
+431 (head bytes or header count), 414 (request target), 408 (head not complete in time; an idle new
+connection is simply closed). The body is the app's usual `{"error": …}`. A body that stalls (no byte
+for `body_idle_timeout` while the server is ready to read) closes the connection: the handler sees the
+client go away (one info line, common/errors.client_gone_response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    max_head_bytes: int  # request line + all header lines
+    max_headers: int
+    max_url_bytes: int
+    head_timeout: float  # seconds from a connection (or a request's first byte) to the end of its head
+    body_idle_timeout: float = 0.0  # seconds a request body may go without a byte; <= 0: no limit
+
+
+class _Refuse(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with `limits` applied (pass as `uvicorn.Config(http=...)`)."""
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        _limits = limits
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._in_head = True
+            self._in_body = False
+            self._head_bytes = 0
+            self._refused = False
+            # One watchdog per connection (not a timer per request: the hot routes pay two attribute
+            # writes per request, not two TimerHandles): it checks the head deadline and the body's
+            # last byte, and re-arms itself for the next moment either could expire.
+            self._watchdog: asyncio.TimerHandle | None = None
+            self._head_started = 0.0
+            self._last_data = 0.0
+
+        # ---- connection ----
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._head_started = self._last_data = self.loop.time()
+            self._arm(self._period())
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            """uvicorn's, plus the head caps. A chunk is counted as head while the parser has not reached
+            the end of the head; a chunk in which a new head starts (keep-alive) is not counted, so a
+            pipelined body tail is never mistaken for head bytes (it is bounded by the read size)."""
+            if self._refused:
+                return
+            self._unset_keepalive_if_required()
+            was_in_head = self._in_head
+            if self._in_body:
+                self._last_data = self.loop.time()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self._disarm()  # the WebSocket protocol owns the transport from here
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            except httptools.HttpParserError as exc:
+                refusal = exc.__context__
+                if isinstance(refusal, _Refuse):
+                    self._refuse(refusal.status, refusal.reason)
+                    return
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+                return
+            if self._in_head and was_in_head:
+                self._head_bytes += len(data)
+                if self._head_bytes > self._limits.max_head_bytes:
+                    self._refuse(431, "request header fields too large")
+
+        # ---- parser callbacks ----
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head = True
+            self._head_bytes = 0
+            self._head_started = self.loop.time()
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            if len(self.url) > self._limits.max_url_bytes:
+                raise _Refuse(414, "request URI too long")
+
+        def on_headers_complete(self) -> None:
+            # counted here, not per header (the head-bytes cap already bounds what they cost meanwhile)
+            if len(self.headers) > self._limits.max_headers:
+                raise _Refuse(431, "too many request header fields")
+            self._in_head = False
+            super().on_headers_complete()
+            if not (self.parser.should_upgrade() and self._should_upgrade()):
+                self._in_body = True
+                self._last_data = self.loop.time()
+
+        def on_message_complete(self) -> None:
+            self._in_body = False
+            super().on_message_complete()
+
+        # ---- the watchdog ----
+        def _period(self) -> float:
+            enabled = [t for t in (self._limits.head_timeout, self._limits.body_idle_timeout) if t > 0]
+            return min(enabled) if enabled else 0.0
+
+        def _arm(self, delay: float) -> None:
+            if delay > 0:
+                self._watchdog = self.loop.call_later(delay, self._watch)
+
+        def _disarm(self) -> None:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
+
+        def _watch(self) -> None:
+            self._watchdog = None
+            if self._refused or self.transport.is_closing():
+                return
+            now = self.loop.time()
+            head_timeout, body_timeout = self._limits.head_timeout, self._limits.body_idle_timeout
+            if self._in_head and head_timeout > 0:
+                left = self._head_started + head_timeout - now
+                if left <= 0:
+                    self._head_timed_out()
+                    return
+                self._arm(left)
+                return
+            if self._in_body and body_timeout > 0:
+                if self.flow.read_paused:  # the server, not the client, is the slow one now
+                    self._last_data = now
+                left = self._last_data + body_timeout - now
+                if left <= 0:
+                    client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+                    log.info("%s: request body stalled for %.0f s; connection closed", client, body_timeout)
+                    self.transport.close()
+                    return
+                self._arm(left)
+                return
+            self._arm(self._period())  # between requests, or the app is answering
+
+        # ---- refusing ----
+        def _head_timed_out(self) -> None:
+            if self._head_bytes or self.__dict__.get("url") or self.headers:
+                self._refuse(408, "request header timeout")
+            else:  # nothing sent: an idle connection, closed without a word (as Go's ReadHeaderTimeout)
+                self._refused = True
+                self.transport.close()
+
+        def _refuse(self, status: int, reason: str) -> None:
+            self._refused = True
+            self._disarm()
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+            log.info("%s: %d %s", client, status, reason)
+            body = json.dumps({"error": reason}, separators=(",", ":")).encode()
+            head = (
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+                "content-type: application/json; charset=utf-8\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            )
+            if not self.transport.is_closing():
+                self.transport.write(head.encode("latin-1") + body)
+                self.transport.close()
+
+    return BoundedHttpToolsProtocol
