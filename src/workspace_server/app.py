@@ -28,12 +28,20 @@ from workspace_server.workspaces.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
+OPEN_BOOTSTRAP_WARNING = (
+    "open bootstrap mode (neither ADMIN_TOKEN nor MOLECULE_ENV=production is set): a workspace without a "
+    "token is reachable without a credential and the first POST /registry/register for it receives its "
+    "token; set ADMIN_TOKEN before exposing this server"
+)
+
 
 async def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
     """`migrate=False` when the caller already migrated (`workspace-server serve` does, before it binds)."""
     from workspace_server.secrets.crypto import init_strict
 
     init_strict(settings)  # production without a valid SECRETS_ENCRYPTION_KEY: refuse before touching the DB
+    if settings.open_bootstrap:
+        log.warning(OPEN_BOOTSTRAP_WARNING)
     engine = make_engine(settings.DATABASE_URL)
     if migrate:
         await upgrade_to_head(engine)

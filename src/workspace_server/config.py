@@ -130,6 +130,13 @@ class Settings(BaseSettings):
         return self.env_name in ("prod", "production")
 
     @property
+    def open_bootstrap(self) -> bool:
+        """Neither ADMIN_TOKEN nor production: the reference's open bootstrap, where a workspace with no
+        live token is an unauthenticated identity and its first register mints its token (issue 11 §1).
+        Otherwise ("production mode") every workspace call needs a credential."""
+        return not self.ADMIN_TOKEN and not self.is_production
+
+    @property
     def dev_mode_fail_open(self) -> bool:
         """Spec 03 §3: dev mode iff ADMIN_TOKEN is empty and MOLECULE_ENV is dev/development."""
         return not self.ADMIN_TOKEN and self.env_name in ("dev", "development")

@@ -351,8 +351,12 @@ async def test_external_with_url_goes_online(client_factory: Any) -> None:
     client = await admin_client(client_factory)
     r = await create(client, {"name": "ext", "external": True, "url": "https://agent.example.com/a2a"})
     assert r.status_code == 201
-    ws_id = r.json()["id"]
-    assert r.text == json.dumps({"external": True, "id": ws_id, "status": "online"}, separators=(",", ":"))
+    body = r.json()
+    ws_id = body["id"]
+    # ADMIN_TOKEN set: the token is minted at create and shown once, as without a url (issue 11 §1)
+    conn_block = body.pop("connection")
+    assert body == {"external": True, "id": ws_id, "status": "online"}
+    assert len(conn_block["auth_token"]) == 43 and conn_block["workspace_id"] == ws_id
     w = await row(client, ws_id)
     assert (w.status, w.runtime, w.url) == ("online", "external", "https://agent.example.com/a2a")
     assert await ctx_of(client).kv.get(url_key(ws_id)) == "https://agent.example.com/a2a"
@@ -360,6 +364,15 @@ async def test_external_with_url_goes_online(client_factory: Any) -> None:
         ("WORKSPACE_PROVISIONING", {"name": "ext", "tier": 3, "runtime": "langgraph"}),
         ("WORKSPACE_ONLINE", {"name": "ext", "external": True}),
     ]
+    # the open bootstrap mode keeps the reference's body (the first register mints the token)
+    open_client = await client_factory()  # same database: a workspace token is its admin credential (ADR-001)
+    r = await create(
+        open_client,
+        {"name": "ext", "external": True, "url": "https://agent.example.com/a2a"},
+        headers={"Authorization": f"Bearer {conn_block['auth_token']}"},
+    )
+    ws_id = r.json()["id"]
+    assert r.text == json.dumps({"external": True, "id": ws_id, "status": "online"}, separators=(",", ":"))
 
 
 async def test_external_without_url_awaits_agent_with_one_time_token(client_factory: Any) -> None:
