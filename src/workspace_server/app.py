@@ -45,6 +45,13 @@ async def build_context(settings: Settings, *, migrate: bool = True) -> AppConte
     engine = make_engine(settings.DATABASE_URL)
     if migrate:
         await upgrade_to_head(engine)
+    from workspace_server.secrets.atrest import prepare as prepare_secrets
+
+    try:  # the secrets key (generated on first start), then plaintext rows encrypted under it
+        await prepare_secrets(settings, engine)
+    except BaseException:
+        await engine.dispose()
+        raise
     redis: Any | None = None
     bus: Bus
     kv: KV

@@ -323,13 +323,16 @@ async def test_secrets_saved_encrypted_in_the_create_transaction(client_factory:
         assert n.scalar() == 0
 
 
-async def test_secrets_without_key_are_plaintext_version_0(client_factory: Any) -> None:
+async def test_secrets_without_key_are_encrypted_under_the_generated_key(client_factory: Any) -> None:
+    # before issue 11 these were plaintext (version 0); now the generated key file encrypts them
     client = await admin_client(client_factory)
     ws_id = (await create(client, {"name": "s", "secrets": {"K": "v"}})).json()["id"]
     s = workspace_secrets
     async with ctx_of(client).engine.connect() as conn:
         x = (await conn.execute(sa.select(s).where(s.c.workspace_id == ws_id))).one()
-    assert (x.key, bytes(x.encrypted_value), x.encryption_version) == ("K", b"v", 0)
+    assert (x.key, x.encryption_version) == ("K", 1) and bytes(x.encrypted_value) != b"v"
+    r = await client.get(f"/workspaces/{ws_id}/secrets/values", headers=AUTH)
+    assert (r.status_code, r.json()) == (200, {"K": "v"})
 
 
 async def test_secret_save_failure_rolls_back_the_workspace(
