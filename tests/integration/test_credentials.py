@@ -8,14 +8,16 @@ is not a credential. The open bootstrap mode (neither setting) keeps the referen
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import ClientFactory
+from tests.conftest import AgentStarter, ClientFactory, LiveServer
 from tests.integration.test_orchestrator_support import (
     PlatformFactory,
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
@@ -321,3 +323,27 @@ async def test_provisioned_agent_in_saas_production_gets_its_token_written(
     assert r.status_code == 200 and r.json()["count"] == 1
     r = await p.http.post("/registry/register", json=register_body(wid), headers={"Authorization": ""})
     assert r.status_code == 401
+
+
+# ---------------------------------------------------------------- the reference agent in production mode
+
+
+async def test_reference_agent_with_the_connection_token_in_production(
+    live_server_factory: Callable[..., LiveServer], reference_agents: AgentStarter
+) -> None:
+    """An external reference agent (`python -m molecule_agent`) given the create response's token in its
+    `.auth_token` comes online; it picks the file up on its next register retry if it raced ahead."""
+    srv = live_server_factory(ADMIN_TOKEN=ADMIN)
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10, headers=bearer(ADMIN)) as c:
+        r = await c.post("/workspaces", json={"name": "Echo Agent", "external": True})
+        assert r.status_code == 201, r.text
+        ws_id, token = r.json()["id"], r.json()["connection"]["auth_token"]
+        cfg_dir = reference_agents(ws_id, srv.url)
+        (cfg_dir / ".auth_token").write_text(token, encoding="utf-8")
+        deadline = asyncio.get_running_loop().time() + 30
+        while (await c.get(f"/workspaces/{ws_id}")).json()["status"] != "online":
+            assert asyncio.get_running_loop().time() < deadline, "agent did not come online"
+            await asyncio.sleep(0.2)
+        assert (cfg_dir / ".auth_token").read_text().strip() == token  # no second token was minted
+        r = await c.get(f"/workspaces/{ws_id}/tokens")
+        assert r.json()["count"] == 1

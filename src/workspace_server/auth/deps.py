@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
@@ -170,12 +170,13 @@ def _canvas_origins(s: Settings) -> set[str]:
 
 # What `grandfathered_caller` let in: the workspace itself (one of its live tokens), the open-bootstrap
 # first caller of a workspace that has no token yet, or an admin acting for a tokenless workspace.
-OWNER = "owner"
-BOOTSTRAP = "bootstrap"
-ADMIN = "admin"
+RegistryCaller = Literal["owner", "bootstrap", "admin"]
+OWNER: RegistryCaller = "owner"
+BOOTSTRAP: RegistryCaller = "bootstrap"
+ADMIN: RegistryCaller = "admin"
 
 
-async def grandfathered_caller(ctx: AppContext, request: Request, ws_id: str) -> str:
+async def grandfathered_caller(ctx: AppContext, request: Request, ws_id: str) -> RegistryCaller:
     """Registry rule: once `ws_id` has a live token, the bearer must be one of its tokens.
 
     Returns OWNER, BOOTSTRAP or ADMIN (see above); anything else is a 401.
