@@ -9,8 +9,10 @@ is not a credential. The open bootstrap mode (neither setting) keeps the referen
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -347,3 +349,24 @@ async def test_reference_agent_with_the_connection_token_in_production(
         assert (cfg_dir / ".auth_token").read_text().strip() == token  # no second token was minted
         r = await c.get(f"/workspaces/{ws_id}/tokens")
         assert r.json()["count"] == 1
+
+
+async def test_org_import_returns_an_external_node_token(
+    client_factory: ClientFactory, tmp_path: Path
+) -> None:
+    """Org import creates through the same path; the one-time token must reach the operator."""
+    org = tmp_path / "org-templates" / "ext"
+    org.mkdir(parents=True)
+    (tmp_path / "configs").mkdir(exist_ok=True)
+    doc = {"name": "Ext", "workspaces": [{"name": "Remote", "external": True, "url": AGENT_URL}]}
+    (org / "org.yaml").write_text(json.dumps(doc), encoding="utf-8")  # JSON is YAML
+    client = await client_factory(ADMIN_TOKEN=ADMIN)
+    r = await client.post("/org/import", json={"dir": "ext"}, headers=bearer(ADMIN))
+    assert r.status_code == 201, r.text
+    (entry,) = r.json()["workspaces"]
+    token = entry["connection"]["auth_token"]
+    assert entry["connection"]["workspace_id"] == entry["id"] and len(token) == 43
+    r = await client.post("/registry/register", json=register_body(entry["id"]))
+    assert r.status_code == 401
+    r = await client.post("/registry/register", json=register_body(entry["id"]), headers=bearer(token))
+    assert (r.status_code, r.json()) == (200, {"status": "registered"})
