@@ -36,15 +36,30 @@ from workspace_server.workspaces.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
+OPEN_BOOTSTRAP_WARNING = (
+    "open bootstrap mode (neither ADMIN_TOKEN nor MOLECULE_ENV=production is set): a workspace without a "
+    "token is reachable without a credential and the first POST /registry/register for it receives its "
+    "token; set ADMIN_TOKEN before exposing this server"
+)
+
 
 async def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
     """`migrate=False` when the caller already migrated (`workspace-server serve` does, before it binds)."""
     from workspace_server.secrets.crypto import init_strict
 
     init_strict(settings)  # production without a valid SECRETS_ENCRYPTION_KEY: refuse before touching the DB
+    if settings.open_bootstrap:
+        log.warning(OPEN_BOOTSTRAP_WARNING)
     engine = make_engine(settings.DATABASE_URL)
     if migrate:
         await upgrade_to_head(engine)
+    from workspace_server.secrets.atrest import prepare as prepare_secrets
+
+    try:  # the secrets key (generated on first start), then plaintext rows encrypted under it
+        await prepare_secrets(settings, engine)
+    except BaseException:
+        await engine.dispose()
+        raise
     redis: Any | None = None
     bus: Bus
     kv: KV

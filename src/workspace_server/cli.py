@@ -95,15 +95,22 @@ def _require_encryption_key(settings: Settings) -> None:
 def _migrate(settings: Settings) -> None:
     from workspace_server.db.engine import make_engine
     from workspace_server.db.migrate import upgrade_to_head
+    from workspace_server.secrets.atrest import prepare as prepare_secrets
+    from workspace_server.secrets.crypto import EncryptionKeyRequired
 
     async def run() -> None:
         engine = make_engine(settings.DATABASE_URL)
         try:
             await upgrade_to_head(engine)
+            await prepare_secrets(settings, engine)  # the secrets key, and stored secrets under it
         finally:
             await engine.dispose()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except EncryptionKeyRequired as exc:  # e.g. encrypted rows but the generated key file is gone
+        typer.echo(f"workspace-server: {exc}", err=True)
+        raise typer.Exit(code=1) from None
 
 
 def main() -> None:

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     MOLECULE_ENV: str = ""
     ADMIN_TOKEN: str = ""
     SECRETS_ENCRYPTION_KEY: str = ""
+    # retired keys (comma-separated, same format), still tried for decryption; rows under them are
+    # re-encrypted under the current key at start (docs/operations.md "Rotating the secrets key")
+    SECRETS_ENCRYPTION_KEY_PREVIOUS: str = ""
+    # where the generated key lives when SECRETS_ENCRYPTION_KEY is unset outside production; empty: beside
+    # the SQLite database file, else `<DATA_DIR>/secrets.key` (`secrets_key_file`)
+    SECRETS_KEY_FILE: str = ""
     MOLECULE_ORG_ID: str = ""
     MOLECULE_ORG_SLUG: str = ""
     MOLECULE_DEPLOY_MODE: str = ""
@@ -153,6 +159,13 @@ class Settings(BaseSettings):
         return self.env_name in ("prod", "production")
 
     @property
+    def open_bootstrap(self) -> bool:
+        """Neither ADMIN_TOKEN nor production: the reference's open bootstrap, where a workspace with no
+        live token is an unauthenticated identity and its first register mints its token (issue 11 §1).
+        Otherwise ("production mode") every workspace call needs a credential."""
+        return not self.ADMIN_TOKEN and not self.is_production
+
+    @property
     def dev_mode_fail_open(self) -> bool:
         """Spec 03 §3: dev mode iff ADMIN_TOKEN is empty and MOLECULE_ENV is dev/development."""
         return not self.ADMIN_TOKEN and self.env_name in ("dev", "development")
@@ -163,6 +176,19 @@ class Settings(BaseSettings):
         if mode:
             return mode == "saas"
         return bool(self.MOLECULE_ORG_ID.strip())
+
+    @property
+    def secrets_key_file(self) -> Path:
+        """The generated secrets key's file: SECRETS_KEY_FILE, else `secrets.key` beside the SQLite database
+        file, else (Postgres, in-memory SQLite) `<DATA_DIR>/secrets.key`."""
+        if self.SECRETS_KEY_FILE:
+            return Path(self.SECRETS_KEY_FILE)
+        url = self.DATABASE_URL.strip()
+        if url.startswith("sqlite") and "///" in url:
+            db_path = url.split("///", 1)[1].split("?", 1)[0]
+            if db_path and db_path != ":memory:":
+                return Path(db_path).parent / "secrets.key"
+        return self.DATA_DIR / "secrets.key"
 
     @property
     def test_tokens_enabled(self) -> bool:

@@ -336,10 +336,9 @@ async def test_datastore_down_is_503_platform_unavailable(
 
 
 async def test_canvas_or_bearer(client_factory: ClientFactory) -> None:
-    client = await client_factory(
-        ADMIN_TOKEN=ADMIN, CORS_ORIGINS="https://canvas.example.com , http://x.test"
-    )
-    # zero workspace tokens: open even with ADMIN_TOKEN set
+    client = await client_factory(CORS_ORIGINS="https://canvas.example.com , http://x.test")
+    # zero workspace tokens: open (the open bootstrap mode; with ADMIN_TOKEN set it is not: issue 11 §3,
+    # tests/integration/test_credentials.py)
     assert (await client.put("/canvas/viewport", json=VIEWPORT)).status_code == 200
     _, tok = await make_ws(client)
 
@@ -347,12 +346,20 @@ async def test_canvas_or_bearer(client_factory: ClientFactory) -> None:
     assert r.status_code == 401
     assert r.json() == {"error": "admin auth required"}
     for headers in (
-        bearer(ADMIN),
         bearer(tok),
         {"Origin": "https://canvas.example.com"},  # a trimmed CORS_ORIGINS entry
     ):
         r = await client.put("/canvas/viewport", json=VIEWPORT, headers=headers)
         assert r.status_code == 200, headers
+    admin_client = await client_factory(
+        ADMIN_TOKEN=ADMIN, CORS_ORIGINS="https://canvas.example.com , http://x.test"
+    )
+    r = await admin_client.put("/canvas/viewport", json=VIEWPORT, headers=bearer(ADMIN))
+    assert r.status_code == 200
+    r = await admin_client.put(
+        "/canvas/viewport", json=VIEWPORT, headers={"Origin": "https://canvas.example.com"}
+    )
+    assert r.status_code == 401  # with ADMIN_TOKEN set an Origin is not a credential (issue 11 §3)
     # a bad bearer does not fall through to an allowed Origin
     r = await client.put(
         "/canvas/viewport", json=VIEWPORT, headers={**bearer("bad"), "Origin": "https://canvas.example.com"}
@@ -364,7 +371,8 @@ async def test_canvas_or_bearer(client_factory: ClientFactory) -> None:
 
 
 async def test_canvas_or_bearer_default_localhost_origins(client_factory: ClientFactory) -> None:
-    client = await client_factory(ADMIN_TOKEN=ADMIN)  # CORS_ORIGINS unset: the two localhost canvases
+    # CORS_ORIGINS unset: the two localhost canvases (open bootstrap mode only since issue 11 §3)
+    client = await client_factory()
     await make_ws(client)
     for origin in ("http://localhost:3000", "http://localhost:3001"):
         r = await client.put("/canvas/viewport", json=VIEWPORT, headers={"Origin": origin})

@@ -69,9 +69,11 @@ async def _setup(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str
         ids[key] = r.json()["id"]
     tokens = {}
     for key in ("a", "b"):
+        # with ADMIN_TOKEN set only an admin register mints a tokenless workspace's token (issue 11 §1)
         r = await client.post(
             "/registry/register",
             json={"id": ids[key], "url": "http://localhost:9", "agent_card": {"name": key}},
+            headers=headers,
         )
         assert r.status_code == 200, r.text
         tokens[key] = r.json()["auth_token"]

@@ -33,8 +33,9 @@ async def make(api: httpx.AsyncClient, name: str, parent: str | None = None) -> 
 
 async def bring_online(api: httpx.AsyncClient, wid: str, active_tasks: int = 0) -> None:
     card = {"name": "agent", "skills": [{"id": "echo", "name": "Echo"}]}
+    # ADMIN_TOKEN set: only an admin register mints a tokenless workspace's token (issue 11 §1)
     r = await api.post(
-        "/registry/register", json={"id": wid, "url": "http://localhost:9", "agent_card": card}
+        "/registry/register", json={"id": wid, "url": "http://localhost:9", "agent_card": card}, headers=AUTH
     )
     assert r.status_code == 200, r.text
     token = r.json()["auth_token"]

@@ -58,7 +58,8 @@ async def online_workspace(api: httpx.AsyncClient, name: str, **extra: Any) -> s
     if not extra.get("external"):
         card = {"name": name, "skills": [{"id": "echo", "name": "Echo"}]}
         reg = {"id": wid, "url": "http://localhost:9", "agent_card": card}
-        assert (await api.post("/registry/register", json=reg)).status_code == 200
+        # ADMIN_TOKEN set: only an admin register mints a tokenless workspace's token (issue 11 §1)
+        assert (await api.post("/registry/register", json=reg, headers=AUTH)).status_code == 200
     return wid
 
 

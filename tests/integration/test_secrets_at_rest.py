@@ -23,6 +23,7 @@ from tests.integration.test_secrets_support import (
 )
 from workspace_server.db.schema import global_secrets
 from workspace_server.secrets import service, store
+from workspace_server.secrets.crypto import EncryptionKeyRequired
 from workspace_server.secrets.service import SecretDecryptError, env_for_workspace
 
 
@@ -49,25 +50,23 @@ async def test_values_round_trip_through_encryption(client_factory: ClientFactor
     assert env == {"MULTI": "line1\nline2", "ONLY_GLOBAL": "g", "SHARED": "ws-v", "UNICODE": "päss wörd ✓"}
 
 
-async def test_plaintext_rows_stay_readable_after_a_key_is_configured(client_factory: ClientFactory) -> None:
-    plain = await admin_client(client_factory)  # no key: version 0
+async def test_plaintext_rows_are_encrypted_when_a_key_is_configured(client_factory: ClientFactory) -> None:
+    # plaintext rows as a server without a key wrote them before issue 11 (it now generates one)
+    plain = await admin_client(client_factory, SECRETS_ENCRYPTION_KEY="not-a-key")  # malformed: plaintext
     ws = await make_ws(plain)
     await plain.post(f"/workspaces/{ws}/secrets", json={"key": "OLD", "value": "old-v"}, headers=ADMIN_H)
     await plain.post("/settings/secrets", json={"key": "G_OLD", "value": "g-old"}, headers=ADMIN_H)
     (row,) = await ws_rows(plain, ws)
     assert (bytes(row.encrypted_value), row.encryption_version) == (b"old-v", 0)
 
+    # the start under a key encrypts them (secrets/atrest.py), and they read back
     keyed = await admin_client(client_factory, SECRETS_ENCRYPTION_KEY=KEY_A)
+    assert [(x.key, x.encryption_version) for x in await ws_rows(keyed, ws)] == [("OLD", 1)]
+    assert [(x.key, x.encryption_version) for x in await global_rows(keyed)] == [("G_OLD", 1)]
+    assert b"old-v" not in bytes((await ws_rows(keyed, ws))[0].encrypted_value)
     await keyed.post(f"/workspaces/{ws}/secrets", json={"key": "NEW", "value": "new-v"}, headers=ADMIN_H)
     r = await keyed.get(f"/workspaces/{ws}/secrets/values", headers=ADMIN_H)
     assert (r.status_code, r.json()) == (200, {"G_OLD": "g-old", "NEW": "new-v", "OLD": "old-v"})
-    assert [(x.key, x.encryption_version) for x in await ws_rows(keyed, ws)] == [("NEW", 1), ("OLD", 0)]
-
-    # rewriting a historical row under the key upgrades it (the upsert rewrites the version)
-    await keyed.post(f"/workspaces/{ws}/secrets", json={"key": "OLD", "value": "old-v"}, headers=ADMIN_H)
-    assert [(x.key, x.encryption_version) for x in await ws_rows(keyed, ws)] == [("NEW", 1), ("OLD", 1)]
-    await keyed.post("/settings/secrets", json={"key": "G_OLD", "value": "g-old"}, headers=ADMIN_H)
-    assert [(x.key, x.encryption_version) for x in await global_rows(keyed)] == [("G_OLD", 1)]
 
 
 async def test_wrong_key_fails_loudly(client_factory: ClientFactory) -> None:
@@ -109,9 +108,12 @@ async def test_wrong_key_fails_loudly(client_factory: ClientFactory) -> None:
     )
 
     # encrypted rows and no key at all: also refused, never served as ciphertext
-    keyless = await admin_client(client_factory)
+    keyless = await admin_client(client_factory, SECRETS_ENCRYPTION_KEY="not-a-key")
     r = await keyless.get(f"/workspaces/{ws}/secrets/values", headers=ADMIN_H)
     assert r.status_code == 500 and r.json()["failed_keys"] == ["workspace:MODEL_PROVIDER", "workspace:W1"]
+    # and with no key set, the server does not start (it would generate a second key): issue 11 §1
+    with pytest.raises(EncryptionKeyRequired, match="secrets key file"):
+        await admin_client(client_factory)
 
 
 async def test_unknown_encryption_version_fails(client_factory: ClientFactory) -> None:
@@ -140,7 +142,7 @@ async def test_no_secret_value_in_logs(
     caplog.set_level(logging.DEBUG)
     values = ["sk-live-VALUE-ws-123", "sk-live-VALUE-global-456", "model-VALUE-789", "plain-VALUE-000"]
     keyed = await admin_client(client_factory, SECRETS_ENCRYPTION_KEY=KEY_A)
-    plain = await admin_client(client_factory)
+    plain = await admin_client(client_factory, SECRETS_ENCRYPTION_KEY="not-a-key")  # encryption off
     ws = await make_ws(keyed)
     await keyed.post(f"/workspaces/{ws}/secrets", json={"key": "A", "value": values[0]}, headers=ADMIN_H)
     await keyed.put("/settings/secrets", json={"key": "G", "value": values[1]}, headers=ADMIN_H)

@@ -323,13 +323,16 @@ async def test_secrets_saved_encrypted_in_the_create_transaction(client_factory:
         assert n.scalar() == 0
 
 
-async def test_secrets_without_key_are_plaintext_version_0(client_factory: Any) -> None:
+async def test_secrets_without_key_are_encrypted_under_the_generated_key(client_factory: Any) -> None:
+    # before issue 11 these were plaintext (version 0); now the generated key file encrypts them
     client = await admin_client(client_factory)
     ws_id = (await create(client, {"name": "s", "secrets": {"K": "v"}})).json()["id"]
     s = workspace_secrets
     async with ctx_of(client).engine.connect() as conn:
         x = (await conn.execute(sa.select(s).where(s.c.workspace_id == ws_id))).one()
-    assert (x.key, bytes(x.encrypted_value), x.encryption_version) == ("K", b"v", 0)
+    assert (x.key, x.encryption_version) == ("K", 1) and bytes(x.encrypted_value) != b"v"
+    r = await client.get(f"/workspaces/{ws_id}/secrets/values", headers=AUTH)
+    assert (r.status_code, r.json()) == (200, {"K": "v"})
 
 
 async def test_secret_save_failure_rolls_back_the_workspace(
@@ -351,8 +354,12 @@ async def test_external_with_url_goes_online(client_factory: Any) -> None:
     client = await admin_client(client_factory)
     r = await create(client, {"name": "ext", "external": True, "url": "https://agent.example.com/a2a"})
     assert r.status_code == 201
-    ws_id = r.json()["id"]
-    assert r.text == json.dumps({"external": True, "id": ws_id, "status": "online"}, separators=(",", ":"))
+    body = r.json()
+    ws_id = body["id"]
+    # ADMIN_TOKEN set: the token is minted at create and shown once, as without a url (issue 11 §1)
+    conn_block = body.pop("connection")
+    assert body == {"external": True, "id": ws_id, "status": "online"}
+    assert len(conn_block["auth_token"]) == 43 and conn_block["workspace_id"] == ws_id
     w = await row(client, ws_id)
     assert (w.status, w.runtime, w.url) == ("online", "external", "https://agent.example.com/a2a")
     assert await ctx_of(client).kv.get(url_key(ws_id)) == "https://agent.example.com/a2a"
@@ -360,6 +367,15 @@ async def test_external_with_url_goes_online(client_factory: Any) -> None:
         ("WORKSPACE_PROVISIONING", {"name": "ext", "tier": 3, "runtime": "langgraph"}),
         ("WORKSPACE_ONLINE", {"name": "ext", "external": True}),
     ]
+    # the open bootstrap mode keeps the reference's body (the first register mints the token)
+    open_client = await client_factory()  # same database: a workspace token is its admin credential (ADR-001)
+    r = await create(
+        open_client,
+        {"name": "ext", "external": True, "url": "https://agent.example.com/a2a"},
+        headers={"Authorization": f"Bearer {conn_block['auth_token']}"},
+    )
+    ws_id = r.json()["id"]
+    assert r.text == json.dumps({"external": True, "id": ws_id, "status": "online"}, separators=(",", ":"))
 
 
 async def test_external_without_url_awaits_agent_with_one_time_token(client_factory: Any) -> None:

@@ -252,7 +252,12 @@ async def test_viewport_put_needs_canvas_or_bearer_once_tokens_exist(client_fact
         token = await issue_workspace_token(conn, ws_id)
     r = await client.put("/canvas/viewport", json={"x": 1})
     assert (r.status_code, r.json()) == (401, {"error": "admin auth required"})
-    ok = await client.put("/canvas/viewport", json={"x": 1}, headers={"Origin": "http://localhost:3000"})
+    # ADMIN_TOKEN set: an Origin alone is no credential (issue 11 §3); the canvas sends the admin bearer
+    r = await client.put("/canvas/viewport", json={"x": 1}, headers={"Origin": "http://localhost:3000"})
+    assert (r.status_code, r.json()) == (401, {"error": "admin auth required"})
+    ok = await client.put(
+        "/canvas/viewport", json={"x": 1}, headers={"Origin": "http://localhost:3000", **AUTH}
+    )
     assert ok.status_code == 200
     ok = await client.put("/canvas/viewport", json={"x": 2}, headers={"Authorization": f"Bearer {token}"})
     assert ok.status_code == 200

@@ -51,8 +51,11 @@ async def seed(
     return out
 
 
-async def notify(http: httpx.AsyncClient, ws_id: str, message: str = "m") -> None:
-    r = await http.post(f"/workspaces/{ws_id}/notify", json={"message": message}, headers=ADMIN_H)
+async def notify(
+    http: httpx.AsyncClient, ws_id: str, message: str = "m", headers: dict[str, str] | None = None
+) -> None:
+    h = ADMIN_H if headers is None else headers
+    r = await http.post(f"/workspaces/{ws_id}/notify", json={"message": message}, headers=h)
     assert r.status_code == 200, r.text
 
 
@@ -109,15 +112,27 @@ async def test_agent_client_sees_only_workspaces_it_may_talk_to(
 
 
 async def test_agent_without_tokens_is_grandfathered(live_server_factory: Any, db_url: str) -> None:
-    srv = live_server_factory(ADMIN_TOKEN=ADMIN)
+    # the open bootstrap mode only (here dev mode, so that notify needs no credential)
+    srv = live_server_factory(MOLECULE_ENV="development")
     ids = await seed(db_url, [("root1", None), ("root2", None), ("kid", "root2")])
     async with (
         httpx.AsyncClient(base_url=srv.url, timeout=WAIT) as http,
         connect(ws_url(srv), additional_headers={"X-Workspace-ID": ids["root1"].upper()}) as ws,
     ):
-        await notify(http, ids["kid"])  # another root's child: filtered
-        await notify(http, ids["root2"])  # both roots: delivered
+        await notify(http, ids["kid"], headers={})  # another root's child: filtered
+        await notify(http, ids["root2"], headers={})  # both roots: delivered
         assert (await next_frame(ws))["workspace_id"] == ids["root2"]
+
+
+async def test_agent_without_tokens_needs_one_in_production(live_server_factory: Any, db_url: str) -> None:
+    """Issue 11 §1: with ADMIN_TOKEN set a tokenless workspace is no unauthenticated identity."""
+    srv = live_server_factory(ADMIN_TOKEN=ADMIN)
+    ids = await seed(db_url, [("root1", None)])
+    me = {"X-Workspace-ID": ids["root1"]}
+    url = ws_url(srv)
+    assert await _denied(url, additional_headers=me) == (401, {"error": "missing workspace auth token"})
+    bad = {**me, "Authorization": "Bearer nope"}
+    assert await _denied(url, additional_headers=bad) == (401, {"error": "invalid workspace auth token"})
 
 
 async def _denied(url: str, **kwargs: Any) -> tuple[int, Any]:
@@ -194,8 +209,11 @@ async def test_register_emits_workspace_online(live_server_factory: Any, db_url:
     ws_id = new_id()
     card = {"name": "echo", "skills": []}
     async with httpx.AsyncClient(base_url=srv.url, timeout=WAIT) as http, connect(ws_url(srv)) as ws:
+        # a new id: only an admin may register it with ADMIN_TOKEN set (issue 11 §1)
         r = await http.post(
-            "/registry/register", json={"id": ws_id, "url": "http://localhost:8000", "agent_card": card}
+            "/registry/register",
+            json={"id": ws_id, "url": "http://localhost:8000", "agent_card": card},
+            headers=ADMIN_H,
         )
         assert r.status_code == 200, r.text
         frame = await next_frame(ws)

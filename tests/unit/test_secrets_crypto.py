@@ -108,3 +108,45 @@ def test_init_strict_with_key_in_production() -> None:
     assert crypto.enabled and crypto is crypto_for(settings(SECRETS_ENCRYPTION_KEY=KEY_B64))
     stored, version = crypto.encrypt(b"v")
     assert (version, SecretsCrypto(KEY).decrypt(stored, version)) == (VERSION_AES_GCM, b"v")
+
+
+def test_key_file_location() -> None:
+    from pathlib import Path
+
+    assert settings(DATABASE_URL="sqlite:///./data/ws.db").secrets_key_file == Path("data/secrets.key")
+    assert settings(DATABASE_URL="sqlite:////srv/db/ws.db?x=1").secrets_key_file == Path(
+        "/srv/db/secrets.key"
+    )
+    pg = settings(DATABASE_URL="postgres://u@h/db", DATA_DIR="/var/lib/ws")
+    assert pg.secrets_key_file == Path("/var/lib/ws/secrets.key")
+    mem = settings(DATABASE_URL="sqlite:///:memory:", DATA_DIR="/d")
+    assert mem.secrets_key_file == Path("/d/secrets.key")
+    assert settings(SECRETS_KEY_FILE="/k/key").secrets_key_file == Path("/k/key")
+
+
+def test_key_file_is_created_once_with_mode_0600(tmp_path: Any) -> None:
+    import stat
+
+    from workspace_server.secrets.crypto import create_key_file, read_key_file
+
+    path = tmp_path / "sub" / "secrets.key"
+    assert create_key_file(path) is True
+    first = read_key_file(path)
+    assert first is not None and len(first) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert create_key_file(path) is False  # a second start (or a racing one) keeps the first key
+    assert read_key_file(path) == first
+    assert [p.name for p in path.parent.iterdir()] == ["secrets.key"]  # no temp file left behind
+    assert read_key_file(tmp_path / "missing") is None
+
+
+def test_previous_keys_decrypt_and_report_not_current() -> None:
+    old, new = SecretsCrypto(KEY), bytes(range(1, 33))
+    stored, version = old.encrypt(b"v")
+    rotating = SecretsCrypto(new, [KEY])
+    assert rotating.decrypt_with_current(stored, version) == (b"v", False)
+    fresh, v = rotating.encrypt(b"w")
+    assert rotating.decrypt_with_current(fresh, v) == (b"w", True)
+    assert SecretsCrypto(new).decrypt_with_current(b"p", VERSION_PLAINTEXT) == (b"p", False)
+    with pytest.raises(DecryptError):
+        SecretsCrypto(new).decrypt(stored, version)

@@ -58,14 +58,21 @@ async def _read_cut(request: Request) -> bytes:
 
 
 async def authenticate_caller(ctx: AppContext, request: Request, caller: str) -> None:
-    """Once the caller workspace has a live token, the bearer must be one of its tokens (spec 04 §1.1)."""
+    """Once the caller workspace has a live token, the bearer must be one of its tokens (spec 04 §1.1).
+
+    A tokenless caller passes unauthenticated (and a failed probe fails open) only in the open bootstrap
+    mode; in production mode every caller workspace needs its token (issue 11 §1)."""
+    open_bootstrap = ctx.settings.open_bootstrap
     try:
         async with ctx.engine.connect() as conn:
             has_token = await tokens.has_live_token(conn, caller)
     except Exception:
+        if not open_bootstrap:
+            log.exception("a2a: caller token probe failed for %s", caller)
+            raise ApiError(500, "auth check failed") from None
         log.exception("a2a: caller token probe failed for %s; allowing", caller)
         return
-    if not has_token:
+    if not has_token and open_bootstrap:
         return
     bearer = bearer_token(request)
     if not bearer:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
@@ -134,14 +134,18 @@ async def workspace_auth(request: Request, ctx: Annotated[AppContext, Depends(ge
 
 
 async def canvas_or_bearer(request: Request, ctx: Annotated[AppContext, Depends(get_ctx)]) -> AuthInfo:
+    """Spec 03 §3, except that in production mode (ADMIN_TOKEN set or MOLECULE_ENV=production) neither
+    "no token exists yet" nor an Origin header authenticates: a bearer (ADMIN_TOKEN or a workspace token)
+    or the configured same-origin canvas proxy is needed (issue 11 §3; docs/decisions.md)."""
     s = ctx.settings
-    try:
-        async with ctx.engine.connect() as conn:
-            any_tokens = await tokens.any_live_token(conn)
-    except Exception:
-        return AuthInfo("open")
-    if not any_tokens:
-        return AuthInfo("open")
+    if s.open_bootstrap:
+        try:
+            async with ctx.engine.connect() as conn:
+                any_tokens = await tokens.any_live_token(conn)
+        except Exception:
+            return AuthInfo("open")
+        if not any_tokens:
+            return AuthInfo("open")
     bearer = bearer_token(request)
     if bearer:
         if s.ADMIN_TOKEN and tokens.constant_time_equals(bearer, s.ADMIN_TOKEN):
@@ -150,9 +154,10 @@ async def canvas_or_bearer(request: Request, ctx: Annotated[AppContext, Depends(
         if ws is not None:
             return AuthInfo("workspace_token", workspace_id=ws)
         raise ApiError(401, "invalid admin auth token")
-    origin = request.headers.get("origin", "")
-    if origin and origin in _canvas_origins(s):
-        return AuthInfo("canvas")
+    if s.open_bootstrap:
+        origin = request.headers.get("origin", "")
+        if origin and origin in _canvas_origins(s):
+            return AuthInfo("canvas")
     if is_same_origin_canvas(ctx, request):
         return AuthInfo("canvas")
     raise ApiError(401, "admin auth required")
@@ -163,26 +168,56 @@ def _canvas_origins(s: Settings) -> set[str]:
     return {*DEFAULT_CORS_ORIGINS, *(o.strip() for o in s.CORS_ORIGINS.split(",") if o.strip())}
 
 
-async def grandfathered_caller(ctx: AppContext, request: Request, ws_id: str) -> None:
-    """Registry/discovery rule: once `ws_id` has a live token, the bearer must be one of its tokens.
+# What `grandfathered_caller` let in: the workspace itself (one of its live tokens), the open-bootstrap
+# first caller of a workspace that has no token yet, or an admin acting for a tokenless workspace.
+RegistryCaller = Literal["owner", "bootstrap", "admin"]
+OWNER: RegistryCaller = "owner"
+BOOTSTRAP: RegistryCaller = "bootstrap"
+ADMIN: RegistryCaller = "admin"
+
+
+async def grandfathered_caller(ctx: AppContext, request: Request, ws_id: str) -> RegistryCaller:
+    """Registry rule: once `ws_id` has a live token, the bearer must be one of its tokens.
+
+    Returns OWNER, BOOTSTRAP or ADMIN (see above); anything else is a 401.
 
     The bearer is checked first: for a live agent (every heartbeat) that is the only query. Only when it
-    is absent or does not match is the existence probe needed, to tell "no tokens yet" (pass) from a
-    failure. A DB error in that probe fails open, as the reference does for register/heartbeat.
+    is absent or does not match is the existence probe needed, to tell "no tokens yet" from a failure.
+    A workspace with no live token passes unauthenticated only in the open bootstrap mode
+    (`Settings.open_bootstrap`, the reference's behaviour); in production mode only an admin credential
+    (ADMIN_TOKEN or an org token) may act for it, so no workspace is reachable without a credential
+    (issue 11 §1). A DB error in the probe fails open in the open bootstrap mode, as the reference does
+    for register/heartbeat, and closed (503) in production mode.
     (On Postgres the heartbeat applies the same rule inside its batch statement: registry/batch.py.)
     """
     bearer = bearer_token(request)
     if bearer and await _workspace_token(ctx, bearer, ws_id) is not None:
-        return
+        return OWNER
+    open_bootstrap = ctx.settings.open_bootstrap
     try:
         async with ctx.engine.connect() as conn:
             has = await tokens.has_live_token(conn, ws_id)
     except Exception:
+        if not open_bootstrap:
+            log.exception("token existence check failed")
+            raise DATASTORE_UNAVAILABLE from None
         log.exception("token existence check failed; failing open")
-        return
-    if not has:
-        return
+        return BOOTSTRAP
+    if has:
+        raise grandfather_denial(bearer)
+    if open_bootstrap:
+        return BOOTSTRAP
+    if bearer and await is_admin_bearer(ctx, bearer):
+        return ADMIN
     raise grandfather_denial(bearer)
+
+
+async def is_admin_bearer(ctx: AppContext, bearer: str) -> bool:
+    """ADMIN_TOKEN (constant-time) or a live org token: the callers AdminAuth lets in by bearer."""
+    admin = ctx.settings.ADMIN_TOKEN
+    if admin and tokens.constant_time_equals(bearer, admin):
+        return True
+    return await _org_token(ctx, bearer) is not None
 
 
 def grandfather_denial(bearer: str) -> ApiError:

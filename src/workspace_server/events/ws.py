@@ -95,7 +95,7 @@ async def _check_agent_token(ctx: AppContext, websocket: WebSocket, ws_id: str) 
     except Exception:
         log.exception("websocket token existence check failed for %s", ws_id)
         raise ApiError(500, "auth check failed") from None
-    if not has_tokens:  # grandfathered: no token was ever issued to this workspace
+    if not has_tokens and ctx.settings.open_bootstrap:  # grandfathered: no token issued yet (issue 11 §1)
         return
     bearer = bearer_token(cast(Request, websocket))  # reads only the headers, shared by both types
     if not bearer:

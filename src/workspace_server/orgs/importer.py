@@ -125,7 +125,10 @@ class OrgImporter:
         await self._seed_memories(ws_id, node.initial_memories or defaults.initial_memories, None)
         base = node_dir or root
         await self._schedules(ws_id, node.schedules, root, base)
-        walk.results.append(self._result(ws_id, node, tier, defaults))
+        entry = self._result(ws_id, node, tier, defaults)
+        if "connection" in created:  # an external node's token, minted at create and shown only here
+            entry = dict(sorted({**entry, "connection": created["connection"]}.items()))
+        walk.results.append(entry)
         return ws_id
 
     def _payload(

@@ -407,7 +407,11 @@ class Orchestrator:
             raise _Abort
 
     async def _rotate_token(self, ws_id: str) -> str | None:
-        """Revoke every token, then (not in SaaS mode) issue the one the agent will read (#418, #1877).
+        """Revoke every token, then issue the one the agent will read (#418, #1877).
+
+        SaaS mode in the open bootstrap mode only revokes, as the reference (the runtime's first register
+        mints one); in production mode a register never mints for an unauthenticated caller, so the token
+        is always issued and written (issue 11 §1).
 
         One transaction: if issuing fails the revocation rolls back too, so a token already on the volume
         keeps working instead of the agent being locked out.
@@ -415,7 +419,7 @@ class Orchestrator:
         try:
             async with self.engine.begin() as conn:
                 await tokens.revoke_workspace_tokens(conn, [ws_id])
-                if self.settings.saas_mode:
+                if self.settings.saas_mode and self.settings.open_bootstrap:
                     return None
                 return await tokens.issue_workspace_token(conn, ws_id)
         except Exception:

@@ -34,7 +34,9 @@ MAX_BATCH = 256  # rows per statement; more wait for the next round
 # Rows are locked in id order (`old`), so two batches (two server processes) never deadlock on each other.
 # A bearer counts only if it is live, bound to this workspace and the workspace is not removed (as
 # `auth/tokens.validate_workspace_token`); without one, the heartbeat passes only while the workspace has
-# no live token at all (the grandfather rule of spec 03 §3), else it is denied and writes nothing.
+# no live token at all (the grandfather rule of spec 03 §3), else it is denied and writes nothing. A
+# `strict` batcher (production mode, issue 11 §1) denies every heartbeat without a valid bearer. (An admin
+# bearer is no workspace token: such a heartbeat is denied here and retried per step by the route.)
 HEARTBEAT_BATCH_SQL = sa.text(
     """
 WITH hb AS (
@@ -53,9 +55,9 @@ tok AS (
 ),
 gate AS (
   SELECT hb.*, tok.token_id IS NOT NULL AS bearer_ok,
-         tok.token_id IS NULL AND EXISTS (
+         tok.token_id IS NULL AND (CAST(:strict AS boolean) OR EXISTS (
            SELECT 1 FROM workspace_auth_tokens t2 WHERE t2.workspace_id = hb.id AND t2.revoked_at IS NULL
-         ) AS denied
+         )) AS denied
   FROM hb LEFT JOIN tok ON tok.ord = hb.ord
 ),
 old AS (
@@ -119,8 +121,9 @@ _Waiter = tuple[Beat, "asyncio.Future[BeatResult]"]
 
 
 class HeartbeatBatcher:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, strict: bool = False) -> None:
         self._engine = engine  # an AUTOCOMMIT engine: the statement is its own transaction
+        self._strict = strict  # no grandfathering: a heartbeat needs a live token of its workspace
         self._pending: list[_Waiter] = []
         self._runner: asyncio.Task[None] | None = None
 
@@ -185,7 +188,8 @@ class HeartbeatBatcher:
     async def _execute(self, beats: Sequence[Beat]) -> list[BeatResult]:
         now = utcnow()
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(HEARTBEAT_BATCH_SQL, _params(beats, now))).all()
+            params = {**_params(beats, now), "strict": self._strict}
+            rows = (await conn.execute(HEARTBEAT_BATCH_SQL, params)).all()
         by_ord = {row.ord: row for row in rows}
         return [_result(by_ord.get(i)) for i in range(len(beats))]
 

@@ -12,7 +12,7 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from workspace_server.auth.deps import Ctx, grandfather_denial, grandfathered_caller
+from workspace_server.auth.deps import OWNER, Ctx, grandfather_denial, grandfathered_caller
 from workspace_server.auth.tokens import hash_token
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import bearer_token, read_model
@@ -58,8 +58,10 @@ async def register(request: Request, ctx: Ctx) -> JSONResponse:
     except UnsafeURL as exc:
         log.warning("registry: rejected agent url for %s: %s", ws_id, exc)
         raise ApiError(400, INVALID_BODY) from None
-    await grandfathered_caller(ctx, request, ws_id)
-    token = await service.register(ctx, ws_id, body.url, body.agent_card)
+    # Only the workspace itself (its token), the open-bootstrap first caller or, in production mode, an
+    # admin for a tokenless workspace get here; anyone else is a 401 before the url or anything is written.
+    caller = await grandfathered_caller(ctx, request, ws_id)
+    token = await service.register(ctx, ws_id, body.url, body.agent_card, mint=caller != OWNER)
     if token is not None:
         return JSONResponse({"auth_token": token, "status": "registered"})
     return JSONResponse({"status": "registered"})
@@ -77,11 +79,14 @@ async def heartbeat(request: Request) -> JSONResponse:
         except BatchFailed:
             pass  # answered by the per-step path below, with its own error statuses
         else:
-            if result.denied:
+            if not result.denied:
+                pending = result.queue_pending
+                await service.after_heartbeat(ctx, ws_id, body, result.snapshot, queue_pending=pending)
+                return _ok()
+            if ctx.settings.open_bootstrap or not bearer_token(request):
                 raise grandfather_denial(bearer_token(request))
-            pending = result.queue_pending
-            await service.after_heartbeat(ctx, ws_id, body, result.snapshot, queue_pending=pending)
-            return _ok()
+            # production mode: the batch knows workspace tokens only; an admin bearer acting for a tokenless
+            # workspace is decided by the per-step path below (nothing was written)
     await grandfathered_caller(ctx, request, ws_id)
     await service.heartbeat(ctx, ws_id, body)
     return _ok()

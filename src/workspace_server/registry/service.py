@@ -99,8 +99,10 @@ async def _refresh_liveness(ctx: AppContext, ws_id: str) -> None:
 # ---- register ----
 
 
-async def register(ctx: AppContext, ws_id: str, url: str, agent_card: Any) -> str | None:
-    """Upsert and bring online; returns a freshly minted token when the workspace had none.
+async def register(ctx: AppContext, ws_id: str, url: str, agent_card: Any, *, mint: bool) -> str | None:
+    """Upsert and bring online; returns a freshly minted token when the workspace had none and `mint`
+    (the route's caller may be given one: the open-bootstrap first caller or an admin, never an
+    unauthenticated caller in production mode).
 
     A `removed` row stays removed and gets nothing: no cache entries (the A2A proxy trusts a cached
     url regardless of status), no WORKSPACE_ONLINE, no token that could never validate.
@@ -130,7 +132,7 @@ async def register(ctx: AppContext, ws_id: str, url: str, agent_card: Any) -> st
     if not online:  # deleted between the upsert and the transition
         await clear_workspace_keys(ctx.kv, ws_id)
         return None
-    return await _mint_first_token(ctx, ws_id)
+    return await _mint_first_token(ctx, ws_id) if mint else None
 
 
 async def _mint_first_token(ctx: AppContext, ws_id: str) -> str | None:
@@ -188,7 +190,8 @@ def batcher(ctx: AppContext) -> HeartbeatBatcher | None:
         return None
     found: HeartbeatBatcher | None = ctx.extras.get(BATCHER)
     if found is None:
-        found = ctx.extras[BATCHER] = HeartbeatBatcher(ctx.autocommit)
+        strict = not ctx.settings.open_bootstrap
+        found = ctx.extras[BATCHER] = HeartbeatBatcher(ctx.autocommit, strict=strict)
     return found
 
 
@@ -317,9 +320,13 @@ async def validate_discovery_caller(ctx: AppContext, ws_id: str, *, bearer: str,
         async with ctx.engine.connect() as conn:
             has_token = await tokens.has_live_token(conn, ws_id)
     except Exception:
+        if not ctx.settings.open_bootstrap:
+            log.exception("registry: discovery token probe failed for %s", ws_id)
+            raise ApiError(500, "lookup failed") from None
         log.exception("registry: discovery token probe failed for %s; allowing", ws_id)
         return
-    if not has_token or ctx.settings.dev_mode_fail_open:
+    # a tokenless workspace is an unauthenticated identity only in the open bootstrap mode (issue 11 §1)
+    if (not has_token and ctx.settings.open_bootstrap) or ctx.settings.dev_mode_fail_open:
         return
     if cookie:
         valid, presented = await verify_cp_session(ctx, cookie)

@@ -230,8 +230,18 @@ class WorkspaceService:
             log.exception("create %s: canvas layout insert failed", ws_id)
 
     async def _finish_external(self, ws_id: str, name: str, url: str, platform_url: str) -> dict[str, Any]:
+        """External workspaces: online at `url`, or awaiting their agent without one.
+
+        The token is minted here, before the status moves, and shown once in the `connection` block:
+        always without a url (the reference), and in production mode with one too, so that no workspace
+        is ever online without a credential there (issue 11 §1). In the open bootstrap mode a workspace
+        created with a url stays tokenless, as in the reference, and its first register mints its token.
+        """
         lc = self.ctx.lifecycle
         payload = {"name": name, "external": True}
+        token: str | None = None
+        if not url or not self.settings.open_bootstrap:
+            token = await self.mint_token(ws_id)
         if url:
             await lc.transition(
                 ws_id,
@@ -245,26 +255,34 @@ class WorkspaceService:
                 await self.ctx.kv.set(url_key(ws_id), url, URL_TTL)
             except Exception:
                 log.exception("external %s: caching url failed", ws_id)
-            return _sorted({"id": ws_id, "external": True, "status": "online"})
+            body: dict[str, Any] = {"id": ws_id, "external": True, "status": "online"}
+            if token is not None:
+                body["connection"] = connection_block(ws_id, platform_url, token)
+            return _sorted(body)
 
         await lc.transition(
             ws_id, to="awaiting_agent", expect=["provisioning"], values={"runtime": "external"}
         )
-        token = ""
-        try:
-            async with self.engine.begin() as conn:
-                token = await tokens.issue_workspace_token(conn, ws_id)
-        except Exception:  # non-fatal: POST /workspaces/:id/tokens can mint one later
-            log.exception("external %s: token issuance failed", ws_id)
         await self.ctx.events.record("WORKSPACE_AWAITING_AGENT", ws_id, payload)
         return _sorted(
             {
                 "id": ws_id,
                 "external": True,
                 "status": "awaiting_agent",
-                "connection": connection_block(ws_id, platform_url, token),
+                "connection": connection_block(ws_id, platform_url, token or ""),
             }
         )
+
+    async def mint_token(self, ws_id: str) -> str:
+        """Issue a workspace token at create; "" when that fails (non-fatal, as the reference: an admin's
+        `POST /workspaces/:id/tokens` mints one later, and a tokenless workspace is unreachable without
+        a credential in production mode)."""
+        try:
+            async with self.engine.begin() as conn:
+                return await tokens.issue_workspace_token(conn, ws_id)
+        except Exception:
+            log.exception("workspace %s: token issuance failed", ws_id)
+            return ""
 
     def _config_source(self, template_dir: Any, runtime: str) -> Any:
         """First existing config source: the template dir, else `<runtime>-default`, else None (generate)."""
