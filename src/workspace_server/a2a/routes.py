@@ -16,7 +16,7 @@ from workspace_server.a2a import schemas as msg
 from workspace_server.a2a.proxy import MAX_REQUEST_BYTES, TASKS_KEY, ProxyResult, proxy_a2a, usage_today
 from workspace_server.a2a.schemas import DelegateRequest, RecordRequest, UpdateRequest
 from workspace_server.auth import tokens
-from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
+from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth, workspace_auth
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import bearer_token, parse_model, read_json
 from workspace_server.common.ids import parse_uuid
@@ -105,8 +105,13 @@ async def proxy(request: Request) -> Response:
         log.warning("a2a: system caller prefix forged by %s: %r", request.client, header)
         raise ApiError(403, msg.INVALID_CALLER)
     caller = _id(header)
-    if caller and caller != target:
+    if caller and (caller != target or not ctx.settings.open_bootstrap):
         await authenticate_caller(ctx, request, caller)
+    elif not caller and not ctx.settings.open_bootstrap:
+        # The reference lets a header-less call in as the canvas with no credential (spec 04 BUG 8). In
+        # production mode the canvas sends its admin bearer (NEXT_PUBLIC_ADMIN_TOKEN), an org token or
+        # comes through the same-origin proxy: WorkspaceAuth's credentials for the target (issue 11 §1).
+        await workspace_auth(request, ctx)
     # Detached from the client: a caller that hangs up does not abort a delivery half-way.
     task = asyncio.ensure_future(
         proxy_a2a(ctx, target, raw, caller, True, timeout_seconds=_x_timeout(request))
