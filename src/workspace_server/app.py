@@ -14,7 +14,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workspace_server.common.errors import ApiError, api_error_response, http_error_response
+from workspace_server.common.errors import (
+    ApiError,
+    api_error_response,
+    backing_store_down,
+    http_error_response,
+    unavailable_response,
+)
 from workspace_server.common.kv import KV, MemoryKV, RedisKV
 from workspace_server.common.routing import HotRoute
 from workspace_server.config import Settings
@@ -238,5 +244,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        if backing_store_down(exc):  # the database or Redis is away: retry later, not a server bug
+            log.warning(
+                "%s %s: datastore unavailable (%s)", request.method, request.url.path, type(exc).__name__
+            )
+            return unavailable_response()
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": "internal error"}, status_code=500)
