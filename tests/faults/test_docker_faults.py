@@ -1,0 +1,169 @@
+"""Docker workspaces through a server killed with SIGKILL, and through a restarted engine (issue 11 §5).
+
+Both run on a private `dockerd` of this module's own (tests/faults/services.py), so the orphan sweep may
+run (it would reap other suites' containers on the shared engine) and the engine may be restarted.
+Agents use host networking and register back to the server over loopback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+from tests.faults.conftest import ServerFactory
+from tests.faults.services import Dockerd, ServerProcess
+from tests.integration.provisioner_support import message_send
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+ADMIN = "faults-admin"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+PROVISION_TIMEOUT = 20  # seconds a row may stay provisioning before the sweep fails it
+SETTLE_DEADLINE = PROVISION_TIMEOUT + 25.0  # every workspace online or failed within this after the restart
+MANAGED = "molecule.platform.managed"
+WORKSPACE = "molecule.workspace.id"
+
+
+@pytest.fixture
+def engine(private_dockerd: Dockerd) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=private_dockerd.host, timeout=60)
+    yield client
+    for c in client.containers.list(all=True):  # nothing of this test survives it
+        c.remove(force=True)
+    client.volumes.prune()
+    client.close()
+
+
+def server_env(private_dockerd: Dockerd) -> dict[str, str]:
+    return {
+        "WORKSPACE_BACKEND": "docker",
+        "DOCKER_HOST": private_dockerd.host,
+        "DOCKER_NETWORK_MODE": "host",
+        "MOLECULE_ENV": "",
+        "ADMIN_TOKEN": ADMIN,
+        "PROVISION_TIMEOUT_SECONDS": str(PROVISION_TIMEOUT),
+        "PROVISION_SWEEP_INTERVAL": "1",
+        "HEALTH_SWEEP_INTERVAL": "1",
+        "ORPHAN_SWEEP_INTERVAL": "2",
+        "LEADER_LEASE_TTL_SECONDS": "3",
+        "LEADER_LEASE_RENEW_SECONDS": "1",
+    }
+
+
+def containers_of(engine: docker.DockerClient) -> dict[str, list[Any]]:
+    """Workspace id → its containers (every labelled one, helpers included)."""
+    out: dict[str, list[Any]] = {}
+    for c in engine.containers.list(all=True):
+        out.setdefault(c.labels.get(WORKSPACE, "<unlabelled>"), []).append(c)
+    return out
+
+
+def wait(check: Any, what: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+class Api:
+    def __init__(self, srv: ServerProcess) -> None:
+        self.srv = srv
+        self.http = httpx.Client(base_url=srv.url, headers=AUTH, timeout=15)
+
+    def create(self, name: str) -> str:
+        r = self.http.post("/workspaces", json={"name": name, "runtime": "echo", "tier": 2})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def row(self, wid: str) -> dict[str, Any]:
+        r = self.http.get("/workspaces")
+        assert r.status_code == 200, r.text
+        return next(dict(w) for w in r.json() if w["id"] == wid)
+
+    def names(self) -> list[str]:
+        return sorted(w["name"] for w in self.http.get("/workspaces").json())
+
+    def event_types(self, wid: str) -> list[str]:
+        r = self.http.get(f"/events/{wid}")
+        assert r.status_code == 200, r.text
+        return [e["event_type"] for e in reversed(r.json())]
+
+    def a2a_echo(self, wid: str, text: str) -> str:
+        r = self.http.post(f"/workspaces/{wid}/a2a", json=message_send(text))
+        assert r.status_code == 200, r.text
+        return str(r.json()["result"]["parts"][0]["text"])
+
+    def settled(self, wid: str) -> str | None:
+        status = self.row(wid)["status"]
+        return status if status in ("online", "failed") else None
+
+
+def check_settled(api: Api, engine: docker.DockerClient, wid: str, status: str) -> None:
+    """Online: one running container that answers; failed: its event and message, and no container."""
+    mine = containers_of(engine).get(wid, [])
+    if status == "online":
+        assert [c.name for c in mine] == [f"ws-{wid[:12]}"], [c.name for c in mine]
+        mine[0].reload()
+        assert mine[0].status == "running"
+        assert api.a2a_echo(wid, "still there") == "still there"
+    else:
+        assert "WORKSPACE_PROVISION_FAILED" in api.event_types(wid)
+        assert api.row(wid)["last_sample_error"]
+        assert mine == [], f"a failed workspace keeps no container: {[c.name for c in mine]}"
+
+
+def test_server_killed_while_creating_docker_workspaces(
+    server_factory: ServerFactory, private_dockerd: Dockerd, engine: docker.DockerClient
+) -> None:
+    """kill -9 twice: right after the create's 201 (nothing in the engine yet), and once the container
+    exists (created, perhaps started). After the last restart every workspace ends online or failed with
+    its event, one row each, one container per online workspace, nothing else in the engine."""
+    srv = server_factory(**server_env(private_dockerd))
+    api = Api(srv)
+    figures: list[str] = []
+
+    early = api.create("Killed Early")
+    had = bool(containers_of(engine).get(early))
+    srv.kill()
+    figures.append(f"killed right after the 201 (container existed: {had})")
+    t = time.monotonic()
+    srv.start()
+    figures.append(f"restart {time.monotonic() - t:.1f}s")
+
+    late = api.create("Killed Late")
+    wait(lambda: containers_of(engine).get(late), "the second workspace's container", 60)
+    state = containers_of(engine)[late][0].status
+    srv.kill()
+    figures.append(f"killed with the container {state}")
+    restarted = time.monotonic()
+    srv.start()
+    api = Api(srv)
+
+    settled: dict[str, str] = {}
+
+    def settle() -> bool:
+        for wid, name in ((early, "early"), (late, "late")):
+            if wid not in settled and (status := api.settled(wid)):
+                settled[wid] = status
+                figures.append(f"{name}: {status} {time.monotonic() - restarted:.1f}s after the restart")
+        return len(settled) == 2
+
+    wait(settle, "both workspaces online or failed", SETTLE_DEADLINE)
+    time.sleep(3)  # an orphan sweep pass (2 s) and a health pass (1 s) over the settled state
+    print("\nFIGURES kill -9: " + "; ".join(figures))
+
+    assert api.names() == ["Killed Early", "Killed Late"]  # no duplicate row, none lost
+    for wid, status in settled.items():
+        check_settled(api, engine, wid, status)
+    strays = {k: [c.name for c in v] for k, v in containers_of(engine).items() if k not in settled}
+    assert not strays, f"containers of no workspace: {strays}"
+    api.http.close()
