@@ -84,6 +84,7 @@ async def _install_orchestrator(ctx: AppContext) -> None:
         ctx.extras["backend"] = backend
         ctx.extras["provisioner"] = orch
         ctx.extras["restart_workspace"] = orch.restart_by_id
+        orch.spawn(orch.adopt_instances(), "adopt-instances")  # starts cut short by a crash
 
 
 async def close_context(ctx: AppContext) -> None:

@@ -268,8 +268,20 @@ class Dockerd:
             if ids:
                 subprocess.run(["docker", "-H", self.host, "rm", "-f", *ids], capture_output=True, timeout=60)
         self.stop()
-        # the engine's overlay mounts are gone with it; what is left is plain files
+        # the engine leaves its network namespace mount (exec root/netns/default) behind: unmount whatever
+        # is still mounted under our dirs, then what is left is plain files
+        for mount in reversed(_mounts_under(self.root, self.exec_root)):
+            subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
         subprocess.run(["rm", "-rf", str(self.root), str(self.exec_root)], capture_output=True, timeout=120)
+
+
+def _mounts_under(*roots: Path) -> list[str]:
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    points = [line.split()[1] for line in lines if len(line.split()) > 1]
+    return [p for p in points if any(p == str(r) or p.startswith(f"{r}/") for r in roots)]
 
 
 # ---------------------------------------------------------------- the server

@@ -19,7 +19,7 @@ from tests.faults.conftest import ServerFactory
 from tests.faults.services import Dockerd, ServerProcess
 from tests.integration.provisioner_support import message_send
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker]
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.timeout(300)]
 
 ADMIN = "faults-admin"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -128,6 +128,13 @@ def test_server_killed_while_creating_docker_workspaces(
     exists (created, perhaps started). After the last restart every workspace ends online or failed with
     its event, one row each, one container per online workspace, nothing else in the engine."""
     srv = server_factory(**server_env(private_dockerd))
+    try:
+        killed_while_creating(srv, engine)
+    finally:
+        srv.stop()  # before the engine fixture's cleanup: a running server would restart what it removes
+
+
+def killed_while_creating(srv: ServerProcess, engine: docker.DockerClient) -> None:
     api = Api(srv)
     figures: list[str] = []
 
@@ -166,4 +173,95 @@ def test_server_killed_while_creating_docker_workspaces(
         check_settled(api, engine, wid, status)
     strays = {k: [c.name for c in v] for k, v in containers_of(engine).items() if k not in settled}
     assert not strays, f"containers of no workspace: {strays}"
+    api.http.close()
+
+
+def test_dockerd_restarted_while_workspaces_run(
+    server_factory: ServerFactory, private_dockerd: Dockerd, engine: docker.DockerClient
+) -> None:
+    """The engine stops (SIGTERM: it stops every container, as a service restart does) and starts again.
+    Meanwhile the server answers without a 5xx other than the A2A proxy's 502/503 for an unreachable
+    agent; afterwards every workspace is online again and answers through the platform, with one
+    container each, and no row lost. The first workspace's container is brought back by the engine's
+    restart policy (or by the health sweep, if it saw it stopped first); the second's has no restart
+    policy left, so the health sweep must notice it and restart the workspace."""
+    srv = server_factory(**server_env(private_dockerd))
+    try:
+        engine_restarted(srv, private_dockerd, engine)
+    finally:
+        srv.stop()
+
+
+def engine_restarted(srv: ServerProcess, private_dockerd: Dockerd, engine: docker.DockerClient) -> None:
+    api = Api(srv)
+    ids = [api.create(f"Engine Restart {i}") for i in range(2)]
+    for wid in ids:
+        wait(lambda w=wid: api.settled(w), f"{wid} online", 90)
+        assert api.row(wid)["status"] == "online", api.row(wid)
+        assert api.a2a_echo(wid, "before") == "before"
+    first = {wid: containers_of(engine)[wid][0].id for wid in ids}
+    # the second one the engine will not bring back (as a container that fails on the engine's start):
+    # only the health sweep can
+    containers_of(engine)[ids[1]][0].update(restart_policy={"Name": "no"})
+
+    t = time.monotonic()
+    private_dockerd.stop()
+    stopped_in = time.monotonic() - t
+    answers: list[tuple[str, int, float]] = []
+    down_until = time.monotonic() + 3
+    while time.monotonic() < down_until:  # the engine is away: the API still answers, in time
+        for kind, call in (
+            ("list", lambda: api.http.get("/workspaces")),
+            ("a2a", lambda: api.http.post(f"/workspaces/{ids[0]}/a2a", json=message_send("down"))),
+        ):
+            start = time.monotonic()
+            r = call()
+            answers.append((kind, r.status_code, time.monotonic() - start))
+        time.sleep(0.2)
+    t = time.monotonic()
+    private_dockerd.start()
+    restarted = time.monotonic()
+    started_in = restarted - t
+
+    back: dict[str, float] = {}
+
+    def all_back() -> bool:
+        for wid in ids:
+            if wid in back:
+                continue
+            running = [c for c in containers_of(engine).get(wid, []) if c.status == "running"]
+            if running and api.row(wid)["status"] == "online":
+                r = api.http.post(f"/workspaces/{wid}/a2a", json=message_send("after"))
+                if r.status_code == 200:
+                    back[wid] = time.monotonic() - restarted
+        return len(back) == len(ids)
+
+    wait(all_back, "every workspace online and answering again", 90)
+    time.sleep(3)  # a few health and orphan sweep passes over the recovered state
+
+    assert srv.alive() and srv.starts == 1
+    assert api.names() == ["Engine Restart 0", "Engine Restart 1"]  # no row lost, none added
+    paths = []
+    for wid in ids:
+        check_settled(api, engine, wid, "online")
+        types = api.event_types(wid)
+        replaced = containers_of(engine)[wid][0].id != first[wid]
+        paths.append("health sweep" if replaced else "restart policy")
+        if replaced:  # the sweep's restart: offline, provisioning, online again, in that order
+            off = types.index("WORKSPACE_OFFLINE")
+            assert "WORKSPACE_PROVISIONING" in types[off:] and "WORKSPACE_ONLINE" in types[off:]
+        assert api.row(wid)["status"] == "online"
+    assert paths[1] == "health sweep"
+    strays = {k: [c.name for c in v] for k, v in containers_of(engine).items() if k not in ids}
+    assert not strays, f"containers of no workspace: {strays}"
+    bad = [a for a in answers if a[1] >= 500 and not (a[0] == "a2a" and a[1] in (502, 503))]
+    assert not bad, f"server errors while the engine was away: {bad}"
+    slow = [a for a in answers if a[2] > 5]
+    assert not slow, slow
+    print(
+        f"\nFIGURES dockerd restart: engine stop {stopped_in:.1f}s, start {started_in:.1f}s;"
+        f" {len(answers)} requests while it was away (statuses {sorted({a[1] for a in answers})},"
+        f" slowest {max(a[2] for a in answers) * 1000:.0f} ms); back online and answering after"
+        f" {', '.join(f'{v:.1f}s' for v in back.values())} via {', '.join(paths)}"
+    )
     api.http.close()
