@@ -7,6 +7,7 @@ Agents use host networking and register back to the server over loopback.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,6 @@ ADMIN = "faults-admin"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 PROVISION_TIMEOUT = 20  # seconds a row may stay provisioning before the sweep fails it
 SETTLE_DEADLINE = PROVISION_TIMEOUT + 25.0  # every workspace online or failed within this after the restart
-MANAGED = "molecule.platform.managed"
 WORKSPACE = "molecule.workspace.id"
 
 
@@ -55,10 +55,20 @@ def server_env(private_dockerd: Dockerd) -> dict[str, str]:
     }
 
 
-def containers_of(engine: docker.DockerClient) -> dict[str, list[Any]]:
-    """Workspace id → its containers (every labelled one, helpers included)."""
-    out: dict[str, list[Any]] = {}
-    for c in engine.containers.list(all=True):
+class Container:
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.id = str(row["Id"])
+        self.name = str((row.get("Names") or ["?"])[0]).lstrip("/")
+        self.status = str(row.get("State") or "")
+        self.labels: dict[str, str] = row.get("Labels") or {}
+
+
+def containers_of(engine: docker.DockerClient) -> dict[str, list[Container]]:
+    """Workspace id → its containers (every labelled one, helpers included), from one list call (no
+    inspect per container: the server may remove one between the two)."""
+    out: dict[str, list[Container]] = {}
+    for row in engine.api.containers(all=True):
+        c = Container(row)
         out.setdefault(c.labels.get(WORKSPACE, "<unlabelled>"), []).append(c)
     return out
 
@@ -107,12 +117,15 @@ class Api:
         return status if status in ("online", "failed") else None
 
 
+def running(engine: docker.DockerClient, wid: str) -> bool:
+    return any(c.status == "running" for c in containers_of(engine).get(wid, []))
+
+
 def check_settled(api: Api, engine: docker.DockerClient, wid: str, status: str) -> None:
     """Online: one running container that answers; failed: its event and message, and no container."""
     mine = containers_of(engine).get(wid, [])
     if status == "online":
         assert [c.name for c in mine] == [f"ws-{wid[:12]}"], [c.name for c in mine]
-        mine[0].reload()
         assert mine[0].status == "running"
         assert api.a2a_echo(wid, "still there") == "still there"
     else:
@@ -124,9 +137,12 @@ def check_settled(api: Api, engine: docker.DockerClient, wid: str, status: str) 
 def test_server_killed_while_creating_docker_workspaces(
     server_factory: ServerFactory, private_dockerd: Dockerd, engine: docker.DockerClient
 ) -> None:
-    """kill -9 twice: right after the create's 201 (nothing in the engine yet), and once the container
-    exists (created, perhaps started). After the last restart every workspace ends online or failed with
-    its event, one row each, one container per online workspace, nothing else in the engine."""
+    """kill -9 twice: right after a create's 201 (nothing in the engine yet); then once another create's
+    container exists (created, perhaps started), with a third workspace running whose row is put back as
+    a kill between its container's start and the url's write leaves it. After the last restart every
+    workspace ends online or failed with its event, one row each, one container per online workspace,
+    nothing else in the engine; the third is online and reachable through the platform (start-up
+    adoption gives its row the url of its running container)."""
     srv = server_factory(**server_env(private_dockerd))
     try:
         killed_while_creating(srv, engine)
@@ -146,29 +162,40 @@ def killed_while_creating(srv: ServerProcess, engine: docker.DockerClient) -> No
     srv.start()
     figures.append(f"restart {time.monotonic() - t:.1f}s")
 
+    # the window between the container's start and the url's write, made certain: this one runs (the
+    # agent may even have registered) but its row is put back as the crash would have left it
+    unrecorded = api.create("Killed Before Url")
+    wait(lambda: running(engine, unrecorded), "the unrecorded workspace's container running", 60)
     late = api.create("Killed Late")
-    wait(lambda: containers_of(engine).get(late), "the second workspace's container", 60)
+    wait(lambda: containers_of(engine).get(late), "the late workspace's container", 60)
     state = containers_of(engine)[late][0].status
     srv.kill()
-    figures.append(f"killed with the container {state}")
+    figures.append(f"killed with the late container {state}")
+    db = sqlite3.connect(srv.workdir / "ws.db")
+    with db:
+        db.execute("UPDATE workspaces SET status='provisioning', url='' WHERE id=?", (unrecorded,))
+    db.close()
     restarted = time.monotonic()
     srv.start()
     api = Api(srv)
 
     settled: dict[str, str] = {}
+    names = {early: "early", unrecorded: "unrecorded url", late: "late"}
 
     def settle() -> bool:
-        for wid, name in ((early, "early"), (late, "late")):
+        for wid, name in names.items():
             if wid not in settled and (status := api.settled(wid)):
                 settled[wid] = status
                 figures.append(f"{name}: {status} {time.monotonic() - restarted:.1f}s after the restart")
-        return len(settled) == 2
+        return len(settled) == len(names)
 
-    wait(settle, "both workspaces online or failed", SETTLE_DEADLINE)
+    wait(settle, "every workspace online or failed", SETTLE_DEADLINE)
     time.sleep(3)  # an orphan sweep pass (2 s) and a health pass (1 s) over the settled state
     print("\nFIGURES kill -9: " + "; ".join(figures))
 
-    assert api.names() == ["Killed Early", "Killed Late"]  # no duplicate row, none lost
+    assert api.names() == ["Killed Before Url", "Killed Early", "Killed Late"]  # no duplicate, none lost
+    assert settled[unrecorded] == "online"  # adopted: its running container's url, not the agent's claim
+    assert api.row(unrecorded)["url"].startswith("http://127.0.0.1:")
     for wid, status in settled.items():
         check_settled(api, engine, wid, status)
     strays = {k: [c.name for c in v] for k, v in containers_of(engine).items() if k not in settled}
@@ -202,7 +229,7 @@ def engine_restarted(srv: ServerProcess, private_dockerd: Dockerd, engine: docke
     first = {wid: containers_of(engine)[wid][0].id for wid in ids}
     # the second one the engine will not bring back (as a container that fails on the engine's start):
     # only the health sweep can
-    containers_of(engine)[ids[1]][0].update(restart_policy={"Name": "no"})
+    engine.containers.get(containers_of(engine)[ids[1]][0].id).update(restart_policy={"Name": "no"})
 
     t = time.monotonic()
     private_dockerd.stop()
