@@ -6,9 +6,11 @@ instance: the shared Postgres, Redis and Docker engine the rest of the suite use
 - `PgCluster`: a throwaway Postgres cluster (initdb + pg_ctl) on a free port, its socket in its own dir;
   as root it runs as the `postgres` user (Postgres refuses root);
 - `RedisServer`: a `redis-server` on a free port, no persistence;
-- `Dockerd`: a private `dockerd` (own --data-root, --exec-root, --pidfile, unix socket; `--bridge=none
-  --iptables=false`, so it never touches the main engine's docker0 or iptables rules) with the agent
-  image loaded into it; agents use host networking;
+- `Dockerd`: a private `dockerd` (own --data-root, --exec-root, --pidfile, unix socket; its own bridge
+  interface, created here with an address of its own, and `--iptables=false --ip-forward=false`, so it
+  never touches the main engine's docker0 or iptables rules — NOT `--bridge=none`: with it dockerd deletes
+  any interface named docker0 at start, the main engine's included) with the agent image loaded into it;
+  agents use host networking;
 - `ServerProcess`: `workspace-server serve` as a real subprocess (it can be killed with SIGKILL).
 
 Not a test module (no `test_` prefix): pytest does not collect it.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -191,8 +194,25 @@ class Dockerd:
         self.proc: subprocess.Popen[bytes] | None = None
         # short: the exec root holds the containerd socket, whose path must stay under 108 bytes
         self.exec_root = Path(tempfile.mkdtemp(prefix="wsf-x-"))
+        self.bridge = f"wsf{secrets.token_hex(3)}"  # an interface name: at most 15 characters
+
+    def _ensure_bridge(self) -> None:
+        """Our own bridge for the engine's default network, on a 10.251.x.0/24 no interface uses."""
+        if subprocess.run(["ip", "link", "show", self.bridge], capture_output=True).returncode == 0:
+            return
+        used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+        third = next(n for n in range(200, 255) if f" 10.251.{n}." not in used)
+        for argv in (
+            ["ip", "link", "add", "name", self.bridge, "type", "bridge"],
+            ["ip", "addr", "add", f"10.251.{third}.1/24", "dev", self.bridge],
+            ["ip", "link", "set", self.bridge, "up"],
+        ):
+            res = subprocess.run(argv, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv)} failed: {res.stderr}")
 
     def start(self, timeout: float = 60) -> Dockerd:
+        self._ensure_bridge()
         argv = [
             self.binary,
             "-H",
@@ -203,9 +223,10 @@ class Dockerd:
             str(self.exec_root),
             "--pidfile",
             str(self.root / "dockerd.pid"),
-            "--bridge=none",
+            f"--bridge={self.bridge}",
             "--iptables=false",
             "--ip6tables=false",
+            "--ip-forward=false",
             "--ip-masq=false",
             "--userland-proxy=false",
             "--containerd-namespace",
@@ -273,6 +294,7 @@ class Dockerd:
         for mount in reversed(_mounts_under(self.root, self.exec_root)):
             subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
         subprocess.run(["rm", "-rf", str(self.root), str(self.exec_root)], capture_output=True, timeout=120)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=30)
 
 
 def _mounts_under(*roots: Path) -> list[str]:
