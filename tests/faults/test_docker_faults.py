@@ -89,6 +89,12 @@ class Api:
         self.srv = srv
         self.http = httpx.Client(base_url=srv.url, headers=AUTH, timeout=15)
 
+    def fast_heartbeats(self) -> None:
+        """Agents beat every 2 s (a global secret reaches every container's env): a row put back to
+        provisioning comes online at the next beat, well within the provision timeout."""
+        r = self.http.post("/settings/secrets", json={"key": "HEARTBEAT_INTERVAL_SECONDS", "value": "2"})
+        assert r.status_code == 200, r.text
+
     def create(self, name: str) -> str:
         r = self.http.post("/workspaces", json={"name": name, "runtime": "echo", "tier": 2})
         assert r.status_code == 201, r.text
@@ -152,6 +158,7 @@ def test_server_killed_while_creating_docker_workspaces(
 
 def killed_while_creating(srv: ServerProcess, engine: docker.DockerClient) -> None:
     api = Api(srv)
+    api.fast_heartbeats()
     figures: list[str] = []
 
     early = api.create("Killed Early")
@@ -221,6 +228,7 @@ def test_dockerd_restarted_while_workspaces_run(
 
 def engine_restarted(srv: ServerProcess, private_dockerd: Dockerd, engine: docker.DockerClient) -> None:
     api = Api(srv)
+    api.fast_heartbeats()
     ids = [api.create(f"Engine Restart {i}") for i in range(2)]
     for wid in ids:
         wait(lambda w=wid: api.settled(w), f"{wid} online", 90)

@@ -85,15 +85,19 @@ async def test_redis_stopped_and_started(
         assert r.status_code == 200, r.text
         traffic = Traffic(http, wid, token)
 
+        connected = asyncio.Event()
+
         async def listen() -> None:
             async with websockets.connect(srv.url.replace("http://", "ws://") + "/ws") as ws:
+                connected.set()
                 async for frame in ws:
                     ev = json.loads(frame)
                     if ev["event"] == "TASK_UPDATED" and ev["workspace_id"] == wid:
                         events.setdefault(ev["payload"]["current_task"], []).append(time.monotonic())
 
         listener = asyncio.create_task(listen())
-        await asyncio.sleep(0.5)  # connected and registered with the hub
+        await asyncio.wait_for(connected.wait(), 10)
+        await asyncio.sleep(0.2)  # the server side registers the client with the hub after the handshake
 
         for _ in range(3):
             await traffic.step("before")
