@@ -6,6 +6,7 @@ Runs on SQLite and Postgres.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -130,3 +131,32 @@ async def test_adoption_records_the_url_of_a_running_instance(api: httpx.AsyncCl
     assert (await row(ctx, gone)).url in (None, "")
     assert await ctx.kv.get(f"ws:{registered}:url") == "http://127.0.0.1:40002"
     assert await orch.adopt_instances() == []  # recorded now: nothing left to adopt
+
+
+async def test_provision_timeout_removes_the_instance(client_factory: Any) -> None:
+    """A row the provision-timeout sweep fails keeps no instance: a server killed mid-create may have left
+    a created-but-never-started container that nothing else would remove (the row is not `removed`)."""
+    from workspace_server.loops.provision_timeout import sweep_provision_timeouts
+
+    api: httpx.AsyncClient = await client_factory(ADMIN_TOKEN=ADMIN, PROVISION_TIMEOUT_SECONDS="60")
+    ctx = api.app.state.ctx  # type: ignore[attr-defined]
+    stopped: list[str] = []
+
+    class Recording(ScriptedBackend):
+        async def stop(self, ws_id: str) -> None:
+            stopped.append(ws_id)
+
+    ctx.extras["orchestrator"] = Orchestrator(ctx, Recording([]))
+    stuck, _ = await provisioning_row(ctx, api, "stuck")
+    fresh, _ = await provisioning_row(ctx, api, "fresh")
+    async with ctx.engine.begin() as conn:
+        await conn.execute(
+            sa.update(workspaces)
+            .where(workspaces.c.id == stuck)
+            .values(updated_at=datetime.now(UTC) - timedelta(minutes=5))
+        )
+
+    assert await sweep_provision_timeouts(ctx) == [stuck]
+    assert stopped == [stuck]
+    assert (await row(ctx, stuck)).status == "failed"
+    assert (await row(ctx, fresh)).status == "provisioning"
