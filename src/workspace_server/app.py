@@ -19,6 +19,7 @@ from workspace_server.common.errors import (
     api_error_response,
     backing_store_down,
     http_error_response,
+    store_error_classes,
     unavailable_response,
 )
 from workspace_server.common.kv import KV, MemoryKV, RedisKV
@@ -242,6 +243,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return http_error_response(exc)
+
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        """The database or Redis away, answered here rather than by the catch-all below: an exception that
+        reaches Starlette's outermost error middleware is re-raised after its response, and uvicorn then
+        closes the connection — resetting the client's next request on it."""
+        if not backing_store_down(exc):
+            raise exc
+        log.warning("%s %s: datastore unavailable (%s)", request.method, request.url.path, type(exc).__name__)
+        return unavailable_response()
+
+    for cls in store_error_classes():
+        app.add_exception_handler(cls, _store_down)
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

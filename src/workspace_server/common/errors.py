@@ -63,6 +63,26 @@ def backing_store_down(exc: BaseException | None) -> bool:
     return False
 
 
+def store_error_classes() -> tuple[type[Exception], ...]:
+    """The exception classes `backing_store_down` may say yes to (for exception handlers keyed by class;
+    each still asks `backing_store_down`: a DBAPIError is not always a lost connection)."""
+    import asyncpg.exceptions
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    return (
+        sqlalchemy.exc.DBAPIError,
+        sqlalchemy.exc.TimeoutError,
+        ConnectionError,
+        TimeoutError,
+        asyncpg.exceptions.PostgresError,
+        asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+    )
+
+
 def _driver_connection_error(exc: BaseException) -> bool:
     import asyncpg.exceptions
     import redis.exceptions
