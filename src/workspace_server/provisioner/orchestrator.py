@@ -517,11 +517,13 @@ class Orchestrator:
     # ------------------------------------------------------------ start-up adoption
 
     async def adopt_instances(self) -> list[str]:
-        """Start-up: a live or provisioning row whose instance runs but whose url was never recorded — the
-        server that started it died between the start and the write — gets the url back from the
-        instance. Without it the agent registers its own loopback url, which the A2A proxy refuses (only
-        a url our backend assigned is trusted), so the workspace is online but unreachable. Returns the
-        ids adopted. Backends without `instance_url` (process: it adopts its agents by pidfile) skip it."""
+        """A live or provisioning row whose instance runs but whose url is not the one our backend
+        assigned gets the url back from the instance: the server that started it died between the start
+        and the write (run once at start-up), or a restart cleared the url while the engine was away and
+        the engine then revived the old container by itself (every health sweep pass). Without it the
+        agent registers its own loopback url, which the A2A proxy refuses (only a url our backend
+        assigned is trusted), so the workspace is online but unreachable. Returns the ids adopted.
+        Backends without `instance_url` (process: it adopts its agents by pidfile) skip it."""
         locate = getattr(self.backend, "instance_url", None)
         if locate is None:
             return []
