@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.timeout(3
 
 ADMIN = "faults-admin"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
-PROVISION_TIMEOUT = 20  # seconds a row may stay provisioning before the sweep fails it
-SETTLE_DEADLINE = PROVISION_TIMEOUT + 25.0  # every workspace online or failed within this after the restart
+PROVISION_TIMEOUT = 30  # seconds a row may stay provisioning before the sweep fails it
+SETTLE_DEADLINE = PROVISION_TIMEOUT + 40.0  # every workspace online or failed within this after the restart
 WORKSPACE = "molecule.workspace.id"
 
 
