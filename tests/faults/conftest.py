@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import IN_CI, need
-from tests.faults.services import AGENT_IMAGE, Dockerd, PgCluster, RedisServer, ServerProcess, pg_bindir
+from tests.faults.services import (
+    AGENT_IMAGE,
+    IS_ROOT,
+    Dockerd,
+    PgCluster,
+    RedisServer,
+    ServerProcess,
+    pg_bindir,
+)
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -48,6 +56,7 @@ def _main_engine_has(image: str) -> bool:
 @pytest.fixture(scope="module")
 def private_dockerd() -> Iterator[Dockerd]:
     """A Docker engine of this module's own, holding the agent image (copied from the main engine)."""
+    need("root, to run a private dockerd", IS_ROOT)
     if shutil.which("dockerd") is None or not _main_engine_has(AGENT_IMAGE):
         if IN_CI:
             pytest.fail(f"dockerd and {AGENT_IMAGE} in the main engine are required in CI")
