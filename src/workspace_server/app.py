@@ -250,7 +250,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         closes the connection — resetting the client's next request on it."""
         if not backing_store_down(exc):
             raise exc
-        log.warning("%s %s: datastore unavailable (%s)", request.method, request.url.path, type(exc).__name__)
+        method = request.scope.get("method", "WEBSOCKET")  # a WebSocket route's errors come here too
+        log.warning("%s %s: datastore unavailable (%s)", method, request.url.path, type(exc).__name__)
         return unavailable_response()
 
     for cls in store_error_classes():
