@@ -18,8 +18,11 @@ from starlette.requests import ClientDisconnect
 from workspace_server.common.errors import (
     ApiError,
     api_error_response,
+    backing_store_down,
     client_gone_response,
     http_error_response,
+    store_error_classes,
+    unavailable_response,
 )
 from workspace_server.common.kv import KV, MemoryKV, RedisKV
 from workspace_server.common.routing import HotRoute
@@ -101,6 +104,7 @@ async def _install_orchestrator(ctx: AppContext) -> None:
         ctx.extras["backend"] = backend
         ctx.extras["provisioner"] = orch
         ctx.extras["restart_workspace"] = orch.restart_by_id
+        orch.spawn(orch.adopt_instances(), "adopt-instances")  # starts cut short by a crash
 
 
 async def close_context(ctx: AppContext) -> None:
@@ -265,7 +269,25 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return http_error_response(exc)
 
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        """The database or Redis away, answered here rather than by the catch-all below: an exception that
+        reaches Starlette's outermost error middleware is re-raised after its response, and uvicorn then
+        closes the connection — resetting the client's next request on it."""
+        if not backing_store_down(exc):
+            raise exc
+        method = request.scope.get("method", "WEBSOCKET")  # a WebSocket route's errors come here too
+        log.warning("%s %s: datastore unavailable (%s)", method, request.url.path, type(exc).__name__)
+        return unavailable_response()
+
+    for cls in store_error_classes():
+        app.add_exception_handler(cls, _store_down)
+
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        if backing_store_down(exc):  # the database or Redis is away: retry later, not a server bug
+            log.warning(
+                "%s %s: datastore unavailable (%s)", request.method, request.url.path, type(exc).__name__
+            )
+            return unavailable_response()
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": "internal error"}, status_code=500)

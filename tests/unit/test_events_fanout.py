@@ -179,6 +179,24 @@ async def test_redis_publish_failure_still_reaches_local_clients() -> None:
     assert client.queue.get_nowait().event == "E"
 
 
+async def test_redis_publish_while_unsubscribed_reaches_local_clients_once() -> None:
+    """Redis back but the subscriber not yet resubscribed: Redis would not hand the event back to us."""
+    from workspace_server.events.bus import RedisBus
+
+    class UpRedis:
+        async def publish(self, *_: Any) -> int:
+            return 0
+
+    bus = RedisBus(UpRedis())
+    hub = Hub(bus)
+    client = hub.register(None)
+    await bus.publish(Event("E", "w", {}))
+    assert client.queue.get_nowait().event == "E"
+    bus._subscribed = True  # subscribed: the subscriber delivers it, publish must not deliver it again
+    await bus.publish(Event("F", "w", {}))
+    assert client.queue.empty()
+
+
 @pytest.mark.parametrize(
     ("cors", "origin", "ok"),
     [

@@ -7,6 +7,7 @@ paths or SQL in them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -17,6 +18,14 @@ from starlette.responses import JSONResponse
 log = logging.getLogger(__name__)
 
 BODY_UNREADABLE = "failed to read request body"
+
+# What a caller sees while the database (or Redis) cannot be reached: the auth classes' answer
+# (auth/deps.py DATASTORE_UNAVAILABLE), for every route.
+UNAVAILABLE_STATUS = 503
+UNAVAILABLE_BODY: dict[str, Any] = {
+    "error": "platform datastore unavailable — retry shortly",
+    "code": "platform_unavailable",
+}
 
 
 class ApiError(Exception):
@@ -38,7 +47,72 @@ def bad_request(msg: str) -> ApiError:
     return ApiError(400, msg)
 
 
+def backing_store_down(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an exception it was raised from or while handling, says the database or Redis
+    could not be reached (connection refused, reset or lost; the server starting up or shutting down; no
+    pooled connection in time). A query error (bad SQL, a constraint) is not one.
+
+    Services that catch `Exception` and raise `ApiError(500, …) from None` keep the original as
+    `__context__`; the chain is walked so those 500s become 503 too."""
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        if isinstance(exc, sqlalchemy.exc.TimeoutError | ConnectionError | asyncio.TimeoutError):
+            return True  # pool checkout timeout; refused/reset sockets; a connect that timed out
+        if _driver_connection_error(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def store_error_classes() -> tuple[type[Exception], ...]:
+    """The exception classes `backing_store_down` may say yes to (for exception handlers keyed by class;
+    each still asks `backing_store_down`: a DBAPIError is not always a lost connection)."""
+    import asyncpg.exceptions
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    return (
+        sqlalchemy.exc.DBAPIError,
+        sqlalchemy.exc.TimeoutError,
+        ConnectionError,
+        TimeoutError,
+        asyncpg.exceptions.PostgresError,
+        asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+    )
+
+
+def _driver_connection_error(exc: BaseException) -> bool:
+    import asyncpg.exceptions
+    import redis.exceptions
+
+    return isinstance(
+        exc,
+        asyncpg.exceptions.PostgresConnectionError  # class 08: connection exceptions
+        | asyncpg.exceptions.CannotConnectNowError  # 57P03: starting up, shutting down, recovering
+        | asyncpg.exceptions.AdminShutdownError  # 57P01: terminated by a shutdown
+        | asyncpg.exceptions.CrashShutdownError  # 57P02: another backend crashed
+        | asyncpg.exceptions.ConnectionDoesNotExistError  # the connection closed under us
+        | redis.exceptions.ConnectionError
+        | redis.exceptions.TimeoutError,
+    )
+
+
+def unavailable_response() -> JSONResponse:
+    return JSONResponse(UNAVAILABLE_BODY, status_code=UNAVAILABLE_STATUS)
+
+
 def api_error_response(exc: ApiError) -> JSONResponse:
+    """A 500 a service raised because the database or Redis is away is a 503 (retry), never a 500."""
+    if exc.status == 500 and backing_store_down(exc.__cause__ or exc.__context__):
+        return unavailable_response()
     return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
 

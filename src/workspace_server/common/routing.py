@@ -8,8 +8,9 @@ for a proxied A2A call (bench/README.md). Its handler takes the `Request` only a
 `get_ctx`.
 
 What a client sees does not change:
-- errors render as on every other route (`ApiError` and `HTTPException` by `common.errors`; anything
-  else propagates to FastAPI's outermost error middleware, whose handler answers 500);
+- errors render as on every other route (`ApiError` and `HTTPException` by `common.errors`; the
+  database or Redis being away is a 503 as in app.py's handler; anything else propagates to FastAPI's
+  outermost error middleware, whose handler answers 500);
 - the routes also stay in the app's router, so a wrong method (404), a trailing slash (redirect) and
   the route table the metrics labels come from behave exactly as for any route.
 """
@@ -27,8 +28,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from workspace_server.common.errors import (
     ApiError,
     api_error_response,
+    backing_store_down,
     client_gone_response,
     http_error_response,
+    unavailable_response,
 )
 
 
@@ -61,6 +64,10 @@ class HotEndpoint:
             response = http_error_response(exc)
         except ClientDisconnect:
             response = client_gone_response(request)
+        except Exception as exc:
+            if not backing_store_down(exc):
+                raise
+            response = unavailable_response()
         await response(scope, receive, send)
 
 

@@ -34,6 +34,10 @@ def sync_url(database_url: str) -> str:
     return async_url(database_url)
 
 
+PG_CONNECT_TIMEOUT_SECONDS = 5.0  # asyncpg's connect (default 60 s)
+PG_POOL_TIMEOUT_SECONDS = 10.0  # waiting for a pooled connection (SQLAlchemy's default 30 s)
+
+
 def make_engine(database_url: str) -> AsyncEngine:
     url = async_url(database_url)
     kwargs: dict[str, Any] = {}
@@ -44,8 +48,16 @@ def make_engine(database_url: str) -> AsyncEngine:
         kwargs["connect_args"] = {"timeout": 30}
     else:
         # no pre-ping: it costs a round trip per checkout on the hottest paths; a connection the server
-        # dropped is detected as a disconnect, invalidated, and the pool refills (recycle bounds age)
-        kwargs.update(pool_size=20, max_overflow=10, pool_recycle=1800)
+        # dropped is detected as a disconnect, invalidated, and the pool refills (recycle bounds age).
+        # Bounded waits: while Postgres is away a request fails within seconds (a 503, common/errors.py)
+        # instead of queueing behind a 60 s connect or a 30 s pool checkout.
+        kwargs.update(
+            pool_size=20,
+            max_overflow=10,
+            pool_recycle=1800,
+            pool_timeout=PG_POOL_TIMEOUT_SECONDS,
+            connect_args={"timeout": PG_CONNECT_TIMEOUT_SECONDS},
+        )
     # statement parameters can hold plaintext secrets: keep them out of error text and logs.
     # JSON columns are read with `loads_stored`, which repairs what no response could carry (rows stored
     # before request bodies were checked in one place: a lone surrogate, Infinity, 1e5000).

@@ -94,23 +94,47 @@ class InProcessBus(_Listeners):
         return None
 
 
+RECONNECT_MAX_SECONDS = 5.0  # the subscriber's retry backoff cap while Redis is away
+
+
 class RedisBus(_Listeners):
+    """Publishes to Redis and delivers what its subscriber reads back.
+
+    While the subscription is down (Redis stopped, or restarted and not resubscribed yet) this replica's
+    own events are delivered locally as well: Redis would not hand them back to us, so without that they
+    were lost for our own clients, also in the moment between Redis coming back and the resubscribe.
+    Other replicas miss what Redis could not carry meanwhile.
+    """
+
     def __init__(self, redis: Any) -> None:
         super().__init__()
         self._redis = redis
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._subscribed = False
+        self._publish_failing = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="redis-bus")
         await asyncio.wait_for(self._ready.wait(), timeout=10)
 
     async def publish(self, event: Event) -> None:
+        subscribed = (
+            self._subscribed
+        )  # read before publishing: a resubscribe in between may duplicate, not lose
         try:
             await self._redis.publish(CHANNEL, encode(event))
-        except Exception:
+        except Exception as exc:
             # Redis down: other replicas miss this event, but this replica's own clients still get it.
-            log.exception("redis publish failed; delivering %s locally only", event.event)
+            if not self._publish_failing:  # one line per outage, not one per event
+                log.warning("redis publish failed (%s); delivering events locally only", type(exc).__name__)
+            self._publish_failing = True
+            self._deliver(event)
+            return
+        if self._publish_failing:
+            log.info("redis publish works again")
+            self._publish_failing = False
+        if not subscribed:
             self._deliver(event)
 
     async def _run(self) -> None:
@@ -119,6 +143,7 @@ class RedisBus(_Listeners):
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(CHANNEL)
+                self._subscribed = True
                 self._ready.set()
                 backoff = 0.5
                 async for msg in pubsub.listen():
@@ -132,11 +157,14 @@ class RedisBus(_Listeners):
                     self._deliver(event)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("redis event subscription lost; reconnecting")
+            except Exception as exc:
+                if self._subscribed or backoff == 0.5:
+                    log.warning("redis event subscription lost (%s); reconnecting", type(exc).__name__)
+                self._subscribed = False
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30)
+                backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
             finally:
+                self._subscribed = False
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 

@@ -5,6 +5,9 @@ agent we run (not `external`). `is_running` False → offline (guarded: only fro
 row paused or restarted meanwhile is left alone), cache keys cleared, `WORKSPACE_OFFLINE {}`, then
 `restart_by_id` in the background; the row is online again once the new agent registers. An
 `is_running` error counts as running: a transient engine error must not restart a healthy workspace.
+Each pass also gives a live row whose instance runs, but whose url is not the one our backend assigned,
+the instance's url (`Orchestrator.adopt_instances`): a container the engine revived by itself while a
+restart was clearing the row's url registers its own loopback url, which the A2A proxy refuses.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ async def sweep_health(ctx: AppContext) -> list[str]:
         return []
     async with ctx.engine.connect() as conn:
         rows = await pstore.backend_live_rows(conn)
+    try:  # rows whose running instance's url is not the one on the row (see Orchestrator.adopt_instances)
+        await orch.adopt_instances()
+    except Exception:
+        log.exception("health sweep: adopting instance urls failed")
     offline: list[str] = []
     for row in rows:
         try:

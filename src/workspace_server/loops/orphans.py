@@ -16,7 +16,7 @@ from typing import Any
 
 from workspace_server.context import AppContext
 from workspace_server.provisioner import store as pstore
-from workspace_server.provisioner.base import Backend, Instance
+from workspace_server.provisioner.base import Backend, BackendError, Instance
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,13 @@ async def sweep_orphans(ctx: AppContext, backend: Backend | None = None) -> list
     reaped: list[str] = []
     try:
         async with asyncio.timeout(PASS_BUDGET_SECONDS):
-            instances = [i for i in await backend.list_instances() if i.workspace_id]
+            try:
+                instances = [i for i in await backend.list_instances() if i.workspace_id]
+            except BackendError as exc:  # the engine away (restarting): nothing to sweep this pass
+                log.warning(
+                    "orphan sweep: listing instances failed (%s); next pass", exc.detail or exc.message
+                )
+                return []
             statuses = await _statuses(ctx, instances)
             for inst in instances:
                 ws_id = str(inst.workspace_id)

@@ -4,12 +4,14 @@ Timeout per row: `PROVISION_TIMEOUT_SECONDS` when set; else the template's
 `runtime_config.provision_timeout_seconds` for the row's runtime (DECIDE: the reference only showed that
 value to the canvas, so a slow runtime whose template asked for more time was failed at 10 min anyway);
 else 30 min for hermes; else 10 min. Age is measured from `updated_at`, re-checked in the same UPDATE.
+A row it fails loses its instance, if the backend has one (volumes are kept).
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
@@ -75,4 +77,18 @@ async def _fail(ctx: AppContext, cand: Candidate, timeout_secs: int, cutoff: dat
     )
     if changed:
         log.warning("workspace %s (%s) provisioning timed out after %ds", cand.id, cand.runtime, timeout_secs)
+        await _stop_instance(ctx, cand.id)
     return changed
+
+
+async def _stop_instance(ctx: AppContext, ws_id: str) -> None:
+    """A failed workspace keeps no instance (as a failed start does): one its start left behind — a
+    server killed mid-create, an agent that never registered — would otherwise stay, unseen by the orphan
+    sweep (the row is not removed). Volumes are kept: a restart reuses them."""
+    orch: Any = ctx.extras.get("orchestrator")
+    if orch is None or orch.backend is None:
+        return
+    try:
+        await orch.stop(ws_id)
+    except Exception:
+        log.warning("provision-timeout sweep: stopping the instance of %s failed", ws_id, exc_info=True)

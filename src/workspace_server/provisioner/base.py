@@ -58,6 +58,11 @@ class ErrNoBackend(BackendError):
         super().__init__("no workspace backend available")
 
 
+class EngineUnavailable(BackendError):
+    """The backend's engine did not answer at all (its socket is gone: a Docker daemon restarting).
+    Transient: the orchestrator retries a start that met it, within the provision deadline."""
+
+
 class ImageNotFound(BackendError):
     """The image is not on the host and pulling it failed."""
 

@@ -64,6 +64,7 @@ from workspace_server.provisioner.base import (
     TOKEN_FILE,
     WORKSPACE_LABEL,
     BackendError,
+    EngineUnavailable,
     ExecResult,
     ExecSession,
     FileEntry,
@@ -369,6 +370,8 @@ class DockerBackend:
             log.warning("start of %s failed: %s", name, exc)
             if images.is_image_not_found_error(str(exc)):
                 raise images.ImageNotFound(spec.image, str(exc)) from exc
+            if _engine_unreachable(exc):
+                raise EngineUnavailable("workspace start failed", str(exc)) from exc
             raise BackendError("workspace start failed", str(exc)) from exc
 
     def _start_failed(self, ws_id: str) -> None:
@@ -702,6 +705,30 @@ class DockerBackend:
             return True
         return bool((info.get("State") or {}).get("Running"))
 
+    async def instance_url(self, ws_id: str) -> str | None:
+        """The url `start` returned for the workspace's running container, read back from the engine
+        (start-up adoption: the server that started it may have died before recording it); None when no
+        running container of ours carries the workspace."""
+        try:
+            info = await self._run(self.client.api.inspect_container, instance_name(ws_id))
+        except docker.errors.NotFound:
+            return None
+        except ENGINE_ERRORS as exc:
+            if isinstance(exc, docker.errors.APIError) and is_not_found_error(str(exc)):
+                return None
+            raise BackendError("inspect failed", str(exc)) from exc
+        config = info.get("Config") or {}
+        if (config.get("Labels") or {}).get(WORKSPACE_LABEL) != ws_id:
+            return None
+        if not (info.get("State") or {}).get("Running"):
+            return None
+        port = _host_port(info)
+        if port is None:
+            return None
+        with self._lock:  # never hand this port to another start
+            self._ports[ws_id] = port
+        return f"http://127.0.0.1:{port}"
+
     def _running_container(self, ws_id: str) -> Any:
         try:
             container = self.client.containers.get(instance_name(ws_id))
@@ -1002,6 +1029,29 @@ class _PortConflict(Exception):
 
 class _HostDirUnseen(Exception):
     """The engine does not see the host dir behind the configs volume (the container was removed)."""
+
+
+def _engine_unreachable(exc: BaseException) -> bool:
+    """No answer from the engine at all (socket missing, refused, reset), as opposed to an answer that
+    refuses the request."""
+    return isinstance(exc, requests.exceptions.ConnectionError | ConnectionError)
+
+
+def _host_port(info: Mapping[str, Any]) -> int | None:
+    """The host port a container's agent answers on: published AGENT_PORT (bridge), else its A2A_PORT
+    (host networking, where the agent binds the host port itself)."""
+    ports = ((info.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{AGENT_PORT}/tcp") or []
+    for binding in ports:
+        raw = str(binding.get("HostPort") or "")
+        if raw.isdigit():
+            return int(raw)
+    mode = (info.get("HostConfig") or {}).get("NetworkMode")
+    if mode == "host":
+        for item in (info.get("Config") or {}).get("Env") or []:
+            key, _, value = str(item).partition("=")
+            if key == "A2A_PORT" and value.isdigit():
+                return int(value)
+    return None
 
 
 def _labels(ws_id: str) -> dict[str, str]:

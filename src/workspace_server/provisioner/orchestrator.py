@@ -43,6 +43,7 @@ from workspace_server.provisioner import store as pstore
 from workspace_server.provisioner.base import (
     Backend,
     BackendError,
+    EngineUnavailable,
     ImageNotFound,
     InstanceNotRunning,
     PullProgress,
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 
 PROVISION_DEADLINE = 180.0  # the reference's ProvisionTimeout: env, pull and start together
 PROBE_SECONDS = 10.0
+ENGINE_RETRY_SECONDS = 2.0  # a start that found the engine away tries again this often, within the deadline
 START_FAILED = "workspace start failed"
 MUTATORS_FAILED = "plugin env mutator chain failed"
 PROGRESS_EVENT = "WORKSPACE_PROVISION_PROGRESS"
@@ -358,6 +360,8 @@ class Orchestrator:
             on_pull_progress=self._progress_sink(job.ws_id),
         )
         await self._start_instance(backend, job, spec)
+        if token:
+            await self._revoke_older_tokens(job.ws_id, token)
 
     async def _gather_env(self, job: Job) -> dict[str, str]:
         try:
@@ -407,24 +411,33 @@ class Orchestrator:
             raise _Abort
 
     async def _rotate_token(self, ws_id: str) -> str | None:
-        """Revoke every token, then issue the one the agent will read (#418, #1877).
+        """Issue the token the agent will read (#418, #1877); the older ones are revoked only once the
+        start succeeded (`_revoke_older_tokens`).
 
-        SaaS mode in the open bootstrap mode only revokes, as the reference (the runtime's first register
-        mints one); in production mode a register never mints for an unauthenticated caller, so the token
-        is always issued and written (issue 11 §1).
+        SaaS mode in the open bootstrap mode revokes every token and issues none, as the reference (the
+        runtime's first register mints one); in production mode a register never mints for an
+        unauthenticated caller, so the token is always issued and written (issue 11 §1).
 
-        One transaction: if issuing fails the revocation rolls back too, so a token already on the volume
-        keeps working instead of the agent being locked out.
+        A start that fails (the engine away, a restart cut short) thus leaves the token already on the
+        volume working: a container the engine brings back by itself can still register. And if issuing
+        fails, nothing was revoked either.
         """
         try:
             async with self.engine.begin() as conn:
-                await tokens.revoke_workspace_tokens(conn, [ws_id])
                 if self.settings.saas_mode and self.settings.open_bootstrap:
+                    await tokens.revoke_workspace_tokens(conn, [ws_id])
                     return None
                 return await tokens.issue_workspace_token(conn, ws_id)
         except Exception:
             log.exception("workspace %s: token rotation failed; no token injected", ws_id)
             return None
+
+    async def _revoke_older_tokens(self, ws_id: str, token: str) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await pstore.revoke_tokens_except(conn, ws_id, tokens.hash_token(token))
+        except Exception:
+            log.exception("workspace %s: revoking the tokens before this start failed", ws_id)
 
     async def _still_provisioning(self, ws_id: str) -> None:
         async with self.engine.connect() as conn:
@@ -450,7 +463,7 @@ class Orchestrator:
     async def _start_instance(self, backend: Backend, job: Job, spec: StartSpec) -> None:
         try:
             async with asyncio.timeout(PROVISION_DEADLINE):
-                started = await backend.start(spec)
+                started = await self._start_when_engine_answers(backend, job, spec)
         except ImageNotFound as exc:
             # DECIDE: the one backend message users see verbatim — it names the image and what to check
             log.warning("workspace %s: %s (%s)", job.ws_id, exc.message, exc.detail)
@@ -466,6 +479,21 @@ class Orchestrator:
             await self._fail(job.ws_id, START_FAILED)
             raise _Abort from None
         await self._record_started(job, started.url)
+
+    async def _start_when_engine_answers(self, backend: Backend, job: Job, spec: StartSpec) -> Any:
+        """`backend.start`, tried again while the engine does not answer at all (a Docker daemon
+        restarting: the health sweep may restart a workspace whose container the daemon just stopped on
+        its way down). The caller's deadline bounds the wait; a row that moved on ends it."""
+        waited = False
+        while True:
+            try:
+                return await backend.start(spec)
+            except EngineUnavailable as exc:
+                if not waited:
+                    log.warning("workspace %s: engine unreachable (%s); retrying", job.ws_id, exc.detail)
+                waited = True
+            await asyncio.sleep(ENGINE_RETRY_SECONDS)
+            await self._still_provisioning(job.ws_id)
 
     async def _record_started(self, job: Job, url: str) -> None:
         async with self.engine.begin() as conn:
@@ -493,6 +521,45 @@ class Orchestrator:
         except Exception:
             log.warning("caching urls of %s failed", job.ws_id, exc_info=True)
         log.info("workspace %s started at %s; waiting for it to register", job.ws_id, url)
+
+    # ------------------------------------------------------------ start-up adoption
+
+    async def adopt_instances(self) -> list[str]:
+        """A live or provisioning row whose instance runs but whose url is not the one our backend
+        assigned gets the url back from the instance: the server that started it died between the start
+        and the write (run once at start-up), or a restart cleared the url while the engine was away and
+        the engine then revived the old container by itself (every health sweep pass). Without it the
+        agent registers its own loopback url, which the A2A proxy refuses (only a url our backend
+        assigned is trusted), so the workspace is online but unreachable. Returns the ids adopted.
+        Backends without `instance_url` (process: it adopts its agents by pidfile) skip it."""
+        locate = getattr(self.backend, "instance_url", None)
+        if locate is None:
+            return []
+        async with self.engine.connect() as conn:
+            rows = await pstore.rows_without_backend_url(conn)
+        adopted: list[str] = []
+        for row in rows:
+            try:
+                url = await locate(row.id)
+            except Exception:
+                log.warning("adoption: inspecting the instance of %s failed", row.id, exc_info=True)
+                continue
+            if not url:
+                continue
+            async with self.engine.begin() as conn:
+                if not await pstore.adopt_url(conn, row.id, url):
+                    continue
+            tier = int(getattr(row, "tier", 0) or 0)
+            try:
+                await self.ctx.kv.set(url_key(row.id), url, URL_TTL)
+                await self.ctx.kv.set(
+                    internal_url_key(row.id), self._internal_url(row.id, url, tier), URL_TTL
+                )
+            except Exception:
+                log.warning("caching urls of %s failed", row.id, exc_info=True)
+            log.info("adoption: workspace %s runs at %s (its start was not recorded)", row.id, url)
+            adopted.append(row.id)
+        return adopted
 
     # ------------------------------------------------------------ live config
 

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.common.time import utcnow
-from workspace_server.db.schema import workspaces
+from workspace_server.db.schema import workspace_auth_tokens, workspaces
+from workspace_server.registry.store import PROVISIONER_URL_PREFIX
 from workspace_server.workspaces.lifecycle import Lifecycle
 
 w = workspaces.c
@@ -133,3 +134,39 @@ async def backend_live_rows(conn: AsyncConnection) -> list[Any]:
         w.status.in_(("online", "degraded")), w.runtime != "external"
     )
     return list((await conn.execute(q)).all())
+
+
+async def rows_without_backend_url(conn: AsyncConnection) -> list[Any]:
+    """Live or provisioning rows we run whose url is not one our backend assigned (empty, or what the
+    agent registered): the start-up adoption's candidates (Orchestrator.adopt_instances)."""
+    q = sa.select(w.id, w.url, w.tier).where(
+        w.status.in_(URL_WRITABLE),
+        w.runtime != "external",
+        sa.or_(w.url.is_(None), sa.not_(w.url.startswith(PROVISIONER_URL_PREFIX, autoescape=True))),
+    )
+    return list((await conn.execute(q)).all())
+
+
+async def adopt_url(conn: AsyncConnection, ws_id: str, url: str) -> bool:
+    """Store the url of a running instance found at start-up, unless the row moved on or a start has
+    recorded one meanwhile."""
+    stmt = (
+        sa.update(workspaces)
+        .where(
+            w.id == ws_id,
+            w.status.in_(URL_WRITABLE),
+            sa.or_(w.url.is_(None), sa.not_(w.url.startswith(PROVISIONER_URL_PREFIX, autoescape=True))),
+        )
+        .values(url=url, updated_at=utcnow())
+    )
+    return (await conn.execute(stmt)).rowcount > 0
+
+
+async def revoke_tokens_except(conn: AsyncConnection, ws_id: str, keep_hash: bytes) -> None:
+    """Revoke the workspace's live tokens but the one with `keep_hash` (the one its new start holds)."""
+    t = workspace_auth_tokens.c
+    await conn.execute(
+        sa.update(workspace_auth_tokens)
+        .where(t.workspace_id == ws_id, t.revoked_at.is_(None), t.token_hash != keep_hash)
+        .values(revoked_at=utcnow())
+    )
