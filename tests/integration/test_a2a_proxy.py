@@ -522,3 +522,34 @@ async def test_message_with_nul_is_delivered_and_logged(
     rows = await wait_for(lambda: activity(ctx, target), "a2a_receive row")
     logged = rows[0].request_body["params"]["message"]["parts"][0]["text"]
     assert logged == ("a\ufffdb" if ctx.engine.dialect.name == "postgresql" else "a\x00b")
+
+
+async def test_production_canvas_call_needs_a_credential(
+    client_factory: ClientFactory, agent: StubAgent
+) -> None:
+    """Spec 04 BUG 8: a header-less call was let in as the canvas with no credential. In production mode it
+    needs WorkspaceAuth's credentials for the target (the reference canvas sends its admin bearer), and a
+    call naming the target as its own caller needs the target's token."""
+    client = await client_factory(ADMIN_TOKEN="adm", EGRESS_ALLOW_CIDRS="127.0.0.1/32")
+    ctx = ctx_of(client)
+    target = await add_workspace(ctx, "t", status="online", url=agent.url)
+    other = await add_workspace(ctx, "o", status="online", url=agent.url)
+    own, others = await mint_token(ctx, target), await mint_token(ctx, other)
+    url = f"/workspaces/{target}/a2a"
+    refused = [
+        await client.post(url, json=message("anon")),
+        await client.post(url, json=message("origin"), headers={"Origin": "http://localhost:3000"}),
+        await client.post(url, json=message("wrong"), headers=bearer(others)),
+        await client.post(url, json=message("self"), headers={"X-Workspace-ID": target}),
+    ]
+    assert [(r.status_code, r.json()["error"]) for r in refused] == [
+        (401, "missing workspace auth token"),
+        (401, "missing workspace auth token"),
+        (401, "invalid workspace auth token"),
+        (401, "missing caller auth token"),
+    ]
+    assert agent.received == []
+    for headers in (bearer("adm"), bearer(own), {"X-Workspace-ID": target, **bearer(own)}):
+        r = await client.post(url, json=message("ok"), headers=headers)
+        assert r.status_code == 200, r.text
+    assert len(agent.received) == 3
