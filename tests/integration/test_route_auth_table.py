@@ -8,15 +8,13 @@ refuses an anonymous caller or has to be added to OPEN here, on purpose, with a 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.routing import APIRoute
 from starlette.routing import Route, WebSocketRoute
-
-from collections.abc import Callable
-
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
