@@ -10,6 +10,7 @@ from workspace_server.activity.schemas import ActivityReport, NotifyBody
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.common.http import parse_model, read_json, read_model
 from workspace_server.common.ids import parse_uuid
+from workspace_server.openapi import body_schema
 
 router = APIRouter()
 
@@ -33,7 +34,7 @@ async def list_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -
     return JSONResponse(items)
 
 
-@router.post("/workspaces/{id}/activity")
+@router.post("/workspaces/{id}/activity", openapi_extra=body_schema(ActivityReport))
 async def report_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     ws_id = _workspace_id(id)
     body = await read_model(request, ActivityReport)
@@ -41,7 +42,7 @@ async def report_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx)
     return JSONResponse({"status": "logged"})
 
 
-@router.post("/workspaces/{id}/notify")
+@router.post("/workspaces/{id}/notify", openapi_extra=body_schema(NotifyBody))
 async def notify(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     ws_id = _workspace_id(id)
     data = await read_json(request, "message is required")

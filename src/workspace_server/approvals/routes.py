@@ -9,11 +9,12 @@ from fastapi.responses import JSONResponse
 from workspace_server.approvals import service
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.http import read_json
+from workspace_server.openapi import body_schema
 
 router = APIRouter()
 
 
-@router.post("/workspaces/{id}/approvals")
+@router.post("/workspaces/{id}/approvals", openapi_extra=body_schema(service.CreateBody))
 async def create_approval(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     data = await read_json(request, service.BAD_BODY, ctx.settings.MAX_BODY_BYTES)
     body = service.parse_create(data)
@@ -25,7 +26,7 @@ async def list_approvals(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     return JSONResponse(await service.list_for_workspace(ctx, id))
 
 
-@router.post("/workspaces/{id}/approvals/{approval_id}/decide")
+@router.post("/workspaces/{id}/approvals/{approval_id}/decide", openapi_extra=body_schema(service.DecideBody))
 async def decide_approval(
     id: str, approval_id: str, request: Request, auth: WorkspaceAuth, ctx: Ctx
 ) -> JSONResponse:

@@ -19,6 +19,7 @@ from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_body
 from workspace_server.files import service
 from workspace_server.files.service import FilesService
+from workspace_server.openapi import body_schema, nullable, obj, text
 from workspace_server.templates.service import check_upload_count
 
 router = APIRouter()
@@ -44,7 +45,16 @@ async def list_files(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) 
     return JSONResponse(await svc.list_files(ws, root, rel, depth))
 
 
-@router.put("/workspaces/{id}/files")
+@router.put(
+    "/workspaces/{id}/files",
+    openapi_extra=body_schema(
+        obj("files", files={"type": "object", "additionalProperties": nullable(text())}),
+        errors={
+            500: "The write failed in the workspace (the reference's `failed to write file: <err>`)",
+            503: "No workspace backend in this deployment",
+        },
+    ),
+)
 async def replace_files(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     files = service.parse_files_body(await _json(request, ctx.settings.MAX_BODY_BYTES))
     check_upload_count(files)
@@ -62,7 +72,16 @@ async def read_file(id: str, path: str, request: Request, ctx: Ctx, _auth: Works
     return JSONResponse(await svc.read_file(ws, root, path, rel))
 
 
-@router.put("/workspaces/{id}/files/{path:path}")
+@router.put(
+    "/workspaces/{id}/files/{path:path}",
+    openapi_extra=body_schema(
+        obj(content=nullable(text())),
+        errors={
+            500: "The write failed in the workspace (the reference's `failed to write file: <err>`)",
+            503: "No workspace backend in this deployment",
+        },
+    ),
+)
 async def write_file(id: str, path: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     rel = service.parse_rel(path)
     content = service.parse_content_body(await _json(request, ctx.settings.MAX_BODY_BYTES))

@@ -9,6 +9,7 @@ from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.http import read_model
 from workspace_server.instructions import service
 from workspace_server.instructions.service import CREATE_REQUIRED, CreateBody, UpdateBody
+from workspace_server.openapi import body_schema
 
 router = APIRouter()
 
@@ -22,13 +23,13 @@ async def list_instructions(request: Request, _: AdminAuth, ctx: Ctx) -> JSONRes
     return JSONResponse(items)
 
 
-@router.post("/instructions")
+@router.post("/instructions", openapi_extra=body_schema(CreateBody))
 async def create_instruction(request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, CreateBody, CREATE_REQUIRED)
     return JSONResponse({"id": await service.create(ctx, body)}, status_code=201)
 
 
-@router.put("/instructions/{instruction_id}")
+@router.put("/instructions/{instruction_id}", openapi_extra=body_schema(UpdateBody))
 async def update_instruction(instruction_id: str, request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, UpdateBody, "invalid request")
     await service.update(ctx, instruction_id, body)

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_body, read_json
+from workspace_server.openapi import body_schema, nullable, obj, text
 from workspace_server.plugins import allowlist, service
 
 router = APIRouter()
@@ -39,7 +40,10 @@ async def compatibility(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAut
     return JSONResponse(await service.compatibility(ctx, id, request.query_params.get("runtime", "")))
 
 
-@router.post("/workspaces/{id}/plugins")
+@router.post(
+    "/workspaces/{id}/plugins",
+    openapi_extra=body_schema(obj("source", source=text(1), sha256=nullable(text()))),
+)
 async def install(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     try:
         raw = await read_body(request, ctx.settings.plugin_body_max_bytes)
@@ -69,7 +73,12 @@ async def get_allowlist(id: str, ctx: Ctx, auth: AdminAuth) -> JSONResponse:
     return JSONResponse(await allowlist.get_allowlist(ctx, auth, id))
 
 
-@router.put("/orgs/{id}/plugins/allowlist")
+@router.put(
+    "/orgs/{id}/plugins/allowlist",
+    openapi_extra=body_schema(
+        obj("enabled_by", plugins=nullable({"type": "array", "items": text(1)}), enabled_by=text(1))
+    ),
+)
 async def put_allowlist(id: str, request: Request, ctx: Ctx, auth: AdminAuth) -> JSONResponse:
     data = await read_json(request)
     return JSONResponse(await allowlist.put_allowlist(ctx, auth, id, data))

@@ -13,6 +13,7 @@ from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_model
 from workspace_server.common.ids import parse_uuid
 from workspace_server.context import AppContext
+from workspace_server.openapi import body_schema
 from workspace_server.registry.access import can_communicate
 from workspace_server.schedules import service
 from workspace_server.schedules.service import REQUIRED, CreateBody, UpdateBody
@@ -29,7 +30,7 @@ async def list_schedules(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     return JSONResponse(await service.list_schedules(ctx, _id(id)))
 
 
-@router.post("/workspaces/{id}/schedules")
+@router.post("/workspaces/{id}/schedules", openapi_extra=body_schema(CreateBody))
 async def create_schedule(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, CreateBody, REQUIRED)
     return JSONResponse(await service.create(ctx, _id(id), body), status_code=201)
@@ -60,7 +61,7 @@ async def _authorize_peer(ctx: AppContext, request: Request, target: str) -> Non
         raise ApiError(403, "access denied")
 
 
-@router.patch("/workspaces/{id}/schedules/{schedule_id}")
+@router.patch("/workspaces/{id}/schedules/{schedule_id}", openapi_extra=body_schema(UpdateBody))
 async def update_schedule(
     id: str, schedule_id: str, request: Request, _: WorkspaceAuth, ctx: Ctx
 ) -> JSONResponse:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from workspace_server.auth.deps import AdminAuth, Ctx
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_body
+from workspace_server.openapi import body_schema, nullable, obj, text
 from workspace_server.templates import service
 
 router = APIRouter()
@@ -22,7 +23,12 @@ async def list_templates(ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     return JSONResponse(items)
 
 
-@router.post("/templates/import")
+@router.post(
+    "/templates/import",
+    openapi_extra=body_schema(
+        obj("name", "files", name=text(1), files={"type": "object", "additionalProperties": nullable(text())})
+    ),
+)
 async def import_template(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)
     try:

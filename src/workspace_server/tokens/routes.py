@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.http import client_ip, read_body
+from workspace_server.openapi import body_schema, obj, text
 from workspace_server.tokens import service
 
 router = APIRouter()
@@ -43,7 +44,12 @@ async def list_org_tokens(ctx: Ctx, _auth: AdminAuth) -> dict[str, Any]:
     return await service.list_org_tokens(ctx)
 
 
-@router.post("/org/tokens")
+@router.post(
+    "/org/tokens",
+    openapi_extra=body_schema(
+        obj(name=text(max_length=100)), required=False, description="A body that is not JSON means no name."
+    ),
+)
 async def mint_org_token(request: Request, ctx: Ctx, auth: AdminAuth) -> dict[str, Any]:
     service.check_mint_limit(ctx, client_ip(request))  # after auth, as upstream orders it
     raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)
