@@ -50,8 +50,10 @@ STATUS_TEXT = {
     "5XX": "Any other server error",
 }
 
-# Models named by body_schema, by component name; their schemas are built once the document is.
+# Models named by body_schema, by component name; their schemas are built once the document is, with
+# the rules the handler adds to the model's own (required keys, enums, patterns) applied on top.
 _MODELS: dict[str, type[BaseModel]] = {}
+_MODEL_RULES: dict[str, tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = {}
 # Extra documentation for routes FastAPI cannot describe, keyed by (METHOD, path).
 _EXTRA_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -70,11 +72,15 @@ def body_schema(
     media_type: str = "application/json",
     description: str | None = None,
     errors: dict[int, str] | None = None,
+    require: tuple[str, ...] = (),
+    fields: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """`openapi_extra` for a route that reads its body itself: `spec` is the pydantic model the handler
     validates with (`read_model(request, Model)`) or, where it parses by hand, the JSON schema of what it
-    accepts. `errors`: statuses beyond the defaults, with what they mean on this route (e.g. 503 when a
-    feature is not configured)."""
+    accepts. A model's schema only knows the model's rules: `require` (keys the handler insists on) and
+    `fields` (a property's schema, e.g. an enum the handler checks) document the handler's own.
+    `errors`: statuses beyond the defaults, with what they mean on this route (e.g. 503 when a feature
+    is not configured)."""
     if isinstance(spec, dict):
         schema = spec
     else:
@@ -82,6 +88,10 @@ def body_schema(
         known = _MODELS.setdefault(name, spec)
         if known is not spec:
             raise ValueError(f"two body models named {name}")
+        if require or fields:
+            rules = (require, fields or {})
+            if _MODEL_RULES.setdefault(name, rules) != rules:
+                raise ValueError(f"two sets of rules for body model {name}")
         schema = {"$ref": f"#/components/schemas/{name}"}
     body: dict[str, Any] = {"required": required, "content": {media_type: {"schema": schema}}}
     notes = [description] if description else []
@@ -126,6 +136,19 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
+def query_params(**params: str | tuple[str, Iterable[str]]) -> dict[str, Any]:
+    """`openapi_extra` for required query parameters a handler reads from `request.query_params`:
+    name=description, or name=(description, allowed values)."""
+    out = []
+    for name, spec in params.items():
+        text_, values = (spec, None) if isinstance(spec, str) else spec
+        schema: dict[str, Any] = {"type": "string", "minLength": 1}
+        if values is not None:
+            schema["enum"] = list(values)
+        out.append({"name": name, "in": "query", "required": True, "description": text_, "schema": schema})
+    return {"parameters": out}
+
+
 def error_responses(errors: dict[int, str]) -> dict[str, Any]:
     """`openapi_extra` documenting route-specific error statuses (merged with the defaults)."""
     return {"responses": {str(code): {"description": text} for code, text in errors.items()}}
@@ -143,6 +166,11 @@ def _model_components() -> dict[str, Any]:
         for def_name, def_schema in schema.pop("$defs", {}).items():
             if components.setdefault(def_name, def_schema) != def_schema:
                 raise ValueError(f"two nested body models named {def_name}")
+        require, fields = _MODEL_RULES.get(name, ((), {}))
+        if require:
+            schema["required"] = sorted({*schema.get("required", []), *require})
+        for key, field_schema in fields.items():
+            schema.setdefault("properties", {})[key] = field_schema
         components[name] = schema
     return components
 
@@ -214,6 +242,7 @@ def _complete(op: dict[str, Any], auth: str | None, path: str) -> None:
     responses: dict[str, Any] = op.setdefault("responses", {})
     responses.pop("422", None)  # this server answers 400 {"error": …}, never FastAPI's 422
     if auth is not None:
+        op["x-auth"] = auth  # admin | workspace | canvas
         op.setdefault("security", [{"bearerAuth": []}])
         note = AUTH_TEXT[auth]
         op["description"] = f"{op['description']}\n\n{note}" if op.get("description") else note

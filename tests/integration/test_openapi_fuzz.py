@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,10 +33,14 @@ from tests.conftest import LiveServer
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(900)]
 
 ADMIN = "fuzz-admin-token"
+PLUGIN = "fuzz-plugin"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
 SEED = 20261206
 # never fuzzed over plain HTTP: streams that do not end, WebSocket upgrades (described in the schema)
 SKIP = re.compile(r"/(events/stream|mcp/stream|terminal)$|^/ws$")
+# operations that stop, pause or delete a workspace: fuzzed by the admin only, on a workspace of their own
+DESTRUCTIVE = re.compile(r"^/workspaces/\{id\}(/pause|/hibernate|/resume)?$")
+ONE_SHOT = re.compile(r"^DELETE |/(pause|resume|hibernate)$")
 # statuses that mean "the generated request was refused before doing anything"
 REFUSED = {400, 401, 403, 404, 413, 422}
 # nearly all refused: at or above this ratio
@@ -51,6 +56,10 @@ class Seed:
     ws_a: str = ""
     ws_b: str = ""
     ws_doomed: str = ""
+    ws_paused: str = ""
+    ws_patched: str = ""
+    ws_pausable: str = ""
+    ws_online: str = ""
     token_a: str = ""
     spare_token_id: str = ""
     ids: dict[str, list[str]] = field(default_factory=dict)
@@ -90,6 +99,12 @@ def seed(base: str) -> Seed:
         s.ws_a = workspace("fuzz-a")
         s.ws_b = workspace("fuzz-b", parent_id=s.ws_a)
         s.ws_doomed = workspace("fuzz-doomed")
+        s.ws_paused = workspace("fuzz-paused")
+        post(f"/workspaces/{s.ws_paused}/pause", None)
+        s.ws_patched = workspace("fuzz-patched")
+        s.ws_pausable = workspace("fuzz-pausable")
+        # an agent URL makes an external workspace online at once: the one state hibernate accepts
+        s.ws_online = workspace("fuzz-online", url="http://127.0.0.1:9/")
         s.token_a = str(post(f"/workspaces/{s.ws_a}/tokens", None).get("auth_token", ""))
         spare = post(f"/workspaces/{s.ws_a}/tokens", None)
         s.spare_token_id = str(spare.get("id", ""))
@@ -115,22 +130,40 @@ def seed(base: str) -> Seed:
         r = c.put(f"{a}/secrets", json={"key": "FUZZ_KEY", "value": "v"})
         if r.status_code >= 300:
             print(f"seed: PUT {a}/secrets answered {r.status_code} {r.text[:200]}")
-        post("/settings/secrets", {"key": "GLOBAL_FUZZ", "value": "v"})
+        for key in ("GLOBAL_FUZZ", "GLOBAL_FUZZ_2"):
+            post("/settings/secrets", {"key": key, "value": "v"})
+            s.add("global_secret", key)
         s.add("secret", "FUZZ_KEY")
-        s.add("secret", "GLOBAL_FUZZ")
+        post(f"{a}/agent", {"model": "fuzz-model"})
+        for rel in ("config.yaml", "notes/a.txt"):
+            r = c.put(f"{a}/files/{rel}", json={"content": "name: fuzz\n"})
+            if r.status_code >= 300:
+                print(f"seed: PUT {a}/files/{rel} answered {r.status_code} {r.text[:200]}")
+        r = c.post(f"{a}/chat/uploads", files={"files": ("fuzz.txt", b"hello", "text/plain")})
+        for item in (_json(r) or {}).get("files", []) if r.status_code < 300 else []:
+            s.add("upload", str(item.get("uri", "")).removeprefix("workspace:"))
     return s
 
 
-def _param_values(s: Seed, path: str, name: str) -> list[str] | None:
+def _param_values(s: Seed, method: str, path: str, name: str) -> list[str] | None:
     """Real values for path parameter `name` of `path` (None: leave it to the generator)."""
     ids = s.ids
     if name == "id":
         if path.startswith("/org/tokens/"):
             return ids.get("org_token")
         if path.startswith("/orgs/"):
-            return ["default"]
-        if path in ("/workspaces/{id}", "/workspaces/{id}/pause", "/workspaces/{id}/hibernate"):
-            return [s.ws_doomed]  # destructive: never the workspace the other runs authenticate as
+            return [s.ws_a]  # an org is named by its root workspace
+        # each state-changing operation gets a workspace of its own, in the state it needs
+        own = {
+            ("delete", "/workspaces/{id}"): s.ws_doomed,
+            ("patch", "/workspaces/{id}"): s.ws_patched,
+            ("get", "/workspaces/{id}"): s.ws_patched,
+            ("post", "/workspaces/{id}/resume"): s.ws_paused,
+            ("post", "/workspaces/{id}/pause"): s.ws_pausable,
+            ("post", "/workspaces/{id}/hibernate"): s.ws_online,
+        }
+        if (method, path) in own:
+            return [own[(method, path)]]
         return [s.ws_a, s.ws_b]
     table: dict[str, list[str] | None] = {
         "ws_id": [s.ws_a, s.ws_b],
@@ -143,9 +176,13 @@ def _param_values(s: Seed, path: str, name: str) -> list[str] | None:
         "instruction_id": ids.get("instruction"),
         "delegation_id": ids.get("delegation"),
         "token_id": [s.spare_token_id] if s.spare_token_id else None,
-        "key": (ids.get("key") or []) + (ids.get("secret") or []),
+        "key": ids.get("global_secret")
+        if path.startswith(("/settings/", "/admin/"))
+        else ids.get("secret")
+        if "/secrets/" in path
+        else ids.get("key"),
         "path": ["config.yaml", "notes/a.txt"],
-        "name": ["fuzz-plugin"],
+        "name": [PLUGIN],
     }
     return table.get(name)
 
@@ -161,18 +198,52 @@ def fuzz_schema(doc: dict[str, Any], s: Seed, *, only_workspace: bool) -> dict[s
         if only_workspace and not (path.startswith(("/workspaces/{id}", "/registry"))):
             continue
         for method, op in list(item.items()):
+            admin_only = op.get("x-auth") == "admin"
+            if only_workspace and (admin_only or (DESTRUCTIVE.search(path) and method != "get")):
+                del item[method]
+                continue
             for param in op.get("parameters", []):
+                if param.get("in") == "query" and param["name"] == "path" and s.ids.get("upload"):
+                    param["schema"] = {"type": "string", "enum": s.ids["upload"]}
                 if param.get("in") != "path":
                     continue
-                values = _param_values(s, path, param["name"])
+                values = _param_values(s, method, path, param["name"])
                 if only_workspace and param["name"] == "id":
                     values = [s.ws_a]
                 if values:
                     param["schema"] = {"type": "string", "enum": values}
             item[method] = op
-        paths[path] = item
+        _real_plugin(item)
+        if item:
+            paths[path] = item
     doc["paths"] = paths
+    workspaces = [s.ws_a] if only_workspace else [s.ws_a, s.ws_b]
+    _real_uuids(doc, workspaces)
     return doc
+
+
+def _real_plugin(item: dict[str, Any]) -> None:
+    """Plugin sources and names are ids too: the one plugin under the server's PLUGINS_DIR."""
+    for op in item.values():
+        body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+        props = body.get("properties", {})
+        if "source" in props:
+            props["source"] = {"type": "string", "enum": [f"local://{PLUGIN}"]}
+        if "plugins" in props:
+            props["plugins"] = {"type": "array", "items": {"type": "string", "enum": [PLUGIN]}}
+
+
+def _real_uuids(node: Any, ids: list[str]) -> None:
+    """Every `format: uuid` string of a body names one of the seeded workspaces (bodies refer to
+    workspaces only: target_id, workspace_id, parent_id, …)."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and node.get("format") == "uuid":
+            node["enum"] = list(ids)
+        for value in node.values():
+            _real_uuids(value, ids)
+    elif isinstance(node, list):
+        for value in node:
+            _real_uuids(value, ids)
 
 
 @dataclass
@@ -180,11 +251,17 @@ class Stats:
     cases: Counter[str] = field(default_factory=Counter)
     statuses: dict[str, Counter[int]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    refusals: dict[str, Counter[str]] = field(default_factory=dict)  # label -> "status body" -> count
 
     def refused_ratio(self, label: str) -> float:
+        """Share of refused answers. A DELETE (or pause/resume/hibernate) that succeeded once rightly
+        answers 404 to every later case naming the same row: those 404s do not count as refusals."""
         st = self.statuses.get(label, Counter())
         total = sum(st.values())
-        return sum(n for code, n in st.items() if code in REFUSED) / total if total else 0.0
+        refused = {*REFUSED}
+        if ONE_SHOT.search(label) and any(200 <= code < 300 for code in st):
+            refused.discard(404)
+        return sum(n for code, n in st.items() if code in refused) / total if total else 0.0
 
 
 def _order(label: str) -> tuple[int, str]:
@@ -250,6 +327,9 @@ def _fuzz_operation(
                 stats.failures.append(f"[{tag}] {op_label}: request failed: {exc!r}")
                 return
             st[response.status_code] += 1
+            if response.status_code in REFUSED:
+                why = f"{response.status_code} {response.text[:80]}"
+                stats.refusals.setdefault(op_label, Counter())[why] += 1
             try:
                 case.validate_response(response, checks=checks, headers=headers)
             except (Exception, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup: a BaseExceptionGroup
@@ -285,13 +365,26 @@ def summary(stats: Stats, elapsed: float, db: str) -> str:
     for label in sorted(labels, key=lambda lb: (-stats.refused_ratio(lb), lb)):
         codes = " ".join(f"{c}×{n}" for c, n in sorted(stats.statuses.get(label, Counter()).items()))
         lines.append(f"  {stats.refused_ratio(label):5.2f}  {label:60s} {codes}")
+        if stats.refused_ratio(label) >= NEARLY_ALL:
+            for why, n in stats.refusals.get(label, Counter()).most_common(2):
+                lines.append(f"           {n}× {why}")
     return "\n".join(lines)
 
 
 @pytest.fixture
-def fuzz_server(live_server_factory: Callable[..., LiveServer]) -> Iterator[LiveServer]:
+def fuzz_server(live_server_factory: Callable[..., LiveServer], tmp_path: Path) -> Iterator[LiveServer]:
+    """Production mode (ADMIN_TOKEN), the process backend (so the files API has somewhere to write; no
+    agent is ever started for the external workspaces seeded), one local plugin."""
+    plugins = tmp_path / "plugins"
+    (plugins / PLUGIN).mkdir(parents=True)
+    (plugins / PLUGIN / "plugin.yaml").write_text(f"name: {PLUGIN}\nversion: 0.1.0\n", encoding="utf-8")
+    (plugins / PLUGIN / "rules.md").write_text("Be kind.\n", encoding="utf-8")
     yield live_server_factory(
-        ADMIN_TOKEN=ADMIN, RATE_LIMIT="1000000", MAX_BODY_BYTES=256 * 1024, WORKSPACE_BACKEND="process"
+        ADMIN_TOKEN=ADMIN,
+        RATE_LIMIT="1000000",
+        MAX_BODY_BYTES=256 * 1024,
+        WORKSPACE_BACKEND="process",
+        PLUGINS_DIR=str(plugins),
     )
 
 

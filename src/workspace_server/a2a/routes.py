@@ -22,7 +22,7 @@ from workspace_server.common.http import bearer_token, parse_model, read_json
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.routing import hot_route
 from workspace_server.context import AppContext, get_ctx
-from workspace_server.openapi import body_schema, describe
+from workspace_server.openapi import UUID, body_schema, describe
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -157,7 +157,9 @@ async def token_metrics(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
 # ---- delegation (WorkspaceAuth; :id is the delegating workspace) ----
 
 
-@router.post("/workspaces/{id}/delegate", openapi_extra=body_schema(DelegateRequest))
+@router.post(
+    "/workspaces/{id}/delegate", openapi_extra=body_schema(DelegateRequest, fields={"target_id": UUID})
+)
 async def delegate(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     data = await read_json(request, "invalid delegation request")
     body = parse_model(DelegateRequest, data, "invalid delegation request")
@@ -170,13 +172,21 @@ async def list_delegations(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     return JSONResponse(await delegation.list_delegations(ctx, _id(id)))
 
 
-@router.post("/workspaces/{id}/delegations/record", openapi_extra=body_schema(RecordRequest))
+@router.post(
+    "/workspaces/{id}/delegations/record",
+    openapi_extra=body_schema(RecordRequest, fields={"target_id": UUID}),
+)
 async def record_delegation(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     body = parse_model(RecordRequest, await read_json(request))
     return JSONResponse(await delegation.record(ctx, _id(id), body), status_code=202)
 
 
-@router.post("/workspaces/{id}/delegations/{delegation_id}/update", openapi_extra=body_schema(UpdateRequest))
+@router.post(
+    "/workspaces/{id}/delegations/{delegation_id}/update",
+    openapi_extra=body_schema(
+        UpdateRequest, fields={"status": {"type": "string", "enum": ["completed", "failed"]}}
+    ),
+)
 async def update_delegation(
     id: str, delegation_id: str, request: Request, _: WorkspaceAuth, ctx: Ctx
 ) -> JSONResponse:

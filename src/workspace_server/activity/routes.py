@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from workspace_server.activity import service
-from workspace_server.activity.schemas import ActivityReport, NotifyBody
+from workspace_server.activity.schemas import REPORTABLE_TYPES, ActivityReport, NotifyBody
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.common.http import parse_model, read_json, read_model
 from workspace_server.common.ids import parse_uuid
@@ -34,7 +34,12 @@ async def list_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -
     return JSONResponse(items)
 
 
-@router.post("/workspaces/{id}/activity", openapi_extra=body_schema(ActivityReport))
+@router.post(
+    "/workspaces/{id}/activity",
+    openapi_extra=body_schema(
+        ActivityReport, fields={"activity_type": {"type": "string", "enum": list(REPORTABLE_TYPES)}}
+    ),
+)
 async def report_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     ws_id = _workspace_id(id)
     body = await read_model(request, ActivityReport)

@@ -39,15 +39,16 @@ class BundleTool(_Lenient):
 class Bundle(_Lenient):
     schema_: str = Field("", alias="schema")
     id: str = ""
-    name: str = ""
+    # json_schema_extra: the rules service._tree_problem adds, documented in /openapi.json
+    name: str = Field("", json_schema_extra={"pattern": r"\S", "minLength": 1})
     description: str = ""
-    tier: int = 0
+    tier: int = Field(0, json_schema_extra={"minimum": -(2**31), "maximum": 2**31 - 1})
     model: str = ""
     system_prompt: str = ""
     skills: list[BundleSkill] = Field(default_factory=list)
     tools: list[BundleTool] = Field(default_factory=list)
     prompts: dict[str, str] = Field(default_factory=dict)
-    sub_workspaces: list[Bundle] = Field(default_factory=list)
+    sub_workspaces: list[Bundle] = Field(default_factory=list, json_schema_extra={"maxItems": 2})
     agent_card: Any = None
     author: str = ""
     version: str = ""

@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.http import read_body, read_model
 from workspace_server.common.ids import parse_uuid
+from workspace_server.db.schema import MEMORY_SCOPES
 from workspace_server.memories import service
 from workspace_server.memories.service import CommitBody
-from workspace_server.openapi import body_schema
+from workspace_server.openapi import body_schema, text
 
 router = APIRouter()
 
@@ -21,7 +22,14 @@ def _workspace_id(raw: str) -> str:
     return parse_uuid(raw) or raw
 
 
-@router.post("/workspaces/{id}/memories", openapi_extra=body_schema(CommitBody))
+@router.post(
+    "/workspaces/{id}/memories",
+    openapi_extra=body_schema(
+        CommitBody,
+        require=("content", "scope"),
+        fields={"content": text(1), "scope": {"type": "string", "enum": list(MEMORY_SCOPES)}},
+    ),
+)
 async def commit_memory(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, CommitBody)
     return JSONResponse(await service.commit(ctx, _workspace_id(id), body), status_code=201)

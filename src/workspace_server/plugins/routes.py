@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse, Response
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_body, read_json
-from workspace_server.openapi import body_schema, nullable, obj, text
+from workspace_server.openapi import body_schema, nullable, obj, query_params, text
 from workspace_server.plugins import allowlist, service
+from workspace_server.provisioner.runtimes import REFERENCE_RUNTIMES
 
 router = APIRouter()
 
@@ -35,7 +36,10 @@ async def list_available(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONRespons
     return JSONResponse(await service.list_available(ctx, id))
 
 
-@router.get("/workspaces/{id}/plugins/compatibility")
+@router.get(
+    "/workspaces/{id}/plugins/compatibility",
+    openapi_extra=query_params(runtime=("The runtime to check against", REFERENCE_RUNTIMES)),
+)
 async def compatibility(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     return JSONResponse(await service.compatibility(ctx, id, request.query_params.get("runtime", "")))
 
