@@ -10,7 +10,7 @@ from workspace_server.activity.schemas import REPORTABLE_TYPES, ActivityReport, 
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.common.http import parse_model, read_json, read_model
 from workspace_server.common.ids import parse_uuid
-from workspace_server.openapi import body_schema
+from workspace_server.openapi import INT32, body_schema, nullable, obj, text
 
 router = APIRouter()
 
@@ -47,7 +47,22 @@ async def report_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx)
     return JSONResponse({"status": "logged"})
 
 
-@router.post("/workspaces/{id}/notify", openapi_extra=body_schema(NotifyBody))
+@router.post(
+    "/workspaces/{id}/notify",
+    openapi_extra=body_schema(
+        NotifyBody,
+        require=("message",),
+        fields={
+            "message": text(1),
+            "attachments": nullable(
+                {
+                    "type": "array",
+                    "items": obj("uri", "name", uri=text(1), name=text(1), mimeType=text(), size=INT32),
+                }
+            ),
+        },
+    ),
+)
 async def notify(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     ws_id = _workspace_id(id)
     data = await read_json(request, "message is required")

@@ -24,11 +24,20 @@ class _Lenient(BaseModel):
         return data
 
 
+# what service.config_files / check_tree accept as a skill id and a relative path (documentation only)
+_PLAIN_NAME = {"pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$"}
+_REL_PATHS = {
+    "propertyNames": {"pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$"}
+}
+
+
 class BundleSkill(_Lenient):
-    id: str = ""
+    id: str = Field("", json_schema_extra=_PLAIN_NAME)
     name: str = ""
     description: str = ""
-    files: dict[str, str] = Field(default_factory=dict)  # relative path -> content
+    files: dict[str, str] = Field(
+        default_factory=dict, json_schema_extra=_REL_PATHS
+    )  # relative path -> content
 
 
 class BundleTool(_Lenient):

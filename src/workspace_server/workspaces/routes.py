@@ -18,6 +18,7 @@ from workspace_server.openapi import BOOL, ERROR_REF, INT32, NUMBER, UUID, body_
 from workspace_server.workspaces.schemas import (
     FIELD_PATTERN,
     LINE_PATTERN,
+    MODEL_MAX,
     NAME_MAX,
     ROLE_MAX,
     RUNTIME_MAX,
@@ -65,6 +66,8 @@ def external_platform_url(settings: Settings, request: Request) -> str:
     return url.removesuffix("/")
 
 
+# workspace_dir_ok: absolute, no `..`, not a system directory (a subset, as a pattern)
+WORKSPACE_DIR_PATTERN = "^/(home|tmp|srv|opt|workspace)(/[a-z0-9_-]+)*$"
 # PATCH /workspaces/:id: every key optional; values of the wrong type are skipped, not refused
 PATCH_WORKSPACE = obj(
     name=text(max_length=NAME_MAX, pattern=FIELD_PATTERN),
@@ -72,7 +75,7 @@ PATCH_WORKSPACE = obj(
     runtime=text(max_length=RUNTIME_MAX, pattern=LINE_PATTERN),
     tier=INT32,
     parent_id=nullable(UUID),
-    workspace_dir=nullable(text(pattern="^/(home|tmp|srv|opt|workspace)(/[a-z0-9_-]+)*$")),
+    workspace_dir=nullable(text(pattern=WORKSPACE_DIR_PATTERN)),
     workspace_access=nullable({"type": "string", "enum": list(WORKSPACE_ACCESS_VALUES)}),
     hibernation_idle_minutes=nullable({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
     collapsed=BOOL,
@@ -130,7 +133,17 @@ DELETE_RESPONSES = {
     "/workspaces",
     openapi_extra=body_schema(
         CreateWorkspace,
-        max_bytes=None,
+        require=("name",),
+        fields={
+            "name": text(1, NAME_MAX // 4, pattern=FIELD_PATTERN),
+            "role": nullable(text(0, ROLE_MAX // 4, pattern=FIELD_PATTERN)),
+            "runtime": nullable(text(0, RUNTIME_MAX // 4, pattern=LINE_PATTERN)),
+            "model": nullable(text(0, MODEL_MAX // 4, pattern=LINE_PATTERN)),
+            "parent_id": nullable(UUID),
+            "budget_limit": nullable({"type": "integer", "minimum": 0, "maximum": 2**63 - 1}),
+            "workspace_dir": nullable(text(pattern=WORKSPACE_DIR_PATTERN)),
+            "workspace_access": nullable({"type": "string", "enum": list(WORKSPACE_ACCESS_VALUES)}),
+        },
         errors={
             409: "A workspace with that name exists under the same parent",
             503: "Provisioning backend unavailable",
