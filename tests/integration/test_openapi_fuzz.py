@@ -454,4 +454,5 @@ def test_schemathesis_finds_no_server_error(fuzz_server: LiveServer, db_url: str
     nearly_all = [
         lb for lb in stats.cases if stats.refused_ratio(lb) >= NEARLY_ALL and lb not in EXPECTED_REFUSALS
     ]
-    assert len(nearly_all) <= 5, f"{len(nearly_all)} operations refuse nearly every case: {nearly_all}"
+    # "at most a handful": the documented ones above, and no more than two others (noise at this budget)
+    assert len(nearly_all) <= 2, f"{len(nearly_all)} operations refuse nearly every case: {nearly_all}"
