@@ -6,11 +6,14 @@ of every path parameter, so generated requests reach the handlers instead of ans
 operation is then fuzzed twice: as the admin, and as workspace A with its own bearer token. Checks:
 schemathesis's `not_a_server_error` (a 5xx is a failure unless it is a deliberate, documented 501/502/503/
 504 of that operation — never a 500) and `response_schema_conformance` (every answer matches its
-documented schema, the `{"error": …}` body of every error status included).
+documented schema, the `{"error": …}` body of every error status included). A last, smaller pass sends
+data that violates the schema (schemathesis's negative mode), as the admin: it must be refused with a
+documented 4xx, never answered with a 5xx.
 
 Reproducible: Hypothesis runs derandomized (fixed seed) with `FUZZ_EXAMPLES` examples per operation and
-identity (default 12). The summary (operations, cases, time, refusal ratio per operation) is printed;
-run with `-s` to see it. `pytest tests/integration/test_openapi_fuzz.py -s -m fuzz`.
+identity (default 12; `FUZZ_NEGATIVE_EXAMPLES`, default 4, for the negative pass). The summary
+(operations, cases, time, refusal ratio per operation) is printed; run with `-s` to see it:
+`pytest tests/integration/test_openapi_fuzz.py -s -m fuzz`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(900)]
 ADMIN = "fuzz-admin-token"
 PLUGIN = "fuzz-plugin"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+NEGATIVE_EXAMPLES = int(os.environ.get("FUZZ_NEGATIVE_EXAMPLES", "4"))
 SEED = 20261206
 # never fuzzed over plain HTTP: streams that do not end, WebSocket upgrades (described in the schema)
 SKIP = re.compile(r"/(events/stream|mcp/stream|terminal)$|^/ws$")
@@ -300,41 +304,52 @@ def _order(label: str) -> tuple[int, str]:
     return (1, label)
 
 
-def run_schemathesis(doc: dict[str, Any], base: str, headers: dict[str, str], stats: Stats, tag: str) -> None:
+def run_schemathesis(
+    doc: dict[str, Any],
+    base: str,
+    headers: dict[str, str],
+    stats: Stats,
+    tag: str,
+    *,
+    negative: bool = False,
+    examples: int = EXAMPLES,
+) -> None:
     import schemathesis
+    from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import response_schema_conformance
 
     schema = schemathesis.openapi.from_dict(doc)
     operations = [result.ok() for result in schema.get_all_operations()]
     operations.sort(key=lambda op: _order(f"{op.method.upper()} {op.path}"))
-    checks: list[Any] = [not_a_server_error, response_schema_conformance]
+    mode = GenerationMode.NEGATIVE if negative else GenerationMode.POSITIVE
     for op in operations:
-        label = f"{op.method.upper()} {op.path}"
         deliberate = {int(c) for c in op.definition.raw.get("responses", {}) if c.isdigit() and c[0] == "5"}
         deliberate.discard(500)
-        _fuzz_operation(op, label, deliberate, base, headers, stats, tag, checks)
+        run = Run(base, headers, stats, tag, [not_a_server_error, response_schema_conformance], deliberate)
+        run.fuzz(op, mode, examples)
 
 
-def _fuzz_operation(
-    op: Any,
-    label: str,
-    deliberate: set[int],
-    base: str,
-    headers: dict[str, str],
-    stats: Stats,
-    tag: str,
-    checks: list[Any],
-) -> None:
-    import hypothesis
-    from hypothesis import HealthCheck, Phase
+@dataclass
+class Run:
+    """One operation's cases for one identity: every answer counted, every failed check collected (no
+    shrinking: the first reproduction is reported as generated)."""
 
-    st = stats.statuses.setdefault(label, Counter())
+    base: str
+    headers: dict[str, str]
+    stats: Stats
+    tag: str
+    checks: list[Any]
+    deliberate: set[int]
 
-    if True:
+    def fuzz(self, op: Any, mode: Any, examples: int) -> None:
+        import hypothesis
+        from hypothesis import HealthCheck, Phase
+
+        label = f"{op.method.upper()} {op.path}"
 
         @hypothesis.settings(
-            max_examples=EXAMPLES,
+            max_examples=examples,
             deadline=None,
             database=None,
             derandomize=True,
@@ -343,30 +358,36 @@ def _fuzz_operation(
             print_blob=False,
         )
         @hypothesis.seed(SEED)
-        @hypothesis.given(case=op.as_strategy())
+        @hypothesis.given(case=op.as_strategy(generation_mode=mode))
         def one(case: Any) -> None:
-            op_label, codes = label, deliberate
-            stats.cases[op_label] += 1
-            try:
-                response = case.call(base_url=base, headers=headers, timeout=20)
-            except Exception as exc:
-                stats.failures.append(f"[{tag}] {op_label}: request failed: {exc!r}")
-                return
-            st[response.status_code] += 1
-            if response.status_code in REFUSED:
-                why = f"{response.status_code} {response.text[:80]}"
-                stats.refusals.setdefault(op_label, Counter())[why] += 1
-            try:
-                case.validate_response(response, checks=checks, headers=headers)
-            except (Exception, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup: a BaseExceptionGroup
-                if response.status_code in codes and _only_server_error(exc):
-                    return  # a documented, deliberate 5xx (a feature this deployment lacks)
-                stats.failures.append(
-                    f"[{tag}] {op_label}: {response.status_code} {response.text[:300]!r}\n"
-                    f"    {_failure_text(exc)}\n    reproduce: {case.as_curl_command(headers=headers)}"
-                )
+            self.check(label, case)
 
-        one()
+        try:
+            one()
+        except hypothesis.errors.Unsatisfiable:
+            pass  # negative mode: nothing in this operation can be made invalid (no parameter, no body)
+
+    def check(self, label: str, case: Any) -> None:
+        stats = self.stats
+        stats.cases[label] += 1
+        try:
+            response = case.call(base_url=self.base, headers=self.headers, timeout=20)
+        except Exception as exc:
+            stats.failures.append(f"[{self.tag}] {label}: request failed: {exc!r}")
+            return
+        stats.statuses.setdefault(label, Counter())[response.status_code] += 1
+        if response.status_code in REFUSED:
+            why = f"{response.status_code} {response.text[:80]}"
+            stats.refusals.setdefault(label, Counter())[why] += 1
+        try:
+            case.validate_response(response, checks=self.checks, headers=self.headers)
+        except (Exception, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup: a BaseExceptionGroup
+            if response.status_code in self.deliberate and _only_server_error(exc):
+                return  # a documented, deliberate 5xx (a feature this deployment lacks)
+            stats.failures.append(
+                f"[{self.tag}] {label}: {response.status_code} {response.text[:300]!r}\n"
+                f"    {_failure_text(exc)}\n    reproduce: {case.as_curl_command(headers=self.headers)}"
+            )
 
 
 def _only_server_error(exc: BaseException) -> bool:
@@ -447,10 +468,16 @@ def test_schemathesis_finds_no_server_error(fuzz_server: LiveServer, db_url: str
     workspace = {"Authorization": f"Bearer {s.token_a}", "X-Workspace-ID": s.ws_a}
     run_schemathesis(fuzz_schema(published, s, only_workspace=True), base, workspace, stats, "workspace")
     run_schemathesis(fuzz_schema(published, s, only_workspace=False), base, admin, stats, "admin")
+    # then data that violates the schema, as the admin (whom no auth check stops): 4xx, never a 5xx
+    invalid = Stats()
+    doc = fuzz_schema(published, s, only_workspace=False)
+    run_schemathesis(doc, base, admin, invalid, "negative", negative=True, examples=NEGATIVE_EXAMPLES)
     elapsed = time.monotonic() - started
     db = "postgres" if db_url.startswith("postgres") else "sqlite"
     print("\n" + summary(stats, elapsed, db))
-    assert not stats.failures, f"{len(stats.failures)} failures:\n" + "\n".join(stats.failures[:40])
+    print(f"negative: {len(invalid.cases)} operations, {sum(invalid.cases.values())} cases")
+    failures = stats.failures + invalid.failures
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:40])
     nearly_all = [
         lb for lb in stats.cases if stats.refused_ratio(lb) >= NEARLY_ALL and lb not in EXPECTED_REFUSALS
     ]
