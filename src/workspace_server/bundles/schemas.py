@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import JsonDict
 
 MAX_DEPTH = 32  # sub_workspaces nesting; deeper is refused before validation recurses
 
@@ -25,8 +26,8 @@ class _Lenient(BaseModel):
 
 
 # what service.config_files / check_tree accept as a skill id and a relative path (documentation only)
-_PLAIN_NAME = {"pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$"}
-_REL_PATHS = {
+_PLAIN_NAME: JsonDict = {"pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$"}
+_REL_PATHS: JsonDict = {
     "propertyNames": {"pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$"}
 }
 
