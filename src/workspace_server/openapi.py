@@ -136,17 +136,34 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def query_params(**params: str | tuple[str, Iterable[str]]) -> dict[str, Any]:
+QuerySpec = str | tuple[str, Iterable[str] | dict[str, Any]]
+# an integer in a query string, as the handlers' parsers read one
+COUNT: dict[str, Any] = {"pattern": "^[0-9]{1,4}$"}
+
+
+def query_params(**params: QuerySpec) -> dict[str, Any]:
     """`openapi_extra` for required query parameters a handler reads from `request.query_params`:
-    name=description, or name=(description, allowed values)."""
+    name=description, or name=(description, allowed values | extra schema keywords such as COUNT)."""
     out = []
     for name, spec in params.items():
         text_, values = (spec, None) if isinstance(spec, str) else spec
         schema: dict[str, Any] = {"type": "string", "minLength": 1}
-        if values is not None:
+        if isinstance(values, dict):
+            schema.update(values)
+        elif values is not None:
             schema["enum"] = list(values)
         out.append({"name": name, "in": "query", "required": True, "description": text_, "schema": schema})
     return {"parameters": out}
+
+
+def optional_query(**params: QuerySpec) -> dict[str, Any]:
+    """`openapi_extra` for optional query parameters a handler reads from `request.query_params` (each a
+    string on the wire: the handler parses numbers and flags itself)."""
+    extra = query_params(**params)
+    for param in extra["parameters"]:
+        param["required"] = False
+        param["schema"].pop("minLength", None)
+    return extra
 
 
 def error_responses(errors: dict[int, str]) -> dict[str, Any]:

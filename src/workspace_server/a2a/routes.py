@@ -22,7 +22,7 @@ from workspace_server.common.http import bearer_token, parse_model, read_json
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.routing import hot_route
 from workspace_server.context import AppContext, get_ctx
-from workspace_server.openapi import UUID, body_schema, describe
+from workspace_server.openapi import COUNT, UUID, body_schema, describe, optional_query
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -197,7 +197,10 @@ async def update_delegation(
 # ---- queue admin ----
 
 
-@router.post("/admin/a2a-queue/drop-stale")
+@router.post(
+    "/admin/a2a-queue/drop-stale",
+    openapi_extra=optional_query(max_age_minutes=("Minutes", COUNT), workspace_id="Only this workspace"),
+)
 async def drop_stale(request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
     raw = request.query_params.get("max_age_minutes", str(queue.DEFAULT_STALE_MINUTES))
     if not _INT.fullmatch(raw) or not 1 <= int(raw) < 2**63:

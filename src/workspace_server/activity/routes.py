@@ -10,7 +10,7 @@ from workspace_server.activity.schemas import REPORTABLE_TYPES, ActivityReport, 
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.common.http import parse_model, read_json, read_model
 from workspace_server.common.ids import parse_uuid
-from workspace_server.openapi import INT32, body_schema, nullable, obj, text
+from workspace_server.openapi import COUNT, INT32, body_schema, nullable, obj, optional_query, text
 
 router = APIRouter()
 
@@ -24,7 +24,12 @@ def _workspace_id(raw: str) -> str:
     return parse_uuid(raw) or raw
 
 
-@router.get("/workspaces/{id}/activity")
+@router.get(
+    "/workspaces/{id}/activity",
+    openapi_extra=optional_query(
+        type="Activity type", source="Source workspace id", limit=("Page size", COUNT)
+    ),
+)
 async def list_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     ws_id = _workspace_id(id)
     q = request.query_params

@@ -18,8 +18,8 @@ from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_body
 from workspace_server.files import service
-from workspace_server.files.service import FilesService
-from workspace_server.openapi import body_schema, nullable, obj, text
+from workspace_server.files.service import FILES_API_ROOTS, FilesService
+from workspace_server.openapi import body_schema, nullable, obj, optional_query, text
 from workspace_server.templates.service import check_upload_count
 
 router = APIRouter()
@@ -33,7 +33,14 @@ async def _json(request: Request, max_bytes: int) -> Any:
         raise ApiError(400, service.INVALID_BODY) from None
 
 
-@router.get("/workspaces/{id}/files")
+@router.get(
+    "/workspaces/{id}/files",
+    openapi_extra=optional_query(
+        root=("Root directory", FILES_API_ROOTS),
+        path="Subdirectory",
+        depth=("Listing depth", ("1", "2", "3", "4", "5")),
+    ),
+)
 async def list_files(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     q = request.query_params
     root = service.parse_root(q.get("root"))
@@ -63,7 +70,10 @@ async def replace_files(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAut
     return JSONResponse(await svc.replace_files(ws, files))
 
 
-@router.get("/workspaces/{id}/files/{path:path}")
+@router.get(
+    "/workspaces/{id}/files/{path:path}",
+    openapi_extra=optional_query(root=("Root directory", FILES_API_ROOTS)),
+)
 async def read_file(id: str, path: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     rel = service.parse_rel(path)
     root = service.parse_root(request.query_params.get("root"))

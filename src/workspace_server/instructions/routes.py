@@ -9,12 +9,17 @@ from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.http import read_model
 from workspace_server.instructions import service
 from workspace_server.instructions.service import CREATE_REQUIRED, CreateBody, UpdateBody
-from workspace_server.openapi import INT32, UUID, body_schema, nullable, text
+from workspace_server.openapi import INT32, UUID, body_schema, nullable, optional_query, text
 
 router = APIRouter()
 
 
-@router.get("/instructions")
+@router.get(
+    "/instructions",
+    openapi_extra=optional_query(
+        scope=("Scope filter", ("global", "workspace")), workspace_id="A workspace id"
+    ),
+)
 async def list_instructions(request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
     q = request.query_params
     items = await service.list_instructions(

@@ -12,7 +12,7 @@ from workspace_server.common.ids import parse_uuid
 from workspace_server.db.schema import MEMORY_SCOPES
 from workspace_server.memories import service
 from workspace_server.memories.service import CommitBody
-from workspace_server.openapi import body_schema, text
+from workspace_server.openapi import COUNT, body_schema, optional_query, text
 
 router = APIRouter()
 
@@ -35,7 +35,15 @@ async def commit_memory(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -
     return JSONResponse(await service.commit(ctx, _workspace_id(id), body), status_code=201)
 
 
-@router.get("/workspaces/{id}/memories")
+@router.get(
+    "/workspaces/{id}/memories",
+    openapi_extra=optional_query(
+        scope=("Scope filter", ("LOCAL", "TEAM", "GLOBAL")),
+        q="Search text",
+        namespace="Namespace",
+        limit=("Page size", COUNT),
+    ),
+)
 async def search_memories(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     q = request.query_params
     items = await service.search(

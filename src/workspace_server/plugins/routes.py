@@ -9,14 +9,14 @@ from fastapi.responses import JSONResponse, Response
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_body, read_json
-from workspace_server.openapi import body_schema, nullable, obj, query_params, text
+from workspace_server.openapi import body_schema, nullable, obj, optional_query, query_params, text
 from workspace_server.plugins import allowlist, service
 from workspace_server.provisioner.runtimes import REFERENCE_RUNTIMES
 
 router = APIRouter()
 
 
-@router.get("/plugins")
+@router.get("/plugins", openapi_extra=optional_query(runtime="Only plugins supporting this runtime"))
 async def list_registry(request: Request, ctx: Ctx) -> JSONResponse:
     return JSONResponse(await service.list_registry(ctx, request.query_params.get("runtime", "")))
 
@@ -61,7 +61,10 @@ async def uninstall(id: str, name: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONR
     return JSONResponse(await service.uninstall(ctx, id, name))
 
 
-@router.get("/workspaces/{id}/plugins/{name}/download")
+@router.get(
+    "/workspaces/{id}/plugins/{name}/download",
+    openapi_extra=optional_query(source="Plugin source (default `local://<name>`)"),
+)
 async def download(id: str, name: str, request: Request, ctx: Ctx, auth: WorkspaceAuth) -> Response:
     data, staged = await service.download(ctx, auth, id, name, request.query_params.get("source", ""))
     headers = {

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from workspace_server.auth.deps import AdminAuth, Ctx
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
-from workspace_server.openapi import error_responses
+from workspace_server.openapi import error_responses, optional_query
 from workspace_server.provisioner.base import BackendError, InstanceNotRunning
 from workspace_server.provisioner.refresh import RefreshError, refresh
 
@@ -23,7 +23,10 @@ NO_CONSOLE = "console output unavailable on this deployment (no control plane)"
 
 @router.post(
     "/admin/workspace-images/refresh",
-    openapi_extra=error_responses({503: "Not the docker workspace backend: there are no images to refresh"}),
+    openapi_extra=error_responses({503: "Not the docker workspace backend: there are no images to refresh"})
+    | optional_query(
+        runtime="Only this runtime", recreate=("Recreate running containers", ("true", "false"))
+    ),
 )
 async def refresh_images(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     orch = ctx.extras.get("orchestrator")

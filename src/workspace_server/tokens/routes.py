@@ -10,13 +10,16 @@ from fastapi.responses import JSONResponse
 
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.http import client_ip, read_body
-from workspace_server.openapi import body_schema, obj, text
+from workspace_server.openapi import COUNT, body_schema, obj, optional_query, text
 from workspace_server.tokens import service
 
 router = APIRouter()
 
 
-@router.get("/workspaces/{id}/tokens")
+@router.get(
+    "/workspaces/{id}/tokens",
+    openapi_extra=optional_query(limit=("Page size", COUNT), offset=("Offset", COUNT)),
+)
 async def list_tokens(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> dict[str, Any]:
     limit, offset = service.page_params(request.query_params.get("limit"), request.query_params.get("offset"))
     return await service.list_workspace_tokens(ctx, id, limit, offset)

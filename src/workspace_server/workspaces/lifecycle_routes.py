@@ -12,7 +12,7 @@ from workspace_server.common.http import read_body
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.jsonnum import loads_strict
 from workspace_server.context import AppContext
-from workspace_server.openapi import BOOL, body_schema, nullable, obj, text
+from workspace_server.openapi import BOOL, body_schema, nullable, obj, optional_query, text
 from workspace_server.provisioner.config_source import parse_restart_body
 from workspace_server.provisioner.orchestrator import (
     NOT_HIBERNATABLE,
@@ -84,7 +84,9 @@ async def resume_workspace(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONRespo
     return JSONResponse(await orchestrator(ctx).resume(_known_id(id, NOT_PAUSED)))
 
 
-@router.post("/workspaces/{id}/hibernate")
+@router.post(
+    "/workspaces/{id}/hibernate", openapi_extra=optional_query(force=("Hibernate even if busy", ("true",)))
+)
 async def hibernate_workspace(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     force = request.query_params.get("force") == "true"
     return JSONResponse(await orchestrator(ctx).hibernate(_known_id(id, NOT_HIBERNATABLE), force))
