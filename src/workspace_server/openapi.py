@@ -285,8 +285,9 @@ workspace-server.
 
 Errors are always `{"error": "<message>"}` (some add keys). Request bodies are JSON objects unless stated;
 unknown keys are ignored; NaN/Infinity, numbers out of range, U+0000 and lone surrogates are refused (400).
-Ids are UUIDs; a malformed id is a 400 or a 404, never a 500. Credentials: `Authorization: Bearer <token>`
-(admin token, org token or a workspace's own token, per route)."""
+Ids are UUIDs; a malformed id is a 400 or a 404, never a 500. Every body is capped at `MAX_BODY_BYTES`
+(default 10 MiB; 413 past it); routes with a lower cap say so (`x-max-bytes`). Credentials:
+`Authorization: Bearer <token>` (admin token, org token or a workspace's own token, per route)."""
 
 
 DOCS_CSP = (

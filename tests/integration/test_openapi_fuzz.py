@@ -33,7 +33,7 @@ import pytest
 
 from tests.conftest import LiveServer
 
-pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(600)]  # a hard stop; a run takes about 2 min
 
 ADMIN = "fuzz-admin-token"
 PLUGIN = "fuzz-plugin"

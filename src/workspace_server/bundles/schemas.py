@@ -33,6 +33,8 @@ _REL_PATHS: JsonDict = {
 
 
 class BundleSkill(_Lenient):
+    model_config = ConfigDict(json_schema_extra={"required": ["id"]})  # documented: config_files needs it
+
     id: str = Field("", json_schema_extra=_PLAIN_NAME)
     name: str = ""
     description: str = ""
@@ -47,6 +49,8 @@ class BundleTool(_Lenient):
 
 
 class Bundle(_Lenient):
+    model_config = ConfigDict(json_schema_extra={"required": ["name"]})  # documented: _tree_problem needs it
+
     schema_: str = Field("", alias="schema")
     id: str = ""
     # json_schema_extra: the rules service._tree_problem adds, documented in /openapi.json
