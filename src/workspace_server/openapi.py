@@ -74,13 +74,14 @@ def body_schema(
     errors: dict[int, str] | None = None,
     require: tuple[str, ...] = (),
     fields: dict[str, dict[str, Any]] | None = None,
+    answers: dict[int, str] | None = None,
 ) -> dict[str, Any]:
     """`openapi_extra` for a route that reads its body itself: `spec` is the pydantic model the handler
     validates with (`read_model(request, Model)`) or, where it parses by hand, the JSON schema of what it
     accepts. A model's schema only knows the model's rules: `require` (keys the handler insists on) and
     `fields` (a property's schema, e.g. an enum the handler checks) document the handler's own.
     `errors`: statuses beyond the defaults, with what they mean on this route (e.g. 503 when a feature
-    is not configured)."""
+    is not configured); `answers`: the success statuses of a route that answers more than one."""
     if isinstance(spec, dict):
         schema = spec
     else:
@@ -101,8 +102,8 @@ def body_schema(
     if notes:
         body["description"] = " ".join(notes)
     extra: dict[str, Any] = {"requestBody": body}
-    if errors:
-        extra.update(error_responses(errors))
+    if errors or answers:
+        extra.update(error_responses({**(answers or {}), **(errors or {})}))
     return extra
 
 
@@ -167,7 +168,8 @@ def optional_query(**params: QuerySpec) -> dict[str, Any]:
 
 
 def error_responses(errors: dict[int, str]) -> dict[str, Any]:
-    """`openapi_extra` documenting route-specific error statuses (merged with the defaults)."""
+    """`openapi_extra` documenting route-specific statuses (merged with the defaults); also the success
+    statuses of a route that answers more than one."""
     return {"responses": {str(code): {"description": text} for code, text in errors.items()}}
 
 

@@ -6,9 +6,10 @@ of every path parameter, so generated requests reach the handlers instead of ans
 operation is then fuzzed twice: as the admin, and as workspace A with its own bearer token. Checks:
 schemathesis's `not_a_server_error` (a 5xx is a failure unless it is a deliberate, documented 501/502/503/
 504 of that operation — never a 500) and `response_schema_conformance` (every answer matches its
-documented schema, the `{"error": …}` body of every error status included). A last, smaller pass sends
-data that violates the schema (schemathesis's negative mode), as the admin: it must be refused with a
-documented 4xx, never answered with a 5xx.
+documented schema, the `{"error": …}` body of every error status included), plus
+`status_code_conformance` (every status answered is documented: 201/202/207 where a route answers them).
+A last, smaller pass sends data that violates the schema (schemathesis's negative mode), as the admin:
+it must be refused with a documented 4xx, never answered with a 5xx.
 
 Reproducible: Hypothesis runs derandomized (fixed seed) with `FUZZ_EXAMPLES` examples per operation and
 identity (default 12; `FUZZ_NEGATIVE_EXAMPLES`, default 4, for the negative pass). The summary
@@ -317,7 +318,7 @@ def run_schemathesis(
     import schemathesis
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import response_schema_conformance
+    from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
     schema = schemathesis.openapi.from_dict(doc)
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -326,7 +327,8 @@ def run_schemathesis(
     for op in operations:
         deliberate = {int(c) for c in op.definition.raw.get("responses", {}) if c.isdigit() and c[0] == "5"}
         deliberate.discard(500)
-        run = Run(base, headers, stats, tag, [not_a_server_error, response_schema_conformance], deliberate)
+        checks = [not_a_server_error, response_schema_conformance, status_code_conformance]
+        run = Run(base, headers, stats, tag, checks, deliberate)
         run.fuzz(op, mode, examples)
 
 

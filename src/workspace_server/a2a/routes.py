@@ -158,7 +158,12 @@ async def token_metrics(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
 
 
 @router.post(
-    "/workspaces/{id}/delegate", openapi_extra=body_schema(DelegateRequest, fields={"target_id": UUID})
+    "/workspaces/{id}/delegate",
+    openapi_extra=body_schema(
+        DelegateRequest,
+        fields={"target_id": UUID},
+        answers={202: "Dispatched", 200: "The delegation this `idempotency_key` already made"},
+    ),
 )
 async def delegate(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     data = await read_json(request, "invalid delegation request")
@@ -174,6 +179,7 @@ async def list_delegations(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
 
 @router.post(
     "/workspaces/{id}/delegations/record",
+    status_code=202,
     openapi_extra=body_schema(RecordRequest, fields={"target_id": UUID}),
 )
 async def record_delegation(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:

@@ -22,7 +22,9 @@ def _ws(raw: str) -> str:
     return ws_id
 
 
-@router.post("/workspaces/{id}/agent", openapi_extra=body_schema(obj("model", model=text(1))))
+@router.post(
+    "/workspaces/{id}/agent", status_code=201, openapi_extra=body_schema(obj("model", model=text(1)))
+)
 async def assign_agent(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     model = service.required_text(await read_json(request), "model")
     return JSONResponse(await service.assign(ctx, _ws(id), model), status_code=201)

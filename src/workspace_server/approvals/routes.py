@@ -16,6 +16,7 @@ router = APIRouter()
 
 @router.post(
     "/workspaces/{id}/approvals",
+    status_code=201,
     openapi_extra=body_schema(service.CreateBody, require=("action",), fields={"action": text(1)}),
 )
 async def create_approval(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:

@@ -21,7 +21,7 @@ async def export_bundle(id: str, ctx: Ctx, _auth: AdminAuth) -> dict[str, Any]:
     return await service.export_bundle(ctx, id)
 
 
-@router.post("/bundles/import", openapi_extra=body_schema(Bundle))
+@router.post("/bundles/import", status_code=201, openapi_extra=body_schema(Bundle))
 async def import_bundle(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)
     bundle = service.parse_bundle(raw)

@@ -30,6 +30,7 @@ async def list_instructions(request: Request, _: AdminAuth, ctx: Ctx) -> JSONRes
 
 @router.post(
     "/instructions",
+    status_code=201,
     openapi_extra=body_schema(
         CreateBody,
         require=("scope", "title", "content"),

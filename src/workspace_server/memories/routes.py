@@ -24,6 +24,7 @@ def _workspace_id(raw: str) -> str:
 
 @router.post(
     "/workspaces/{id}/memories",
+    status_code=201,
     openapi_extra=body_schema(
         CommitBody,
         require=("content", "scope"),

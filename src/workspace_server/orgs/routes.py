@@ -26,6 +26,7 @@ async def list_org_templates(_: AdminAuth, ctx: Ctx) -> JSONResponse:
     openapi_extra=body_schema(
         obj(dir=nullable(text()), template=nullable({"type": "object"}), force=nullable(BOOL)),
         description="Either `dir` (a directory under the org templates dir) or an inline `template`.",
+        answers={201: "Imported", 207: "Partly imported: the workspaces created before a failure stay"},
     ),
 )
 async def import_org(request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:

@@ -42,6 +42,7 @@ async def list_schedules(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
 
 @router.post(
     "/workspaces/{id}/schedules",
+    status_code=201,
     openapi_extra=body_schema(
         CreateBody,
         require=("cron_expr", "prompt"),

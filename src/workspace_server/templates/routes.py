@@ -25,6 +25,7 @@ async def list_templates(ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
 
 @router.post(
     "/templates/import",
+    status_code=201,
     openapi_extra=body_schema(
         obj("name", "files", name=text(1), files={"type": "object", "additionalProperties": nullable(text())})
     ),

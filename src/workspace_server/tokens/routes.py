@@ -25,7 +25,7 @@ async def list_tokens(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth)
     return await service.list_workspace_tokens(ctx, id, limit, offset)
 
 
-@router.post("/workspaces/{id}/tokens")
+@router.post("/workspaces/{id}/tokens", status_code=201)
 async def create_token(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     return JSONResponse(await service.create_workspace_token(ctx, id), status_code=201)
 

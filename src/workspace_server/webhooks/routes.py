@@ -13,6 +13,10 @@ from workspace_server.openapi import body_schema
 from workspace_server.webhooks import github
 
 router = APIRouter()
+WEBHOOK_ANSWERS = {
+    200: "Schedules made due",
+    202: "Ignored, or forwarded to the workspace over A2A (then the agent's answer, as the proxy's)",
+}
 
 
 async def _github(request: Request, ctx: Ctx, path_id: str | None) -> Response:
@@ -37,6 +41,7 @@ async def _github(request: Request, ctx: Ctx, path_id: str | None) -> Response:
         {"type": "object"},
         description="A GitHub webhook delivery, signed (`X-Hub-Signature-256`).",
         errors={503: "GITHUB_WEBHOOK_SECRET is not set: webhooks are off in this deployment"},
+        answers=WEBHOOK_ANSWERS,
     ),
 )
 async def github_webhook(request: Request, ctx: Ctx) -> Response:
@@ -49,6 +54,7 @@ async def github_webhook(request: Request, ctx: Ctx) -> Response:
         {"type": "object"},
         description="A GitHub webhook delivery, signed (`X-Hub-Signature-256`).",
         errors={503: "GITHUB_WEBHOOK_SECRET is not set: webhooks are off in this deployment"},
+        answers=WEBHOOK_ANSWERS,
     ),
 )
 async def github_webhook_for(id: str, request: Request, ctx: Ctx) -> Response:

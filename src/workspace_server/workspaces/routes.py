@@ -131,6 +131,7 @@ DELETE_RESPONSES = {
 
 @router.post(
     "/workspaces",
+    status_code=201,
     openapi_extra=body_schema(
         CreateWorkspace,
         require=("name",),
