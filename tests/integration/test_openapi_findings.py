@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
+from fastapi.routing import APIRoute
 
 from tests.conftest import ClientFactory
+from workspace_server.common.routing import HotRoute
+from workspace_server.middleware import effective_routes
 
 ADMIN = "findings-admin"
 H = {"Authorization": f"Bearer {ADMIN}"}
@@ -29,3 +33,64 @@ async def test_record_delegation_for_an_unknown_workspace_is_404(
     ok = await c.post(f"/workspaces/{src}/delegations/record", json=body, headers=H)
     assert ok.status_code == 202
     assert ok.json() == {"delegation_id": "d1", "status": "recorded"}
+
+
+# streams never end, and a WebSocket is no HTTP route; files writes without a backend are the reference's 500
+SKIP = re.compile(r"/(events/stream|mcp/stream|transcript)$")
+NO_BACKEND = re.compile(r'"failed to (write file|delete): no workspace backend available"')
+
+
+def _routes(app: object) -> list[tuple[str, str]]:
+    out = []
+    for route, path, methods in effective_routes(app):
+        if isinstance(route, APIRoute | HotRoute) and not SKIP.search(path):
+            out += [(m, path) for m in sorted(methods or ()) if m not in ("HEAD", "OPTIONS")]
+    return out
+
+
+async def test_a_nul_in_the_url_is_never_a_500(client_factory: ClientFactory) -> None:
+    """Fuzzing on Postgres: a U+0000 in a query parameter (memories `q`/`namespace`, session-search `q`,
+    activity `type`, instructions `scope`/`workspace_id`, drop-stale `workspace_id`) or in a path
+    parameter (`/events/:id`, `DELETE …/secrets/:key`) reached the database, which cannot compare it: 500.
+    A URL's NUL now reads as U+FFFD (middleware.NulInUrlMiddleware), so the value matches no row, as the
+    audit and KV-memory routes already answered. Every route, with a NUL in every path parameter and in
+    the query parameters the handlers read, answers below 500."""
+    c = await client_factory(ADMIN_TOKEN=ADMIN)
+    ws = (await c.post("/workspaces", json={"name": "n", "external": True}, headers=H)).json()["id"]
+    routes = _routes(c.app)  # type: ignore[attr-defined]
+    assert len(routes) > 100
+    query = "?" + "&".join(
+        f"{k}=a%00b" for k in ("q", "namespace", "scope", "type", "workspace_id", "source")
+    )
+    bad = []
+    for method, template in routes:
+        for url in {re.sub(r"\{[^}]+\}", "a%00b", template), re.sub(r"\{[^}]+\}", ws, template) + query}:
+            r = await c.request(method, url, headers=H, timeout=20)
+            if (
+                r.status_code >= 500
+                and r.status_code not in (501, 502, 503)
+                and not NO_BACKEND.search(r.text)
+            ):
+                bad.append(f"{method} {url}: {r.status_code} {r.text[:80]}")
+    assert not bad, "\n".join(bad)
+
+
+async def test_a_nul_in_a_filter_matches_nothing(client_factory: ClientFactory) -> None:
+    c = await client_factory(ADMIN_TOKEN=ADMIN)
+    ws = (await c.post("/workspaces", json={"name": "n", "external": True}, headers=H)).json()["id"]
+    for url in (
+        f"/workspaces/{ws}/memories?q=a%00b",
+        f"/workspaces/{ws}/memories?namespace=a%00b",
+        f"/workspaces/{ws}/session-search?q=a%00b",
+        f"/workspaces/{ws}/activity?type=a%00b",
+        "/instructions?scope=a%00b",
+        "/instructions?workspace_id=a%00b",
+        "/events/a%00b",
+    ):
+        r = await c.get(url, headers=H)
+        assert (r.status_code, r.json()) == (200, []), url
+    for url in (f"/workspaces/{ws}/secrets/a%00b", "/settings/secrets/a%00b", "/admin/secrets/a%00b"):
+        r = await c.delete(url, headers=H)
+        assert (r.status_code, r.json()) == (404, {"error": "secret not found"}), url
+    r = await c.post("/admin/a2a-queue/drop-stale?workspace_id=a%00b", headers=H)
+    assert (r.status_code, r.json()) == (200, {"dropped": 0})
