@@ -158,7 +158,7 @@ def create_app(
                 await loops.stop()
             await close_context(ctx)
 
-    # no /docs, /redoc or /openapi.json: the reference serves none, and they would widen the surface
+    # /openapi.json and /docs are served by workspace_server.openapi (open routes, docs/decisions.md)
     app = FastAPI(
         title="workspace-server",
         version="0.1.0",
@@ -174,6 +174,9 @@ def create_app(
     app.state.settings = settings
     _install_error_handlers(app)
     hot = _include_routers(app)
+    from workspace_server.openapi import install as install_openapi
+
+    install_openapi(app)
 
     from workspace_server.middleware import install_middleware
 

@@ -24,6 +24,7 @@ from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import new_id, parse_uuid
 from workspace_server.common.time import rfc3339
 from workspace_server.context import AppContext
+from workspace_server.workspaces.store import workspace_exists
 
 log = logging.getLogger(__name__)
 
@@ -367,10 +368,15 @@ async def record(ctx: AppContext, source: str, body: RecordRequest) -> dict[str,
     target = _target(body.target_id)
     try:
         async with ctx.engine.begin() as conn:
-            await _insert_delegate_row(conn, source, target, body.task, body.delegation_id, "dispatched")
+            # an admin or org token passes WorkspaceAuth for any id: the row's foreign key needs a real one
+            known = parse_uuid(source) is not None and await workspace_exists(conn, source)
+            if known:
+                await _insert_delegate_row(conn, source, target, body.task, body.delegation_id, "dispatched")
     except Exception:
         log.exception("delegation: record of %s failed", body.delegation_id)
         raise ApiError(500, "failed to record delegation") from None
+    if not known:
+        raise ApiError(404, "workspace not found")
     payload = {
         "delegation_id": body.delegation_id,
         "target_id": target,

@@ -22,6 +22,7 @@ from workspace_server.common.http import bearer_token, parse_model, read_json
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.routing import hot_route
 from workspace_server.context import AppContext, get_ctx
+from workspace_server.openapi import COUNT, UUID, body_schema, describe, optional_query
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -124,6 +125,40 @@ async def proxy(request: Request) -> Response:
 
 # Every agent-to-agent message passes here; served ahead of FastAPI's router (app.py).
 HOT_ROUTES = [hot_route("/workspaces/{id}/a2a", proxy, "POST")]
+describe(
+    "POST",
+    "/workspaces/{id}/a2a",
+    {
+        "tags": ["a2a"],
+        "summary": "A2A proxy",
+        "description": "Forwards a JSON-RPC 2.0 A2A message to the workspace's agent and relays its reply "
+        "(spec 04 §1). The caller names itself in `X-Workspace-ID` (empty: the canvas/an operator); a caller "
+        "workspace holding a live token proves it with `Authorization: Bearer`. A body past "
+        f"{MAX_REQUEST_BYTES} bytes is cut. An unreachable or busy agent is queued (202) or answered "
+        "502/503.",
+        "operationId": "proxy_workspaces__id__a2a_post",
+        "parameters": [
+            {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "X-Workspace-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+            {"name": "X-Timeout", "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
+        **body_schema(
+            msg.A2A_REQUEST_SCHEMA,
+            description="A JSON-RPC 2.0 request; `params` is passed to the agent as is.",
+        ),
+        "responses": {
+            "200": {
+                "description": "The agent's JSON-RPC reply",
+                "content": {"application/json": {"schema": {}}},
+            },
+            "202": {"description": "The agent is busy: the message was queued"},
+            "402": {"description": "The workspace's budget is exhausted"},
+            "502": {"description": "The agent failed or is not routable from here"},
+            "503": {"description": "The agent has no URL yet / is restarting"},
+            "504": {"description": "The agent did not answer in time"},
+        },
+    },
+)
 
 
 @router.get("/workspaces/{id}/metrics")
@@ -134,7 +169,14 @@ async def token_metrics(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
 # ---- delegation (WorkspaceAuth; :id is the delegating workspace) ----
 
 
-@router.post("/workspaces/{id}/delegate")
+@router.post(
+    "/workspaces/{id}/delegate",
+    openapi_extra=body_schema(
+        DelegateRequest,
+        fields={"target_id": UUID},
+        answers={202: "Dispatched", 200: "The delegation this `idempotency_key` already made"},
+    ),
+)
 async def delegate(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     data = await read_json(request, "invalid delegation request")
     body = parse_model(DelegateRequest, data, "invalid delegation request")
@@ -147,13 +189,22 @@ async def list_delegations(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     return JSONResponse(await delegation.list_delegations(ctx, _id(id)))
 
 
-@router.post("/workspaces/{id}/delegations/record")
+@router.post(
+    "/workspaces/{id}/delegations/record",
+    status_code=202,
+    openapi_extra=body_schema(RecordRequest, fields={"target_id": UUID}),
+)
 async def record_delegation(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     body = parse_model(RecordRequest, await read_json(request))
     return JSONResponse(await delegation.record(ctx, _id(id), body), status_code=202)
 
 
-@router.post("/workspaces/{id}/delegations/{delegation_id}/update")
+@router.post(
+    "/workspaces/{id}/delegations/{delegation_id}/update",
+    openapi_extra=body_schema(
+        UpdateRequest, fields={"status": {"type": "string", "enum": ["completed", "failed"]}}
+    ),
+)
 async def update_delegation(
     id: str, delegation_id: str, request: Request, _: WorkspaceAuth, ctx: Ctx
 ) -> JSONResponse:
@@ -164,7 +215,10 @@ async def update_delegation(
 # ---- queue admin ----
 
 
-@router.post("/admin/a2a-queue/drop-stale")
+@router.post(
+    "/admin/a2a-queue/drop-stale",
+    openapi_extra=optional_query(max_age_minutes=("Minutes", COUNT), workspace_id="Only this workspace"),
+)
 async def drop_stale(request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
     raw = request.query_params.get("max_age_minutes", str(queue.DEFAULT_STALE_MINUTES))
     if not _INT.fullmatch(raw) or not 1 <= int(raw) < 2**63:

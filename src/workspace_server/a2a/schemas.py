@@ -5,6 +5,8 @@ Strict string types: Go's binder coerces nothing, and `binding:"required"` refus
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 SYSTEM_CALLER_PREFIXES = ("webhook:", "system:", "test:", "channel:")
@@ -59,3 +61,29 @@ class UpdateRequest(_Body):
     status: StrictStr = Field(min_length=1)
     error: StrictStr | None = None
     response_preview: StrictStr | None = None
+
+
+# The proxy's body, as `/openapi.json` documents it (the proxy itself only needs a JSON object: a missing
+# `jsonrpc`/`id` is filled in, a missing `params.message.messageId` generated; spec 04 §1.2).
+A2A_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "jsonrpc": {"type": "string", "enum": ["2.0"]},
+        "id": {"type": ["string", "integer"]},
+        "method": {"type": "string", "examples": ["message/send"]},
+        "params": {
+            "type": "object",
+            "properties": {
+                "message": {
+                    "type": "object",
+                    "properties": {
+                        "role": {"type": "string", "enum": ["user", "agent"]},
+                        "messageId": {"type": "string"},
+                        "parts": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            },
+        },
+    },
+    "required": ["method"],
+}

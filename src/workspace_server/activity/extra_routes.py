@@ -9,6 +9,7 @@ from workspace_server.activity import session_search as search
 from workspace_server.activity import traces, transcript
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.common.ids import parse_uuid
+from workspace_server.openapi import COUNT, error_responses, optional_query
 
 router = APIRouter()
 
@@ -18,13 +19,20 @@ def _workspace_id(raw: str) -> str:
     return parse_uuid(raw) or raw
 
 
-@router.get("/workspaces/{id}/session-search")
+@router.get(
+    "/workspaces/{id}/session-search",
+    openapi_extra=optional_query(q="Search text", limit=("Page size", COUNT)),
+)
 async def session_search(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     q, limit = search.parse_params(request.query_params.get("q"), request.query_params.get("limit"))
     return JSONResponse(await search.session_search(ctx.engine, _workspace_id(id), q, limit))
 
 
-@router.get("/workspaces/{id}/transcript")
+@router.get(
+    "/workspaces/{id}/transcript",
+    openapi_extra=optional_query(since="Forwarded to the agent", limit=("Forwarded to the agent", COUNT))
+    | error_responses({502: "The agent failed", 503: "The workspace has no reachable agent URL"}),
+)
 async def get_transcript(id: str, request: Request, auth: WorkspaceAuth, ctx: Ctx) -> Response:
     # The caller's bearer is forwarded only when it is the workspace's own token: that is the one the
     # agent can verify, and an admin or org token must never be handed to an agent-chosen URL.

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from workspace_server.activity import service
-from workspace_server.activity.schemas import ActivityReport, NotifyBody
+from workspace_server.activity.schemas import REPORTABLE_TYPES, ActivityReport, NotifyBody
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.common.http import parse_model, read_json, read_model
 from workspace_server.common.ids import parse_uuid
+from workspace_server.openapi import COUNT, INT32, body_schema, nullable, obj, optional_query, text
 
 router = APIRouter()
 
@@ -23,7 +24,12 @@ def _workspace_id(raw: str) -> str:
     return parse_uuid(raw) or raw
 
 
-@router.get("/workspaces/{id}/activity")
+@router.get(
+    "/workspaces/{id}/activity",
+    openapi_extra=optional_query(
+        type="Activity type", source="Source workspace id", limit=("Page size", COUNT)
+    ),
+)
 async def list_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     ws_id = _workspace_id(id)
     q = request.query_params
@@ -33,7 +39,12 @@ async def list_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -
     return JSONResponse(items)
 
 
-@router.post("/workspaces/{id}/activity")
+@router.post(
+    "/workspaces/{id}/activity",
+    openapi_extra=body_schema(
+        ActivityReport, fields={"activity_type": {"type": "string", "enum": list(REPORTABLE_TYPES)}}
+    ),
+)
 async def report_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     ws_id = _workspace_id(id)
     body = await read_model(request, ActivityReport)
@@ -41,7 +52,22 @@ async def report_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx)
     return JSONResponse({"status": "logged"})
 
 
-@router.post("/workspaces/{id}/notify")
+@router.post(
+    "/workspaces/{id}/notify",
+    openapi_extra=body_schema(
+        NotifyBody,
+        require=("message",),
+        fields={
+            "message": text(1),
+            "attachments": nullable(
+                {
+                    "type": "array",
+                    "items": obj("uri", "name", uri=text(1), name=text(1), mimeType=text(), size=INT32),
+                }
+            ),
+        },
+    ),
+)
 async def notify(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     ws_id = _workspace_id(id)
     data = await read_json(request, "message is required")

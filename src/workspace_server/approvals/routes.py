@@ -9,11 +9,16 @@ from fastapi.responses import JSONResponse
 from workspace_server.approvals import service
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.http import read_json
+from workspace_server.openapi import body_schema, text
 
 router = APIRouter()
 
 
-@router.post("/workspaces/{id}/approvals")
+@router.post(
+    "/workspaces/{id}/approvals",
+    status_code=201,
+    openapi_extra=body_schema(service.CreateBody, require=("action",), fields={"action": text(1)}),
+)
 async def create_approval(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     data = await read_json(request, service.BAD_BODY, ctx.settings.MAX_BODY_BYTES)
     body = service.parse_create(data)
@@ -25,7 +30,14 @@ async def list_approvals(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     return JSONResponse(await service.list_for_workspace(ctx, id))
 
 
-@router.post("/workspaces/{id}/approvals/{approval_id}/decide")
+@router.post(
+    "/workspaces/{id}/approvals/{approval_id}/decide",
+    openapi_extra=body_schema(
+        service.DecideBody,
+        require=("decision",),
+        fields={"decision": {"type": "string", "enum": list(service.DECISIONS)}},
+    ),
+)
 async def decide_approval(
     id: str, approval_id: str, request: Request, auth: WorkspaceAuth, ctx: Ctx
 ) -> JSONResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import JsonDict
 
 MAX_DEPTH = 32  # sub_workspaces nesting; deeper is refused before validation recurses
 
@@ -24,11 +25,22 @@ class _Lenient(BaseModel):
         return data
 
 
+# what service.config_files / check_tree accept as a skill id and a relative path (documentation only)
+_PLAIN_NAME: JsonDict = {"pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$"}
+_REL_PATHS: JsonDict = {
+    "propertyNames": {"pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$"}
+}
+
+
 class BundleSkill(_Lenient):
-    id: str = ""
+    model_config = ConfigDict(json_schema_extra={"required": ["id"]})  # documented: config_files needs it
+
+    id: str = Field("", json_schema_extra=_PLAIN_NAME)
     name: str = ""
     description: str = ""
-    files: dict[str, str] = Field(default_factory=dict)  # relative path -> content
+    files: dict[str, str] = Field(
+        default_factory=dict, json_schema_extra=_REL_PATHS
+    )  # relative path -> content
 
 
 class BundleTool(_Lenient):
@@ -37,17 +49,20 @@ class BundleTool(_Lenient):
 
 
 class Bundle(_Lenient):
+    model_config = ConfigDict(json_schema_extra={"required": ["name"]})  # documented: _tree_problem needs it
+
     schema_: str = Field("", alias="schema")
     id: str = ""
-    name: str = ""
+    # json_schema_extra: the rules service._tree_problem adds, documented in /openapi.json
+    name: str = Field("", json_schema_extra={"pattern": r"\S", "minLength": 1})
     description: str = ""
-    tier: int = 0
+    tier: int = Field(0, json_schema_extra={"minimum": -(2**31), "maximum": 2**31 - 1})
     model: str = ""
     system_prompt: str = ""
     skills: list[BundleSkill] = Field(default_factory=list)
     tools: list[BundleTool] = Field(default_factory=list)
     prompts: dict[str, str] = Field(default_factory=dict)
-    sub_workspaces: list[Bundle] = Field(default_factory=list)
+    sub_workspaces: list[Bundle] = Field(default_factory=list, json_schema_extra={"maxItems": 2})
     agent_card: Any = None
     author: str = ""
     version: str = ""

@@ -14,6 +14,7 @@ from workspace_server.chatfiles import service
 from workspace_server.chatfiles.fs import FileNotFound, NotRegularFile
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
+from workspace_server.openapi import body_schema, obj, query_params
 
 router = APIRouter()
 
@@ -80,14 +81,23 @@ async def _read_uploads(request: Request) -> list[service.Upload]:
         await form.close()
 
 
-@router.post("/workspaces/{id}/chat/uploads")
+@router.post(
+    "/workspaces/{id}/chat/uploads",
+    openapi_extra=body_schema(
+        obj("files", files={"type": "array", "items": {"type": "string", "format": "binary"}}),
+        media_type="multipart/form-data",
+        description="One or more `files` parts.",
+    ),
+)
 async def upload_chat_files(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     ws_id = _workspace_id(id)
     uploads = await _read_uploads(request)
     return JSONResponse({"files": await service.upload(ctx, ws_id, uploads)})
 
 
-@router.get("/workspaces/{id}/chat/download")
+@router.get(
+    "/workspaces/{id}/chat/download", openapi_extra=query_params(path="A file under the chat uploads dir")
+)
 async def download_chat_file(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> StreamingResponse:
     ws_id = _workspace_id(id)
     path = request.query_params.get("path", "")

@@ -11,11 +11,12 @@ from fastapi.responses import JSONResponse
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.checkpoints import service
 from workspace_server.common.http import read_json
+from workspace_server.openapi import body_schema
 
 router = APIRouter()
 
 
-@router.post("/workspaces/{id}/checkpoints")
+@router.post("/workspaces/{id}/checkpoints", status_code=201, openapi_extra=body_schema(service.STEP_SCHEMA))
 async def upsert_checkpoint(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     step = service.parse_step(await read_json(request, service.BAD_BODY, ctx.settings.MAX_BODY_BYTES))
     return JSONResponse(await service.upsert(ctx, id, step), status_code=201)

@@ -39,6 +39,21 @@ class Step:
     payload: Any
 
 
+# the body parse_step accepts, for /openapi.json
+STEP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["workflow_id", "step_name"],
+    "properties": {
+        "workflow_id": {"type": "string", "minLength": 1},
+        "step_name": {"type": "string", "minLength": 1},
+        "step_index": {
+            "anyOf": [{"type": "integer", "minimum": INT32[0], "maximum": INT32[1]}, {"type": "null"}]
+        },
+        "payload": {},
+    },
+}
+
+
 def _required_text(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value:  # Go's `binding:"required"`: absent, null or "" refused

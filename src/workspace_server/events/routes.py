@@ -14,6 +14,7 @@ from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
 from workspace_server.context import AppContext
 from workspace_server.events import sse, store, ws
+from workspace_server.openapi import describe
 from workspace_server.workspaces.store import get_workspace
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,30 @@ router = APIRouter()
 @router.websocket("/ws")
 async def websocket_events(websocket: WebSocket) -> None:
     await ws.handle(websocket)
+
+
+describe(
+    "GET",
+    "/ws",
+    {
+        "tags": ["events"],
+        "summary": "Event stream (WebSocket)",
+        "description": "Upgrade to a WebSocket (`Connection: Upgrade`, `Upgrade: websocket`) that pushes "
+        "every structure event as a JSON text message (spec 04 §3). The canvas connects with no header "
+        "(open, as in the reference); an agent names itself with `X-Workspace-ID` and its bearer token, "
+        "and then receives only the events it may see. Refusals happen before the upgrade, with the "
+        "usual JSON error body. A plain GET (no upgrade) is not a route: 404.",
+        "operationId": "websocket_events_ws_get",
+        "parameters": [
+            {"name": "X-Workspace-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "101": {"description": "Switching Protocols: the event stream follows as WebSocket text frames"},
+            "401": {"description": "A workspace caller without a valid token"},
+            "403": {"description": "Origin not allowed"},
+        },
+    },
+)
 
 
 # Declared before `/events/{workspace_id}` so that route never captures "stream".

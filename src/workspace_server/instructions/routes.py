@@ -9,11 +9,17 @@ from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.http import read_model
 from workspace_server.instructions import service
 from workspace_server.instructions.service import CREATE_REQUIRED, CreateBody, UpdateBody
+from workspace_server.openapi import INT32, UUID, body_schema, nullable, optional_query, text
 
 router = APIRouter()
 
 
-@router.get("/instructions")
+@router.get(
+    "/instructions",
+    openapi_extra=optional_query(
+        scope=("Scope filter", ("global", "workspace")), workspace_id="A workspace id"
+    ),
+)
 async def list_instructions(request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
     q = request.query_params
     items = await service.list_instructions(
@@ -22,13 +28,37 @@ async def list_instructions(request: Request, _: AdminAuth, ctx: Ctx) -> JSONRes
     return JSONResponse(items)
 
 
-@router.post("/instructions")
+@router.post(
+    "/instructions",
+    status_code=201,
+    openapi_extra=body_schema(
+        CreateBody,
+        require=("scope", "title", "content"),
+        fields={
+            "scope": {"type": "string", "enum": ["global", "workspace"]},
+            "scope_target": nullable(UUID),
+            "title": text(1, 50),
+            "content": text(1, 2048),
+            "priority": INT32,
+        },
+    ),
+)
 async def create_instruction(request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, CreateBody, CREATE_REQUIRED)
     return JSONResponse({"id": await service.create(ctx, body)}, status_code=201)
 
 
-@router.put("/instructions/{instruction_id}")
+@router.put(
+    "/instructions/{instruction_id}",
+    openapi_extra=body_schema(
+        UpdateBody,
+        fields={
+            "title": nullable(text(0, 50)),
+            "content": nullable(text(0, 2048)),
+            "priority": nullable(INT32),
+        },
+    ),
+)
 async def update_instruction(instruction_id: str, request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, UpdateBody, "invalid request")
     await service.update(ctx, instruction_id, body)

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.common.http import read_json
 from workspace_server.kvmemory import service
+from workspace_server.openapi import body_schema
 
 router = APIRouter()
 
@@ -17,7 +18,7 @@ async def list_memory(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     return JSONResponse(await service.list_entries(ctx, id))
 
 
-@router.post("/workspaces/{id}/memory")
+@router.post("/workspaces/{id}/memory", openapi_extra=body_schema(service.SET_SCHEMA))
 async def set_memory(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     data = await read_json(request, service.BAD_BODY, ctx.settings.MAX_BODY_BYTES)
     return JSONResponse(await service.set_entry(ctx, id, service.parse_set(data)))

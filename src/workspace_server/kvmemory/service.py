@@ -46,6 +46,21 @@ class SetRequest:
     if_match_version: int | None
 
 
+# the body parse_set accepts, for /openapi.json
+SET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["key", "value"],
+    "properties": {
+        "key": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_BYTES // 4},
+        "value": {},
+        "ttl_seconds": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": INT64_MAX}, {"type": "null"}]},
+        "if_match_version": {
+            "anyOf": [{"type": "integer", "minimum": -INT64_MAX - 1, "maximum": INT64_MAX}, {"type": "null"}]
+        },
+    },
+}
+
+
 def _optional_int(data: dict[str, Any], name: str, error: str, minimum: int) -> int | None:
     """A JSON integer in [minimum, int64 max], or None when absent or null (Go's `*int`)."""
     raw = data.get(name)

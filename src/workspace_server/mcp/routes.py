@@ -24,6 +24,34 @@ from workspace_server.common.ids import parse_uuid
 from workspace_server.context import AppContext, get_ctx
 from workspace_server.events.sse import SSE_HEADERS
 from workspace_server.mcp import server
+from workspace_server.openapi import body_schema, obj
+
+# the JSON-RPC 2.0 request the MCP bridge answers (mcp/server.py); errors are JSON-RPC error objects
+MCP_REQUEST = obj(
+    "jsonrpc",
+    "method",
+    jsonrpc={"type": "string", "enum": ["2.0"]},
+    id={"type": ["string", "integer", "null"]},
+    method={
+        "type": "string",
+        "enum": ["initialize", "notifications/initialized", "tools/list", "tools/call"],
+    },
+    params={"type": "object"},
+)
+MCP_ERROR = {
+    "type": "object",
+    "description": "A JSON-RPC 2.0 error response",
+    "required": ["jsonrpc", "error"],
+    "properties": {
+        "jsonrpc": {"type": "string"},
+        "id": {},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+        },
+    },
+}
 
 router = APIRouter()
 
@@ -63,7 +91,22 @@ async def mcp_limit(
 McpLimit = Annotated[Decision, Depends(mcp_limit)]
 
 
-@router.post("/workspaces/{id}/mcp")
+@router.post(
+    "/workspaces/{id}/mcp",
+    openapi_extra=body_schema(
+        MCP_REQUEST,
+        max_bytes=MAX_REQUEST_BYTES,
+        description="Tool errors are answered 200 with a JSON-RPC `error` member.",
+    )
+    | {
+        "responses": {
+            "400": {
+                "description": "Not a JSON-RPC request: a JSON-RPC parse error",
+                "content": {"application/json": {"schema": MCP_ERROR}},
+            }
+        }
+    },
+)
 async def mcp_call(id: str, request: Request, limit: McpLimit, ctx: Ctx) -> JSONResponse:
     raw = await read_body(request, MAX_REQUEST_BYTES)
     reply = await server.handle(ctx, parse_uuid(id) or id, raw)

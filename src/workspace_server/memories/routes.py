@@ -9,8 +9,10 @@ from fastapi.responses import JSONResponse
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.http import read_body, read_model
 from workspace_server.common.ids import parse_uuid
+from workspace_server.db.schema import MEMORY_SCOPES
 from workspace_server.memories import service
 from workspace_server.memories.service import CommitBody
+from workspace_server.openapi import COUNT, body_schema, optional_query, text
 
 router = APIRouter()
 
@@ -20,13 +22,29 @@ def _workspace_id(raw: str) -> str:
     return parse_uuid(raw) or raw
 
 
-@router.post("/workspaces/{id}/memories")
+@router.post(
+    "/workspaces/{id}/memories",
+    status_code=201,
+    openapi_extra=body_schema(
+        CommitBody,
+        require=("content", "scope"),
+        fields={"content": text(1), "scope": {"type": "string", "enum": list(MEMORY_SCOPES)}},
+    ),
+)
 async def commit_memory(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, CommitBody)
     return JSONResponse(await service.commit(ctx, _workspace_id(id), body), status_code=201)
 
 
-@router.get("/workspaces/{id}/memories")
+@router.get(
+    "/workspaces/{id}/memories",
+    openapi_extra=optional_query(
+        scope=("Scope filter", ("LOCAL", "TEAM", "GLOBAL")),
+        q="Search text",
+        namespace="Namespace",
+        limit=("Page size", COUNT),
+    ),
+)
 async def search_memories(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     q = request.query_params
     items = await service.search(
@@ -51,7 +69,13 @@ async def export_memories(_: AdminAuth, ctx: Ctx) -> JSONResponse:
     return JSONResponse(await service.export_all(ctx))
 
 
-@router.post("/admin/memories/import")
+@router.post(
+    "/admin/memories/import",
+    openapi_extra=body_schema(
+        {"type": "array", "items": {"type": "object"}},
+        description="Entries as `GET /admin/memories/export` writes them; `null` is an empty list.",
+    ),
+)
 async def import_memories(request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
     entries = service.parse_import(await read_body(request, ctx.settings.MAX_BODY_BYTES))
     return JSONResponse(await service.import_all(ctx, entries))

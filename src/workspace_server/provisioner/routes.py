@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from workspace_server.auth.deps import AdminAuth, Ctx
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
+from workspace_server.openapi import error_responses, optional_query
 from workspace_server.provisioner.base import BackendError, InstanceNotRunning
 from workspace_server.provisioner.refresh import RefreshError, refresh
 
@@ -20,7 +21,13 @@ CONSOLE_TAIL_LINES = 2000
 NO_CONSOLE = "console output unavailable on this deployment (no control plane)"
 
 
-@router.post("/admin/workspace-images/refresh")
+@router.post(
+    "/admin/workspace-images/refresh",
+    openapi_extra=error_responses({503: "Not the docker workspace backend: there are no images to refresh"})
+    | optional_query(
+        runtime="Only this runtime", recreate=("Recreate running containers", ("true", "false"))
+    ),
+)
 async def refresh_images(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     orch = ctx.extras.get("orchestrator")
     backend = getattr(orch, "backend", None)
@@ -40,7 +47,12 @@ async def refresh_images(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONRe
     return JSONResponse(result.to_dict())
 
 
-@router.get("/workspaces/{id}/console")
+@router.get(
+    "/workspaces/{id}/console",
+    openapi_extra=error_responses(
+        {501: "No workspace backend in this deployment: no console", 502: "The backend failed to read it"}
+    ),
+)
 async def console(id: str, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     """The instance's recent output. The reference read a cloud VM's serial console through its control
     plane and answered 501 without one; with our backends it is the container's (or process's) log tail,

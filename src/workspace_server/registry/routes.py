@@ -20,6 +20,7 @@ from workspace_server.common.ids import parse_uuid
 from workspace_server.common.routing import hot_route
 from workspace_server.context import get_ctx
 from workspace_server.egress import UnsafeURL, validate_agent_url
+from workspace_server.openapi import UUID, body_schema, describe
 from workspace_server.registry import service
 from workspace_server.registry.batch import BatchFailed, Beat
 from workspace_server.registry.schemas import (
@@ -34,6 +35,14 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/registry", tags=["registry"])
 
 INVALID_BODY = "invalid request body"
+# validate_agent_url: http(s), a host (loopback only outside production), no userinfo
+AGENT_URL = {
+    "type": "string",
+    "format": "uri",
+    "pattern": "^https?://",
+    "examples": ["https://agent.example.com/"],
+}
+_STATUS_OK = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
 
 
 def _workspace_id(raw: str) -> str:
@@ -49,7 +58,10 @@ def _path_id(raw: str) -> str:
     return parse_uuid(raw) or raw
 
 
-@router.post("/register")
+@router.post(
+    "/register",
+    openapi_extra=body_schema(RegisterRequest, fields={"id": UUID, "url": AGENT_URL, "agent_card": {}}),
+)
 async def register(request: Request, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, RegisterRequest)
     ws_id = _workspace_id(body.id)
@@ -112,9 +124,31 @@ def _beat(ws_id: str, body: HeartbeatRequest, bearer: str) -> Beat:
 # Every agent beats every 30 s: route matching through the included routers and FastAPI's dependency
 # solver were half of a heartbeat's CPU (common/routing.py).
 HOT_ROUTES = [hot_route("/registry/heartbeat", heartbeat, "POST")]
+describe(
+    "POST",
+    "/registry/heartbeat",
+    {
+        "tags": ["registry"],
+        "summary": "Heartbeat",
+        "description": "An agent reports its health every ~30 s (spec 03 §1.3). Grandfather rule: once the "
+        "workspace holds a live token, `Authorization: Bearer <its token>` is required.",
+        "operationId": "heartbeat_registry_heartbeat_post",
+        **body_schema(HeartbeatRequest, fields={"workspace_id": UUID}),
+        "responses": {
+            "200": {
+                "description": "Recorded (also for unknown ids)",
+                "content": {"application/json": {"schema": _STATUS_OK}},
+            },
+            "401": {"description": "The workspace has a token and the bearer is missing or wrong"},
+        },
+    },
+)
 
 
-@router.post("/update-card")
+@router.post(
+    "/update-card",
+    openapi_extra=body_schema(UpdateCardRequest, fields={"workspace_id": UUID, "agent_card": {}}),
+)
 async def update_card(request: Request, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, UpdateCardRequest)
     ws_id = _workspace_id(body.workspace_id)
@@ -144,7 +178,10 @@ async def peers(ws_id: str, request: Request, ctx: Ctx, q: str = "") -> JSONResp
     return JSONResponse(await service.peers(ctx, ws_id, q))
 
 
-@router.post("/check-access")
+@router.post(
+    "/check-access",
+    openapi_extra=body_schema(CheckAccessRequest, fields={"caller_id": UUID, "target_id": UUID}),
+)
 async def check_access(request: Request, ctx: Ctx) -> JSONResponse:
     # Unauthenticated as in the reference (spec 03 §1.7); see docs/decisions.md "registry".
     body = await read_model(request, CheckAccessRequest)

@@ -13,11 +13,22 @@ from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_model
 from workspace_server.common.ids import parse_uuid
 from workspace_server.context import AppContext
+from workspace_server.openapi import body_schema, nullable, text
 from workspace_server.registry.access import can_communicate
 from workspace_server.schedules import service
 from workspace_server.schedules.service import REQUIRED, CreateBody, UpdateBody
 
 router = APIRouter()
+
+# what service.create accepts: a 5-field cron expression (croniter's dialect; this pattern is a subset)
+# and an IANA zone ("" is UTC)
+CRON = text(
+    1,
+    pattern=r"^(\*|[1-5]?[0-9]|\*/[1-9]) (\*|1?[0-9]|2[0-3]) (\*|[1-9]|[12][0-9]) "
+    r"(\*|[1-9]|1[0-2]) (\*|[0-6])$",
+    examples=["*/5 * * * *", "0 9 * * 1"],
+)
+TZ = {"type": "string", "enum": ["", "UTC", "Europe/Paris", "America/New_York"]}
 
 
 def _id(raw: str) -> str:
@@ -29,7 +40,15 @@ async def list_schedules(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     return JSONResponse(await service.list_schedules(ctx, _id(id)))
 
 
-@router.post("/workspaces/{id}/schedules")
+@router.post(
+    "/workspaces/{id}/schedules",
+    status_code=201,
+    openapi_extra=body_schema(
+        CreateBody,
+        require=("cron_expr", "prompt"),
+        fields={"cron_expr": CRON, "prompt": text(1), "timezone": TZ},
+    ),
+)
 async def create_schedule(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, CreateBody, REQUIRED)
     return JSONResponse(await service.create(ctx, _id(id), body), status_code=201)
@@ -60,7 +79,10 @@ async def _authorize_peer(ctx: AppContext, request: Request, target: str) -> Non
         raise ApiError(403, "access denied")
 
 
-@router.patch("/workspaces/{id}/schedules/{schedule_id}")
+@router.patch(
+    "/workspaces/{id}/schedules/{schedule_id}",
+    openapi_extra=body_schema(UpdateBody, fields={"cron_expr": nullable(CRON), "timezone": nullable(TZ)}),
+)
 async def update_schedule(
     id: str, schedule_id: str, request: Request, _: WorkspaceAuth, ctx: Ctx
 ) -> JSONResponse:

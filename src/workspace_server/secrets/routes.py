@@ -16,12 +16,20 @@ from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import bearer_token, read_json
 from workspace_server.context import AppContext
+from workspace_server.openapi import body_schema, nullable, obj, text
 from workspace_server.secrets import service
 
 router = APIRouter()
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _BAD_BODY = "invalid request body"
+
+SECRET_BODY = obj(
+    "key",
+    "value",
+    key=text(1, pattern="^[A-Za-z_][A-Za-z0-9_]*$", examples=["OPENAI_API_KEY"]),
+    value=text(1),
+)
 
 
 def _ws_id(raw: str) -> str:
@@ -68,7 +76,7 @@ async def secret_values(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAut
     return await service.values(ctx, ws_id)
 
 
-@router.api_route("/workspaces/{id}/secrets", methods=["POST", "PUT"])
+@router.api_route("/workspaces/{id}/secrets", methods=["POST", "PUT"], openapi_extra=body_schema(SECRET_BODY))
 async def set_secret(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> dict[str, str]:
     ws_id = _ws_id(id)
     key, value = await _key_value(request, ctx)
@@ -85,7 +93,7 @@ async def get_model(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> dict[str, str]:
     return await service.get_model(ctx, _ws_id(id))
 
 
-@router.put("/workspaces/{id}/model")
+@router.put("/workspaces/{id}/model", openapi_extra=body_schema(obj(model=nullable(text()))))
 async def set_model(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> dict[str, str]:
     ws_id = _ws_id(id)
     data = await _object(request, ctx)
@@ -112,7 +120,7 @@ async def list_global_settings(ctx: Ctx, _auth: AdminAuth) -> list[dict[str, Any
     return await _list_global(ctx)
 
 
-@router.api_route("/settings/secrets", methods=["PUT", "POST"])
+@router.api_route("/settings/secrets", methods=["PUT", "POST"], openapi_extra=body_schema(SECRET_BODY))
 async def set_global_settings(request: Request, ctx: Ctx, _auth: AdminAuth) -> dict[str, str]:
     return await _set_global(request, ctx)
 
@@ -127,7 +135,7 @@ async def list_global_legacy(ctx: Ctx, _auth: AdminAuth) -> list[dict[str, Any]]
     return await _list_global(ctx)
 
 
-@router.post("/admin/secrets")
+@router.post("/admin/secrets", openapi_extra=body_schema(SECRET_BODY))
 async def set_global_legacy(request: Request, ctx: Ctx, _auth: AdminAuth) -> dict[str, str]:
     return await _set_global(request, ctx)
 

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from workspace_server.auth.deps import AdminAuth, Ctx
 from workspace_server.common.http import parse_json, read_body
+from workspace_server.openapi import body_schema, nullable, obj, text
 from workspace_server.templates import service
 
 router = APIRouter()
@@ -19,7 +20,13 @@ async def list_templates(ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     return JSONResponse(items)
 
 
-@router.post("/templates/import")
+@router.post(
+    "/templates/import",
+    status_code=201,
+    openapi_extra=body_schema(
+        obj("name", "files", name=text(1), files={"type": "object", "additionalProperties": nullable(text())})
+    ),
+)
 async def import_template(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     data = parse_json(await read_body(request, ctx.settings.MAX_BODY_BYTES), service.INVALID_BODY)
     req = service.parse_import_body(data)

@@ -17,6 +17,7 @@ from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
 from workspace_server.context import AppContext
 from workspace_server.events.ws import deny
+from workspace_server.openapi import describe
 from workspace_server.provisioner.base import BackendError, ExecSession, InstanceNotRunning
 from workspace_server.terminal import service
 
@@ -39,6 +40,29 @@ async def _authorize(ctx: AppContext, websocket: WebSocket, raw_id: str) -> tupl
     if not service.origin_allowed(ctx.settings, websocket.headers.get("origin", "")):
         raise ApiError(403, "origin not allowed")
     return backend, ws_id
+
+
+describe(
+    "GET",
+    "/workspaces/{id}/terminal",
+    {
+        "tags": ["terminal"],
+        "summary": "Workspace shell (WebSocket)",
+        "description": "Upgrade to a WebSocket carrying an interactive shell in the workspace's container: "
+        "binary/text frames both ways. WorkspaceAuth, then the origin check. Needs a workspace backend "
+        "(503 `Docker not available` without one); 404 when the container is not running.",
+        "operationId": "terminal_workspaces__id__terminal_get",
+        "security": [{"bearerAuth": []}],
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            "101": {"description": "Switching Protocols: the shell session follows"},
+            "401": {"description": "Missing or invalid workspace token"},
+            "403": {"description": "Origin not allowed"},
+            "404": {"description": "Container not running, or a plain GET (no upgrade)"},
+            "503": {"description": "No workspace backend (Docker) in this deployment"},
+        },
+    },
+)
 
 
 @router.websocket("/workspaces/{id}/terminal")

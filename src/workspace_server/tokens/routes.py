@@ -10,18 +10,22 @@ from fastapi.responses import JSONResponse
 
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.http import client_ip, read_body
+from workspace_server.openapi import COUNT, body_schema, obj, optional_query, text
 from workspace_server.tokens import service
 
 router = APIRouter()
 
 
-@router.get("/workspaces/{id}/tokens")
+@router.get(
+    "/workspaces/{id}/tokens",
+    openapi_extra=optional_query(limit=("Page size", COUNT), offset=("Offset", COUNT)),
+)
 async def list_tokens(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> dict[str, Any]:
     limit, offset = service.page_params(request.query_params.get("limit"), request.query_params.get("offset"))
     return await service.list_workspace_tokens(ctx, id, limit, offset)
 
 
-@router.post("/workspaces/{id}/tokens")
+@router.post("/workspaces/{id}/tokens", status_code=201)
 async def create_token(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     return JSONResponse(await service.create_workspace_token(ctx, id), status_code=201)
 
@@ -43,7 +47,12 @@ async def list_org_tokens(ctx: Ctx, _auth: AdminAuth) -> dict[str, Any]:
     return await service.list_org_tokens(ctx)
 
 
-@router.post("/org/tokens")
+@router.post(
+    "/org/tokens",
+    openapi_extra=body_schema(
+        obj(name=text(max_length=100)), required=False, description="A body that is not JSON means no name."
+    ),
+)
 async def mint_org_token(request: Request, ctx: Ctx, auth: AdminAuth) -> dict[str, Any]:
     service.check_mint_limit(ctx, client_ip(request))  # after auth, as upstream orders it
     raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)

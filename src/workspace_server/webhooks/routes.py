@@ -9,9 +9,14 @@ from workspace_server.a2a.routes import render
 from workspace_server.auth.deps import Ctx
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_body
+from workspace_server.openapi import body_schema
 from workspace_server.webhooks import github
 
 router = APIRouter()
+WEBHOOK_ANSWERS = {
+    200: "Schedules made due",
+    202: "Ignored, or forwarded to the workspace over A2A (then the agent's answer, as the proxy's)",
+}
 
 
 async def _github(request: Request, ctx: Ctx, path_id: str | None) -> Response:
@@ -30,11 +35,27 @@ async def _github(request: Request, ctx: Ctx, path_id: str | None) -> Response:
     return render(outcome)
 
 
-@router.post("/webhooks/github")
+@router.post(
+    "/webhooks/github",
+    openapi_extra=body_schema(
+        {"type": "object"},
+        description="A GitHub webhook delivery, signed (`X-Hub-Signature-256`).",
+        errors={503: "GITHUB_WEBHOOK_SECRET is not set: webhooks are off in this deployment"},
+        answers=WEBHOOK_ANSWERS,
+    ),
+)
 async def github_webhook(request: Request, ctx: Ctx) -> Response:
     return await _github(request, ctx, None)
 
 
-@router.post("/webhooks/github/{id}")
+@router.post(
+    "/webhooks/github/{id}",
+    openapi_extra=body_schema(
+        {"type": "object"},
+        description="A GitHub webhook delivery, signed (`X-Hub-Signature-256`).",
+        errors={503: "GITHUB_WEBHOOK_SECRET is not set: webhooks are off in this deployment"},
+        answers=WEBHOOK_ANSWERS,
+    ),
+)
 async def github_webhook_for(id: str, request: Request, ctx: Ctx) -> Response:
     return await _github(request, ctx, id)

@@ -11,6 +11,7 @@ from workspace_server.common.errors import ApiError
 from workspace_server.common.http import parse_json, read_body
 from workspace_server.common.ids import parse_uuid
 from workspace_server.context import AppContext
+from workspace_server.openapi import BOOL, body_schema, nullable, obj, optional_query, text
 from workspace_server.provisioner.config_source import parse_restart_body
 from workspace_server.provisioner.orchestrator import (
     NOT_HIBERNATABLE,
@@ -43,7 +44,19 @@ def _known_id(raw: str, not_found: str) -> str:
     return ws_id
 
 
-@router.post("/workspaces/{id}/restart")
+@router.post(
+    "/workspaces/{id}/restart",
+    openapi_extra=body_schema(
+        obj(
+            template=nullable(text()),
+            apply_template=nullable(BOOL),
+            reset=nullable(BOOL),
+            rebuild_config=nullable(BOOL),
+        ),
+        required=False,
+        errors={503: "No workspace backend in this deployment (restart needs one)"},
+    ),
+)
 async def restart_workspace(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     ws_id = _known_id(id, "workspace not found")
     raw = await read_body(request, RESTART_BODY_MAX)
@@ -67,7 +80,9 @@ async def resume_workspace(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONRespo
     return JSONResponse(await orchestrator(ctx).resume(_known_id(id, NOT_PAUSED)))
 
 
-@router.post("/workspaces/{id}/hibernate")
+@router.post(
+    "/workspaces/{id}/hibernate", openapi_extra=optional_query(force=("Hibernate even if busy", ("true",)))
+)
 async def hibernate_workspace(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     force = request.query_params.get("force") == "true"
     return JSONResponse(await orchestrator(ctx).hibernate(_known_id(id, NOT_HIBERNATABLE), force))

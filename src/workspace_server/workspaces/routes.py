@@ -14,7 +14,18 @@ from workspace_server.common.http import INVALID_JSON, bearer_token, parse_json,
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.jsonnum import decode_document
 from workspace_server.config import Settings
-from workspace_server.workspaces.schemas import CreateWorkspace, as_number
+from workspace_server.openapi import BOOL, ERROR_REF, INT32, NUMBER, UUID, body_schema, nullable, obj, text
+from workspace_server.workspaces.schemas import (
+    FIELD_PATTERN,
+    LINE_PATTERN,
+    MODEL_MAX,
+    NAME_MAX,
+    ROLE_MAX,
+    RUNTIME_MAX,
+    WORKSPACE_ACCESS_VALUES,
+    CreateWorkspace,
+    as_number,
+)
 from workspace_server.workspaces.service import WorkspaceService
 
 router = APIRouter()
@@ -51,10 +62,91 @@ def external_platform_url(settings: Settings, request: Request) -> str:
     return url.removesuffix("/")
 
 
+# workspace_dir_ok: absolute, no `..`, not a system directory (a subset, as a pattern)
+WORKSPACE_DIR_PATTERN = "^/(home|tmp|srv|opt|workspace)(/[a-z0-9_-]+)*$"
+# PATCH /workspaces/:id: every key optional; values of the wrong type are skipped, not refused
+PATCH_WORKSPACE = obj(
+    name=text(max_length=NAME_MAX, pattern=FIELD_PATTERN),
+    role=nullable(text(max_length=ROLE_MAX, pattern=FIELD_PATTERN)),
+    runtime=text(max_length=RUNTIME_MAX, pattern=LINE_PATTERN),
+    tier=INT32,
+    parent_id=nullable(UUID),
+    workspace_dir=nullable(text(pattern=WORKSPACE_DIR_PATTERN)),
+    workspace_access=nullable({"type": "string", "enum": list(WORKSPACE_ACCESS_VALUES)}),
+    hibernation_idle_minutes=nullable({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+    collapsed=BOOL,
+    x=NUMBER,
+    y=NUMBER,
+)
+# the two answers that carry no `error` key (spec 01 §3, §4.4)
+_REMOVED = obj("workspace_id", "deleted", workspace_id=text(), deleted=BOOL)
+STATE_RESPONSES = {
+    "responses": {
+        "404": {
+            "description": "No such workspace (or removed): `{workspace_id, deleted: true, …}`",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "anyOf": [
+                            obj("workspace_id", "deleted", workspace_id=text(), deleted=BOOL),
+                            ERROR_REF,
+                        ]
+                    }
+                }
+            },
+        }
+    }
+}
+DELETE_RESPONSES = {
+    "parameters": [
+        {"name": "confirm", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true"]}},
+        {"name": "purge", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true"]}},
+    ],
+    "responses": {
+        "409": {
+            "description": "The workspace has children: repeat with `?confirm=true`",
+            "content": {
+                "application/json": {
+                    "schema": obj(
+                        "status",
+                        "children",
+                        status={"type": "string", "enum": ["confirmation_required"]},
+                        children={"type": "array", "items": {"type": "object"}},
+                        children_count={"type": "integer"},
+                        message=text(),
+                    )
+                }
+            },
+        }
+    },
+}
+
+
 # ---- collection ----
 
 
-@router.post("/workspaces")
+@router.post(
+    "/workspaces",
+    status_code=201,
+    openapi_extra=body_schema(
+        CreateWorkspace,
+        require=("name",),
+        fields={
+            "name": text(1, NAME_MAX // 4, pattern=FIELD_PATTERN),
+            "role": nullable(text(0, ROLE_MAX // 4, pattern=FIELD_PATTERN)),
+            "runtime": nullable(text(0, RUNTIME_MAX // 4, pattern=LINE_PATTERN)),
+            "model": nullable(text(0, MODEL_MAX // 4, pattern=LINE_PATTERN)),
+            "parent_id": nullable(UUID),
+            "budget_limit": nullable({"type": "integer", "minimum": 0, "maximum": 2**63 - 1}),
+            "workspace_dir": nullable(text(pattern=WORKSPACE_DIR_PATTERN)),
+            "workspace_access": nullable({"type": "string", "enum": list(WORKSPACE_ACCESS_VALUES)}),
+        },
+        errors={
+            409: "A workspace with that name exists under the same parent",
+            503: "Provisioning backend unavailable",
+        },
+    ),
+)
 async def create_workspace(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)
     # strings are judged by the create rules (`invalid workspace fields`, docs/decisions.md), the rest here
@@ -77,7 +169,7 @@ async def get_workspace(id: str, ctx: Ctx) -> JSONResponse:
     return JSONResponse(await WorkspaceService(ctx).get_view(_valid_id(id)))
 
 
-@router.patch("/workspaces/{id}")
+@router.patch("/workspaces/{id}", openapi_extra=body_schema(PATCH_WORKSPACE))
 async def update_workspace(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     ws_id = _valid_id(id)
     raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)
@@ -92,7 +184,7 @@ async def update_workspace(id: str, request: Request, ctx: Ctx, _auth: Workspace
     return JSONResponse(await WorkspaceService(ctx).update(ws_id, body))
 
 
-@router.delete("/workspaces/{id}")
+@router.delete("/workspaces/{id}", openapi_extra=DELETE_RESPONSES)
 async def delete_workspace(id: str, request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     ws_id = _valid_id(id)
     q = request.query_params
@@ -102,7 +194,7 @@ async def delete_workspace(id: str, request: Request, ctx: Ctx, _auth: AdminAuth
     return JSONResponse(body)
 
 
-@router.get("/workspaces/{id}/state")
+@router.get("/workspaces/{id}/state", openapi_extra=STATE_RESPONSES)
 async def workspace_state(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     status, body = await WorkspaceService(ctx).state(id, bearer_token(request))
     return JSONResponse(body, status_code=status)
@@ -113,7 +205,14 @@ async def get_config(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     return JSONResponse(await WorkspaceService(ctx).get_config(id))
 
 
-@router.patch("/workspaces/{id}/config")
+@router.patch(
+    "/workspaces/{id}/config",
+    openapi_extra=body_schema(
+        obj(),
+        max_bytes=CONFIG_PATCH_MAX_BYTES,
+        description="Keys merged into the stored config (JSON values).",
+    ),
+)
 async def patch_config(id: str, request: Request, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     try:
         raw = await read_body(request, CONFIG_PATCH_MAX_BYTES, "body too large or unreadable")
@@ -130,13 +229,21 @@ async def get_budget(id: str, ctx: Ctx, _auth: WorkspaceAuth) -> JSONResponse:
     return JSONResponse(await WorkspaceService(ctx).get_budget(id))
 
 
-@router.patch("/workspaces/{id}/budget")
+@router.patch(
+    "/workspaces/{id}/budget",
+    openapi_extra=body_schema(
+        obj("budget_limit", budget_limit=nullable({"type": "integer", "minimum": 0, "maximum": 2**63 - 1}))
+    ),
+)
 async def patch_budget(id: str, request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     body = await _json_object(request, "invalid request body", ctx.settings.MAX_BODY_BYTES)
     return JSONResponse(await WorkspaceService(ctx).patch_budget(id, body))
 
 
-@router.post("/admin/workspaces/{id}/bootstrap-failed")
+@router.post(
+    "/admin/workspaces/{id}/bootstrap-failed",
+    openapi_extra=body_schema(obj(error=nullable(text()), log_tail=nullable(text()))),
+)
 async def bootstrap_failed(id: str, request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     body = await _json_object(request, "invalid request body", ctx.settings.MAX_BODY_BYTES)
     error, tail = body.get("error"), body.get("log_tail")
@@ -153,7 +260,10 @@ async def get_viewport(ctx: Ctx) -> JSONResponse:
     return JSONResponse(await WorkspaceService(ctx).get_viewport())
 
 
-@router.put("/canvas/viewport")
+@router.put(
+    "/canvas/viewport",
+    openapi_extra=body_schema(obj(x=nullable(NUMBER), y=nullable(NUMBER), zoom=nullable(NUMBER))),
+)
 async def save_viewport(request: Request, ctx: Ctx, _auth: CanvasOrBearer) -> JSONResponse:
     body = await _json_object(request, "invalid viewport data", ctx.settings.MAX_BODY_BYTES)
     coords: list[float] = []

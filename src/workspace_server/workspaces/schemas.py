@@ -25,6 +25,9 @@ WORKSPACE_ACCESS_VALUES = ("none", "read_only", "read_write")
 BLOCKED_WORKSPACE_DIRS = ("/etc", "/var", "/proc", "/sys", "/dev", "/boot", "/sbin", "/bin", "/lib", "/usr")
 
 Int32 = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]
+# what workspace_fields_error lets through, as JSON-schema patterns for /openapi.json
+LINE_PATTERN = "^[^\\n\\r\\u0000]*$"
+FIELD_PATTERN = "^[^\\n\\r\\u0000{}\\[\\]|>*&!]*$"
 
 
 class _Strict(BaseModel):
