@@ -292,19 +292,27 @@ Ids are UUIDs; a malformed id is a 400 or a 404, never a 500. Every body is capp
 `Authorization: Bearer <token>` (admin token, org token or a workspace's own token, per route)."""
 
 
+# Swagger UI's script and styles are served from the `fastapi-offline` package (Swagger UI 5, which reads
+# OpenAPI 3.1): the page works on a machine with no internet, and its policy needs no third-party origin.
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
 DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "img-src 'self' data: https://fastapi.tiangolo.com; "
-    "connect-src 'self'"
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'"
 )
 
 
+def _docs_asset(name: str) -> bytes:
+    from importlib.resources import files
+
+    return (files("fastapi_offline") / "static" / name).read_bytes()
+
+
 def install(app: FastAPI) -> None:
-    """Serves `GET /openapi.json` (built once, then cached) and `GET /docs` (Swagger UI). Both are open
-    routes: the document describes the API's shape only, no data (docs/decisions.md)."""
+    """Serves `GET /openapi.json` (built once, then cached) and `GET /docs` (Swagger UI, with its two
+    assets under `/docs/`). All are open routes: the document describes the API's shape only, no data
+    (docs/decisions.md)."""
     from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -317,9 +325,26 @@ def install(app: FastAPI) -> None:
         return JSONResponse(openapi())
 
     async def docs() -> HTMLResponse:
-        page = get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} — API")
-        # Swagger UI's script and styles come from its CDN: the UI pages' default policy would block them
+        page = get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} — API",
+            swagger_js_url="/docs/swagger-ui-bundle.js",
+            swagger_css_url="/docs/swagger-ui.css",
+            swagger_favicon_url="data:,",
+        )
         return HTMLResponse(page.body, headers={"content-security-policy": DOCS_CSP})
+
+    def asset_route(name: str, media_type: str) -> Any:
+        body = _docs_asset(name)  # read once, at start: a few MB, served as is
+
+        async def asset() -> Response:
+            return Response(body, media_type=media_type, headers={"cache-control": "public, max-age=86400"})
+
+        return asset
 
     app.add_api_route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False)
     app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
+    for name, media_type in DOCS_ASSETS.items():
+        app.add_api_route(
+            f"/docs/{name}", asset_route(name, media_type), methods=["GET"], include_in_schema=False
+        )
