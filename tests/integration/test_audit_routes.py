@@ -210,8 +210,9 @@ async def test_empty_page(client_factory: Any) -> None:
     for junk in ("not-a-uuid", new_id()):  # no such workspace: an empty page, no database error
         r = await client.get(f"/workspaces/{junk}/audit", headers=AH)
         assert (r.status_code, r.text) == (200, '{"chain_valid":true,"events":[],"total":0}')
+    # a NUL in the URL is refused before routing (issue 11 §3: docs/decisions.md "Input bounds")
     r = await client.get(f"/workspaces/{ws}/audit", params={"agent_id": "a\x00b"}, headers=h)
-    assert (r.status_code, r.json()["total"]) == (200, 0)
+    assert (r.status_code, r.json()) == (400, {"error": "invalid URL"})
 
 
 async def test_filters(client_factory: Any) -> None:
