@@ -132,8 +132,9 @@ async def _seed(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
 
 @pytest.mark.timeout(300)
 async def test_every_body_route_refuses_every_unkeepable_body(client_factory: ClientFactory) -> None:
-    # development with ADMIN_TOKEN set: admin auth is enforced, and the proxy may dial the loopback URL
-    client = await client_factory(ADMIN_TOKEN=ADMIN, MOLECULE_ENV="development")
+    # ADMIN_TOKEN set: admin auth is enforced (production mode); the egress allow-list lets the proxy dial
+    # the loopback URL, so it gets as far as reading the body
+    client = await client_factory(ADMIN_TOKEN=ADMIN, EGRESS_ALLOW_CIDRS="127.0.0.1/32")
     headers = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
     routes = _body_routes(client.app)  # type: ignore[attr-defined]
     assert ("POST", "/registry/heartbeat") in routes and ("POST", "/workspaces/{id}/a2a") in routes
