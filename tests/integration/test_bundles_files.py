@@ -35,7 +35,7 @@ def test_write_tree_does_not_follow_planted_symlinks(tmp_path: Path) -> None:
     os.symlink(outside / "victim.txt", root / "system-prompt.md")  # a dangling symlinked file
     with pytest.raises(files.UnsafePath):
         files.write_tree(root, {"skills/x/a.md": b"x"})
-    with pytest.raises(OSError):
+    with pytest.raises(files.UnsafePath):  # bad input, not an OS error (issue 11 §3: 400, never a 500)
         files.write_tree(root, {"system-prompt.md": b"x"})
     assert list(outside.iterdir()) == []
 
