@@ -1,12 +1,16 @@
 """The one place that reads the environment.
 
 Env names are the reference server's (spec 06 §2.2) so a deployment's env file works unchanged.
-Everything else receives a `Settings` instance; no other module reads `os.environ`.
+Everything else receives a `Settings` instance; no other module reads `os.environ`. The two places that
+need raw process variables rather than settings (`${VAR}` in an org template, the environment of a `git`
+child) ask `process_environ` / `passthrough_environ` below, which read it at call time.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -295,6 +299,18 @@ class Settings(BaseSettings):
             if p.is_dir() and any((d / "config.yaml").is_file() for d in p.iterdir() if d.is_dir()):
                 return p.resolve()
         return Path("workspace-configs-templates").resolve()
+
+
+def process_environ() -> dict[str, str]:
+    """A copy of the server's environment, read now: the last source of `${VAR}` in an org template's
+    `workspace_dir` (spec 06 §3.5), after the org and node `.env` files."""
+    return dict(os.environ)
+
+
+def passthrough_environ(names: Iterable[str]) -> dict[str, str]:
+    """The non-empty values of `names` in the server's environment, read now: what a child process (the
+    plugin `git` clone) inherits, instead of the whole environment with its ADMIN_TOKEN, DATABASE_URL…"""
+    return {k: v for k in names if (v := os.environ.get(k))}
 
 
 _DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")

@@ -9,13 +9,13 @@ from typing import Any
 import docker.errors
 import pytest
 
-from tests.integration.provisioner_support import engine_fixture  # noqa: F401 - registers the engine fixture
-from tests.integration.test_orchestrator_support import (
+from tests.integration.orchestrator_support import (
     Platform,
     PlatformFactory,
     agent_reply,
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
 )
+from tests.integration.provisioner_support import engine_fixture  # noqa: F401 - registers the engine fixture
 from workspace_server.provisioner.docker import DockerBackend, configs_volume, workspace_volume
 from workspace_server.workspaces.files import workspace_config_dir
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from tests.faults.conftest import ServerFactory
 from tests.faults.services import PgCluster
-from tests.integration.test_a2a_support import StubAgent, message
+from tests.integration.a2a_support import StubAgent, message
 from workspace_server.db.engine import make_engine
 
 pytestmark = pytest.mark.integration

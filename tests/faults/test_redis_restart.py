@@ -20,7 +20,7 @@ import websockets
 
 from tests.faults.conftest import ServerFactory
 from tests.faults.services import RedisServer
-from tests.integration.test_a2a_support import StubAgent, message
+from tests.integration.a2a_support import StubAgent, message
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import ClientFactory, free_port
-from tests.integration.test_a2a_support import StubAgent, activity, drained, heartbeat, queue_rows, wait_for
-from tests.integration.test_registry_support import add_workspace, ctx_of, recorded_events, set_columns
+from tests.integration.a2a_support import StubAgent, activity, drained, heartbeat, queue_rows, wait_for
+from tests.integration.registry_support import add_workspace, ctx_of, recorded_events, set_columns
 from workspace_server.a2a import delegation
 from workspace_server.context import AppContext
 from workspace_server.db.schema import activity_logs

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import ClientFactory, free_port
-from tests.integration.test_a2a_support import StubAgent, activity, message, queue_rows, wait_for
-from tests.integration.test_registry_support import (
+from tests.integration.a2a_support import StubAgent, activity, message, queue_rows, wait_for
+from tests.integration.registry_support import (
     Captured,
     add_workspace,
     bearer,

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import ClientFactory
-from tests.integration.test_a2a_support import (
+from tests.integration.a2a_support import (
     StubAgent,
     activity,
     drained,
@@ -21,7 +21,7 @@ from tests.integration.test_a2a_support import (
     queue_rows,
     wait_for,
 )
-from tests.integration.test_registry_support import Captured, add_workspace, ctx_of
+from tests.integration.registry_support import Captured, add_workspace, ctx_of
 from workspace_server.a2a import queue, store
 from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import AgentStarter, LiveServer
-from tests.integration.test_a2a_support import wait_for
+from tests.integration.a2a_support import wait_for
 
 
 def text_of(reply: Any) -> str:

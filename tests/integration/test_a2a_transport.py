@@ -22,9 +22,9 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFactory, free_port
+from tests.integration.a2a_support import StubAgent, message, queue_rows
+from tests.integration.registry_support import add_workspace, ctx_of
 from tests.integration.stub_http import StubHandler, StubServer
-from tests.integration.test_a2a_support import StubAgent, message, queue_rows
-from tests.integration.test_registry_support import add_workspace, ctx_of
 from workspace_server.a2a import proxy
 from workspace_server.a2a.proxy import (
     MAX_RESPONSE_BYTES,

@@ -9,7 +9,7 @@ import httpx
 import sqlalchemy as sa
 
 from tests.conftest import ClientFactory
-from tests.integration.test_registry_support import (
+from tests.integration.registry_support import (
     add_workspace,
     bearer,
     build_tree,

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from tests.integration.test_registry_support import (
+from tests.integration.registry_support import (
     Captured,
     add_workspace,
     bearer,

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from tests.integration.test_registry_support import add_workspace, ctx_of, mint_token
+from tests.integration.registry_support import add_workspace, ctx_of, mint_token
 from workspace_server.audit import ledger
 from workspace_server.common.ids import new_id
 from workspace_server.db.schema import audit_events, workspaces

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from tests.integration.test_registry_support import add_workspace, ctx_of, mint_token
+from tests.integration.registry_support import add_workspace, ctx_of, mint_token
 from workspace_server.common.ids import new_id
 from workspace_server.db.schema import workflow_checkpoints, workspaces
 

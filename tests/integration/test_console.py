@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from tests.conftest import ClientFactory
-from tests.integration.test_orchestrator_support import (
+from tests.integration.orchestrator_support import (
     Platform,
     PlatformFactory,
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
 )
-from tests.integration.test_registry_support import add_workspace, bearer, ctx_of
+from tests.integration.registry_support import add_workspace, bearer, ctx_of
 from workspace_server.common.ids import new_id
 
 

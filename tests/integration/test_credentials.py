@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import AgentStarter, ClientFactory, LiveServer
-from tests.integration.test_orchestrator_support import (
+from tests.integration.orchestrator_support import (
     PlatformFactory,
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
 )

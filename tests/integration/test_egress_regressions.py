@@ -16,8 +16,8 @@ import anyio
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.integration.test_a2a_support import StubAgent, message
-from tests.integration.test_registry_support import add_workspace, bearer, ctx_of, mint_token
+from tests.integration.a2a_support import StubAgent, message
+from tests.integration.registry_support import add_workspace, bearer, ctx_of, mint_token
 from workspace_server.egress import policy as egress_policy
 
 ADMIN = "admin-secret"

@@ -9,19 +9,19 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.integration.provisioner_support import (
-    AGENT_IMAGE,
-    cleanup,
-    docker_client,
-    need_agent_image,
-)
-from tests.integration.test_files_api_support import (
+from tests.integration.files_api_support import (
     add_workspace,
     check_running_contract,
     ctx_of,
     files_url,
     install_backend,
     start_echo_agent,
+)
+from tests.integration.provisioner_support import (
+    AGENT_IMAGE,
+    cleanup,
+    docker_client,
+    need_agent_image,
 )
 from workspace_server.provisioner.docker import DockerBackend, configs_volume
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.integration.test_files_api_support import (
+from tests.integration.files_api_support import (
     add_workspace,
     check_running_contract,
     ctx_of,

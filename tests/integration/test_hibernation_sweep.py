@@ -15,9 +15,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.integration.registry_support import mint_token, row
 from tests.integration.test_orchestrator_sweeps import AUTH, online_workspace
 from tests.integration.test_orchestrator_sweeps import api as api
-from tests.integration.test_registry_support import mint_token, row
 from workspace_server.common.time import utcnow
 from workspace_server.db.schema import workspaces
 from workspace_server.loops.hibernation import sweep_idle_hibernation

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from tests.integration.test_registry_support import add_workspace, bearer, ctx_of, mint_token
+from tests.integration.registry_support import add_workspace, bearer, ctx_of, mint_token
 from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow
 from workspace_server.db.schema import workspace_memory

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.stub_http import StubHandler, StubServer
-from tests.integration.test_orchestrator_support import (
+from tests.integration.orchestrator_support import (
     Platform,
     PlatformFactory,
     agent_reply,
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
 )
+from tests.integration.stub_http import StubHandler, StubServer
 from workspace_server.common.time import utcnow
 from workspace_server.db.engine import make_engine
 from workspace_server.db.schema import workspaces

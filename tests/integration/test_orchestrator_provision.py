@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 
-from tests.integration.test_orchestrator_support import (
+from tests.integration.orchestrator_support import (
     Platform,
     PlatformFactory,
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture

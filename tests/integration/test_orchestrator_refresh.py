@@ -15,18 +15,18 @@ from typing import Any
 import docker.errors
 import pytest
 
+from tests.integration.orchestrator_support import (
+    Platform,
+    PlatformFactory,
+    agent_reply,
+    platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
+)
 from tests.integration.provisioner_support import (
     AGENT_IMAGE,
     Registry,
     docker_client,
     need_agent_image,
     need_registry_binary,
-)
-from tests.integration.test_orchestrator_support import (
-    Platform,
-    PlatformFactory,
-    agent_reply,
-    platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
 )
 from workspace_server.events.bus import Event
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.test_registry_support import (
+from tests.integration.registry_support import (
     ALLOWED_PAIRS,
     DENIED_PAIRS,
     add_workspace,

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_registry_support import (
+from tests.integration.registry_support import (
     ALLOWED_PAIRS,
     DENIED_PAIRS,
     add_workspace,

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.test_registry_support import add_workspace, bearer, ctx_of, mint_token, row
+from tests.integration.registry_support import add_workspace, bearer, ctx_of, mint_token, row
 from workspace_server.db.schema import workspace_auth_tokens
 from workspace_server.registry import batch
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.test_registry_support import (
+from tests.integration.registry_support import (
     add_workspace,
     bearer,
     ctx_of,

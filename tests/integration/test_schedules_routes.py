@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from croniter import croniter
 
 from tests.conftest import ClientFactory
-from tests.integration.test_registry_support import add_workspace, bearer, build_tree, ctx_of, mint_token
+from tests.integration.registry_support import add_workspace, bearer, build_tree, ctx_of, mint_token
 from workspace_server.common.ids import new_id
 from workspace_server.context import AppContext
 from workspace_server.db.schema import workspace_schedules

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import ClientFactory
-from tests.integration.test_secrets_support import (
+from tests.integration.secrets_support import (
     ADMIN_H,
     KEY_A,
     KEY_B,

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.integration.test_secrets_support import (
+from tests.integration.secrets_support import (
     ADMIN_H,
     KEY_A,
     KEY_B,

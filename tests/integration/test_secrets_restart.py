@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import ClientFactory
-from tests.integration.test_secrets_support import (
+from tests.integration.secrets_support import (
     ADMIN_H,
     RestartRecorder,
     admin_client,

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.integration.test_secrets_support import (
+from tests.integration.secrets_support import (
     ADMIN_H,
     KEY_A,
     UNKNOWN,

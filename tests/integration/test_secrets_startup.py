@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.integration.test_secrets_support import ADMIN_H, KEY_A, admin_client, make_ws, ws_rows
+from tests.integration.secrets_support import ADMIN_H, KEY_A, admin_client, make_ws, ws_rows
 from workspace_server.secrets.crypto import EncryptionKeyRequired
 
 ALNUM_32 = "abcdefghijklmnopqrstuvwxyz012345"  # valid base64 of 24 bytes: not a key

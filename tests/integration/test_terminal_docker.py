@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.integration.provisioner_support import AGENT_IMAGE, docker_client, need_agent_image
-from tests.integration.test_terminal_support import (
+from tests.integration.terminal_support import (
     LiveFactory,
     Rows,
     check_handshake_rules,

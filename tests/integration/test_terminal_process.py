@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_terminal_support import (
+from tests.integration.terminal_support import (
     LiveFactory,
     Rows,
     check_handshake_rules,

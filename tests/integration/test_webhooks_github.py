@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.integration.test_a2a_support import StubAgent, activity, wait_for
-from tests.integration.test_registry_support import add_workspace, bearer, ctx_of
+from tests.integration.a2a_support import StubAgent, activity, wait_for
+from tests.integration.registry_support import add_workspace, bearer, ctx_of
 from tests.integration.test_schedules_routes import schedule_row
 from workspace_server.context import AppContext
 

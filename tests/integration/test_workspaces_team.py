@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import ClientFactory
-from tests.integration.test_registry_support import mint_token, row
+from tests.integration.registry_support import mint_token, row
 from workspace_server.auth import tokens
 
 ADMIN = "team-admin"

@@ -53,11 +53,6 @@ async def workspace_name(conn: AsyncConnection, ws_id: str) -> str | None:
     return name
 
 
-async def touch_outbound(conn: AsyncConnection, caller_id: str, now: datetime) -> None:
-    """`last_outbound_at` only: not a lifecycle change; `updated_at` (provision-timeout clock) stays."""
-    await conn.execute(sa.update(workspaces).where(workspaces.c.id == caller_id).values(last_outbound_at=now))
-
-
 # ---- queue ----
 
 

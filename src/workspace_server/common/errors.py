@@ -43,10 +43,6 @@ def not_found(msg: str = "workspace not found") -> ApiError:
     return ApiError(404, msg)
 
 
-def bad_request(msg: str) -> ApiError:
-    return ApiError(400, msg)
-
-
 def backing_store_down(exc: BaseException | None) -> bool:
     """Whether `exc`, or an exception it was raised from or while handling, says the database or Redis
     could not be reached (connection refused, reset or lost; the server starting up or shutting down; no

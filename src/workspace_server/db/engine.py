@@ -29,11 +29,6 @@ def async_url(database_url: str) -> str:
     raise ValueError("DATABASE_URL must start with sqlite://, postgres:// or postgresql://")
 
 
-def sync_url(database_url: str) -> str:
-    """A synchronous URL for Alembic (sqlite3 / the same asyncpg via run_sync is used instead)."""
-    return async_url(database_url)
-
-
 PG_CONNECT_TIMEOUT_SECONDS = 5.0  # asyncpg's connect (default 60 s)
 PG_POOL_TIMEOUT_SECONDS = 10.0  # waiting for a pooled connection (SQLAlchemy's default 30 s)
 

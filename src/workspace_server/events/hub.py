@@ -44,10 +44,6 @@ class Hub:
         """Open WebSocket connections: `molecule_websocket_connections_active`."""
         return len(self._clients)
 
-    @property
-    def stream_count(self) -> int:
-        return len(self._streams)
-
     def register(self, workspace_id: str | None) -> HubClient:
         """A WebSocket client. Register before accepting so no event after the handshake is missed."""
         client = HubClient(workspace_id)

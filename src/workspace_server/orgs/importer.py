@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from pydantic import ValidationError
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow
+from workspace_server.config import process_environ
 from workspace_server.context import AppContext
 from workspace_server.db.engine import dialect_insert
 from workspace_server.db.schema import MEMORY_SCOPES, workspace_schedules
@@ -172,7 +172,7 @@ class OrgImporter:
         create path then refuses relative paths, `..` and system directories."""
         if not node.workspace_dir:
             return ""
-        return expand_vars(node.workspace_dir, org_env, node_env, dict(os.environ))
+        return expand_vars(node.workspace_dir, org_env, node_env, process_environ())
 
     @staticmethod
     def _result(ws_id: str, node: Node, tier: int, defaults: Defaults) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Protocol
 import anyio.to_thread
 
 from workspace_server.common.paths import resolve_inside_root
+from workspace_server.config import passthrough_environ
 from workspace_server.egress import EgressPolicy, UnsafeURL
 from workspace_server.plugins.manifest import NAME_RE
 
@@ -296,7 +297,7 @@ class GithubResolver:
         return repo
 
     async def _clone(self, argv: list[str], home: Path, protocol: str = "https") -> None:
-        env = {k: v for k in _PASSTHROUGH_ENV if (v := os.environ.get(k))}
+        env = passthrough_environ(_PASSTHROUGH_ENV)
         env.update(HOME=str(home), LANG="C", LC_ALL="C", GIT_TERMINAL_PROMPT="0")
         env["GIT_ALLOW_PROTOCOL"] = protocol  # no hop to ssh://, git://, ext:: or another scheme
         env.setdefault("PATH", os.defpath)

@@ -168,11 +168,6 @@ class Orchestrator:
             log.exception("background task %s failed", name)
             return None
 
-    async def wait_idle(self) -> None:
-        """Wait for every background run started so far (tests, orderly shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -13,8 +13,6 @@ partial result) only when the container list cannot be read.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,11 +54,6 @@ def registry_auth(user: str, token: str) -> dict[str, str] | None:
     if not user or not token:
         return None
     return {"username": user, "password": token, "serveraddress": GHCR}
-
-
-def auth_header(auth: dict[str, str]) -> str:
-    """The engine's X-Registry-Auth form (base64url JSON), for callers using the raw API."""
-    return base64.urlsafe_b64encode(json.dumps(auth).encode()).decode()
 
 
 def _pull_sync(client: Any, ref: str, platform: str | None, auth: dict[str, str] | None) -> None:

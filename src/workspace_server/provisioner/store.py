@@ -109,12 +109,6 @@ async def statuses_of(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, st
     return {r.id: r.status for r in rows}
 
 
-async def ids_with_prefix(conn: AsyncConnection, prefix: str) -> dict[str, str]:
-    """id → status for rows whose id starts with `prefix` (legacy unlabelled containers)."""
-    rows = (await conn.execute(sa.select(w.id, w.status).where(w.id.like(prefix + "%")))).all()
-    return {r.id: r.status for r in rows}
-
-
 async def hibernation_candidates(conn: AsyncConnection) -> list[Any]:
     """Rows opted in to idle hibernation that are live, idle and ours; their window is checked by the
     caller (it differs per row)."""
