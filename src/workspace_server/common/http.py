@@ -52,7 +52,12 @@ _RAISE: Any = object()
 
 
 def parse_json(
-    raw: bytes, error: str = "invalid request body", *, if_malformed: Any = _RAISE, check_strings: bool = True
+    raw: bytes,
+    error: str = "invalid request body",
+    *,
+    if_malformed: Any = _RAISE,
+    check_strings: bool = True,
+    allow_nul: bool = False,
 ) -> Any:
     """The decoded body, or ApiError(400, error).
 
@@ -62,10 +67,11 @@ def parse_json(
 
     `if_malformed`: for the routes whose reference ignores a body it cannot parse, malformed JSON reads as
     that value instead; a well-formed body that cannot be kept is still refused. `check_strings=False`: the
-    caller checks strings itself, item by item (`jsonnum.storable_json`).
+    caller checks strings itself, item by item (`jsonnum.storable_json`). `allow_nul`: the caller strips NUL
+    before it stores anything (a log tail can hold one).
     """
     try:
-        return decode_document(raw, check_strings=check_strings)
+        return decode_document(raw, check_strings=check_strings, allow_nul=allow_nul)
     except UnsafeJSON:
         raise ApiError(400, error) from None
     except (ValueError, UnicodeDecodeError):

@@ -245,7 +245,11 @@ async def patch_budget(id: str, request: Request, ctx: Ctx, _auth: AdminAuth) ->
     openapi_extra=body_schema(obj(error=nullable(text()), log_tail=nullable(text()))),
 )
 async def bootstrap_failed(id: str, request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
-    body = await _json_object(request, "invalid request body", ctx.settings.MAX_BODY_BYTES)
+    # a log tail is whatever the container printed, NUL included: the service strips it before storing
+    raw = await read_body(request, ctx.settings.MAX_BODY_BYTES)
+    body = parse_json(raw, "invalid request body", allow_nul=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid request body")
     error, tail = body.get("error"), body.get("log_tail")
     if not isinstance(error, str | None) or not isinstance(tail, str | None):
         raise ApiError(400, "invalid request body")
