@@ -245,13 +245,7 @@ def _walk(value: Any, *, allow_nul: bool) -> bool:
 
 def _ok(value: Any, allow_nul: bool) -> bool:
     if isinstance(value, str):
-        if not allow_nul and "\x00" in value:
-            return False
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
+        return _string_ok(value, allow_nul)
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, dict):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -35,14 +37,19 @@ async def _github(request: Request, ctx: Ctx, path_id: str | None) -> Response:
     return render(outcome)
 
 
-@router.post(
-    "/webhooks/github",
-    openapi_extra=body_schema(
+def _github_body() -> dict[str, Any]:
+    """Each route gets its own copy: the schema builder completes operations in place."""
+    return body_schema(
         {"type": "object"},
         description="A GitHub webhook delivery, signed (`X-Hub-Signature-256`).",
         errors={503: "GITHUB_WEBHOOK_SECRET is not set: webhooks are off in this deployment"},
         answers=WEBHOOK_ANSWERS,
-    ),
+    )
+
+
+@router.post(
+    "/webhooks/github",
+    openapi_extra=_github_body(),
 )
 async def github_webhook(request: Request, ctx: Ctx) -> Response:
     return await _github(request, ctx, None)
@@ -50,12 +57,7 @@ async def github_webhook(request: Request, ctx: Ctx) -> Response:
 
 @router.post(
     "/webhooks/github/{id}",
-    openapi_extra=body_schema(
-        {"type": "object"},
-        description="A GitHub webhook delivery, signed (`X-Hub-Signature-256`).",
-        errors={503: "GITHUB_WEBHOOK_SECRET is not set: webhooks are off in this deployment"},
-        answers=WEBHOOK_ANSWERS,
-    ),
+    openapi_extra=_github_body(),
 )
 async def github_webhook_for(id: str, request: Request, ctx: Ctx) -> Response:
     return await _github(request, ctx, id)
