@@ -43,6 +43,7 @@ from workspace_server.egress.clients import guarded_connector, refused_cause
 from workspace_server.events.bus import Event
 from workspace_server.registry.access import can_communicate
 from workspace_server.registry.service import has_capability, idle_timeout_override, internal_url
+from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.store import workspace_exists
 
 log = logging.getLogger(__name__)
@@ -694,11 +695,8 @@ async def _container_dead(call: Call) -> bool:
         return False
     log.warning("a2a: instance of %s is not running; marking offline and restarting", call.target)
     try:
-        changed = await ctx.lifecycle.transition(
-            call.target,
-            to="offline",
-            not_in=("removed", "provisioning", "offline"),
-            event="WORKSPACE_OFFLINE",
+        changed = await ctx.lifecycle.mark_offline(
+            call.target, expect=None, not_in=(Status.REMOVED, Status.PROVISIONING, Status.OFFLINE)
         )
     except Exception:
         log.exception("a2a: marking %s offline failed", call.target)

@@ -145,14 +145,7 @@ async def _write_files(ctx: AppContext, ws_id: str, b: Bundle) -> bool:
         return True
     except (OSError, wsfiles.UnsafePath):
         log.exception("bundle import: writing config files of %s failed", ws_id)
-    await ctx.lifecycle.transition(
-        ws_id,
-        to="failed",
-        expect=["provisioning"],
-        values={"last_sample_error": FILES_FAILED},
-        event="WORKSPACE_PROVISION_FAILED",
-        payload={"error": FILES_FAILED},
-    )
+    await ctx.lifecycle.mark_failed(ws_id, FILES_FAILED, {"error": FILES_FAILED})
     return False
 
 

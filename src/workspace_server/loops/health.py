@@ -19,7 +19,6 @@ from typing import Any
 from workspace_server.common.kv import clear_workspace_keys
 from workspace_server.context import AppContext
 from workspace_server.provisioner import store as pstore
-from workspace_server.workspaces.lifecycle import LIVE_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +51,7 @@ async def sweep_health(ctx: AppContext) -> list[str]:
 
 
 async def _mark_offline(ctx: AppContext, ws_id: str) -> bool:
-    changed = await ctx.lifecycle.transition(
-        ws_id, to="offline", expect=LIVE_STATUSES, event="WORKSPACE_OFFLINE", payload={}
-    )
+    changed = await ctx.lifecycle.mark_offline(ws_id)
     if changed:
         log.info("health sweep: instance of %s is not running; offline, restarting", ws_id)
         try:

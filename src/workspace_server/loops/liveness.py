@@ -21,11 +21,9 @@ from workspace_server.context import AppContext
 from workspace_server.loops.store import (
     EXTERNAL,
     Candidate,
-    guarded_transition,
     heartbeat_stale,
     stale_live_workspaces,
 )
-from workspace_server.workspaces.lifecycle import LIVE_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +50,7 @@ async def sweep_liveness(ctx: AppContext) -> list[str]:
 
 
 async def _mark_offline(ctx: AppContext, cand: Candidate, still_stale: sa.ColumnElement[bool]) -> bool:
-    changed = await guarded_transition(
-        ctx,
-        cand.id,
-        still_stale,
-        to="offline",
-        expect=LIVE_STATUSES,
-        event="WORKSPACE_OFFLINE",
-        payload={},
-    )
+    changed = await ctx.lifecycle.mark_offline(cand.id, guard=still_stale)
     if not changed:
         return False
     log.info("workspace %s missed heartbeats; now offline", cand.id)

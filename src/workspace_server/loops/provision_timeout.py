@@ -16,7 +16,7 @@ from typing import Any
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
 from workspace_server.db.schema import workspaces
-from workspace_server.loops.store import Candidate, guarded_transition, provisioning_workspaces
+from workspace_server.loops.store import Candidate, provisioning_workspaces
 from workspace_server.workspaces.templates import provision_timeout_seconds_for
 
 log = logging.getLogger(__name__)
@@ -60,20 +60,16 @@ async def sweep_provision_timeouts(ctx: AppContext) -> list[str]:
 
 
 async def _fail(ctx: AppContext, cand: Candidate, timeout_secs: int, cutoff: datetime) -> bool:
-    changed = await guarded_transition(
-        ctx,
+    changed = await ctx.lifecycle.mark_failed(
         cand.id,
-        workspaces.c.updated_at <= cutoff,
-        to="failed",
-        expect=("provisioning",),
-        values={"last_sample_error": TIMEOUT_MESSAGE},
-        event="WORKSPACE_PROVISION_FAILED",
-        payload={
+        TIMEOUT_MESSAGE,
+        {
             "error": TIMEOUT_MESSAGE,
             "timeout_secs": timeout_secs,
             "runtime": cand.runtime,
             "source": "provision_timeout_sweep",
         },
+        guard=workspaces.c.updated_at <= cutoff,
     )
     if changed:
         log.warning("workspace %s (%s) provisioning timed out after %ds", cand.id, cand.runtime, timeout_secs)

@@ -65,12 +65,6 @@ async def guarded_transition(
     values: dict[str, Any] | None = None,
 ) -> bool:
     """`transition` only while `guard` still holds for the row; the event is recorded after commit."""
-    async with ctx.engine.begin() as conn:
-        locked = sa.select(w.id).where(w.id == ws_id, guard).with_for_update()
-        if (await conn.execute(locked)).first() is None:
-            return False
-        changed = await ctx.lifecycle.transition(ws_id, to=to, expect=expect, values=values, conn=conn)
-    # Recording inside the transaction would wait on our own write lock under SQLite.
-    if changed:
-        await ctx.events.record(event, ws_id, payload)
-    return changed
+    return await ctx.lifecycle.transition(
+        ws_id, to=to, expect=expect, values=values, event=event, payload=payload, guard=guard
+    )

@@ -191,14 +191,7 @@ class Orchestrator:
             return await pstore.paused_ancestor(conn, ws_id)
 
     async def _fail(self, ws_id: str, message: str, **extra: Any) -> None:
-        await self.ctx.lifecycle.transition(
-            ws_id,
-            to="failed",
-            expect=["provisioning"],
-            values={"last_sample_error": message},
-            event="WORKSPACE_PROVISION_FAILED",
-            payload={"error": message, **extra},
-        )
+        await self.ctx.lifecycle.mark_failed(ws_id, message, {"error": message, **extra})
 
     async def _clear_keys(self, ws_id: str) -> None:
         try:

@@ -308,14 +308,7 @@ class WorkspaceService:
                 await store.put_config(conn, ws_id, data)
         except Exception:
             log.exception("create %s: saving workspace_config failed", ws_id)
-        await self.ctx.lifecycle.transition(
-            ws_id,
-            to="failed",
-            expect=["provisioning"],
-            values={"last_sample_error": NO_BACKEND_REASON},
-            event="WORKSPACE_PROVISION_FAILED",
-            payload={"error": NO_BACKEND_EVENT_ERROR},
-        )
+        await self.ctx.lifecycle.mark_failed(ws_id, NO_BACKEND_REASON, {"error": NO_BACKEND_EVENT_ERROR})
 
     # ------------------------------------------------------------------ views
 
@@ -436,7 +429,7 @@ class WorkspaceService:
         try:
             async with self.engine.begin() as conn:
                 for wid in ids:
-                    await self.ctx.lifecycle.transition(wid, to="removed", not_in=["removed"], conn=conn)
+                    await self.ctx.lifecycle.mark_removed(wid, conn=conn)
                 await store.delete_layouts(conn, ids)
                 await tokens.revoke_workspace_tokens(conn, ids)
                 await store.disable_schedules(conn, ids)
@@ -582,13 +575,10 @@ class WorkspaceService:
             tail = "...(truncated)...\n" + raw_tail[-BOOTSTRAP_TAIL_BYTES:].decode(errors="ignore")
         message = error.strip() or BOOTSTRAP_DEFAULT_ERROR
         try:
-            changed = await self.ctx.lifecycle.transition(
+            changed = await self.ctx.lifecycle.mark_failed(
                 ws_id,
-                to="failed",
-                expect=["provisioning"],
-                values={"last_sample_error": truncate_utf8(message + "\n\n" + tail, BOOTSTRAP_ERROR_BYTES)},
-                event="WORKSPACE_PROVISION_FAILED",
-                payload={"error": message, "log_tail": tail, "source": "bootstrap_watcher"},
+                truncate_utf8(message + "\n\n" + tail, BOOTSTRAP_ERROR_BYTES),
+                {"error": message, "log_tail": tail, "source": "bootstrap_watcher"},
             )
         except Exception:
             log.exception("bootstrap-failed %s: update failed", ws_id)
