@@ -448,7 +448,7 @@ async def _resolve_url(call: Call) -> str:
     if row is None:
         raise ApiError(404, msg.NOT_FOUND)
     if not row.url:
-        if row.status == "hibernated":
+        if row.status == Status.HIBERNATED:
             _restart(ctx, call.target, "wake")
             raise ApiError(
                 503,

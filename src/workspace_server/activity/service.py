@@ -16,6 +16,7 @@ from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.events.service import EventService
+from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.store import get_workspace
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ async def _live_workspace_name(engine: AsyncEngine, workspace_id: str) -> str:
     except Exception:
         log.exception("workspace lookup failed for %s", workspace_id)
         row = None
-    if row is None or row.status == "removed":
+    if row is None or row.status == Status.REMOVED:
         raise ApiError(404, "workspace not found")
     return str(row.name)
 

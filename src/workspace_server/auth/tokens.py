@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow
 from workspace_server.db.schema import org_api_tokens, workspace_auth_tokens, workspaces
+from workspace_server.workspaces.status import Status
 
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
@@ -60,7 +61,7 @@ _WS_TOKEN_LOOKUP = (
     .where(
         workspace_auth_tokens.c.token_hash == sa.bindparam("p_hash"),
         workspace_auth_tokens.c.revoked_at.is_(None),
-        workspaces.c.status != "removed",
+        workspaces.c.status != Status.REMOVED,
     )
 )
 _WS_TOKEN_TOUCH = (

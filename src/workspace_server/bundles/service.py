@@ -27,6 +27,7 @@ from workspace_server.db.schema import workspaces
 from workspace_server.workspaces import files as wsfiles
 from workspace_server.workspaces.schemas import INT32_MAX, ProvisionSpec
 from workspace_server.workspaces.service import WorkspaceService, spawn
+from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.store import get_workspace, insert_workspace
 from workspace_server.workspaces.templates import runtime_default_dir, scan_runtime_and_model
 
@@ -246,7 +247,7 @@ async def _live_children(conn: AsyncConnection, ws_id: str) -> list[str]:
     w = workspaces
     q = (
         sa.select(w.c.id)
-        .where(w.c.parent_id == ws_id, w.c.status != "removed")
+        .where(w.c.parent_id == ws_id, w.c.status != Status.REMOVED)
         .order_by(w.c.created_at, w.c.id)
     )
     return [str(r.id) for r in (await conn.execute(q)).all()]

@@ -25,6 +25,7 @@ from workspace_server.common.errors import ApiError
 from workspace_server.context import AppContext
 from workspace_server.provisioner.base import BackendError, instance_name, validate_workspace_mount
 from workspace_server.workspaces.files import UnsafePath, workspace_config_dir
+from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.store import get_workspace
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ async def workspace_fs(ctx: AppContext, ws_id: str) -> WorkspaceFS:
     except Exception:
         log.exception("chat files: workspace lookup failed for %s", ws_id)
         raise NOT_RUNNING from None
-    if row is None or row.status == "removed":
+    if row is None or row.status == Status.REMOVED:
         raise NOT_RUNNING
     backend = ctx.backend
     if backend is not None and getattr(backend, "name", "") == "docker":

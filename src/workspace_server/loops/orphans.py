@@ -17,6 +17,7 @@ from typing import Any
 from workspace_server.context import AppContext
 from workspace_server.provisioner import store as pstore
 from workspace_server.provisioner.base import Backend, BackendError, Instance
+from workspace_server.workspaces.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ async def sweep_orphans(ctx: AppContext, backend: Backend | None = None) -> list
             statuses = await _statuses(ctx, instances)
             for inst in instances:
                 ws_id = str(inst.workspace_id)
-                if statuses.get(ws_id, "removed") != "removed":
+                if statuses.get(ws_id, Status.REMOVED) != Status.REMOVED:
                     continue
                 if await _reap(backend, inst, ws_id):
                     reaped.append(ws_id)

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from workspace_server.context import AppContext
 from workspace_server.db.schema import workspaces
 from workspace_server.workspaces.lifecycle import LIVE_STATUSES
+from workspace_server.workspaces.status import Status
 
 EXTERNAL = "external"
 
@@ -47,7 +48,7 @@ async def stale_live_workspaces(ctx: AppContext, cond: sa.ColumnElement[bool]) -
 
 async def provisioning_workspaces(ctx: AppContext) -> list[Candidate]:
     """All rows in provisioning (few at any time); each runtime has its own timeout, applied by the caller."""
-    stmt = sa.select(w.id, w.runtime, w.updated_at).where(w.status == "provisioning")
+    stmt = sa.select(w.id, w.runtime, w.updated_at).where(w.status == Status.PROVISIONING)
     async with ctx.engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
     return [Candidate(r.id, r.runtime or "", r.updated_at) for r in rows]

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow
 from workspace_server.db.schema import agent_memories, workspaces
+from workspace_server.workspaces.status import Status
 
 FTS_MIN_QUERY_BYTES = 2
 _WORD = re.compile(r"\w+")
@@ -97,7 +98,7 @@ async def search(
     elif scope == "TEAM":
         stmt = stmt.select_from(m.join(w, w.c.id == m.c.workspace_id))
         team = sa.or_(w.c.parent_id == team_anchor, w.c.id == team_anchor)
-        where = [m.c.scope == "TEAM", w.c.status != "removed", team]
+        where = [m.c.scope == "TEAM", w.c.status != Status.REMOVED, team]
     else:
         where = [m.c.workspace_id == workspace_id]
     if namespace:
@@ -121,7 +122,7 @@ async def recall(conn: AsyncConnection, workspace_id: str, scope: str, query: st
         )
         stmt = stmt.select_from(m.join(w, w.c.id == m.c.workspace_id))
         team = sa.or_(w.c.id == workspace_id, w.c.parent_id == parent)
-        where = [m.c.scope == "TEAM", w.c.status != "removed", team]
+        where = [m.c.scope == "TEAM", w.c.status != Status.REMOVED, team]
     else:
         where = [m.c.workspace_id == workspace_id, m.c.scope.in_(("LOCAL", "TEAM"))]
     if query:
@@ -154,7 +155,7 @@ async def export_rows(conn: AsyncConnection) -> list[Any]:
 async def workspace_id_by_name(conn: AsyncConnection, name: str) -> str | None:
     """The workspace an imported memory goes to: exact name, a live one before a removed one, then the
     oldest (the reference took whichever row came first)."""
-    removed_last = sa.case((w.c.status == "removed", 1), else_=0)
+    removed_last = sa.case((w.c.status == Status.REMOVED, 1), else_=0)
     stmt = sa.select(w.c.id).where(w.c.name == name).order_by(removed_last, w.c.created_at, w.c.id).limit(1)
     return (await conn.execute(stmt)).scalar()
 

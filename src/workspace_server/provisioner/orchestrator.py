@@ -57,6 +57,7 @@ from workspace_server.secrets.service import SecretDecryptError, env_for_workspa
 from workspace_server.workspaces import store as ws_store
 from workspace_server.workspaces.files import UnsafePath, read_file, workspace_config_dir
 from workspace_server.workspaces.schemas import ProvisionSpec
+from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.templates import resolve_template
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ NO_PROVISIONER = "provisioner not available"
 EXTERNAL_RESTART = "external workspaces run outside this server — restart the agent itself"
 EMAIL_DOMAIN = "agents.moleculesai.app"
 # statuses a restart may not take a row out of (hibernated is allowed: that is the wake)
-NO_AUTO_RESTART = ("removed", "paused", "hibernating")
+NO_AUTO_RESTART = (Status.REMOVED, Status.PAUSED, Status.HIBERNATING)
 _SLUG_RUNS = re.compile(r"[^a-z0-9]+")
 
 
@@ -430,7 +431,7 @@ class Orchestrator:
     async def _still_provisioning(self, ws_id: str) -> None:
         async with self.engine.connect() as conn:
             status = await ws_store.workspace_status(conn, ws_id)
-        if status != "provisioning":
+        if status != Status.PROVISIONING:
             log.info("workspace %s is %s now; not starting it", ws_id, status)
             raise _Abort
 
@@ -491,7 +492,7 @@ class Orchestrator:
             await self._stop_quietly(job.ws_id)
             async with self.engine.connect() as conn:
                 status = await ws_store.workspace_status(conn, job.ws_id)
-            if status in (None, "removed") and self.backend is not None:
+            if status in (None, Status.REMOVED) and self.backend is not None:
                 try:
                     await self.backend.remove_volumes(job.ws_id)
                 except Exception:
@@ -597,7 +598,7 @@ class Orchestrator:
 
     async def restart(self, ws_id: str, body: cfg.RestartBody, reset_query: bool) -> dict[str, Any]:
         row = await self._row(ws_id)
-        if row is None or row.status == "removed":  # DECIDE: a removed row stays removed (#73)
+        if row is None or row.status == Status.REMOVED:  # DECIDE: a removed row stays removed (#73)
             raise ApiError(404, "workspace not found")
         parent = await self._paused_ancestor(ws_id)
         if parent is not None:
@@ -612,7 +613,7 @@ class Orchestrator:
         )
         reset = reset_query or body.reset
         snap = await restart_context.snapshot(self.ctx, ws_id, row.last_heartbeat_at)
-        await self._to_provisioning(row, runtime, not_in=("removed", "hibernating"))
+        await self._to_provisioning(row, runtime, not_in=(Status.REMOVED, Status.HIBERNATING))
         job = _job_from_row(
             row,
             runtime=runtime,
@@ -644,7 +645,7 @@ class Orchestrator:
         """The route may take a paused or hibernated row back up; an auto-restart never a paused one."""
         changed = await self.ctx.lifecycle.transition(
             row.id,
-            to="provisioning",
+            to=Status.PROVISIONING,
             not_in=not_in,
             values={"url": ""},
             event="WORKSPACE_PROVISIONING",
@@ -659,8 +660,8 @@ class Orchestrator:
             # a run that held the lock before us may have brought the row online meanwhile
             await self.ctx.lifecycle.transition(
                 job.ws_id,
-                to="provisioning",
-                not_in=(*NO_AUTO_RESTART, "hibernated", "provisioning"),
+                to=Status.PROVISIONING,
+                not_in=(*NO_AUTO_RESTART, Status.HIBERNATED, Status.PROVISIONING),
                 values={"url": ""},
                 event="WORKSPACE_PROVISIONING",
                 payload={"name": job.name, "tier": job.tier, "runtime": job.runtime},
@@ -714,15 +715,17 @@ class Orchestrator:
 
     async def pause(self, ws_id: str) -> dict[str, Any]:
         row = await self._row(ws_id)
-        if row is None or row.status in ("removed", "paused"):
+        if row is None or row.status in (Status.REMOVED, Status.PAUSED):
             raise ApiError(404, NOT_PAUSABLE)
         async with self.engine.connect() as conn:
-            below = await pstore.descendants_where(conn, ws_id, ("removed", "paused"), include=False)
+            below = await pstore.descendants_where(
+                conn, ws_id, (Status.REMOVED, Status.PAUSED), include=False
+            )
         count = 0
         for wid, name in [(ws_id, row.name), *below]:
             # status first, stop second: a start finishing in between sees `paused` and stops itself
             changed = await self.ctx.lifecycle.transition(
-                wid, to="paused", not_in=("removed", "paused"), values={"url": ""}
+                wid, to=Status.PAUSED, not_in=(Status.REMOVED, Status.PAUSED), values={"url": ""}
             )
             await self._stop_quietly(wid)
             await self._clear_keys(wid)
@@ -733,25 +736,25 @@ class Orchestrator:
 
     async def resume(self, ws_id: str) -> dict[str, Any]:
         row = await self._row(ws_id)
-        if row is None or row.status != "paused":
+        if row is None or row.status != Status.PAUSED:
             raise ApiError(404, NOT_PAUSED)
         self._require_backend()
         parent = await self._paused_ancestor(ws_id)
         if parent is not None:
             raise ApiError(409, f'parent workspace "{parent}" is paused — resume it first')
         async with self.engine.connect() as conn:
-            below = await pstore.descendants_where(conn, ws_id, ("paused",), include=True)
+            below = await pstore.descendants_where(conn, ws_id, (Status.PAUSED,), include=True)
             rows = [row] + [r for wid, _ in below if (r := await ws_store.get_workspace(conn, wid))]
         count = 0
         for r in rows:
             if (r.runtime or "") == "external":
                 # DECIDE: nothing of ours to start; offline until the agent's next heartbeat revives it
-                count += await self.ctx.lifecycle.transition(r.id, to="offline", expect=["paused"])
+                count += await self.ctx.lifecycle.transition(r.id, to=Status.OFFLINE, expect=[Status.PAUSED])
                 continue
             changed = await self.ctx.lifecycle.transition(
                 r.id,
-                to="provisioning",
-                expect=["paused"],
+                to=Status.PROVISIONING,
+                expect=[Status.PAUSED],
                 event="WORKSPACE_PROVISIONING",
                 payload={"name": r.name, "tier": r.tier, "runtime": r.runtime},
             )
@@ -772,7 +775,7 @@ class Orchestrator:
 
     async def hibernate(self, ws_id: str, force: bool) -> dict[str, Any]:
         row = await self._row(ws_id)
-        if row is None or row.status not in ("online", "degraded"):
+        if row is None or row.status not in (Status.ONLINE, Status.DEGRADED):
             raise ApiError(404, NOT_HIBERNATABLE)
         if row.active_tasks > 0 and not force:
             raise ApiError(
@@ -799,14 +802,14 @@ class Orchestrator:
             return False
         if not await self._stop_quietly(ws_id):
             # the instance may still run: give the row back rather than call it hibernated
-            await self.ctx.lifecycle.transition(ws_id, to="online", expect=["hibernating"])
+            await self.ctx.lifecycle.transition(ws_id, to=Status.ONLINE, expect=[Status.HIBERNATING])
             raise ApiError(500, "failed to stop workspace — please retry")
         async with self.engine.connect() as conn:
             row = await ws_store.get_workspace(conn, ws_id)
         await self.ctx.lifecycle.transition(
             ws_id,
-            to="hibernated",
-            expect=["hibernating"],
+            to=Status.HIBERNATED,
+            expect=[Status.HIBERNATING],
             values={"url": ""},
             event="WORKSPACE_HIBERNATED",
             payload={"name": row.name if row else ws_id, "tier": row.tier if row else 0},

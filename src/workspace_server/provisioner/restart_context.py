@@ -19,6 +19,7 @@ from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
 from workspace_server.secrets.service import secret_keys
 from workspace_server.workspaces import store as ws_store
+from workspace_server.workspaces.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ async def _wait_online(ctx: AppContext, ws_id: str) -> bool:
     while True:
         try:
             async with ctx.engine.connect() as conn:
-                if await ws_store.workspace_status(conn, ws_id) == "online":
+                if await ws_store.workspace_status(conn, ws_id) == Status.ONLINE:
                     return True
         except Exception:
             log.warning("restart context: status poll of %s failed", ws_id, exc_info=True)

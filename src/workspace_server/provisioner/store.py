@@ -17,11 +17,12 @@ from workspace_server.common.time import utcnow
 from workspace_server.db.schema import workspace_auth_tokens, workspaces
 from workspace_server.registry.store import PROVISIONER_URL_PREFIX
 from workspace_server.workspaces.lifecycle import Lifecycle
+from workspace_server.workspaces.status import Status
 
 w = workspaces.c
 
 # A started agent's url may be stored while the row is in one of these (online: it registered first).
-URL_WRITABLE = ("provisioning", "online", "degraded")
+URL_WRITABLE = (Status.PROVISIONING, Status.ONLINE, Status.DEGRADED)
 
 
 async def paused_ancestor(conn: AsyncConnection, ws_id: str) -> str | None:
@@ -33,7 +34,7 @@ async def paused_ancestor(conn: AsyncConnection, ws_id: str) -> str | None:
         row = (await conn.execute(sa.select(w.parent_id, w.status, w.name).where(w.id == parent))).first()
         if row is None:
             return None
-        if row.status == "paused":
+        if row.status == Status.PAUSED:
             return str(row.name)
         parent = row.parent_id
     return None
@@ -97,7 +98,9 @@ async def claim_for_hibernation(
     locked = sa.select(w.id).where(w.id == ws_id, guard).with_for_update()
     if (await conn.execute(locked)).first() is None:
         return False
-    return await lifecycle.transition(ws_id, to="hibernating", expect=("online", "degraded"), conn=conn)
+    return await lifecycle.transition(
+        ws_id, to=Status.HIBERNATING, expect=(Status.ONLINE, Status.DEGRADED), conn=conn
+    )
 
 
 async def statuses_of(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str]:
@@ -114,7 +117,7 @@ async def hibernation_candidates(conn: AsyncConnection) -> list[Any]:
     caller (it differs per row)."""
     q = sa.select(w.id, w.hibernation_idle_minutes, w.idle_since).where(
         w.hibernation_idle_minutes > 0,
-        w.status.in_(("online", "degraded")),
+        w.status.in_((Status.ONLINE, Status.DEGRADED)),
         w.active_tasks == 0,
         w.idle_since.is_not(None),
         w.runtime != "external",
@@ -125,7 +128,7 @@ async def hibernation_candidates(conn: AsyncConnection) -> list[Any]:
 async def backend_live_rows(conn: AsyncConnection) -> list[Any]:
     """online/degraded rows whose agent we run (not external): the health sweep's candidates."""
     q = sa.select(w.id, w.name, w.runtime).where(
-        w.status.in_(("online", "degraded")), w.runtime != "external"
+        w.status.in_((Status.ONLINE, Status.DEGRADED)), w.runtime != "external"
     )
     return list((await conn.execute(q)).all())
 

@@ -30,6 +30,7 @@ from workspace_server.registry import store
 from workspace_server.registry.access import can_communicate
 from workspace_server.registry.batch import HeartbeatBatcher
 from workspace_server.registry.schemas import HeartbeatRequest, RuntimeMetadata
+from workspace_server.workspaces.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ async def register(ctx: AppContext, ws_id: str, url: str, agent_card: Any, *, mi
     try:
         online = await ctx.lifecycle.transition(
             ws_id,
-            to="online",
-            not_in=("removed",),
+            to=Status.ONLINE,
+            not_in=(Status.REMOVED,),
             event="WORKSPACE_ONLINE",
             payload={"url": host_url, "agent_card": agent_card},
         )
@@ -235,19 +236,21 @@ async def _evaluate_status(
     """The heartbeat status table; each row is a compare-and-set, so races resolve to one winner."""
     moves: list[tuple[str, str, str, dict[str, Any]]] = []  # (expect, to, event, payload)
     payload: dict[str, Any]
-    if hb.runtime_state == "wedged" and status == "online":
+    if hb.runtime_state == "wedged" and status == Status.ONLINE:
         payload = {"runtime_state": "wedged", "sample_error": hb.sample_error}
-        moves.append(("online", "degraded", "WORKSPACE_DEGRADED", payload))
-    if not status_mgmt and status == "online" and hb.error_rate >= DEGRADE_ERROR_RATE:
+        moves.append((Status.ONLINE, Status.DEGRADED, "WORKSPACE_DEGRADED", payload))
+    if not status_mgmt and status == Status.ONLINE and hb.error_rate >= DEGRADE_ERROR_RATE:
         payload = {"error_rate": _num(hb.error_rate), "sample_error": hb.sample_error}
-        moves.append(("online", "degraded", "WORKSPACE_DEGRADED", payload))
+        moves.append((Status.ONLINE, Status.DEGRADED, "WORKSPACE_DEGRADED", payload))
     recovered = hb.error_rate < RECOVER_ERROR_RATE and hb.runtime_state == ""
-    if not status_mgmt and status == "degraded" and recovered:
-        moves.append(("degraded", "online", "WORKSPACE_ONLINE", {}))
-    if status == "offline":
-        moves.append(("offline", "online", "WORKSPACE_ONLINE", {}))
-    if status == "provisioning":
-        moves.append(("provisioning", "online", "WORKSPACE_ONLINE", {"recovered_from": "provisioning"}))
+    if not status_mgmt and status == Status.DEGRADED and recovered:
+        moves.append((Status.DEGRADED, Status.ONLINE, "WORKSPACE_ONLINE", {}))
+    if status == Status.OFFLINE:
+        moves.append((Status.OFFLINE, Status.ONLINE, "WORKSPACE_ONLINE", {}))
+    if status == Status.PROVISIONING:
+        moves.append(
+            (Status.PROVISIONING, Status.ONLINE, "WORKSPACE_ONLINE", {"recovered_from": "provisioning"})
+        )
     for expect, to, event, payload in moves:
         try:
             await ctx.lifecycle.transition(ws_id, to=to, expect=(expect,), event=event, payload=payload)
@@ -379,7 +382,7 @@ async def discover(ctx: AppContext, caller: str, target: str) -> dict[str, Any]:
     cached = await _cached_internal_url(ctx, target)
     if cached:
         return {"id": target, "name": name, "url": cached}
-    if row.status in ("online", "degraded"):
+    if row.status in (Status.ONLINE, Status.DEGRADED):
         url = internal_url(target)
         try:
             await ctx.kv.set(internal_url_key(target), url, URL_TTL)

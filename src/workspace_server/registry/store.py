@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.db.schema import workspaces
+from workspace_server.workspaces.status import Status
 
 PROVISIONER_URL_PREFIX = "http://127.0.0.1"
 MAX_MONTHLY_SPEND = 1_000_000_000_000  # cents; #615 clamp
@@ -42,7 +43,7 @@ async def upsert_registration(
         name=ws_id,
         url=url,
         agent_card=agent_card,
-        status="online",
+        status=Status.ONLINE,
         last_heartbeat_at=now,
         awareness_namespace=f"workspace:{ws_id}",
         created_at=now,
@@ -62,7 +63,7 @@ async def upsert_registration(
             # workspace woken from hibernation is not put back to sleep at once by the idle sweep
             "idle_since": None,
         },
-        where=w.c.status != "removed",
+        where=w.c.status != Status.REMOVED,
     ).returning(w.c.url)
     row = (await conn.execute(stmt)).first()
     return None if row is None else (row.url or "")
@@ -124,7 +125,7 @@ def _pg_heartbeat(*, busy: bool, spend: bool) -> sa.Update:
     )
     return (
         sa.update(w)
-        .where(w.c.id == old.c.id, w.c.status != "removed")
+        .where(w.c.id == old.c.id, w.c.status != Status.REMOVED)
         .values(**_heartbeat_values(busy=busy, spend=spend))
         .returning(old.c.status, old.c.current_task, old.c.max_concurrent_tasks)
     )
@@ -134,7 +135,7 @@ def _plain_heartbeat(*, busy: bool, spend: bool) -> sa.Update:
     w = workspaces
     return (
         sa.update(w)
-        .where(w.c.id == sa.bindparam("p_id"), w.c.status != "removed")
+        .where(w.c.id == sa.bindparam("p_id"), w.c.status != Status.REMOVED)
         .values(**_heartbeat_values(busy=busy, spend=spend))
     )
 
@@ -181,7 +182,7 @@ async def apply_heartbeat(
         row = (await conn.execute(_PG_HEARTBEAT[variant], params)).first()
         return None if row is None else _snapshot(row)
     snap = await heartbeat_snapshot(conn, ws_id)
-    if snap is None or snap.status == "removed":
+    if snap is None or snap.status == Status.REMOVED:
         return None
     return snap if (await conn.execute(_PLAIN_HEARTBEAT[variant], params)).rowcount > 0 else None
 
@@ -190,7 +191,7 @@ async def update_agent_card(conn: AsyncConnection, ws_id: str, agent_card: Any, 
     w = workspaces
     stmt = (
         sa.update(w)
-        .where(w.c.id == ws_id, w.c.status != "removed")
+        .where(w.c.id == ws_id, w.c.status != Status.REMOVED)
         .values(agent_card=agent_card, updated_at=now)
     )
     return (await conn.execute(stmt)).rowcount > 0
@@ -227,7 +228,7 @@ _PEER_COLUMNS = (
 async def peer_rows(conn: AsyncConnection, ws_id: str, parent_id: str | None) -> list[Any]:
     """Siblings (or other roots), then children, then the parent; never removed rows."""
     w = workspaces
-    live = w.c.status != "removed"
+    live = w.c.status != Status.REMOVED
     order = (w.c.name, w.c.id)
     if parent_id is not None:
         siblings = w.c.parent_id == parent_id

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow
 from workspace_server.db.schema import activity_logs, workspace_schedules, workspaces
+from workspace_server.workspaces.status import Status
 
 s, w, a = workspace_schedules, workspaces, activity_logs
 HISTORY_LIMIT = 20
@@ -73,7 +74,7 @@ async def all_with_workspace(conn: AsyncConnection) -> list[Row[Any]]:
     q = (
         sa.select(s, w.c.name.label("workspace_name"))
         .join(w, w.c.id == s.c.workspace_id)
-        .where(w.c.status != "removed")
+        .where(w.c.status != Status.REMOVED)
         .order_by(w.c.name, s.c.name, s.c.id)
     )
     return list((await conn.execute(q)).all())
@@ -97,7 +98,7 @@ async def due(conn: AsyncConnection, now: datetime, limit: int) -> list[Row[Any]
     q = (
         sa.select(s)
         .join(w, w.c.id == s.c.workspace_id)
-        .where(s.c.enabled.is_(True), s.c.next_run_at <= now, w.c.status != "removed")
+        .where(s.c.enabled.is_(True), s.c.next_run_at <= now, w.c.status != Status.REMOVED)
         .order_by(s.c.next_run_at, s.c.id)
         .limit(limit)
     )
@@ -146,7 +147,7 @@ async def reset_phantom_busy(conn: AsyncConnection, quiet_since: datetime) -> li
     recent = sa.select(a.c.id).where(a.c.workspace_id == w.c.id, a.c.created_at >= quiet_since).exists()
     q = (
         sa.update(w)
-        .where(w.c.status != "removed", w.c.active_tasks > 0, ~recent)
+        .where(w.c.status != Status.REMOVED, w.c.active_tasks > 0, ~recent)
         .values(active_tasks=0, current_task="")
         .returning(w.c.id)
     )

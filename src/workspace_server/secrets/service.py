@@ -21,6 +21,7 @@ from workspace_server.config import Settings
 from workspace_server.context import AppContext
 from workspace_server.secrets import store
 from workspace_server.secrets.crypto import DecryptError, SecretsCrypto, crypto_for
+from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.store import workspace_exists
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def _restartable(tree: dict[str, store.WorkspaceNode], ws_id: str) -> bool:
         up = tree.get(parent)
         if up is None:
             break
-        if up.status == "paused":
+        if up.status == Status.PAUSED:
             return False
         parent = up.parent_id
     return True

@@ -13,9 +13,10 @@ from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow
 from workspace_server.db.engine import dialect_insert
 from workspace_server.db.schema import global_secrets, workspace_secrets, workspaces
+from workspace_server.workspaces.status import Status
 
 # statuses whose container must not be (re)started because a secret changed (spec 05 §1 Rules)
-NO_RESTART_STATUSES = ("removed", "paused", "hibernated", "hibernating")
+NO_RESTART_STATUSES = (Status.REMOVED, Status.PAUSED, Status.HIBERNATED, Status.HIBERNATING)
 
 
 @dataclass(frozen=True)

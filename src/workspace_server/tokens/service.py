@@ -15,6 +15,7 @@ from workspace_server.common.ids import parse_uuid
 from workspace_server.common.time import rfc3339
 from workspace_server.context import AppContext
 from workspace_server.tokens import store
+from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.store import get_workspace
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ async def create_workspace_token(ctx: AppContext, raw_id: str) -> dict[str, Any]
     try:
         async with ctx.engine.begin() as conn:
             status = await store.lock_workspace_status(conn, ws_id)
-            if status is None or status == "removed":
+            if status is None or status == Status.REMOVED:
                 raise ApiError(404, "workspace not found")
             if await store.count_live_workspace_tokens(conn, ws_id) >= MAX_TOKENS_PER_WORKSPACE:
                 raise ApiError(429, f"maximum {MAX_TOKENS_PER_WORKSPACE} active tokens per workspace")
@@ -139,7 +140,7 @@ async def mint_test_token(ctx: AppContext, raw_id: str) -> dict[str, Any]:
     except Exception:
         log.exception("test-token lookup of %s failed", ws_id)
         raise ApiError(500, "lookup failed") from None
-    if row is None or row.status == "removed":  # a removed workspace's token could never validate
+    if row is None or row.status == Status.REMOVED:  # a removed workspace's token could never validate
         raise ApiError(404, "workspace not found")
     try:
         async with ctx.engine.begin() as conn:

@@ -33,6 +33,7 @@ from workspace_server.workspaces.schemas import (
     workspace_dir_ok,
     workspace_fields_error,
 )
+from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.templates import (
     read_template_runtime_and_model,
     resolve_template,
@@ -245,8 +246,8 @@ class WorkspaceService:
         if url:
             await lc.transition(
                 ws_id,
-                to="online",
-                expect=["provisioning"],
+                to=Status.ONLINE,
+                expect=[Status.PROVISIONING],
                 values={"url": url, "runtime": "external"},
                 event="WORKSPACE_ONLINE",
                 payload=payload,
@@ -261,7 +262,7 @@ class WorkspaceService:
             return _sorted(body)
 
         await lc.transition(
-            ws_id, to="awaiting_agent", expect=["provisioning"], values={"runtime": "external"}
+            ws_id, to=Status.AWAITING_AGENT, expect=[Status.PROVISIONING], values={"runtime": "external"}
         )
         await self.ctx.events.record("WORKSPACE_AWAITING_AGENT", ws_id, payload)
         return _sorted(
@@ -507,9 +508,14 @@ class WorkspaceService:
             raise ApiError(500, "query failed") from None
         if status is None:
             return 404, {"deleted": True, "workspace_id": ws_id}
-        if status == "removed":
+        if status == Status.REMOVED:
             return 404, {"deleted": True, "status": "removed", "workspace_id": ws_id}
-        return 200, {"deleted": False, "paused": status == "paused", "status": status, "workspace_id": ws_id}
+        return 200, {
+            "deleted": False,
+            "paused": status == Status.PAUSED,
+            "status": status,
+            "workspace_id": ws_id,
+        }
 
     # ------------------------------------------------------------------ config
 

@@ -20,6 +20,7 @@ from workspace_server.db.schema import (
     workspace_secrets,
     workspaces,
 )
+from workspace_server.workspaces.status import Status
 
 VIEWPORT_ID = "00000000-0000-0000-0000-000000000001"
 
@@ -32,7 +33,7 @@ async def insert_workspace(
     role: str | None = None,
     tier: int = 3,
     runtime: str = "langgraph",
-    status: str = "provisioning",
+    status: str = Status.PROVISIONING,
     parent_id: str | None = None,
     source_bundle_id: str | None = None,
     **columns: Any,
@@ -94,7 +95,7 @@ async def list_workspace_views(conn: AsyncConnection) -> Sequence[Any]:
     q = (
         sa.select(*_VIEW_COLUMNS)
         .select_from(_VIEW_FROM)
-        .where(_w.c.status != "removed")
+        .where(_w.c.status != Status.REMOVED)
         .order_by(_w.c.created_at, _w.c.id)
     )
     return (await conn.execute(q)).all()
@@ -119,7 +120,7 @@ async def live_children(conn: AsyncConnection, ws_id: str) -> list[tuple[str, st
     """(id, name) of the direct children that are not removed."""
     q = (
         sa.select(workspaces.c.id, workspaces.c.name)
-        .where(workspaces.c.parent_id == ws_id, workspaces.c.status != "removed")
+        .where(workspaces.c.parent_id == ws_id, workspaces.c.status != Status.REMOVED)
         .order_by(workspaces.c.created_at, workspaces.c.id)
     )
     return [(r.id, r.name) for r in (await conn.execute(q)).all()]
@@ -137,7 +138,7 @@ async def live_descendants(conn: AsyncConnection, ws_id: str) -> list[str]:
     while frontier:
         q = (
             sa.select(workspaces.c.id)
-            .where(workspaces.c.parent_id.in_(frontier), workspaces.c.status != "removed")
+            .where(workspaces.c.parent_id.in_(frontier), workspaces.c.status != Status.REMOVED)
             .order_by(workspaces.c.created_at, workspaces.c.id)
         )
         nxt = [i for i in (await conn.execute(q)).scalars().all() if i not in seen]
@@ -159,7 +160,7 @@ async def update_columns(conn: AsyncConnection, ws_id: str, **values: Any) -> No
 async def workspace_exists(conn: AsyncConnection, ws_id: str, *, include_removed: bool = True) -> bool:
     q = sa.select(workspaces.c.id).where(workspaces.c.id == ws_id)
     if not include_removed:
-        q = q.where(workspaces.c.status != "removed")
+        q = q.where(workspaces.c.status != Status.REMOVED)
     return (await conn.execute(q)).first() is not None
 
 
@@ -251,7 +252,7 @@ async def upsert_secret(conn: AsyncConnection, ws_id: str, key: str, stored: byt
 async def get_budget(conn: AsyncConnection, ws_id: str) -> Any | None:
     """(budget_limit, monthly_spend) of a non-removed workspace."""
     q = sa.select(workspaces.c.budget_limit, workspaces.c.monthly_spend).where(
-        workspaces.c.id == ws_id, workspaces.c.status != "removed"
+        workspaces.c.id == ws_id, workspaces.c.status != Status.REMOVED
     )
     return (await conn.execute(q)).first()
 

@@ -25,6 +25,7 @@ from workspace_server.provisioner.config_source import find_by_name
 from workspace_server.workspaces import store
 from workspace_server.workspaces.schemas import CreateWorkspace
 from workspace_server.workspaces.service import WorkspaceService
+from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.templates import resolve_template
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ async def _live_row(svc: WorkspaceService, ws_id: str) -> Any:
     except Exception:
         log.exception("team %s: lookup failed", ws_id)
         raise ApiError(500, "lookup failed") from None
-    if row is None or row.status == "removed":
+    if row is None or row.status == Status.REMOVED:
         raise ApiError(404, NOT_FOUND)
     return row
 
