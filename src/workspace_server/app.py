@@ -272,15 +272,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return http_error_response(exc)
 
+    def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        method = request.scope.get("method", "WEBSOCKET")  # a WebSocket route's errors come here too
+        log.warning("%s %s: datastore unavailable (%s)", method, request.url.path, type(exc).__name__)
+        return unavailable_response()
+
     async def _store_down(request: Request, exc: Exception) -> JSONResponse:
         """The database or Redis away, answered here rather than by the catch-all below: an exception that
         reaches Starlette's outermost error middleware is re-raised after its response, and uvicorn then
         closes the connection — resetting the client's next request on it."""
         if not backing_store_down(exc):
             raise exc
-        method = request.scope.get("method", "WEBSOCKET")  # a WebSocket route's errors come here too
-        log.warning("%s %s: datastore unavailable (%s)", method, request.url.path, type(exc).__name__)
-        return unavailable_response()
+        return _unavailable(request, exc)
 
     for cls in store_error_classes():
         app.add_exception_handler(cls, _store_down)
@@ -288,9 +291,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         if backing_store_down(exc):  # the database or Redis is away: retry later, not a server bug
-            log.warning(
-                "%s %s: datastore unavailable (%s)", request.method, request.url.path, type(exc).__name__
-            )
-            return unavailable_response()
+            return _unavailable(request, exc)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": "internal error"}, status_code=500)

@@ -132,8 +132,10 @@ describe(
         "tags": ["a2a"],
         "summary": "A2A proxy",
         "description": "Forwards a JSON-RPC 2.0 A2A message to the workspace's agent and relays its reply "
-        "(spec 04 §1). The caller names itself in `X-Workspace-ID` (empty: the canvas/an operator); a caller "
-        "workspace holding a live token proves it with `Authorization: Bearer`. A body past "
+        "(spec 04 §1). The caller names itself in `X-Workspace-ID` (empty: the canvas/an operator, which in "
+        "production mode needs the route's workspace credentials); a caller workspace holding a live token "
+        "(in production mode: every caller, and a call naming the target itself) proves it with "
+        "`Authorization: Bearer`. A body past "
         f"{MAX_REQUEST_BYTES} bytes is cut. An unreachable or busy agent is queued (202) or answered "
         "502/503.",
         "operationId": "proxy_workspaces__id__a2a_post",

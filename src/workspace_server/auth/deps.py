@@ -14,16 +14,12 @@ from fastapi import Depends, Request
 
 from workspace_server.auth import tokens
 from workspace_server.auth.session import verify_cp_session
-from workspace_server.common.errors import ApiError
+from workspace_server.common.errors import DATASTORE_UNAVAILABLE, ApiError
 from workspace_server.common.http import bearer_token
 from workspace_server.config import DEFAULT_CORS_ORIGINS, Settings
 from workspace_server.context import AppContext, get_ctx
 
 log = logging.getLogger(__name__)
-
-DATASTORE_UNAVAILABLE = ApiError(
-    503, "platform datastore unavailable — retry shortly", code="platform_unavailable"
-)
 
 
 @dataclass(frozen=True)

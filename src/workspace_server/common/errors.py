@@ -19,14 +19,6 @@ log = logging.getLogger(__name__)
 
 BODY_UNREADABLE = "failed to read request body"
 
-# What a caller sees while the database (or Redis) cannot be reached: the auth classes' answer
-# (auth/deps.py DATASTORE_UNAVAILABLE), for every route.
-UNAVAILABLE_STATUS = 503
-UNAVAILABLE_BODY: dict[str, Any] = {
-    "error": "platform datastore unavailable — retry shortly",
-    "code": "platform_unavailable",
-}
-
 
 class ApiError(Exception):
     def __init__(
@@ -37,6 +29,13 @@ class ApiError(Exception):
         self.body: dict[str, Any] = {} if error is None else {"error": error}
         self.body.update(extra)
         self.headers = headers or {}
+
+
+# What a caller sees while the database (or Redis) cannot be reached: raised by the auth classes, and
+# answered for every route whose work failed that way (`unavailable_response`).
+DATASTORE_UNAVAILABLE = ApiError(
+    503, "platform datastore unavailable — retry shortly", code="platform_unavailable"
+)
 
 
 def not_found(msg: str = "workspace not found") -> ApiError:
@@ -102,7 +101,7 @@ def _driver_connection_error(exc: BaseException) -> bool:
 
 
 def unavailable_response() -> JSONResponse:
-    return JSONResponse(UNAVAILABLE_BODY, status_code=UNAVAILABLE_STATUS)
+    return JSONResponse(DATASTORE_UNAVAILABLE.body, status_code=DATASTORE_UNAVAILABLE.status)
 
 
 def api_error_response(exc: ApiError) -> JSONResponse:
