@@ -293,14 +293,11 @@ def _policy(production: bool, saas: bool, allow_raw: str) -> EgressPolicy:
     return policy
 
 
-def production_mode(s: Settings) -> bool:
-    """Issue 11: production mode is `ADMIN_TOKEN` set or `MOLECULE_ENV` prod/production."""
-    return bool(s.ADMIN_TOKEN) or s.env_name in ("prod", "production")
-
-
 def policy_for(s: Settings) -> EgressPolicy:
-    """The policy of these settings (one instance per distinct configuration, so its caches are shared)."""
-    return _policy(production_mode(s), s.saas_mode, s.EGRESS_ALLOW_CIDRS)
+    """The policy of these settings (one instance per distinct configuration, so its caches are shared).
+    Production mode (`ADMIN_TOKEN` set or `MOLECULE_ENV` prod/production) is Settings' to decide: it is
+    everything but the open bootstrap mode."""
+    return _policy(not s.open_bootstrap, s.saas_mode, s.EGRESS_ALLOW_CIDRS)
 
 
 async def resolve(host: str) -> list[IPAddress]:
