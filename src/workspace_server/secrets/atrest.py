@@ -41,22 +41,25 @@ TABLES = (workspace_secrets, global_secrets)
 
 async def prepare(settings: Settings, engine: AsyncEngine) -> SecretsCrypto:
     """Run once per start, after migrations and before serving."""
-    if uses_key_file(settings):
-        await _ensure_key_file(settings, engine)
+    if not uses_key_file(settings):
+        crypto = crypto_for(settings)
+    else:
+        sample = await _sample_encrypted(engine)  # one stored ciphertext, if any: the key must read it
+        await _ensure_key_file(settings, encrypted_rows=sample is not None)
         reload_key_file(settings)
-    crypto = crypto_for(settings)
-    if uses_key_file(settings):
-        await _check_key_decrypts(settings, engine, crypto)
+        crypto = crypto_for(settings)
+        if sample is not None:
+            _check_key_decrypts(settings, crypto, sample)
     if crypto.enabled:
         await reencrypt(engine, crypto)
     return crypto
 
 
-async def _ensure_key_file(settings: Settings, engine: AsyncEngine) -> None:
+async def _ensure_key_file(settings: Settings, *, encrypted_rows: bool) -> None:
     path = settings.secrets_key_file
     if await anyio.to_thread.run_sync(path.exists):
         return
-    if await _sample_encrypted(engine) is not None:
+    if encrypted_rows:
         raise SecretsCryptoUnavailable(
             f"stored secrets are encrypted but the secrets key file {path} does not exist; restore it "
             "(or set SECRETS_ENCRYPTION_KEY to the key they were written with) before starting"
@@ -79,10 +82,7 @@ async def _sample_encrypted(engine: AsyncEngine) -> tuple[bytes, int] | None:
     return None
 
 
-async def _check_key_decrypts(settings: Settings, engine: AsyncEngine, crypto: SecretsCrypto) -> None:
-    sample = await _sample_encrypted(engine)
-    if sample is None:
-        return
+def _check_key_decrypts(settings: Settings, crypto: SecretsCrypto, sample: tuple[bytes, int]) -> None:
     try:
         crypto.decrypt(*sample)
     except DecryptError:
