@@ -15,7 +15,6 @@ from aiohttp.client_reqrep import ConnectionKey
 
 from workspace_server.a2a import delegation
 from workspace_server.a2a.proxy import (
-    Call,
     IdleTimeout,
     IdleWatch,
     Outcome,
@@ -23,7 +22,6 @@ from workspace_server.a2a.proxy import (
     QueueHint,
     TargetCache,
     _busy_error,
-    _container_url,
     _message_id,
     normalise,
     parse_usage,
@@ -32,6 +30,7 @@ from workspace_server.a2a.proxy import (
 from workspace_server.a2a.schemas import is_system_caller
 from workspace_server.config import Settings
 from workspace_server.events.bus import Event
+from workspace_server.registry.service import assigned_dial_url
 
 
 def test_bare_body_is_wrapped_and_other_keys_dropped() -> None:
@@ -211,8 +210,8 @@ def test_container_url_rewrite(
 ) -> None:
     settings = Settings(MOLECULE_IN_DOCKER=in_docker, DOCKER_NETWORK_MODE=network)
     ctx = SimpleNamespace(settings=settings, backend=SimpleNamespace(name=backend) if backend else None)
-    call = Call(ctx, "0123456789ab-cdef-4000-8000-000000000000", "", True, None, False)  # type: ignore[arg-type]
-    assert _container_url(call, url) == dialled
+    target = "0123456789ab-cdef-4000-8000-000000000000"
+    assert assigned_dial_url(ctx, target, url) == dialled  # type: ignore[arg-type]
 
 
 def test_in_docker_defaults_to_dockerenv() -> None:

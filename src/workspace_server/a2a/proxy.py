@@ -42,7 +42,12 @@ from workspace_server.egress import UnsafeURL, assigned, policy_for
 from workspace_server.egress.clients import guarded_connector, refused_cause
 from workspace_server.events.bus import Event
 from workspace_server.registry.access import can_communicate
-from workspace_server.registry.service import has_capability, idle_timeout_override, internal_url
+from workspace_server.registry.service import (
+    TRUSTED_URL_PREFIX,
+    assigned_dial_url,
+    has_capability,
+    idle_timeout_override,
+)
 from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.store import workspace_exists
 
@@ -52,7 +57,6 @@ MAX_REQUEST_BYTES = 1 << 20  # larger request bodies are cut (spec 04 §1.2)
 MAX_RESPONSE_BYTES = 10 << 20
 CEILING_SECONDS = 30 * 60  # absolute cap on one dispatch (workspace callers, or X-Timeout)
 DEFAULT_IDLE_SECONDS = 300
-TRUSTED_URL_PREFIX = "http://127.0.0.1:"  # what our own backends store for the agents they start
 # No read/write timeout: the idle watch decides when a quiet agent has had long enough. `connect` bounds
 # the wait for a pooled connection plus the connect itself; `sock_connect` the TCP connect alone.
 DISPATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30.0, sock_connect=10.0)
@@ -343,7 +347,7 @@ async def _run(call: Call, raw: bytes) -> ProxyResult:
     url = await _resolve_url(call)
     assigned_url = _check_url(call, url)
     if assigned_url:
-        url = _container_url(call, url)
+        url = assigned_dial_url(call.ctx, call.target, url)
     if not isinstance(payload, dict):
         raise ApiError(400, msg.INVALID_JSON)
     envelope = normalise(payload)
@@ -465,25 +469,6 @@ async def _resolve_url(call: Call) -> str:
     except Exception:
         log.exception("a2a: url cache write failed for %s", call.target)
     return str(row.url)
-
-
-def _container_url(call: Call, url: str) -> str:
-    """The address to dial for a URL our Docker backend assigned, as seen from where this server runs.
-
-    The backend stores the container's published port as `http://127.0.0.1:<port>`. A server that itself
-    runs in a container (MOLECULE_IN_DOCKER, else /.dockerenv) would dial its own loopback there, so it
-    calls the agent by container name on the Docker network instead (spec 04 §1.3). Not in host network
-    mode: there the agent listens on the engine host's loopback and has no name on any network (a server
-    in a container that runs its own engine, as on our CI machines, reaches it at 127.0.0.1). Only for a
-    URL the egress step found server-assigned: the rewrite is platform-derived, never agent input.
-    """
-    ctx = call.ctx
-    backend = ctx.backend
-    if not url.startswith(TRUSTED_URL_PREFIX) or backend is None or backend.name != "docker":
-        return url
-    if ctx.settings.docker_host_network or not ctx.settings.in_docker:
-        return url
-    return internal_url(call.target)
 
 
 def _assigned(call: Call, url: str) -> bool:

@@ -20,7 +20,7 @@ from workspace_server import egress
 from workspace_server.common.errors import ApiError
 from workspace_server.context import AppContext
 from workspace_server.egress.clients import refused_cause
-from workspace_server.registry.service import internal_url
+from workspace_server.registry.service import assigned_dial_url
 from workspace_server.workspaces.store import get_workspace
 
 log = logging.getLogger(__name__)
@@ -60,16 +60,6 @@ def _assigned_client(ctx: AppContext) -> httpx.AsyncClient:
     return client
 
 
-def _as_seen_from_here(ctx: AppContext, ws_id: str, url: str) -> str:
-    """As the A2A proxy dials it (spec 04 §1.3): by container name when this server runs in a container
-    beside a bridge-networked agent, whose published loopback port is not this container's loopback."""
-    s = ctx.settings
-    backend = ctx.backend
-    if backend is not None and backend.name == "docker" and s.in_docker and not s.docker_host_network:
-        return internal_url(ws_id)
-    return url
-
-
 async def close_clients(ctx: AppContext) -> None:
     client: httpx.AsyncClient | None = ctx.extras.pop(ASSIGNED_CLIENT_KEY, None)
     if client is not None:
@@ -99,7 +89,7 @@ async def fetch_transcript(
     card_url, row_url = await _agent_url(ctx, ws_id)
     assigned_url = egress.assigned(ctx).get(ws_id)
     if assigned_url and assigned_url == row_url:  # a stopped agent's row url is cleared
-        base, http = httpx.URL(_as_seen_from_here(ctx, ws_id, assigned_url)), _assigned_client(ctx)
+        base, http = httpx.URL(assigned_dial_url(ctx, ws_id, assigned_url)), _assigned_client(ctx)
     else:
         base, http = await check_url(ctx, card_url), ctx.http
     params = {k: v for k, v in (("limit", limit), ("since", since)) if v}
