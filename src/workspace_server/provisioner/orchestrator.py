@@ -502,14 +502,16 @@ class Orchestrator:
         # server-side record of where this agent lives: the egress policy trusts this URL for this
         # workspace, whatever range it is in (egress.Assigned), and nothing an agent sends
         egress.assigned(self.ctx).record(job.ws_id, url)
-        try:
-            await self.ctx.kv.set(url_key(job.ws_id), url, URL_TTL)
-            await self.ctx.kv.set(
-                internal_url_key(job.ws_id), self._internal_url(job.ws_id, url, job.tier), URL_TTL
-            )
-        except Exception:
-            log.warning("caching urls of %s failed", job.ws_id, exc_info=True)
+        await self._cache_urls(job.ws_id, url, job.tier)
         log.info("workspace %s started at %s; waiting for it to register", job.ws_id, url)
+
+    async def _cache_urls(self, ws_id: str, url: str, tier: int) -> None:
+        """The agent's url and its in-network twin, as register caches them (best effort)."""
+        try:
+            await self.ctx.kv.set(url_key(ws_id), url, URL_TTL)
+            await self.ctx.kv.set(internal_url_key(ws_id), self._internal_url(ws_id, url, tier), URL_TTL)
+        except Exception:
+            log.warning("caching urls of %s failed", ws_id, exc_info=True)
 
     # ------------------------------------------------------------ start-up adoption
 
@@ -538,14 +540,7 @@ class Orchestrator:
             async with self.engine.begin() as conn:
                 if not await pstore.adopt_url(conn, row.id, url):
                     continue
-            tier = int(getattr(row, "tier", 0) or 0)
-            try:
-                await self.ctx.kv.set(url_key(row.id), url, URL_TTL)
-                await self.ctx.kv.set(
-                    internal_url_key(row.id), self._internal_url(row.id, url, tier), URL_TTL
-                )
-            except Exception:
-                log.warning("caching urls of %s failed", row.id, exc_info=True)
+            await self._cache_urls(row.id, url, int(getattr(row, "tier", 0) or 0))
             log.info("adoption: workspace %s runs at %s (its start was not recorded)", row.id, url)
             adopted.append(row.id)
         return adopted
