@@ -29,12 +29,17 @@ def _exchange(port: int, payload: bytes, timeout: float = 10) -> bytes:
             sock.sendall(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
+        return _read_to_eof(sock)
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (a reset after its answer counts as the close)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
     return b"".join(chunks)
 
 
@@ -84,12 +89,7 @@ def _slow_head(port: int, pause: float) -> tuple[bytes, float]:
             sock.sendall(b"X-Late: 1\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
-        data = b""
-        try:
-            while chunk := sock.recv(65536):
-                data += chunk
-        except ConnectionResetError:
-            pass
+        data = _read_to_eof(sock)
         return data, time.monotonic() - start
 
 
@@ -136,12 +136,7 @@ def _stalled_body(port: int) -> tuple[bytes, float]:
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
         started = time.monotonic()
         sock.sendall(head.encode() + b'{"name": "sl')
-        data = b""
-        try:
-            while chunk := sock.recv(65536):
-                data += chunk
-        except ConnectionResetError:
-            pass
+        data = _read_to_eof(sock)
         return data, time.monotonic() - started
 
 
