@@ -44,6 +44,12 @@ class ScriptedBackend:
     async def instance_url(self, ws_id: str) -> str | None:
         return self.urls.get(ws_id)
 
+    def shares_host_network(self, tier: int) -> bool:
+        return False
+
+    def network_url(self, ws_id: str, url: str, tier: int) -> str:
+        return url
+
     async def close(self) -> None:
         return None
 

@@ -30,8 +30,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from workspace_server import egress
 from workspace_server.auth import tokens
 from workspace_server.common.errors import ApiError
@@ -45,17 +43,14 @@ from workspace_server.provisioner.base import (
     BackendError,
     EngineUnavailable,
     ImageNotFound,
-    InstanceNotRunning,
+    LiveConfig,
     PullProgress,
     StartSpec,
-    instance_name,
 )
 from workspace_server.provisioner.hooks import MutatorError, MutatorRegistry, ProvisionInfo, run_mutators
 from workspace_server.provisioner.runtimes import RuntimeImages
-from workspace_server.provisioner.tiers import tier_limits
 from workspace_server.secrets.service import SecretDecryptError, env_for_workspace
 from workspace_server.workspaces import store as ws_store
-from workspace_server.workspaces.files import UnsafePath, read_file, workspace_config_dir
 from workspace_server.workspaces.schemas import ProvisionSpec
 from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.templates import resolve_template
@@ -63,7 +58,6 @@ from workspace_server.workspaces.templates import resolve_template
 log = logging.getLogger(__name__)
 
 PROVISION_DEADLINE = 180.0  # the reference's ProvisionTimeout: env, pull and start together
-PROBE_SECONDS = 10.0
 ENGINE_RETRY_SECONDS = 2.0  # a start that found the engine away tries again this often, within the deadline
 START_FAILED = "workspace start failed"
 MUTATORS_FAILED = "plugin env mutator chain failed"
@@ -100,12 +94,6 @@ class Job:
     reset_session: bool = False
     live_config: bytes | None = None  # the volume's config.yaml, when read before the stop
     volume_known_empty: bool = False  # the volume was read and has no config.yaml
-
-
-@dataclass(frozen=True)
-class LiveConfig:
-    known: bool  # False: could not look (instance not running, probe error)
-    content: bytes | None  # None: no config.yaml (when known)
 
 
 def git_identity(env: dict[str, str], name: str) -> None:
@@ -213,27 +201,24 @@ class Orchestrator:
     def platform_url(self, tier: int) -> str:
         """Where the agent reaches this server (DECIDE, docs/decisions.md § Orchestrator).
 
-        PLATFORM_URL when set; else loopback for agents that share the host's network (process backend,
-        docker host networking, T4 host networking), else `host.docker.internal` (bridge containers).
+        PLATFORM_URL when set; else loopback for agents that share the host's network (the backend says:
+        process agents, docker host networking, T4 host networking), else `host.docker.internal` (bridge
+        containers, and no backend).
         """
         s = self.settings
         if s.PLATFORM_URL:
             return s.PLATFORM_URL.rstrip("/")
-        backend = self.backend.name if self.backend is not None else ""
-        host_net = s.docker_host_network or tier_limits(s, tier).host_network
-        if backend == "process" or (backend == "docker" and host_net):
+        if self.backend is not None and self.backend.shares_host_network(tier):
             host = s.HOST if s.HOST not in ("", "0.0.0.0", "::", "[::]") else "127.0.0.1"
             host = f"[{host}]" if ":" in host and not host.startswith("[") else host
             return f"http://{host}:{s.PORT}"
         return f"http://host.docker.internal:{s.PORT}"
 
     def _internal_url(self, ws_id: str, started_url: str, tier: int) -> str:
-        """What peers on the agents' network dial: the container name in bridge mode, else the host url."""
-        s = self.settings
-        if self.backend is not None and self.backend.name == "docker":
-            if not s.docker_host_network and not tier_limits(s, tier).host_network:
-                return f"http://{instance_name(ws_id)}:8000"
-        return started_url
+        """What peers on the agents' network dial, as the backend says (docker bridge: the container name)."""
+        if self.backend is None:
+            return started_url
+        return self.backend.network_url(ws_id, started_url, tier)
 
     # ------------------------------------------------------------ ProvisionerHook (workspaces service)
 
@@ -522,10 +507,10 @@ class Orchestrator:
         the engine then revived the old container by itself (every health sweep pass). Without it the
         agent registers its own loopback url, which the A2A proxy refuses (only a url our backend
         assigned is trusted), so the workspace is online but unreachable. Returns the ids adopted.
-        Backends without `instance_url` (process: it adopts its agents by pidfile) skip it."""
-        locate = getattr(self.backend, "instance_url", None)
-        if locate is None:
+        A backend that finds no url this way (process: it adopts its agents by pidfile) answers None."""
+        if self.backend is None:
             return []
+        locate = self.backend.instance_url
         async with self.engine.connect() as conn:
             rows = await pstore.rows_without_backend_url(conn)
         adopted: list[str] = []
@@ -548,46 +533,11 @@ class Orchestrator:
     # ------------------------------------------------------------ live config
 
     async def read_live_config(self, ws_id: str) -> LiveConfig:
-        """The volume's config.yaml, read before a stop (docker: from the running container)."""
-        backend = self.backend
-        if backend is None:
+        """The volume's config.yaml, read before a stop (the backend knows where: docker reads it from the
+        running container, process from the config dir)."""
+        if self.backend is None:
             return LiveConfig(False, None)
-        if backend.name == "process":
-            try:
-                root = workspace_config_dir(self.settings, ws_id)
-            except UnsafePath:
-                return LiveConfig(False, None)
-            data = await asyncio.to_thread(read_file, root, "config.yaml")
-            return LiveConfig(True, data)
-        try:
-            with anyio.fail_after(PROBE_SECONDS):
-                res = await backend.exec(ws_id, ["cat", "/configs/config.yaml"])
-        except InstanceNotRunning:
-            # no container to read from; a missing config volume is still a known-empty one
-            return LiveConfig(not await self._docker_volume_exists(ws_id), None)
-        except (BackendError, TimeoutError):
-            log.warning("reading the live config of %s failed", ws_id, exc_info=True)
-            return LiveConfig(False, None)
-        if res.exit_code == 0:
-            return LiveConfig(True, res.stdout)
-        return LiveConfig(res.exit_code == 1, None)  # cat: 1 = no such file; 126/127 = no cat
-
-    async def _docker_volume_exists(self, ws_id: str) -> bool:
-        """True unless the engine says the configs volume is not there (errors count as present)."""
-        import docker.errors
-
-        from workspace_server.provisioner.docker import configs_volume
-
-        client = getattr(self.backend, "client", None)
-        if client is None:
-            return True
-        try:
-            await anyio.to_thread.run_sync(client.volumes.get, configs_volume(ws_id))
-        except docker.errors.NotFound:
-            return False
-        except Exception:
-            log.warning("inspecting the config volume of %s failed", ws_id, exc_info=True)
-        return True
+        return await self.backend.read_live_config(ws_id)
 
     # ------------------------------------------------------------ restart (route)
 

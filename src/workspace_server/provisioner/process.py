@@ -39,6 +39,7 @@ import anyio.to_thread
 import psutil
 
 import molecule_agent
+from workspace_server.chatfiles.fs import WorkspaceFS, host_fs
 from workspace_server.config import Settings
 from workspace_server.provisioner.base import (
     CONFIG_MOUNT,
@@ -48,9 +49,11 @@ from workspace_server.provisioner.base import (
     ExecResult,
     FileEntry,
     FileTooLargeError,
+    ImageUser,
     Instance,
     InstanceNotRunning,
     InvalidPath,
+    LiveConfig,
     Started,
     StartSpec,
     build_env,
@@ -65,6 +68,7 @@ from workspace_server.workspaces.files import (
     FileTooLarge,
     UnsafePath,
     list_tree,
+    read_file,
     read_regular,
     remove_path,
     workspace_config_dir,
@@ -88,6 +92,7 @@ def is_unsafe_env(name: str) -> bool:
 
 class ProcessBackend:
     name = "process"
+    pulls_images = False  # it runs the reference agent whatever the image: nothing to refresh
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -419,6 +424,40 @@ class ProcessBackend:
                 continue
             out.append(Instance(instance_name(ws_id), ws_id, id12(ws_id), running))
         return out
+
+    async def instance_url(self, ws_id: str) -> str | None:
+        """None: agents are adopted by their pidfiles (`_adopted`), not by a url read back."""
+        return None
+
+    # ---- addresses: agents are local processes on loopback ----
+    def shares_host_network(self, tier: int) -> bool:
+        return True
+
+    def network_url(self, ws_id: str, url: str, tier: int) -> str:
+        return url
+
+    def dial_url(self, ws_id: str, url: str) -> str:
+        return url
+
+    # ---- what the orchestrator and the chat routes read ----
+    async def read_live_config(self, ws_id: str) -> LiveConfig:
+        """The config dir is the volume: readable whether or not the agent runs."""
+        try:
+            root = workspace_config_dir(self.settings, ws_id)
+        except UnsafePath:
+            return LiveConfig(False, None)
+        data = await asyncio.to_thread(read_file, root, "config.yaml")
+        return LiveConfig(True, data)
+
+    async def chat_files(self, ws_id: str, workspace_dir: str, workspace_access: str) -> WorkspaceFS:
+        return host_fs(self.settings, ws_id, workspace_dir, workspace_access)
+
+    # ---- images: none (pulls_images is False, so these are never called) ----
+    async def pull_image(self, ref: str, auth: dict[str, str] | None) -> None:
+        raise BackendError("the process backend has no images")
+
+    async def image_users(self) -> list[ImageUser]:
+        return []
 
     async def close(self) -> None:
         """Agents keep running (like containers); the next server run adopts them via their pidfiles."""
