@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from workspace_server.auth import tokens
 from workspace_server.db.schema import workspaces
-from workspace_server.provisioner import orchestrator as orch_mod
+from workspace_server.provisioner import provision_run as orch_mod
 from workspace_server.provisioner.base import BackendError, EngineUnavailable, Started, StartSpec
 from workspace_server.provisioner.orchestrator import Job, Orchestrator
 
