@@ -13,9 +13,7 @@ from workspace_server.common.errors import ApiError
 from workspace_server.common.kv import clear_workspace_keys
 from workspace_server.context import AppContext
 from workspace_server.provisioner import store as pstore
-from workspace_server.provisioner.base import (
-    Backend,
-)
+from workspace_server.provisioner.base import Backend
 from workspace_server.provisioner.hooks import MutatorRegistry
 from workspace_server.provisioner.runtimes import RuntimeImages
 from workspace_server.workspaces import store as ws_store

@@ -11,9 +11,7 @@ from workspace_server.common.errors import ApiError
 from workspace_server.provisioner import config_source as cfg
 from workspace_server.provisioner import restart_context
 from workspace_server.provisioner import store as pstore
-from workspace_server.provisioner.base import (
-    LiveConfig,
-)
+from workspace_server.provisioner.base import LiveConfig
 from workspace_server.provisioner.orchestrator_base import EXTERNAL_RESTART, NO_AUTO_RESTART
 from workspace_server.provisioner.provision_run import Job, ProvisionRun, _job_from_row
 from workspace_server.workspaces import store as ws_store

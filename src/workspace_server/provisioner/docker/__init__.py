@@ -26,8 +26,8 @@ container, so no helper image (the reference's `alpine`) is needed; entries carr
 Modules, one concern each, composed by `DockerBackend` (backend.py): engine.py (client, names, shared
 state), containers.py (create/start/stop/state/inventory), networks.py (network modes and addresses),
 volumes.py (volumes, mounts, the host-dir check), hostdirs.py (writing a host-bound volume's files),
-pulls.py (images), execs.py (exec, terminal sessions, logs), files.py (the files API), chatfs.py (chat
-attachments).
+pulls.py and images.py (inspect, pull policy, pulls), execs.py (exec, terminal sessions, logs),
+files.py (the files API), chatfs.py (chat attachments).
 """
 
 from __future__ import annotations

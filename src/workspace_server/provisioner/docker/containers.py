@@ -18,7 +18,6 @@ import docker
 import docker.errors
 import docker.models.containers
 
-from workspace_server.provisioner import images
 from workspace_server.provisioner.base import (
     CONFIG_MOUNT,
     MANAGED_LABEL,
@@ -34,6 +33,7 @@ from workspace_server.provisioner.base import (
     instance_name,
     validate_workspace_mount,
 )
+from workspace_server.provisioner.docker import images
 from workspace_server.provisioner.docker.engine import (
     ENGINE_ERRORS,
     PORT_CONFLICT,
@@ -48,9 +48,7 @@ from workspace_server.provisioner.docker.networks import NetworksMixin
 from workspace_server.provisioner.docker.pulls import PullsMixin
 from workspace_server.provisioner.docker.volumes import VolumesMixin, _HostDirUnseen
 from workspace_server.provisioner.tiers import TierLimits, tier_limits
-from workspace_server.workspaces.files import (
-    UnsafePath,
-)
+from workspace_server.workspaces.files import UnsafePath
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from workspace_server.provisioner.base import (
-    TOKEN_FILE,
-)
+from workspace_server.provisioner.base import TOKEN_FILE
 from workspace_server.workspaces.files import (
     check_tree,
     split_relpath,

@@ -10,13 +10,13 @@ import anyio.to_thread
 import docker
 import docker.errors
 
-from workspace_server.provisioner import images
 from workspace_server.provisioner.base import (
     MANAGED_LABEL,
     WORKSPACE_LABEL,
     ImageUser,
     PullProgress,
 )
+from workspace_server.provisioner.docker import images
 from workspace_server.provisioner.docker.engine import DockerBase
 from workspace_server.provisioner.refresh import GHCR
 
