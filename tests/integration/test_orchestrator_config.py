@@ -149,12 +149,18 @@ def test_git_identity_fills_only_missing_keys() -> None:
 def test_platform_url_per_backend() -> None:
     from types import SimpleNamespace
 
+    from workspace_server.provisioner.docker import DockerBackend
     from workspace_server.provisioner.orchestrator import Orchestrator
+    from workspace_server.provisioner.process import ProcessBackend
 
     def url(backend: str | None, **settings: Any) -> str:
         ctx: Any = SimpleNamespace(settings=Settings(PORT=8123, **settings), engine=None)
-        fake = SimpleNamespace(name=backend) if backend else None
-        return Orchestrator(ctx, fake).platform_url(tier=2)  # type: ignore[arg-type]
+        # the real backend of that name: its own answer (Backend.shares_host_network) decides
+        real = {
+            "docker": DockerBackend(ctx.settings, client=SimpleNamespace()),
+            "process": ProcessBackend(ctx.settings),
+        }
+        return Orchestrator(ctx, real[backend] if backend else None).platform_url(tier=2)
 
     assert url("process") == "http://127.0.0.1:8123"
     assert url("process", HOST="0.0.0.0") == "http://127.0.0.1:8123"

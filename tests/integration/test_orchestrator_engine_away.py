@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from workspace_server.auth import tokens
 from workspace_server.db.schema import workspaces
-from workspace_server.provisioner import orchestrator as orch_mod
+from workspace_server.provisioner import provision_run as orch_mod
 from workspace_server.provisioner.base import BackendError, EngineUnavailable, Started, StartSpec
 from workspace_server.provisioner.orchestrator import Job, Orchestrator
 
@@ -43,6 +43,12 @@ class ScriptedBackend:
 
     async def instance_url(self, ws_id: str) -> str | None:
         return self.urls.get(ws_id)
+
+    def shares_host_network(self, tier: int) -> bool:
+        return False
+
+    def network_url(self, ws_id: str, url: str, tier: int) -> str:
+        return url
 
     async def close(self) -> None:
         return None

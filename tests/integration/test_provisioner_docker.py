@@ -26,13 +26,13 @@ from tests.integration.provisioner_support import (
 )
 from workspace_server.config import Settings
 from workspace_server.provisioner import BackendError, StartSpec
-from workspace_server.provisioner import docker as docker_backend
 from workspace_server.provisioner.docker import (
     DockerBackend,
     configs_volume,
     sessions_volume,
     workspace_volume,
 )
+from workspace_server.provisioner.docker import volumes as docker_backend
 from workspace_server.workspaces.files import workspace_config_dir
 
 pytestmark = pytest.mark.docker

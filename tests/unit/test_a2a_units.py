@@ -30,6 +30,8 @@ from workspace_server.a2a.proxy import (
 from workspace_server.a2a.schemas import is_system_caller
 from workspace_server.config import Settings
 from workspace_server.events.bus import Event
+from workspace_server.provisioner.docker import DockerBackend
+from workspace_server.provisioner.process import ProcessBackend
 from workspace_server.registry.service import assigned_dial_url
 
 
@@ -209,7 +211,9 @@ def test_container_url_rewrite(
     in_docker: bool, network: str, backend: str | None, url: str, dialled: str
 ) -> None:
     settings = Settings(MOLECULE_IN_DOCKER=in_docker, DOCKER_NETWORK_MODE=network)
-    ctx = SimpleNamespace(settings=settings, backend=SimpleNamespace(name=backend) if backend else None)
+    # the real backend of that name: its own answer (Backend.dial_url) decides, not its name
+    real = {"docker": DockerBackend(settings, client=SimpleNamespace()), "process": ProcessBackend(settings)}
+    ctx = SimpleNamespace(settings=settings, backend=real[backend] if backend else None)
     target = "0123456789ab-cdef-4000-8000-000000000000"
     assert assigned_dial_url(ctx, target, url) == dialled  # type: ignore[arg-type]
 

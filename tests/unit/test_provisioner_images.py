@@ -8,7 +8,7 @@ import docker.errors
 import pytest
 
 from workspace_server.provisioner import ImageNotFound, PullProgress
-from workspace_server.provisioner.images import (
+from workspace_server.provisioner.docker.images import (
     came_from_registry,
     ensure_image,
     is_image_not_found_error,

@@ -1,7 +1,7 @@
 """Where a workspace's files live, behind one small interface (`WorkspaceFS`).
 
-- `DockerFS`: the workspace's container (`ws-<id12>`), via the Docker engine's archive API (the
-  reference's CopyToContainer/CopyFromContainer) plus `mkdir`/`rm` run with argv, never a shell string.
+Each backend answers which one holds a live workspace (`Backend.chat_files`):
+- the Docker backend's `DockerFS` (provisioner/docker/chatfs.py): the workspace's container;
 - `HostFS`: the process backend (and no backend at all) keeps a workspace on the host:
   `/workspace` → `<DATA_DIR>/workspaces/<id>/workspace` (or the bound `workspace_dir`) and
   `/configs` → `<DATA_DIR>/workspaces/<id>/configs`; `/home` and `/plugins` do not exist there.
@@ -11,21 +11,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import os
 import stat
-import tarfile
-import tempfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import anyio.to_thread
 
-from workspace_server.workspaces.files import UnsafePath, split_relpath, write_tree
+from workspace_server.config import Settings
+from workspace_server.provisioner.base import BackendError, InstanceNotRunning, validate_workspace_mount
+from workspace_server.workspaces.files import UnsafePath, split_relpath, workspace_config_dir, write_tree
 
 CHUNK = 64 * 1024
 SPOOL_IN_MEMORY = 1 << 20  # a container file above this is spooled to a temp file, not held in RAM
@@ -157,100 +155,22 @@ async def _fd_chunks(fd: int, size: int) -> AsyncIterator[bytes]:
         os.close(fd)
 
 
-# ---------------------------------------------------------------- Docker containers
-
-
-class _Reader(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
-    def close(self) -> None: ...
-
-
-class Execer(Protocol):
-    async def exec(self, ws_id: str, argv: list[str], tty: bool = False) -> Any: ...
-
-
-@dataclass
-class DockerFS:
-    backend: Execer
-    container: Any  # docker SDK Container of the running workspace
-    ws_id: str
-
-    async def write_flat(self, directory: str, files: Mapping[str, bytes]) -> None:
-        try:
-            await self.backend.exec(self.ws_id, ["mkdir", "-p", "--", directory])
-            # A planted symlink at a target name could redirect the extraction: remove exact names first.
-            await self.backend.exec(self.ws_id, ["rm", "-f", "--", *(f"{directory}/{n}" for n in files)])
-            archive = flat_tar(files)
-            ok = await anyio.to_thread.run_sync(self.container.put_archive, directory, archive)
-        except Exception as exc:  # engine and backend errors alike: the caller answers one message
-            raise StageFailed(str(exc)) from exc
-        if not ok:
-            raise StageFailed("put_archive refused")
-
-    async def open_file(self, path: str) -> FileStream:
-        size, fileobj = await anyio.to_thread.run_sync(self._fetch, path)
-        return FileStream(size, _file_chunks(fileobj, size))
-
-    def _fetch(self, path: str) -> tuple[int, _Reader]:
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
-        try:
-            try:
-                stream, _stat = self.container.get_archive(path)
-                for chunk in stream:
-                    spool.write(chunk)
-            except Exception as exc:  # NotFound, or any engine error: the reference answers 404
-                raise FileNotFound(path) from exc
-            spool.seek(0)
-            tar = tarfile.open(fileobj=spool, mode="r:")
-            member = tar.next()
-            if member is None or not member.isreg():
-                raise NotRegularFile(path)
-            data = tar.extractfile(member)
-            if data is None:
-                raise NotRegularFile(path)
-            return member.size, _Closing(data, spool)
-        except BaseException:
-            spool.close()
-            raise
-
-
-class _Closing(io.RawIOBase):
-    """A member's reader that also closes the spooled archive behind it."""
-
-    def __init__(self, inner: IO[bytes], owner: IO[bytes]) -> None:
-        self.inner, self.owner = inner, owner
-
-    def read(self, n: int = -1) -> bytes:
-        return self.inner.read(n)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.inner.close()
-        self.owner.close()
-        super().close()
-
-
-async def _file_chunks(fileobj: _Reader, size: int) -> AsyncIterator[bytes]:
+def host_fs(settings: Settings, ws_id: str, workspace_dir: str, workspace_access: str) -> HostFS:
+    """The host directories of a workspace (process backend, or no backend at all); InstanceNotRunning
+    when the id or the bound directory names no place the agent could have used."""
     try:
-        left = size
-        while left > 0:
-            chunk = await anyio.to_thread.run_sync(fileobj.read, min(CHUNK, left))
-            if not chunk:
-                return
-            left -= len(chunk)
-            yield chunk
-    finally:
-        fileobj.close()
-
-
-def flat_tar(files: Mapping[str, bytes]) -> bytes:
-    """A tar of plain files (mode 0644) whose entries are bare names, extracted at the target directory."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            if not name or name in (".", "..") or "/" in name or "\\" in name:
-                raise StageFailed(f"unsafe flat file name {name!r}")
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+        config_dir = workspace_config_dir(settings, ws_id)
+    except UnsafePath:
+        raise InstanceNotRunning from None
+    workdir = config_dir.parent / "workspace"
+    read_only: set[str] = set()
+    access = workspace_access or "none"
+    try:
+        bound = validate_workspace_mount(workspace_dir or "", access)
+    except BackendError:
+        raise InstanceNotRunning from None  # the agent could not have started with that mount either
+    if bound is not None:
+        workdir = Path(bound)
+        if access == "read_only":
+            read_only.add("/workspace")
+    return HostFS({"/workspace": workdir, "/configs": config_dir}, read_only)

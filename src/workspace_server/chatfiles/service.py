@@ -2,8 +2,8 @@
 
 Uploads land in `/workspace/.molecule/chat-uploads/<32 hex>-<sanitised name>` and are answered with
 `workspace:<absolute path>` URIs that the canvas later resolves through the download route. Which
-storage holds a workspace is decided by `workspace_fs` (see fs.py): its Docker container when the
-backend is Docker, else host directories (process backend, or no backend at all).
+storage holds a workspace is answered by its backend (`Backend.chat_files`, see fs.py): the Docker
+container, or host directories (process backend, and also with no backend at all).
 """
 
 from __future__ import annotations
@@ -15,16 +15,12 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
-
-from workspace_server.chatfiles.fs import DockerFS, HostFS, StageFailed, StageRefused, WorkspaceFS
+from workspace_server.chatfiles.fs import StageFailed, StageRefused, WorkspaceFS, host_fs
 from workspace_server.common.errors import ApiError
 from workspace_server.context import AppContext
-from workspace_server.provisioner.base import BackendError, instance_name, validate_workspace_mount
-from workspace_server.workspaces.files import UnsafePath, workspace_config_dir
+from workspace_server.provisioner.base import InstanceNotRunning
 from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.store import get_workspace
 
@@ -107,43 +103,13 @@ async def workspace_fs(ctx: AppContext, ws_id: str) -> WorkspaceFS:
         raise NOT_RUNNING from None
     if row is None or row.status == Status.REMOVED:
         raise NOT_RUNNING
-    backend = ctx.backend
-    if backend is not None and getattr(backend, "name", "") == "docker":
-        return await _docker_fs(backend, ws_id)
-    return _host_fs(ctx, ws_id, row)
-
-
-async def _docker_fs(backend: Any, ws_id: str) -> DockerFS:
-    def running_container() -> Any | None:
-        try:
-            container = backend.client.containers.get(instance_name(ws_id))
-        except Exception:  # NotFound or an engine error: either way nothing to talk to
-            return None
-        return container if (container.attrs.get("State") or {}).get("Running") else None
-
-    container = await anyio.to_thread.run_sync(running_container)
-    if container is None:
-        raise NOT_RUNNING
-    return DockerFS(backend, container, ws_id)
-
-
-def _host_fs(ctx: AppContext, ws_id: str, row: Any) -> HostFS:
+    workspace_dir, access = row.workspace_dir or "", row.workspace_access or "none"
     try:
-        config_dir = workspace_config_dir(ctx.settings, ws_id)
-    except UnsafePath:
+        if ctx.backend is None:  # no backend: the host directories, where a process agent kept them
+            return host_fs(ctx.settings, ws_id, workspace_dir, access)
+        return await ctx.backend.chat_files(ws_id, workspace_dir, access)
+    except InstanceNotRunning:
         raise NOT_RUNNING from None
-    workspace_dir = config_dir.parent / "workspace"
-    read_only: set[str] = set()
-    access = row.workspace_access or "none"
-    try:
-        bound = validate_workspace_mount(row.workspace_dir or "", access)
-    except BackendError:
-        raise NOT_RUNNING from None  # the agent could not have started with that mount either
-    if bound is not None:
-        workspace_dir = Path(bound)
-        if access == "read_only":
-            read_only.add("/workspace")
-    return HostFS({"/workspace": workspace_dir, "/configs": config_dir}, read_only)
 
 
 # ---------------------------------------------------------------- upload / download

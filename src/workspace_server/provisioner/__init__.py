@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
@@ -31,6 +32,16 @@ from workspace_server.provisioner.base import (
 from workspace_server.provisioner.runtimes import RuntimeImages, RuntimeImagesError
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the concrete backends stay lazy imports at run time (the docker SDK loads for one only)
+    from workspace_server.provisioner.docker import DockerBackend
+    from workspace_server.provisioner.process import ProcessBackend
+
+    def _conforms(settings: Settings) -> tuple[Backend, Backend]:
+        """Never called: mypy checks here that each backend class satisfies the Backend protocol (the
+        run-time check is tests/unit/test_backend_protocol.py). A new backend is added to this tuple."""
+        return DockerBackend(settings), ProcessBackend(settings)
+
 
 __all__ = [
     "Backend",

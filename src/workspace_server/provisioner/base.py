@@ -16,9 +16,12 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from workspace_server.workspaces.files import UnsafePath, read_tree, split_relpath
+
+if TYPE_CHECKING:  # chatfiles.fs builds on this module: imported for the annotation only
+    from workspace_server.chatfiles.fs import WorkspaceFS
 
 WorkspaceAccess = Literal["none", "read_only", "read_write"]
 
@@ -158,6 +161,23 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class LiveConfig:
+    """A workspace's config.yaml as it is on its volume, read before a stop (`Backend.read_live_config`)."""
+
+    known: bool  # False: could not look (instance not running, probe error)
+    content: bytes | None  # None: no config.yaml (when known)
+
+
+@dataclass(frozen=True)
+class ImageUser:
+    """One managed instance and the image it was created from (image refresh)."""
+
+    name: str
+    image: str
+    workspace_id: str  # "" for an instance without the workspace label
+
+
+@dataclass(frozen=True)
 class Instance:
     """One backend-managed agent, as seen by the orphan sweeper."""
 
@@ -182,33 +202,6 @@ class ExecSession(Protocol):
     async def close(self) -> None:
         """End the session (kills the command if it still runs); idempotent."""
         ...
-
-
-@runtime_checkable
-class Backend(Protocol):
-    name: str
-
-    async def start(self, spec: StartSpec) -> Started: ...
-
-    async def stop(self, ws_id: str) -> None: ...
-
-    async def is_running(self, ws_id: str) -> bool: ...
-
-    async def exec(self, ws_id: str, argv: list[str], tty: bool = False) -> ExecResult:
-        """Run argv (no shell) in the workspace; cancellable (wrap in `anyio.fail_after`)."""
-        ...
-
-    async def open_session(self, ws_id: str, argv: list[str]) -> ExecSession: ...
-
-    async def logs(self, ws_id: str, tail: int = 200) -> str: ...
-
-    async def write_config_files(self, ws_id: str, files: Mapping[str, bytes]) -> None: ...
-
-    async def remove_volumes(self, ws_id: str, workspace: bool = False) -> None: ...
-
-    async def list_instances(self) -> list[Instance]: ...
-
-    async def close(self) -> None: ...
 
 
 def id12(ws_id: str) -> str:
@@ -348,3 +341,78 @@ def split_workspace_path(path: str) -> tuple[str, str]:
                 raise InvalidPath(str(exc)) from exc
             return root, rest
     raise InvalidPath(f"{path!r} is outside the files API roots")
+
+
+@runtime_checkable
+class Backend(FileAccess, Protocol):
+    """What the orchestrator and every route see of a backend; each backend answers for itself.
+
+    No caller outside `provisioner/` looks at `name` (tests/unit/test_backend_protocol.py fails if one
+    does): a question that differs between backends is a member here, so a new backend (a Swarm one is
+    planned) is added by implementing this protocol and nothing else.
+    """
+
+    name: str  # for logs only
+    # image refresh (POST /admin/workspace-images/refresh) applies: the backend runs images it pulls
+    pulls_images: bool
+
+    # ---- life cycle ----
+    async def start(self, spec: StartSpec) -> Started: ...
+
+    async def stop(self, ws_id: str) -> None: ...
+
+    async def is_running(self, ws_id: str) -> bool: ...
+
+    async def remove_volumes(self, ws_id: str, workspace: bool = False) -> None: ...
+
+    async def list_instances(self) -> list[Instance]: ...
+
+    async def instance_url(self, ws_id: str) -> str | None:
+        """The url `start` returned for the workspace's running instance, read back from the instance
+        (start-up adoption, when the server that started it died before recording it); None when the
+        backend finds none this way (the process backend adopts its agents by pidfile instead)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # ---- addresses ----
+    def shares_host_network(self, tier: int) -> bool:
+        """The agent runs in the server host's network namespace (so the server's loopback reaches it)."""
+        ...
+
+    def network_url(self, ws_id: str, url: str, tier: int) -> str:
+        """What peers on the agents' network dial for the agent `start` returned `url` for."""
+        ...
+
+    def dial_url(self, ws_id: str, url: str) -> str:
+        """The address this server dials for `url`, a loopback url this backend assigned, as seen from
+        where the server runs (it may itself run in a container)."""
+        ...
+
+    # ---- inside the workspace ----
+    async def exec(self, ws_id: str, argv: list[str], tty: bool = False) -> ExecResult:
+        """Run argv (no shell) in the workspace; cancellable (wrap in `anyio.fail_after`)."""
+        ...
+
+    async def open_session(self, ws_id: str, argv: list[str]) -> ExecSession: ...
+
+    async def logs(self, ws_id: str, tail: int = 200) -> str: ...
+
+    async def write_config_files(self, ws_id: str, files: Mapping[str, bytes]) -> None: ...
+
+    async def read_live_config(self, ws_id: str) -> LiveConfig:
+        """The config.yaml the instance would start with now; never raises."""
+        ...
+
+    async def chat_files(self, ws_id: str, workspace_dir: str, workspace_access: str) -> WorkspaceFS:
+        """Where chat attachments of a live workspace are staged and read; InstanceNotRunning if nowhere."""
+        ...
+
+    # ---- images ----
+    async def pull_image(self, ref: str, auth: dict[str, str] | None) -> None:
+        """Pull `ref` again (blocking work abandoned on cancel); only called when `pulls_images`."""
+        ...
+
+    async def image_users(self) -> list[ImageUser]:
+        """Every managed instance with its image; only called when `pulls_images`."""
+        ...

@@ -13,6 +13,7 @@ Whatever the image or runtime, the reference agent runs: there is no isolation h
 limits or read-only /workspace) — it is for a single operator's machine. The env of the server is not
 inherited (it holds ADMIN_TOKEN, DATABASE_URL, …), and user env may not set loader/interpreter hooks
 (`LD_*`, `PYTHON*`, …), which on this backend would run code inside the server's own account.
+What it asks of the OS itself (pty sessions, process groups, log tails) is in process_os.py.
 """
 
 from __future__ import annotations
@@ -20,25 +21,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
-import pty
-import shutil
 import signal
-import struct
 import subprocess
 import sys
-import termios
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio.to_thread
 import psutil
 
 import molecule_agent
+from workspace_server.chatfiles.fs import WorkspaceFS, host_fs
 from workspace_server.config import Settings
 from workspace_server.provisioner.base import (
     CONFIG_MOUNT,
@@ -48,9 +45,11 @@ from workspace_server.provisioner.base import (
     ExecResult,
     FileEntry,
     FileTooLargeError,
+    ImageUser,
     Instance,
     InstanceNotRunning,
     InvalidPath,
+    LiveConfig,
     Started,
     StartSpec,
     build_env,
@@ -61,10 +60,20 @@ from workspace_server.provisioner.base import (
     split_workspace_path,
     validate_workspace_mount,
 )
+from workspace_server.provisioner.process_os import (
+    BASE_PATH,
+    ProcessExecSession,
+    kill_group,
+    read_capped,
+    remove_all,
+    spawn_on_pty,
+    tail_bytes,
+)
 from workspace_server.workspaces.files import (
     FileTooLarge,
     UnsafePath,
     list_tree,
+    read_file,
     read_regular,
     remove_path,
     workspace_config_dir,
@@ -73,9 +82,7 @@ from workspace_server.workspaces.files import (
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_SECONDS = 5.0
 AGENT_SRC = str(Path(molecule_agent.__file__).resolve().parent.parent)
-BASE_PATH = os.defpath  # "/bin:/usr/bin": the agent needs nothing else, and exec gets a plain PATH
 _UNSAFE_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON", "PERL5", "RUBY")
 _UNSAFE_ENV_NAMES = ("PATH", "HOME", "IFS", "SHELLOPTS", "BASH_ENV", "ENV", "NODE_OPTIONS")
 
@@ -88,6 +95,7 @@ def is_unsafe_env(name: str) -> bool:
 
 class ProcessBackend:
     name = "process"
+    pulls_images = False  # it runs the reference agent whatever the image: nothing to refresh
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -231,7 +239,7 @@ class ProcessBackend:
         elif proc is None and (adopted := self._adopted(ws_id)) is not None:
             pid = adopted.pid
         if pid is not None:
-            await anyio.to_thread.run_sync(_kill_group, pid, proc)
+            await anyio.to_thread.run_sync(kill_group, pid, proc)
         elif proc is not None:
             proc.wait()  # already exited: reap it
         with contextlib.suppress(OSError):
@@ -285,7 +293,7 @@ class ProcessBackend:
             return ExecResult(127, b"", f"{argv[0]}: {exc.strerror or 'cannot run'}".encode())
         try:
             assert proc.stdout is not None and proc.stderr is not None
-            (out, t1), (err, t2) = await asyncio.gather(_read_capped(proc.stdout), _read_capped(proc.stderr))
+            (out, t1), (err, t2) = await asyncio.gather(read_capped(proc.stdout), read_capped(proc.stderr))
             code = await proc.wait()
         finally:
             if proc.returncode is None:  # cancelled: do not leave the command running
@@ -313,7 +321,7 @@ class ProcessBackend:
         workdir = self._running_workdir(ws_id)
         env = self._exec_env(ws_id, workdir)
         try:
-            proc, master = await anyio.to_thread.run_sync(_spawn_on_pty, argv, workdir, env)
+            proc, master = await anyio.to_thread.run_sync(spawn_on_pty, argv, workdir, env)
         except OSError as exc:
             raise BackendError("failed to create shell session", str(exc)) from exc
         return ProcessExecSession(proc, master)
@@ -321,7 +329,7 @@ class ProcessBackend:
     async def logs(self, ws_id: str, tail: int = 200) -> str:
         path = self._logfile(ws_id)
         try:
-            data = await anyio.to_thread.run_sync(_tail_bytes, path, max(1, tail))
+            data = await anyio.to_thread.run_sync(tail_bytes, path, max(1, tail))
         except FileNotFoundError as exc:
             raise InstanceNotRunning from exc
         except OSError as exc:
@@ -401,7 +409,7 @@ class ProcessBackend:
         root = self._root(ws_id)
         targets = [self._config_dir(ws_id)] + ([root / "workspace"] if workspace else [])
         try:
-            await anyio.to_thread.run_sync(_remove_all, root, targets)
+            await anyio.to_thread.run_sync(remove_all, root, targets)
         except OSError as exc:
             raise BackendError("could not remove workspace files", str(exc)) from exc
 
@@ -420,151 +428,41 @@ class ProcessBackend:
             out.append(Instance(instance_name(ws_id), ws_id, id12(ws_id), running))
         return out
 
+    async def instance_url(self, ws_id: str) -> str | None:
+        """None: agents are adopted by their pidfiles (`_adopted`), not by a url read back."""
+        return None
+
+    # ---- addresses: agents are local processes on loopback ----
+    def shares_host_network(self, tier: int) -> bool:
+        return True
+
+    def network_url(self, ws_id: str, url: str, tier: int) -> str:
+        return url
+
+    def dial_url(self, ws_id: str, url: str) -> str:
+        return url
+
+    # ---- what the orchestrator and the chat routes read ----
+    async def read_live_config(self, ws_id: str) -> LiveConfig:
+        """The config dir is the volume: readable whether or not the agent runs."""
+        try:
+            root = workspace_config_dir(self.settings, ws_id)
+        except UnsafePath:
+            return LiveConfig(False, None)
+        data = await asyncio.to_thread(read_file, root, "config.yaml")
+        return LiveConfig(True, data)
+
+    async def chat_files(self, ws_id: str, workspace_dir: str, workspace_access: str) -> WorkspaceFS:
+        return host_fs(self.settings, ws_id, workspace_dir, workspace_access)
+
+    # ---- images: none (pulls_images is False, so these are never called) ----
+    async def pull_image(self, ref: str, auth: dict[str, str] | None) -> None:
+        raise BackendError("the process backend has no images")
+
+    async def image_users(self) -> list[ImageUser]:
+        return []
+
     async def close(self) -> None:
         """Agents keep running (like containers); the next server run adopts them via their pidfiles."""
         for proc in self._procs.values():
             proc.poll()
-
-
-class ProcessExecSession:
-    """A command on a pty: raw bytes in and out, resizable."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], master_fd: int) -> None:
-        self.proc = proc
-        self.fd = master_fd
-        self._closed = False
-
-    async def _wait(self, add: Any, remove: Any) -> None:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-
-        def ready() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        add(self.fd, ready)
-        try:
-            await fut
-        finally:
-            remove(self.fd)
-
-    async def read(self, max_bytes: int = 4096) -> bytes:
-        loop = asyncio.get_running_loop()
-        while not self._closed:
-            try:
-                return os.read(self.fd, max_bytes)
-            except BlockingIOError:
-                await self._wait(loop.add_reader, loop.remove_reader)
-            except OSError:  # EIO: the command exited and its pty side is closed
-                return b""
-        return b""
-
-    async def write(self, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        view = memoryview(data)
-        while view:
-            if self._closed:
-                raise BackendError("session closed")
-            try:
-                view = view[os.write(self.fd, view) :]
-            except BlockingIOError:
-                await self._wait(loop.add_writer, loop.remove_writer)
-            except OSError as exc:
-                raise BackendError("session closed") from exc
-
-    async def resize(self, rows: int, cols: int) -> None:
-        if self._closed or rows <= 0 or cols <= 0:
-            return
-        with contextlib.suppress(OSError):
-            fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-    async def wait(self) -> int:
-        return await anyio.to_thread.run_sync(self.proc.wait)
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-        if self.proc.poll() is None:
-            await anyio.to_thread.run_sync(_kill_group, self.proc.pid, self.proc)
-
-
-def _spawn_on_pty(argv: list[str], workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    # util-linux `setsid --ctty` makes the pty the controlling terminal (so ^C reaches the command) in a
-    # new session whose process group close() can kill; without it, just a new session.
-    setsid = shutil.which("setsid", path=BASE_PATH)
-    full = [setsid, "--ctty", *argv] if setsid else argv
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(  # noqa: S603 - argv list, no shell; the caller chose the command
-            full,
-            cwd=workdir,
-            env=env,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            start_new_session=not setsid,
-            close_fds=True,
-        )
-    except OSError:
-        os.close(master)
-        raise
-    finally:
-        os.close(slave)
-    os.set_blocking(master, False)
-    return proc, master
-
-
-def _kill_group(pid: int, proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the process group, SIGKILL it after a grace period; reap our own child."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            break
-        try:
-            if proc is not None:
-                proc.wait(timeout=STOP_GRACE_SECONDS)
-            else:
-                psutil.Process(pid).wait(timeout=STOP_GRACE_SECONDS)
-            break
-        except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
-            continue
-        except psutil.Error:
-            break
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_GRACE_SECONDS)
-
-
-async def _read_capped(stream: asyncio.StreamReader) -> tuple[bytes, bool]:
-    buf, truncated = bytearray(), False
-    while chunk := await stream.read(65536):
-        room = MAX_EXEC_OUTPUT - len(buf)
-        truncated = truncated or len(chunk) > room
-        buf += chunk[: max(room, 0)]
-    return bytes(buf), truncated
-
-
-def _tail_bytes(path: Path, lines: int, max_bytes: int = 1024 * 1024) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - max_bytes))
-        data = f.read()
-    return b"".join(data.splitlines(keepends=True)[-lines:])
-
-
-def _remove_all(root: Path, targets: list[Path]) -> None:
-    for target in targets:
-        if target.is_symlink():
-            target.unlink()
-        elif target.exists():
-            shutil.rmtree(target)
-    for name in ("agent.log", "agent.log.1"):
-        with contextlib.suppress(FileNotFoundError):
-            (root / name).unlink()
-    with contextlib.suppress(OSError):
-        root.rmdir()  # only when nothing else (a kept workspace dir, a pidfile) is left

@@ -1,6 +1,6 @@
 """Image refresh (spec 02 §6): re-pull runtime images, then recreate the workspaces running them.
 
-`refresh(orch, runtimes, recreate)`:
+`refresh(orch, runtimes, recreate)`, on a backend that `pulls_images` (its `pull_image` and `image_users`):
 - pulls each runtime's image (from the runtime registry, so `RUNTIME_IMAGES` overrides count) under one
   5-minute budget; a failed pull fails only its own runtime;
 - with `recreate`, finds our containers whose `Config.Image` is one of the pulled images, stops each and
@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
-from workspace_server.provisioner import images
-from workspace_server.provisioner.base import MANAGED_LABEL, WORKSPACE_LABEL, PullProgress
+from workspace_server.provisioner.base import Backend
 
 log = logging.getLogger(__name__)
 
 PULL_BUDGET_SECONDS = 300.0
-GHCR = "ghcr.io"
+GHCR = "ghcr.io"  # registry credentials are sent only to it (the Docker backend's pull_image checks too)
 
 
 class RefreshError(Exception):
@@ -56,44 +54,8 @@ def registry_auth(user: str, token: str) -> dict[str, str] | None:
     return {"username": user, "password": token, "serveraddress": GHCR}
 
 
-def _pull_sync(client: Any, ref: str, platform: str | None, auth: dict[str, str] | None) -> None:
-    def report(ev: PullProgress) -> None:
-        log.debug("refresh: %s %s %s", ev.image, ev.layer, ev.status)
-
-    if auth is not None and ref.startswith(GHCR + "/"):
-        # images.pull has no auth parameter; the SDK takes it per call
-        for ev in client.api.pull(ref, stream=True, decode=True, platform=platform, auth_config=auth):
-            if ev.get("error"):
-                raise RuntimeError(str(ev["error"]))
-        return
-    images.pull(client, ref, platform, report)
-
-
-def _containers_sync(client: Any) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = client.api.containers(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
-    out = []
-    for row in rows:
-        try:
-            info = client.api.inspect_container(row["Id"])
-        except Exception:  # gone between list and inspect, or a transient error: skip it
-            log.warning("refresh: inspect %s failed", str(row.get("Id", ""))[:12], exc_info=True)
-            continue
-        name = str(info.get("Name") or "").lstrip("/")
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        out.append(
-            {
-                "name": name,
-                "image": (info.get("Config") or {}).get("Image") or "",
-                "workspace_id": labels.get(WORKSPACE_LABEL) or "",
-            }
-        )
-    return out
-
-
 async def refresh(orch: Any, runtimes: list[str], recreate: bool) -> RefreshResult:
-    backend = orch.backend
-    client = backend.client
-    platform = backend._platform()
+    backend: Backend = orch.backend
     auth = registry_auth(orch.settings.GHCR_USER, orch.settings.GHCR_TOKEN)
     res = RefreshResult()
     pulled_images: set[str] = set()
@@ -101,9 +63,7 @@ async def refresh(orch: Any, runtimes: list[str], recreate: bool) -> RefreshResu
         for rt in runtimes:
             ref = orch.images.image_for(rt)
             try:
-                await anyio.to_thread.run_sync(
-                    _pull_sync, client, ref, platform, auth, abandon_on_cancel=True
-                )
+                await backend.pull_image(ref, auth)
             except Exception as exc:
                 log.warning("refresh: pull of %s (%s) failed: %s", rt, ref, exc)
                 res.failed.append(rt)
@@ -116,18 +76,18 @@ async def refresh(orch: Any, runtimes: list[str], recreate: bool) -> RefreshResu
     if not recreate or not pulled_images:
         return res
     try:
-        containers = await anyio.to_thread.run_sync(_containers_sync, client)
+        containers = await backend.image_users()
     except Exception:
         log.exception("refresh: listing containers failed")
         raise RefreshError(res) from None
     for c in containers:
-        if c["image"] not in pulled_images or not c["workspace_id"]:
+        if c.image not in pulled_images or not c.workspace_id:
             continue
         try:
-            await backend.stop(c["workspace_id"])
+            await backend.stop(c.workspace_id)
         except Exception:
-            log.warning("refresh: stopping %s failed", c["name"], exc_info=True)
+            log.warning("refresh: stopping %s failed", c.name, exc_info=True)
             continue
-        res.recreated.append(c["name"])
-        orch.spawn(orch.restart_by_id(c["workspace_id"]), f"refresh-restart-{c['workspace_id']}")
+        res.recreated.append(c.name)
+        orch.spawn(orch.restart_by_id(c.workspace_id), f"refresh-restart-{c.workspace_id}")
     return res

@@ -35,7 +35,7 @@ async def refresh_images(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONRe
     runtime = request.query_params.get("runtime", "")
     if runtime and runtime not in known:
         raise ApiError(400, f"unknown runtime: {runtime}", known_runtimes=known)
-    if backend is None or backend.name != "docker":
+    if backend is None or not backend.pulls_images:
         raise ApiError(503, DOCKER_ONLY)  # DECIDE: the process backend has no images to pull
     recreate = request.query_params.get("recreate", "true") == "true"
     try:

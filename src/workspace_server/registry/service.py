@@ -358,21 +358,17 @@ TRUSTED_URL_PREFIX = "http://127.0.0.1:"  # what our own backends store for the 
 
 
 def assigned_dial_url(ctx: AppContext, ws_id: str, url: str) -> str:
-    """The address to dial for a URL our Docker backend assigned, as seen from where this server runs.
+    """The address to dial for a URL our backend assigned, as seen from where this server runs.
 
-    The backend stores the container's published port as `http://127.0.0.1:<port>`. A server that itself
-    runs in a container (MOLECULE_IN_DOCKER, else /.dockerenv) would dial its own loopback there, so it
-    calls the agent by container name on the Docker network instead (spec 04 §1.3). Not in host network
-    mode: there the agent listens on the engine host's loopback and has no name on any network (a server
-    in a container that runs its own engine, as on our CI machines, reaches it at 127.0.0.1). Callers pass
-    only a URL the egress rules found server-assigned: the rewrite is platform-derived, never agent input.
+    Our backends store an agent's address as `http://127.0.0.1:<port>`; the backend says what this server
+    dials for it (`Backend.dial_url`: the Docker backend names the container when the server itself runs
+    in a container, spec 04 §1.3). Callers pass only a URL the egress rules found server-assigned: the
+    rewrite is platform-derived, never agent input.
     """
     backend = ctx.backend
-    if not url.startswith(TRUSTED_URL_PREFIX) or backend is None or backend.name != "docker":
+    if not url.startswith(TRUSTED_URL_PREFIX) or backend is None:
         return url
-    if ctx.settings.docker_host_network or not ctx.settings.in_docker:
-        return url
-    return internal_url(ws_id)
+    return backend.dial_url(ws_id, url)
 
 
 def _for_container(url: str) -> str:
