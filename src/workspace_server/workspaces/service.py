@@ -743,8 +743,9 @@ def connection_block(ws_id: str, platform_url: str, token: str) -> dict[str, Any
 
 
 CURL_REGISTER_TEMPLATE = """\
-# Register your agent with this workspace. Set the two variables, then run:
-export WORKSPACE_AUTH_TOKEN="<auth_token from the create response>"
+# Register your agent with this workspace. Set the two variables, then run.
+# (The canvas fills the token in by replacing the exact WORKSPACE_AUTH_TOKEN line below.)
+export WORKSPACE_AUTH_TOKEN="<paste from create response>"
 export AGENT_URL="https://agent.example.com"   # where your agent serves A2A
 
 curl -fsS -X POST "{platform_url}/registry/register" \\
@@ -762,10 +763,11 @@ import time
 
 import httpx
 
-PLATFORM_URL = "{platform_url}"
-WORKSPACE_ID = "{workspace_id}"
-AUTH_TOKEN = "<auth_token from the create response>"
-AGENT_URL = "https://agent.example.com"  # where your agent serves A2A
+# The canvas fills AUTH_TOKEN in by replacing this exact line (its spacing included).
+PLATFORM_URL  = "{platform_url}"
+WORKSPACE_ID  = "{workspace_id}"
+AUTH_TOKEN    = "<paste from create response>"
+AGENT_URL     = "https://agent.example.com"  # where your agent serves A2A
 
 headers = {"Authorization": f"Bearer {AUTH_TOKEN}"}
 with httpx.Client(base_url=PLATFORM_URL, headers=headers, timeout=10) as client:
