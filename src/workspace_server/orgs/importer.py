@@ -55,6 +55,7 @@ class _Walk:
     loaded: LoadedOrg
     platform_url: str
     org_env: dict[str, str]
+    stage: node_config.Stager
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -72,7 +73,7 @@ class OrgImporter:
     async def run(self, loaded: LoadedOrg, platform_url: str) -> tuple[int, dict[str, Any]]:
         root = loaded.root
         org_env = await asyncio.to_thread(read_dotenv, root, root) if root is not None else {}
-        walk = _Walk(loaded, platform_url, org_env)
+        walk = _Walk(loaded, platform_url, org_env, node_config.stager(self.ctx))
         error = ""
         try:
             for node in loaded.template.workspaces:
@@ -185,7 +186,7 @@ class OrgImporter:
             return node_config.skip_all(node, defaults, EXTERNAL)
         if self.svc.provisioner is None:
             return node_config.skip_all(node, defaults, NO_BACKEND)
-        return await node_config.build(self.ctx, node, defaults, walk.loaded.root, node_dir)
+        return await node_config.build(self.ctx, node, defaults, walk.loaded.root, node_dir, walk.stage)
 
     # ------------------------------------------------------------ channels
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,12 +192,34 @@ class _Builder:
             self.blocks.append(f"idle_interval_seconds: {int(interval)}\n" + _literal("idle_prompt", idle))
 
 
-async def _plugins(b: _Builder) -> None:
+Stager = Callable[[str], Awaitable[plugins.Staged]]
+
+
+def stager(ctx: AppContext) -> Stager:
+    """Stages each plugin name once per import (outcome cached, errors included): nodes that share a
+    plugin share its bytes instead of each holding a copy until their first start."""
+    cache: dict[str, plugins.Staged | ApiError] = {}
+
+    async def stage(name: str) -> plugins.Staged:
+        if name not in cache:
+            try:
+                cache[name] = await plugins.stage_registry_plugin(ctx, name)
+            except ApiError as exc:
+                cache[name] = exc
+        got = cache[name]
+        if isinstance(got, ApiError):
+            raise got
+        return got
+
+    return stage
+
+
+async def _plugins(b: _Builder, stage: Stager) -> None:
     """Staged by the plugins service. The org allowlist is not consulted: it is keyed on the parent
     workspace, which this import has just created (no allowlist rows yet, so it would allow anyway)."""
     for name in merged_plugins(b.defaults.plugins, b.node.plugins):
         try:
-            staged = await plugins.stage_registry_plugin(b.ctx, name)
+            staged = await stage(name)
         except ApiError as exc:
             reason = NOT_FOUND if exc.status == 404 else str(exc.body.get("error") or "plugin not staged")
             b.out.plugins_skipped.append(_plugin_skip(b.node, name, reason))
@@ -205,13 +228,13 @@ async def _plugins(b: _Builder) -> None:
 
 
 async def build(
-    ctx: AppContext, node: Node, defaults: Defaults, root: Path | None, node_dir: Path | None
+    ctx: AppContext, node: Node, defaults: Defaults, root: Path | None, node_dir: Path | None, stage: Stager
 ) -> NodeConfig:
     """The overlay for one node's first start plus the skip records (file reads off the event loop)."""
     b = _Builder(ctx, node, defaults, root, node_dir)
     await asyncio.to_thread(b.files_dir)
     await asyncio.to_thread(b.config_blocks)
-    await _plugins(b)
+    await _plugins(b, stage)
     if b.files or b.blocks:
         b.out.overlay = ConfigOverlay(files=b.files, config_append="".join(b.blocks))
     return b.out

@@ -176,3 +176,5 @@ async def _relay(resp: httpx.Response, up: Upstream) -> AsyncIterator[bytes]:
             yield chunk
     except httpx.HTTPError as exc:  # the upstream broke off mid-body: end the stream, log why
         log.warning("%s proxy: upstream body cut: %s", up.name, type(exc).__name__)
+    finally:  # also when the client went away mid-stream (no background task runs then)
+        await resp.aclose()
