@@ -3,10 +3,22 @@ blocks that no prompt text can break out of."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 import yaml
 
-from workspace_server.orgs.node_config import _literal, merged_plugins, merged_routing, routing_block
+from workspace_server.orgs.models import Defaults, Node
+from workspace_server.orgs.node_config import (
+    NOT_MERGEABLE,
+    _Builder,
+    _literal,
+    merged_plugins,
+    merged_routing,
+    routing_block,
+)
 from workspace_server.provisioner.config_source import append_yaml
 
 
@@ -48,3 +60,25 @@ def test_append_refuses_a_base_it_would_corrupt() -> None:
     assert append_yaml(b"- a\n", "a: 1\n") is None  # not a mapping
     assert append_yaml(b"name: [unclosed\n", "a: 1\n") is None
     assert append_yaml(b"a: 0\n", "a: 1\n") == b"a: 0\na: 1\n"  # the appended key wins
+
+
+def test_blocks_not_appendable_to_a_files_dir_config_are_reported(tmp_path: Path) -> None:
+    node_dir = tmp_path / "lead"
+    node_dir.mkdir()
+    (node_dir / "config.yaml").write_text("{name: flow-style}\n")
+    node = Node(name="Lead", files_dir="lead", initial_prompt="go", idle_prompt="look")
+    ctx: Any = SimpleNamespace(settings=SimpleNamespace(plugin_max_dir_bytes=1 << 20))
+    b = _Builder(
+        ctx,
+        node,
+        Defaults(),
+        tmp_path,
+        node_dir,
+    )
+    b.files_dir()
+    b.config_blocks()
+    assert b.blocks == [] and b.files["config.yaml"] == b"{name: flow-style}\n"
+    assert [(s["key"], s["reason"]) for s in b.out.config_skipped] == [
+        ("initial_prompt", NOT_MERGEABLE),
+        ("idle_prompt", NOT_MERGEABLE),
+    ]

@@ -33,6 +33,7 @@ from workspace_server.orgs.models import Defaults, Node
 from workspace_server.orgs.sources import read_side_file
 from workspace_server.plugins import service as plugins
 from workspace_server.plugins.sources import staged_size
+from workspace_server.provisioner.config_source import append_yaml
 from workspace_server.workspaces.files import read_tree
 from workspace_server.workspaces.schemas import ConfigOverlay
 
@@ -42,6 +43,7 @@ UNREADABLE = "file not found inside the template (or unreadable, or over 1 MiB)"
 NOT_A_DIR = "not a directory inside the template"
 TOO_LARGE = "files_dir exceeds the size limit"
 NOT_FOUND = "plugin not found in the plugins registry"
+NOT_MERGEABLE = "the files_dir config.yaml is not a YAML block mapping to append it to"
 PROMPT_KEYS = ("initial_prompt", "initial_prompt_file", "idle_prompt", "idle_prompt_file")
 
 
@@ -190,6 +192,18 @@ class _Builder:
             interval = self.node.idle_interval_seconds or self.defaults.idle_interval_seconds
             interval = interval if interval > 0 else DEFAULT_IDLE_INTERVAL
             self.blocks.append(f"idle_interval_seconds: {int(interval)}\n" + _literal("idle_prompt", idle))
+        self._check_mergeable()
+
+    def _check_mergeable(self) -> None:
+        """A files_dir config.yaml the blocks cannot be appended to is known here, so it is reported
+        (the orchestrator would keep it unchanged and could only log)."""
+        base = self.files.get("config.yaml")
+        if not self.blocks or base is None or append_yaml(base, "".join(self.blocks)) is not None:
+            return
+        for key in ("category_routing", "initial_prompt", "idle_prompt"):
+            if any(block.startswith(key) or f"\n{key}:" in block for block in self.blocks):
+                self.skip(key, NOT_MERGEABLE)
+        self.blocks.clear()
 
 
 Stager = Callable[[str], Awaitable[plugins.Staged]]
