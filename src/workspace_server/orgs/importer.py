@@ -114,7 +114,7 @@ class OrgImporter:
             payload = self._payload(walk, node, parent_id, pos, runtime, tier, node_env)
         except ValidationError:  # e.g. a tier beyond int32 or a non-finite position
             raise NodeFailed(f"failed to create workspace {node.name!r}: invalid workspace fields") from None
-        cfg = await self._node_config(walk, node, node_dir)
+        cfg = await self._node_config(walk, node, node_dir, external=node.external or runtime == "external")
         event_extra: dict[str, Any] = {"x": rel[0], "y": rel[1]}
         if parent_id is not None:
             event_extra["parent_id"] = parent_id
@@ -180,9 +180,11 @@ class OrgImporter:
             return ""
         return expand_vars(node.workspace_dir, org_env, node_env, process_environ())
 
-    async def _node_config(self, walk: _Walk, node: Node, node_dir: Path | None) -> node_config.NodeConfig:
+    async def _node_config(
+        self, walk: _Walk, node: Node, node_dir: Path | None, *, external: bool
+    ) -> node_config.NodeConfig:
         defaults = walk.loaded.template.defaults
-        if node.external:
+        if external:  # as the create path decides it: the flag, or runtime `external`
             return node_config.skip_all(node, defaults, EXTERNAL)
         if self.svc.provisioner is None:
             return node_config.skip_all(node, defaults, NO_BACKEND)
