@@ -174,6 +174,9 @@ def create_app(
     app.state.settings = settings
     _install_error_handlers(app)
     hot = _include_routers(app)
+    from workspace_server.proxy.routes import install as install_proxies
+
+    install_proxies(app, settings)  # /cp/* upstream check and the canvas as the NoRoute fallback
     from workspace_server.openapi import install as install_openapi
 
     install_openapi(app)
@@ -207,6 +210,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
     from workspace_server.orgs.routes import router as orgs_router
     from workspace_server.plugins.routes import router as plugins_router
     from workspace_server.provisioner.routes import router as provisioner_router
+    from workspace_server.proxy.routes import router as proxy_router
     from workspace_server.registry.routes import HOT_ROUTES as REGISTRY_HOT
     from workspace_server.registry.routes import router as registry_router
     from workspace_server.schedules.routes import router as schedules_router
@@ -250,6 +254,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
         terminal_router,
         orgs_router,
         plugins_router,
+        proxy_router,
     ):
         app.include_router(r)
     return hot

@@ -19,12 +19,13 @@ from tests.conftest import TEST_ENCRYPTION_KEY, ClientFactory
 from workspace_server.db.schema import (
     agent_memories,
     canvas_layouts,
+    structure_events,
     workspace_auth_tokens,
     workspace_schedules,
     workspace_secrets,
     workspaces,
 )
-from workspace_server.orgs.importer import upsert_template_schedule
+from workspace_server.orgs.importer import NO_BACKEND, upsert_template_schedule
 from workspace_server.secrets.crypto import crypto_for
 
 ADMIN = "org-admin"
@@ -167,8 +168,9 @@ async def test_import_creates_the_tree(api: httpx.AsyncClient) -> None:
     assert lead["channels_skipped"] == [
         {"reason": "channels are not supported by this server yet", "type": "telegram", "workspace": "Lead"}
     ]
-    assert lead["plugins_skipped"] == ["memory-tools"]
-    assert lead["config_skipped"] == ["files_dir"]
+    no_backend = NO_BACKEND  # nothing is started here, so nothing can be written
+    assert lead["plugins_skipped"] == [{"plugin": "memory-tools", "reason": no_backend, "workspace": "Lead"}]
+    assert lead["config_skipped"] == [{"key": "files_dir", "reason": no_backend, "workspace": "Lead"}]
     ids = {w["name"]: w["id"] for w in body["workspaces"]}
 
     found = {
@@ -206,6 +208,31 @@ async def test_import_creates_the_tree(api: httpx.AsyncClient) -> None:
     dev_b_height = 130 + 130 + 16
     assert pos[ids["Remote"]] == (100 + 16, 50 + 130 + dev_b_height + 14)
     assert pos[ids["Intern"]] == (pos[ids["Dev B"]][0] + 16, pos[ids["Dev B"]][1] + 130)
+
+    # the events carry parent-relative coordinates and the parent, so the canvas nests children live
+    provisioning = {
+        row.workspace_id: row.payload
+        for row in await rows(
+            api, sa.select(structure_events).where(structure_events.c.event_type == "WORKSPACE_PROVISIONING")
+        )
+    }
+    assert provisioning[ids["Lead"]] == {"name": "Lead", "tier": 3, "runtime": "echo", "x": 100, "y": 50}
+    assert provisioning[ids["Dev B"]] == {
+        "name": "Dev B",
+        "tier": 1,
+        "runtime": "echo",
+        "x": 16 + dev_b_width + 14,
+        "y": 130,
+        "parent_id": ids["Lead"],
+    }
+    assert provisioning[ids["Intern"]] == {
+        "name": "Intern",
+        "tier": 1,
+        "runtime": "echo",
+        "x": 16,
+        "y": 130,
+        "parent_id": ids["Dev B"],
+    }
 
 
 async def test_schedules_memories_and_secrets(api: httpx.AsyncClient) -> None:

@@ -39,7 +39,17 @@ OPEN: dict[tuple[str, str], str] = {
     ("GET", "/docs"): "the API documentation page (issue 11 §4)",
     ("GET", "/docs/swagger-ui-bundle.js"): "the documentation page's script",
     ("GET", "/docs/swagger-ui.css"): "the documentation page's styles",
+    **{
+        (
+            m,
+            "/cp/{path:path}",
+        ): "the control-plane proxy (spec 06 §1.4): the CP authenticates its own calls by"
+        " the session cookie passed on; only its allow-listed canvas paths are forwarded, never a bearer"
+        for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    },
 }
+# The canvas fallback (CANVAS_PROXY_URL) is the router's default app, not a route: it serves the UI's
+# pages and scripts to anyone who may load them, with Authorization and Cookie removed (spec 06 §1.4).
 
 # Routes that validate their body before they look at the caller (spec 03 §1.2 order).
 BODIES: dict[str, Any] = {

@@ -251,3 +251,14 @@ def test_connection_block_fills_placeholders() -> None:
     for snippet in (block["curl_register_template"], block["python_snippet"]):
         assert "https://p.example" in snippet and "wid" in snippet
         assert "{platform_url}" not in snippet and "{workspace_id}" not in snippet
+
+
+def test_connection_block_has_the_canvas_token_placeholders() -> None:
+    """The reference canvas fills the token in by replacing these exact strings (ExternalConnectModal)."""
+    block = connection_block("wid", "https://p.example", "tok")
+    python_line = 'AUTH_TOKEN    = "<paste from create response>"'
+    shell_line = 'WORKSPACE_AUTH_TOKEN="<paste from create response>"'
+    assert python_line in block["python_snippet"]
+    assert shell_line in block["curl_register_template"]
+    filled = block["python_snippet"].replace(python_line, 'AUTH_TOKEN    = "tok"')
+    compile(filled, "<snippet>", "exec")  # still valid Python once filled

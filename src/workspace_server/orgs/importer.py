@@ -4,9 +4,11 @@ Each node becomes a workspace through the ordinary create path (`WorkspaceServic
 team expand does, so it gets what any workspace gets: name/field checks, the `workspace_dir` check, its
 secrets encrypted with the real encryption version, a confined template, provisioning by whatever backend
 is configured (process or Docker; the reference provisioned only with Docker and slept 2 s per child
-inside the request). Then the org-only extras: initial memories, template schedules, and a report of
-what this server does not port yet (channels, plugins, config.yaml prompt blocks). The first node that
-fails stops the walk; nodes already created stay and the answer is a 207.
+inside the request). The node's config (files_dir, system prompt, config.yaml blocks, plugins) rides on
+that create as a `ConfigOverlay` for the first start (`node_config.py`), so it is applied by the
+process and Docker backends alike. Then the org-only extras: initial memories, template schedules, and
+channels (reported as skipped until the channels package lands). The first node that fails stops the
+walk; nodes already created stay and the answer is a 207.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from workspace_server.db.engine import dialect_insert
 from workspace_server.db.schema import MEMORY_SCOPES, workspace_schedules
 from workspace_server.memories import store as memory_store
 from workspace_server.memories.service import stored_content
-from workspace_server.orgs import layout
-from workspace_server.orgs.models import Defaults, MemorySeed, Node, Schedule
+from workspace_server.orgs import layout, node_config
+from workspace_server.orgs.models import Channel, MemorySeed, Node, Schedule
 from workspace_server.orgs.service import LoadedOrg
 from workspace_server.orgs.sources import expand_vars, files_dir, read_dotenv, read_side_file
 from workspace_server.provisioner.config_source import CLAUDE_CODE_MODEL, DEFAULT_MODEL
@@ -40,20 +42,12 @@ from workspace_server.workspaces.service import WorkspaceService, truncate_utf8
 from workspace_server.workspaces.templates import resolve_template
 
 log = logging.getLogger(__name__)
+Point = tuple[float, float]
 
 MEMORY_MAX_BYTES = 100_000
 CHANNELS_NOT_PORTED = "channels are not supported by this server yet"
-# org.yaml keys that would be written into the workspace's config.yaml / config volume; the create path
-# has no seam for extra config yet, so they are reported per node instead of silently dropped.
-CONFIG_NOT_PORTED = (
-    "files_dir",
-    "system_prompt",
-    "initial_prompt",
-    "initial_prompt_file",
-    "idle_prompt",
-    "idle_prompt_file",
-    "category_routing",
-)
+EXTERNAL = "external workspace: the server writes no config for it"
+NO_BACKEND = "no workspace backend: nothing is started, so no config is written"
 
 
 @dataclass
@@ -61,6 +55,7 @@ class _Walk:
     loaded: LoadedOrg
     platform_url: str
     org_env: dict[str, str]
+    stage: node_config.Stager
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -78,12 +73,12 @@ class OrgImporter:
     async def run(self, loaded: LoadedOrg, platform_url: str) -> tuple[int, dict[str, Any]]:
         root = loaded.root
         org_env = await asyncio.to_thread(read_dotenv, root, root) if root is not None else {}
-        walk = _Walk(loaded, platform_url, org_env)
+        walk = _Walk(loaded, platform_url, org_env, node_config.stager(self.ctx))
         error = ""
         try:
             for node in loaded.template.workspaces:
                 x, y = node.canvas.x, node.canvas.y
-                await self._tree(walk, node, None, (x, y))
+                await self._tree(walk, node, None, (x, y), (x, y))
         except NodeFailed as exc:
             error = exc.message
         if walk.results and loaded.template.global_memories:
@@ -99,13 +94,16 @@ class OrgImporter:
             return 207, body
         return 201, body
 
-    async def _tree(self, walk: _Walk, node: Node, parent_id: str | None, pos: tuple[float, float]) -> None:
-        ws_id = await self._node(walk, node, parent_id, pos)
+    async def _tree(self, walk: _Walk, node: Node, parent_id: str | None, pos: Point, rel: Point) -> None:
+        """`pos` is absolute (stored in canvas_layouts, as the reference); `rel` is relative to the parent
+        (a root's is its absolute), sent in WORKSPACE_PROVISIONING: React Flow places a node with a
+        parent at parent-relative coordinates, so the canvas nests children live."""
+        ws_id = await self._node(walk, node, parent_id, pos, rel)
         sizes = [layout.subtree_size(c) for c in node.children]
         for child, (dx, dy) in zip(node.children, layout.child_slots(sizes), strict=True):
-            await self._tree(walk, child, ws_id, (pos[0] + dx, pos[1] + dy))
+            await self._tree(walk, child, ws_id, (pos[0] + dx, pos[1] + dy), (dx, dy))
 
-    async def _node(self, walk: _Walk, node: Node, parent_id: str | None, pos: tuple[float, float]) -> str:
+    async def _node(self, walk: _Walk, node: Node, parent_id: str | None, pos: Point, rel: Point) -> str:
         defaults = walk.loaded.template.defaults
         root = walk.loaded.root
         node_dir = files_dir(root, node.files_dir) if root is not None and node.files_dir else None
@@ -116,8 +114,14 @@ class OrgImporter:
             payload = self._payload(walk, node, parent_id, pos, runtime, tier, node_env)
         except ValidationError:  # e.g. a tier beyond int32 or a non-finite position
             raise NodeFailed(f"failed to create workspace {node.name!r}: invalid workspace fields") from None
+        cfg = await self._node_config(walk, node, node_dir, external=node.external or runtime == "external")
+        event_extra: dict[str, Any] = {"x": rel[0], "y": rel[1]}
+        if parent_id is not None:
+            event_extra["parent_id"] = parent_id
         try:
-            created = await self.svc.create(payload, walk.platform_url)
+            created = await self.svc.create(
+                payload, walk.platform_url, event_extra=event_extra, overlay=cfg.overlay
+            )
         except ApiError as exc:
             reason = exc.body.get("error") or "failed to create workspace"
             raise NodeFailed(f"failed to create workspace {node.name!r}: {reason}") from None
@@ -125,7 +129,9 @@ class OrgImporter:
         await self._seed_memories(ws_id, node.initial_memories or defaults.initial_memories, None)
         base = node_dir or root
         await self._schedules(ws_id, node.schedules, root, base)
-        entry = self._result(ws_id, node, tier, defaults)
+        entry = {"id": ws_id, "name": node.name, "tier": tier, **node_config.result_fields(cfg)}
+        entry.update(await self._channels(ws_id, node))
+        entry = dict(sorted(entry.items()))
         if "connection" in created:  # an external node's token, minted at create and shown only here
             entry = dict(sorted({**entry, "connection": created["connection"]}.items()))
         walk.results.append(entry)
@@ -174,26 +180,32 @@ class OrgImporter:
             return ""
         return expand_vars(node.workspace_dir, org_env, node_env, process_environ())
 
+    async def _node_config(
+        self, walk: _Walk, node: Node, node_dir: Path | None, *, external: bool
+    ) -> node_config.NodeConfig:
+        defaults = walk.loaded.template.defaults
+        if external:  # as the create path decides it: the flag, or runtime `external`
+            return node_config.skip_all(node, defaults, EXTERNAL)
+        if self.svc.provisioner is None:
+            return node_config.skip_all(node, defaults, NO_BACKEND)
+        return await node_config.build(self.ctx, node, defaults, walk.loaded.root, node_dir, walk.stage)
+
+    # ------------------------------------------------------------ channels
+
+    async def _channels(self, ws_id: str, node: Node) -> dict[str, Any]:
+        """`channels` / `channels_skipped` of the node's result entry (spec 06 §3.5 step 8).
+
+        TODO(channels branch): once `channels.service` exists, each entry goes through
+        `channels.service.create_channel(self.ctx, ws_id, _channel_body(ch))` (validated, `$VAR`
+        expanded from the org/node `.env`, config encrypted at rest); its `ApiError` text becomes the
+        skip reason and a success is listed under `channels`. Until then every entry is reported.
+        """
+        skipped = [self._channel_skip(node, ch, CHANNELS_NOT_PORTED) for ch in node.channels]
+        return {"channels_skipped": skipped} if skipped else {}
+
     @staticmethod
-    def _result(ws_id: str, node: Node, tier: int, defaults: Defaults) -> dict[str, Any]:
-        entry: dict[str, Any] = {"id": ws_id, "name": node.name, "tier": tier}
-        skipped = [
-            {"reason": CHANNELS_NOT_PORTED, "type": ch.type, "workspace": node.name} for ch in node.channels
-        ]
-        if skipped:
-            entry["channels_skipped"] = skipped
-        plugins = _plugins(defaults.plugins, node.plugins)
-        if plugins:
-            entry["plugins_skipped"] = plugins
-        config = [key for key in CONFIG_NOT_PORTED if getattr(node, key)]
-        if defaults.category_routing and "category_routing" not in config:
-            config.append("category_routing")
-        for key in ("initial_prompt", "initial_prompt_file", "idle_prompt", "idle_prompt_file"):
-            if getattr(defaults, key) and key not in config:
-                config.append(key)
-        if config:
-            entry["config_skipped"] = config
-        return dict(sorted(entry.items()))
+    def _channel_skip(node: Node, ch: Channel, reason: str) -> dict[str, str]:
+        return {"reason": reason, "type": ch.type, "workspace": node.name}
 
     # ------------------------------------------------------------ memories
 
@@ -237,16 +249,6 @@ class OrgImporter:
 
 def _default_model(runtime: str) -> str:
     return CLAUDE_CODE_MODEL if runtime == "claude-code" else DEFAULT_MODEL
-
-
-def _plugins(defaults: list[str], node: list[str]) -> list[str]:
-    """defaults ∪ node, deduplicated; a node entry `!x` or `-x` removes x."""
-    removed = {p[1:] for p in node if p[:1] in ("!", "-")}
-    out: list[str] = []
-    for name in [*defaults, *node]:
-        if name and name[:1] not in ("!", "-") and name not in removed and name not in out:
-            out.append(name)
-    return out
 
 
 def _schedule_values(sched: Schedule, root: Path | None, base: Path | None) -> dict[str, Any] | None:

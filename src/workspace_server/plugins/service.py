@@ -298,7 +298,7 @@ async def install(ctx: AppContext, ws_id: str, raw_body: bytes) -> dict[str, Any
     files = await _running_files(ctx, ws_id)
     if files is None:
         raise ApiError(503, NOT_RUNNING)
-    payload = {f"plugins/{staged.name}/{rel}": data for rel, data in staged.files.items()}
+    payload = config_payload(staged)
     try:
         await files.delete_path(ws_id, f"plugins/{staged.name}")  # a reinstall leaves no stale files
         await files.write_files(ws_id, payload)
@@ -310,6 +310,17 @@ async def install(ctx: AppContext, ws_id: str, raw_body: bytes) -> dict[str, Any
     log.info("plugin %s installed into %s from %s", staged.name, ws_id, staged.source.raw)
     schedule_restart(ctx, ws_id)
     return {"status": "installed", "plugin": staged.name, "source": staged.source.raw}
+
+
+def config_payload(staged: Staged) -> dict[str, bytes]:
+    """A staged plugin as config-volume files, `plugins/<name>/<rel>` (install and org import share it)."""
+    return {f"plugins/{staged.name}/{rel}": data for rel, data in staged.files.items()}
+
+
+async def stage_registry_plugin(ctx: AppContext, name: str) -> Staged:
+    """A plugin of the local registry by bare name (an org.yaml `plugins:` entry), through the same
+    resolver, name, size and integrity checks as an install; `ApiError` with the install's message."""
+    return await stage(ctx, f"local://{name}")
 
 
 def strip_plugin_blocks(text: str, name: str) -> str:

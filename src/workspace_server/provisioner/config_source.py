@@ -115,6 +115,26 @@ def template_config(template_dir: Path | None) -> bytes | None:
     return read_file(template_dir, "config.yaml")
 
 
+def append_yaml(base: bytes, blocks: str) -> bytes | None:
+    """`blocks` (top-level keys) appended to the config.yaml `base`, as the reference appends org blocks;
+    None when the result would not be one mapping holding exactly those values (a flow-style or broken
+    base), so a template's config is never silently corrupted. A key the base already has is overridden
+    (the later key wins when the agent reads the file)."""
+    text = base.decode("utf-8", errors="replace")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    merged = text + blocks
+    try:
+        data, added = yaml.safe_load(merged), yaml.safe_load(blocks)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(data, dict) or not isinstance(added, dict):
+        return None
+    if any(data.get(k) != v for k, v in added.items()):
+        return None
+    return merged.encode()
+
+
 # ---- restart template rules ----
 
 

@@ -61,6 +61,7 @@ class Orchestrator(Restarts):
             generate=spec.template_path is None,
             workspace_dir=spec.workspace_dir,
             workspace_access=spec.workspace_access,
+            overlay=spec.overlay,
         )
         if spec.template:
             await self._remember_template(spec.workspace_id, spec.template)

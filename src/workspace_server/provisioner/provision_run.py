@@ -28,6 +28,7 @@ from workspace_server.provisioner.hooks import MutatorError, ProvisionInfo, run_
 from workspace_server.provisioner.orchestrator_base import OrchestratorBase
 from workspace_server.secrets.service import SecretDecryptError, env_for_workspace
 from workspace_server.workspaces import store as ws_store
+from workspace_server.workspaces.schemas import ConfigOverlay
 from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.templates import resolve_template
 
@@ -63,6 +64,7 @@ class Job:
     reset_session: bool = False
     live_config: bytes | None = None  # the volume's config.yaml, when read before the stop
     volume_known_empty: bool = False  # the volume was read and has no config.yaml
+    overlay: ConfigOverlay | None = None  # org import's files and config.yaml blocks (first start only)
 
 
 def git_identity(env: dict[str, str], name: str) -> None:
@@ -129,6 +131,8 @@ class ProvisionRun(OrchestratorBase):
             files["config.yaml"] = cfg.default_config_yaml(
                 job.name, job.role, job.tier, job.runtime, job.model, self.images
             )
+        if job.overlay is not None:
+            files = await asyncio.to_thread(self._with_overlay, job, job.overlay, files)
         await self._preflight(job, files, env)
         await self._still_provisioning(job.ws_id)  # deleted or paused meanwhile: no token, no start
         token = await self._rotate_token(job.ws_id)
@@ -152,6 +156,25 @@ class ProvisionRun(OrchestratorBase):
         await self._start_instance(backend, job, spec)
         if token:
             await self._revoke_older_tokens(job.ws_id, token)
+
+    def _with_overlay(self, job: Job, overlay: ConfigOverlay, files: dict[str, bytes]) -> dict[str, bytes]:
+        """The overlay's files on top of the template, and its YAML appended to the config.yaml in effect:
+        the overlay's own (a files_dir), else the generated one, else the template's, else a generated
+        default (a template without config.yaml)."""
+        out = {**files, **overlay.files}
+        if not overlay.config_append:
+            return out
+        base = overlay.files.get("config.yaml") or files.get("config.yaml")
+        if base is None and job.template_dir is not None:
+            base = cfg.template_config(job.template_dir)
+        if base is None:
+            base = cfg.default_config_yaml(job.name, job.role, job.tier, job.runtime, job.model, self.images)
+        merged = cfg.append_yaml(base, overlay.config_append)
+        if merged is None:  # a flow-style or broken config.yaml: keep it as the template wrote it
+            log.warning("workspace %s: config.yaml blocks not appended (not a block mapping)", job.ws_id)
+            merged = base
+        out["config.yaml"] = merged
+        return out
 
     async def _gather_env(self, job: Job) -> dict[str, str]:
         try:

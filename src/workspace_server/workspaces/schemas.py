@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import posixpath
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,6 +132,20 @@ def workspace_access_ok(access: str, workspace_dir: str) -> bool:
 
 
 @dataclass(frozen=True)
+class ConfigOverlay:
+    """Extra config for a workspace's first start (org import, spec 06 §3.5 step 6): never from an HTTP body.
+
+    `files` land in /configs on top of the template (a node's `files_dir`, `system-prompt.md`, staged
+    plugins as `plugins/<name>/…`); `config_append` is YAML appended to the config.yaml in effect (the
+    files' own, else the template's, else the generated default). Only the first start uses it: a restart
+    reuses what the volume holds, so the applied config persists as any user edit would.
+    """
+
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    config_append: str = ""
+
+
+@dataclass(frozen=True)
 class ProvisionSpec:
     """What the create flow hands to the provisioner hook (`ctx.extras["provisioner"]`).
 
@@ -149,6 +164,7 @@ class ProvisionSpec:
     workspace_dir: str
     workspace_access: str
     parent_id: str | None
+    overlay: ConfigOverlay | None = None
 
 
 def as_number(value: Any) -> float | None:

@@ -26,6 +26,7 @@ from workspace_server.workspaces import store
 from workspace_server.workspaces.schemas import (
     INT32_MAX,
     INT64_MAX,
+    ConfigOverlay,
     CreateWorkspace,
     ProvisionSpec,
     as_number,
@@ -105,7 +106,16 @@ class WorkspaceService:
 
     # ------------------------------------------------------------------ create
 
-    async def create(self, p: CreateWorkspace, platform_url: str) -> dict[str, Any]:
+    async def create(
+        self,
+        p: CreateWorkspace,
+        platform_url: str,
+        *,
+        event_extra: dict[str, Any] | None = None,
+        overlay: ConfigOverlay | None = None,
+    ) -> dict[str, Any]:
+        """`event_extra` joins the WORKSPACE_PROVISIONING payload (org import's x, y, parent_id) and
+        `overlay` the first start's config: both server-side only, never taken from a request body."""
         name = p.name or ""
         if not name:
             raise ApiError(400, "invalid workspace payload")
@@ -161,9 +171,8 @@ class WorkspaceService:
         await self._initial_layout(ws_id, p)
         if p.initial_memories:
             log.info("create %s: initial_memories ignored (no memory store yet)", ws_id)
-        await self.ctx.events.record(
-            "WORKSPACE_PROVISIONING", ws_id, {"name": name, "tier": tier, "runtime": runtime}
-        )
+        provisioning = {**(event_extra or {}), "name": name, "tier": tier, "runtime": runtime}
+        await self.ctx.events.record("WORKSPACE_PROVISIONING", ws_id, provisioning)
 
         if p.external or runtime == "external":
             return await self._finish_external(ws_id, name, p.url or "", platform_url)
@@ -180,6 +189,7 @@ class WorkspaceService:
             workspace_dir=workspace_dir,
             workspace_access=access,
             parent_id=parent_id,
+            overlay=overlay,
         )
         hook = self.provisioner
         if hook is not None:
@@ -743,8 +753,9 @@ def connection_block(ws_id: str, platform_url: str, token: str) -> dict[str, Any
 
 
 CURL_REGISTER_TEMPLATE = """\
-# Register your agent with this workspace. Set the two variables, then run:
-export WORKSPACE_AUTH_TOKEN="<auth_token from the create response>"
+# Register your agent with this workspace. Set the two variables, then run.
+# (The canvas fills the token in by replacing the exact WORKSPACE_AUTH_TOKEN line below.)
+export WORKSPACE_AUTH_TOKEN="<paste from create response>"
 export AGENT_URL="https://agent.example.com"   # where your agent serves A2A
 
 curl -fsS -X POST "{platform_url}/registry/register" \\
@@ -762,10 +773,11 @@ import time
 
 import httpx
 
-PLATFORM_URL = "{platform_url}"
-WORKSPACE_ID = "{workspace_id}"
-AUTH_TOKEN = "<auth_token from the create response>"
-AGENT_URL = "https://agent.example.com"  # where your agent serves A2A
+# The canvas fills AUTH_TOKEN in by replacing this exact line (its spacing included).
+PLATFORM_URL  = "{platform_url}"
+WORKSPACE_ID  = "{workspace_id}"
+AUTH_TOKEN    = "<paste from create response>"
+AGENT_URL     = "https://agent.example.com"  # where your agent serves A2A
 
 headers = {"Authorization": f"Bearer {AUTH_TOKEN}"}
 with httpx.Client(base_url=PLATFORM_URL, headers=headers, timeout=10) as client:
