@@ -1,0 +1,61 @@
+"""What every part of the workspace service shares: the context, the provisioner hook, the background-task
+set and the renderers of the reference's map-shaped bodies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from workspace_server.context import AppContext
+from workspace_server.workspaces.schemas import ProvisionSpec
+
+
+class ProvisionerHook(Protocol):
+    """The backend seam: the provisioner/orchestrator registers itself in `ctx.extras["provisioner"]`.
+
+    `provision` runs in the background after create and owns every later status change; `stop` must be
+    idempotent (stopping an unknown workspace is not an error). An optional `remove_volume(ws_id)` is
+    called after a successful stop on delete.
+    """
+
+    async def provision(self, spec: ProvisionSpec) -> None: ...
+    async def stop(self, ws_id: str) -> None: ...
+
+
+# Fire-and-forget work must be referenced until done or the event loop may drop it mid-flight.
+_background: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    task = asyncio.create_task(coro, name=name)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+def sorted_body(d: dict[str, Any]) -> dict[str, Any]:
+    """Go renders map-shaped bodies (gin.H) with sorted keys; keep that order on the wire."""
+    return dict(sorted(d.items()))
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """At most max_bytes of UTF-8, never splitting a character."""
+    raw = text.encode()
+    if len(raw) <= max_bytes:
+        return text
+    return raw[:max_bytes].decode(errors="ignore")
+
+
+class ServiceBase:
+    """The state the service's parts (create, update, delete, queries) read; `WorkspaceService` joins them."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.engine = ctx.engine
+
+    @property
+    def provisioner(self) -> ProvisionerHook | None:
+        hook: ProvisionerHook | None = self.ctx.extras.get("provisioner")
+        return hook
