@@ -4,11 +4,18 @@ set and the renderers of the reference's map-shaped bodies."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, Protocol
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
+from workspace_server.common.errors import ApiError
 from workspace_server.context import AppContext
 from workspace_server.workspaces.schemas import ProvisionSpec
+
+# The public face's logger name, for every part: log configuration and filters keep seeing one service.
+log = logging.getLogger(__package__)
+
+T = TypeVar("T")
 
 
 class ProvisionerHook(Protocol):
@@ -59,3 +66,13 @@ class ServiceBase:
     def provisioner(self) -> ProvisionerHook | None:
         hook: ProvisionerHook | None = self.ctx.extras.get("provisioner")
         return hook
+
+    async def query(self, fn: Callable[..., Awaitable[T]], *args: Any, failed: str) -> T:
+        """One read on its own connection. Any error is logged as `failed` and answered 500 `query failed`:
+        the reads of a workspace's views, state, config and budget all fail this one way."""
+        try:
+            async with self.engine.connect() as conn:
+                return await fn(conn, *args)
+        except Exception:
+            log.exception(failed)
+            raise ApiError(500, "query failed") from None

@@ -20,22 +20,12 @@ log = logging.getLogger(__package__)
 
 class QueryOps(ServiceBase):
     async def list_views(self) -> list[dict[str, Any]]:
-        try:
-            async with self.engine.connect() as conn:
-                rows = await store.list_workspace_views(conn)
-        except Exception:
-            log.exception("list workspaces failed")
-            raise ApiError(500, "query failed") from None
+        rows = await self.query(store.list_workspace_views, failed="list workspaces failed")
         timeouts = await runtime_provision_timeouts(self.settings)
         return [_view(r, timeouts, full=True) for r in rows]
 
     async def get_view(self, ws_id: str) -> dict[str, Any]:
-        try:
-            async with self.engine.connect() as conn:
-                row = await store.get_workspace_view(conn, ws_id)
-        except Exception:
-            log.exception("get workspace %s failed", ws_id)
-            raise ApiError(500, "query failed") from None
+        row = await self.query(store.get_workspace_view, ws_id, failed=f"get workspace {ws_id} failed")
         if row is None:
             raise ApiError(404, "workspace not found")
         return _view(row, await runtime_provision_timeouts(self.settings), full=False)
@@ -59,12 +49,7 @@ class QueryOps(ServiceBase):
                 raise ApiError(500, "auth check failed") from None
             if owner is None:
                 raise ApiError(401, "invalid workspace auth token")
-        try:
-            async with self.engine.connect() as conn:
-                status = await store.workspace_status(conn, ws_id)
-        except Exception:
-            log.exception("state %s: query failed", ws_id)
-            raise ApiError(500, "query failed") from None
+        status = await self.query(store.workspace_status, ws_id, failed=f"state {ws_id}: query failed")
         if status is None:
             return 404, {"deleted": True, "workspace_id": ws_id}
         if status == Status.REMOVED:

@@ -78,12 +78,7 @@ class UpdateOps(ServiceBase):
     # ------------------------------------------------------------------ config
 
     async def get_config(self, ws_id: str) -> dict[str, Any]:
-        try:
-            async with self.engine.connect() as conn:
-                data = await store.get_config(conn, ws_id)
-        except Exception:
-            log.exception("config get %s failed", ws_id)
-            raise ApiError(500, "query failed") from None
+        data = await self.query(store.get_config, ws_id, failed=f"config get {ws_id} failed")
         return {"data": {} if data is None else data}
 
     async def patch_config(self, ws_id: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -103,12 +98,7 @@ class UpdateOps(ServiceBase):
     # ------------------------------------------------------------------ budget
 
     async def get_budget(self, ws_id: str) -> dict[str, Any]:
-        try:
-            async with self.engine.connect() as conn:
-                row = await store.get_budget(conn, ws_id)
-        except Exception:
-            log.exception("budget get %s failed", ws_id)
-            raise ApiError(500, "query failed") from None
+        row = await self.query(store.get_budget, ws_id, failed=f"budget get {ws_id} failed")
         if row is None:
             raise ApiError(404, "workspace not found")
         return budget_view(row.budget_limit, row.monthly_spend)
