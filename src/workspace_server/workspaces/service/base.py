@@ -67,12 +67,14 @@ class ServiceBase:
         hook: ProvisionerHook | None = self.ctx.extras.get("provisioner")
         return hook
 
-    async def query(self, fn: Callable[..., Awaitable[T]], *args: Any, failed: str) -> T:
-        """One read on its own connection. Any error is logged as `failed` and answered 500 `query failed`:
-        the reads of a workspace's views, state, config and budget all fail this one way."""
+    async def query(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, failed: str, answer: str = "query failed"
+    ) -> T:
+        """One read on its own connection. Any error is logged as `failed` and answered 500 `answer`: the
+        reads of a workspace's views, state, config and budget, and the team's lookups, all fail this way."""
         try:
             async with self.engine.connect() as conn:
                 return await fn(conn, *args)
         except Exception:
             log.exception(failed)
-            raise ApiError(500, "query failed") from None
+            raise ApiError(500, answer) from None
