@@ -1,5 +1,5 @@
 """What every part of the workspace service shares: the context, the provisioner hook, the background-task
-set and the renderers of the reference's map-shaped bodies."""
+set and the one read-or-500 query."""
 
 from __future__ import annotations
 
@@ -39,11 +39,6 @@ def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
     _background.add(task)
     task.add_done_callback(_background.discard)
     return task
-
-
-def sorted_body(d: dict[str, Any]) -> dict[str, Any]:
-    """Go renders map-shaped bodies (gin.H) with sorted keys; keep that order on the wire."""
-    return dict(sorted(d.items()))
 
 
 def truncate_utf8(text: str, max_bytes: int) -> str:

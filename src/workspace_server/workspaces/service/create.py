@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from workspace_server.activity.service import sorted_keys
 from workspace_server.auth import tokens
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import new_id, parse_uuid
@@ -23,7 +24,7 @@ from workspace_server.workspaces.schemas import (
     workspace_dir_ok,
     workspace_fields_error,
 )
-from workspace_server.workspaces.service.base import ProvisionerHook, ServiceBase, sorted_body, spawn
+from workspace_server.workspaces.service.base import ProvisionerHook, ServiceBase, spawn
 from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.templates import (
     read_template_runtime_and_model,
@@ -124,7 +125,7 @@ class CreateOps(ServiceBase):
             spawn(self.run_provision(hook, spec), name=f"provision-{ws_id}")
         else:
             await self.fail_without_backend(ws_id, name, runtime, tier, template)
-        return sorted_body(
+        return sorted_keys(
             {
                 "id": ws_id,
                 "status": "provisioning",
@@ -197,13 +198,13 @@ class CreateOps(ServiceBase):
             body: dict[str, Any] = {"id": ws_id, "external": True, "status": "online"}
             if token is not None:
                 body["connection"] = connection_block(ws_id, platform_url, token)
-            return sorted_body(body)
+            return sorted_keys(body)
 
         await lc.transition(
             ws_id, to=Status.AWAITING_AGENT, expect=[Status.PROVISIONING], values={"runtime": "external"}
         )
         await self.ctx.events.record("WORKSPACE_AWAITING_AGENT", ws_id, payload)
-        return sorted_body(
+        return sorted_keys(
             {
                 "id": ws_id,
                 "external": True,
@@ -256,7 +257,7 @@ def connection_block(ws_id: str, platform_url: str, token: str) -> dict[str, Any
     curl, python = CURL_REGISTER_TEMPLATE, PYTHON_SNIPPET_TEMPLATE
     for k, v in fill.items():
         curl, python = curl.replace(k, v), python.replace(k, v)
-    return sorted_body(
+    return sorted_keys(
         {
             "workspace_id": ws_id,
             "platform_url": platform_url,

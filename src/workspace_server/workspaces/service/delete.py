@@ -6,11 +6,12 @@ import asyncio
 import logging
 from typing import Any
 
+from workspace_server.activity.service import sorted_keys
 from workspace_server.auth import tokens
 from workspace_server.common.errors import ApiError
 from workspace_server.common.kv import clear_workspace_keys
 from workspace_server.workspaces import store
-from workspace_server.workspaces.service.base import ServiceBase, sorted_body, spawn
+from workspace_server.workspaces.service.base import ServiceBase, spawn
 
 # The public face's logger name, for every part: log configuration and filters keep seeing one service.
 log = logging.getLogger(__package__)
@@ -58,8 +59,8 @@ class DeleteOps(ServiceBase):
             except Exception:
                 log.exception("purge %s failed", all_ids)
                 raise ApiError(500, "purge failed") from None
-            return sorted_body({"status": "purged", "cascade_deleted": len(descendants)})
-        return sorted_body({"status": "removed", "cascade_deleted": len(descendants)})
+            return sorted_keys({"status": "purged", "cascade_deleted": len(descendants)})
+        return sorted_keys({"status": "removed", "cascade_deleted": len(descendants)})
 
     async def _mark_removed(self, ids: list[str]) -> None:
         """Removed first, before any stop, so late heartbeats and sweeps cannot resurrect the rows (#73)."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from workspace_server.activity.service import sorted_keys
 from workspace_server.auth import tokens
 from workspace_server.common.errors import ApiError
 from workspace_server.common.jsonnum import go_float
 from workspace_server.common.time import rfc3339
 from workspace_server.workspaces import store
-from workspace_server.workspaces.service.base import ServiceBase, sorted_body
+from workspace_server.workspaces.service.base import ServiceBase
 from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.templates import runtime_provision_timeouts
 
@@ -94,4 +95,4 @@ def _view(row: Any, timeouts: dict[str, int], *, full: bool) -> dict[str, Any]:
     secs = timeouts.get(runtime)
     if secs:
         d["provision_timeout_ms"] = secs * 1000
-    return sorted_body(d)
+    return sorted_keys(d)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from typing import Any
 
+from workspace_server.activity.service import sorted_keys
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.jsonnum import go_float, storable_json
@@ -18,7 +19,7 @@ from workspace_server.workspaces.schemas import (
     workspace_dir_ok,
     workspace_fields_error,
 )
-from workspace_server.workspaces.service.base import ServiceBase, sorted_body, truncate_utf8
+from workspace_server.workspaces.service.base import ServiceBase, truncate_utf8
 
 # The public face's logger name, for every part: log configuration and filters keep seeing one service.
 log = logging.getLogger(__package__)
@@ -65,7 +66,7 @@ class UpdateOps(ServiceBase):
         resp: dict[str, Any] = {"status": "updated"}
         if "workspace_dir" in body:
             resp["needs_restart"] = True
-        return sorted_body(resp)
+        return sorted_keys(resp)
 
     async def _write(self, ws_id: str, what: str, fn: Any, **values: Any) -> None:
         """One key, one transaction: a failing write is logged and the others still apply."""
