@@ -19,7 +19,7 @@ from workspace_server.auth import tokens
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth, workspace_auth
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import bearer_token, parse_model, read_json
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import uuid_or_raw
 from workspace_server.common.routing import hot_route
 from workspace_server.context import AppContext, get_ctx
 from workspace_server.openapi import COUNT, UUID, body_schema, describe, optional_query
@@ -29,11 +29,6 @@ router = APIRouter()
 
 _INT = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.Atoi accepts
 MAX_STALE_MINUTES = 100_000_000  # ~190 years; larger values mean "everything" anyway
-
-
-def _id(raw: str) -> str:
-    """Canonical form of a UUID; anything else is kept and simply matches no row."""
-    return parse_uuid(raw) or raw
 
 
 def render(result: ProxyResult) -> Response:
@@ -98,14 +93,14 @@ def _x_timeout(request: Request) -> int | None:
 async def proxy(request: Request) -> Response:
     """POST /workspaces/:id/a2a, a hot route (common/routing.py): no dependency injection."""
     ctx = await get_ctx(request)
-    target = _id(request.path_params["id"])
+    target = uuid_or_raw(request.path_params["id"])
     raw = await _read_cut(request)
     header = request.headers.get("x-workspace-id", "")
     if msg.is_system_caller(header):
         # %r: the header is attacker-controlled; keep its control characters out of the log line
         log.warning("a2a: system caller prefix forged by %s: %r", request.client, header)
         raise ApiError(403, msg.INVALID_CALLER)
-    caller = _id(header)
+    caller = uuid_or_raw(header)
     if caller and (caller != target or not ctx.settings.open_bootstrap):
         await authenticate_caller(ctx, request, caller)
     elif not caller and not ctx.settings.open_bootstrap:
@@ -165,7 +160,7 @@ describe(
 
 @router.get("/workspaces/{id}/metrics")
 async def token_metrics(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
-    return JSONResponse(await usage_today(ctx, _id(id)))
+    return JSONResponse(await usage_today(ctx, uuid_or_raw(id)))
 
 
 # ---- delegation (WorkspaceAuth; :id is the delegating workspace) ----
@@ -182,13 +177,13 @@ async def token_metrics(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
 async def delegate(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     data = await read_json(request, "invalid delegation request")
     body = parse_model(DelegateRequest, data, "invalid delegation request")
-    status, resp = await delegation.delegate(ctx, _id(id), body)
+    status, resp = await delegation.delegate(ctx, uuid_or_raw(id), body)
     return JSONResponse(resp, status_code=status)
 
 
 @router.get("/workspaces/{id}/delegations")
 async def list_delegations(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
-    return JSONResponse(await delegation.list_delegations(ctx, _id(id)))
+    return JSONResponse(await delegation.list_delegations(ctx, uuid_or_raw(id)))
 
 
 @router.post(
@@ -198,7 +193,7 @@ async def list_delegations(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
 )
 async def record_delegation(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     body = parse_model(RecordRequest, await read_json(request))
-    return JSONResponse(await delegation.record(ctx, _id(id), body), status_code=202)
+    return JSONResponse(await delegation.record(ctx, uuid_or_raw(id), body), status_code=202)
 
 
 @router.post(
@@ -211,7 +206,7 @@ async def update_delegation(
     id: str, delegation_id: str, request: Request, _: WorkspaceAuth, ctx: Ctx
 ) -> JSONResponse:
     body = parse_model(UpdateRequest, await read_json(request))
-    return JSONResponse(await delegation.update(ctx, _id(id), delegation_id, body))
+    return JSONResponse(await delegation.update(ctx, uuid_or_raw(id), delegation_id, body))
 
 
 # ---- queue admin ----
@@ -227,5 +222,5 @@ async def drop_stale(request: Request, _: AdminAuth, ctx: Ctx) -> JSONResponse:
         raise ApiError(400, "max_age_minutes must be a positive integer")
     minutes = min(int(raw), MAX_STALE_MINUTES)
     ws_id = request.query_params.get("workspace_id") or None
-    dropped = await queue.drop_stale(ctx, minutes, _id(ws_id) if ws_id else None)
+    dropped = await queue.drop_stale(ctx, minutes, uuid_or_raw(ws_id) if ws_id else None)
     return JSONResponse({"dropped": dropped})

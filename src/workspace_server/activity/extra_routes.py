@@ -8,15 +8,10 @@ from fastapi.responses import JSONResponse, Response
 from workspace_server.activity import session_search as search
 from workspace_server.activity import traces, transcript
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import uuid_or_raw
 from workspace_server.openapi import COUNT, error_responses, optional_query
 
 router = APIRouter()
-
-
-def _workspace_id(raw: str) -> str:
-    """Canonical UUID, or the raw text, which then matches no row."""
-    return parse_uuid(raw) or raw
 
 
 @router.get(
@@ -25,7 +20,7 @@ def _workspace_id(raw: str) -> str:
 )
 async def session_search(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     q, limit = search.parse_params(request.query_params.get("q"), request.query_params.get("limit"))
-    return JSONResponse(await search.session_search(ctx.engine, _workspace_id(id), q, limit))
+    return JSONResponse(await search.session_search(ctx.engine, uuid_or_raw(id), q, limit))
 
 
 @router.get(
@@ -39,14 +34,14 @@ async def get_transcript(id: str, request: Request, auth: WorkspaceAuth, ctx: Ct
     forward = request.headers.get("authorization", "") if auth.kind == "workspace_token" else ""
     q = request.query_params
     up = await transcript.fetch_transcript(
-        ctx, _workspace_id(id), since=q.get("since", ""), limit=q.get("limit", ""), authorization=forward
+        ctx, uuid_or_raw(id), since=q.get("since", ""), limit=q.get("limit", ""), authorization=forward
     )
     return Response(up.body, status_code=up.status, media_type=up.content_type)
 
 
 @router.get("/workspaces/{id}/traces")
 async def list_traces(id: str, _: WorkspaceAuth, ctx: Ctx) -> Response:
-    reply = await traces.list_traces(ctx, _workspace_id(id))
+    reply = await traces.list_traces(ctx, uuid_or_raw(id))
     if reply.body is None:
         return JSONResponse([])
     return Response(reply.body, status_code=reply.status, media_type="application/json")

@@ -9,19 +9,10 @@ from workspace_server.activity import service
 from workspace_server.activity.schemas import REPORTABLE_TYPES, ActivityReport, NotifyBody
 from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.common.http import parse_model, read_json, read_model
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import uuid_or_raw
 from workspace_server.openapi import COUNT, INT32, body_schema, nullable, obj, optional_query, text
 
 router = APIRouter()
-
-
-def _workspace_id(raw: str) -> str:
-    """Canonical (lowercase) form of a UUID; anything else is kept and simply matches no row.
-
-    The reference hands a malformed id to Postgres and answers 500; here it lists nothing, logs nothing
-    (the insert's foreign key fails, still 200 as the reference) and notifies nobody (404).
-    """
-    return parse_uuid(raw) or raw
 
 
 @router.get(
@@ -31,7 +22,7 @@ def _workspace_id(raw: str) -> str:
     ),
 )
 async def list_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
-    ws_id = _workspace_id(id)
+    ws_id = uuid_or_raw(id)
     q = request.query_params
     items = await service.list_activity(
         ctx.engine, ws_id, q.get("type"), q.get("source"), service.parse_limit(q.get("limit"))
@@ -46,7 +37,7 @@ async def list_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -
     ),
 )
 async def report_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
-    ws_id = _workspace_id(id)
+    ws_id = uuid_or_raw(id)
     body = await read_model(request, ActivityReport)
     await service.report_activity(ctx.engine, ctx.events, ws_id, body)
     return JSONResponse({"status": "logged"})
@@ -69,7 +60,7 @@ async def report_activity(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx)
     ),
 )
 async def notify(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
-    ws_id = _workspace_id(id)
+    ws_id = uuid_or_raw(id)
     data = await read_json(request, "message is required")
     body = parse_model(NotifyBody, data, "message is required")
     await service.notify(ctx.engine, ctx.events, ws_id, body)

@@ -21,3 +21,13 @@ def parse_uuid(raw: str) -> str | None:
         return str(uuid.UUID(raw))
     except ValueError:
         return None
+
+
+def uuid_or_raw(raw: str) -> str:
+    """A path id in canonical (lowercase) UUID form; anything else is kept and simply matches no row.
+
+    The reference hands a malformed id to Postgres and answers 500; here it is an id no row has: a list is
+    empty, a lookup is a 404, an insert fails its foreign key as for any unknown id (activity reports still
+    answer 200, as the reference).
+    """
+    return parse_uuid(raw) or raw

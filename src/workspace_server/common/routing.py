@@ -2,7 +2,7 @@
 
 A hot route is served by `HotLane`, the outermost of our middlewares: a request that fully matches one
 (path and method) runs through its own copy of the HTTP shell (the same middleware classes, sharing the
-rate limiter and the metrics; middleware.py builds it) straight into the endpoint. It skips FastAPI's
+rate limiter and the metrics; middleware/stack.py builds it) straight into the endpoint. It skips FastAPI's
 exception middleware, exit stack, router walk and dependency solver: about a third of the server's CPU
 for a proxied A2A call (bench/README.md). Its handler takes the `Request` only and reads the context with
 `get_ctx`.

@@ -11,7 +11,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.errors import ApiError
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import uuid_or_raw
 from workspace_server.context import AppContext
 from workspace_server.events import sse, store, ws
 from workspace_server.openapi import describe
@@ -66,7 +66,7 @@ async def list_events(_: AdminAuth, ctx: Ctx) -> JSONResponse:
 @router.get("/events/{workspace_id}")
 async def list_workspace_events(workspace_id: str, _: AdminAuth, ctx: Ctx) -> JSONResponse:
     # A malformed id matches nothing (the reference answered 500 from Postgres).
-    return JSONResponse(await _recent(ctx, parse_uuid(workspace_id) or workspace_id))
+    return JSONResponse(await _recent(ctx, uuid_or_raw(workspace_id)))
 
 
 async def _recent(ctx: AppContext, workspace_id: str | None) -> list[dict[str, Any]]:
@@ -80,7 +80,7 @@ async def _recent(ctx: AppContext, workspace_id: str | None) -> list[dict[str, A
 
 @router.get("/workspaces/{id}/events/stream")
 async def stream_workspace_events(id: str, _: WorkspaceAuth, ctx: Ctx) -> EventSourceResponse:
-    ws_id = parse_uuid(id) or id  # a malformed id finds no workspace: 404
+    ws_id = uuid_or_raw(id)  # a malformed id finds no workspace: 404
     try:
         async with ctx.engine.connect() as conn:
             row = await get_workspace(conn, ws_id)

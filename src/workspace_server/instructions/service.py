@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
 
 from workspace_server.common.errors import ApiError
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import parse_uuid, uuid_or_raw
 from workspace_server.common.time import rfc3339
 from workspace_server.context import AppContext
 from workspace_server.instructions import store
@@ -73,7 +73,7 @@ async def list_instructions(ctx: AppContext, *, scope: str, workspace_id: str) -
     try:
         async with ctx.engine.connect() as conn:
             if workspace_id:
-                rows = await store.list_for_workspace(conn, parse_uuid(workspace_id) or workspace_id)
+                rows = await store.list_for_workspace(conn, uuid_or_raw(workspace_id))
             else:
                 rows = await store.list_all(conn, scope)
     except Exception:
@@ -93,7 +93,7 @@ async def create(ctx: AppContext, body: CreateBody) -> str:
     # A workspace id in any letter case must still match the lowercase ids resolve compares with.
     target = body.scope_target
     if target:
-        target = parse_uuid(target) or target
+        target = uuid_or_raw(target)
     try:
         async with ctx.engine.begin() as conn:
             return await store.insert(
@@ -157,7 +157,7 @@ async def resolve(ctx: AppContext, raw_id: str) -> dict[str, str]:
     """`GET /workspaces/:id/instructions/resolve` → `{"instructions","workspace_id"}` (the id as given)."""
     try:
         async with ctx.engine.connect() as conn:
-            rows = await store.list_for_workspace(conn, parse_uuid(raw_id) or raw_id)
+            rows = await store.list_for_workspace(conn, uuid_or_raw(raw_id))
     except Exception:
         log.exception("resolving instructions for %s failed", raw_id)
         raise ApiError(500, "query failed") from None

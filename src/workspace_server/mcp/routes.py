@@ -20,7 +20,7 @@ from workspace_server.auth.deps import Ctx, WorkspaceAuth
 from workspace_server.auth.ratelimit import Decision, FixedWindowLimiter
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_body
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import uuid_or_raw
 from workspace_server.context import AppContext, get_ctx
 from workspace_server.events.sse import SSE_HEADERS
 from workspace_server.mcp import server
@@ -109,7 +109,7 @@ McpLimit = Annotated[Decision, Depends(mcp_limit)]
 )
 async def mcp_call(id: str, request: Request, limit: McpLimit, ctx: Ctx) -> JSONResponse:
     raw = await read_body(request, MAX_REQUEST_BYTES)
-    reply = await server.handle(ctx, parse_uuid(id) or id, raw)
+    reply = await server.handle(ctx, uuid_or_raw(id), raw)
     return JSONResponse(reply.body, status_code=reply.status, headers=limit.headers())
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from mcp import types
 
 from workspace_server.common.errors import ApiError
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import uuid_or_raw
 from workspace_server.context import AppContext
 from workspace_server.mcp import store
 from workspace_server.memories import service as memories
@@ -228,7 +228,7 @@ async def _peer_target(call: ToolCall) -> tuple[str, str]:
     """(target id, task) of a delegation the hierarchy allows."""
     raw = call.required("workspace_id")
     task = call.required("task")
-    target = parse_uuid(raw) or raw
+    target = uuid_or_raw(raw)
     if target == call.ws_id:  # an agent waiting on itself deadlocks (d08f237d)
         raise ToolError("self-delegation not permitted")
     if not await can_communicate(call.ctx.engine, call.ws_id, target):
@@ -278,7 +278,7 @@ async def delegate_task_async(call: ToolCall) -> str:
 async def check_task_status(call: ToolCall) -> str:
     raw = call.required("workspace_id")
     task_id = call.required("task_id")
-    target = parse_uuid(raw) or raw
+    target = uuid_or_raw(raw)
     try:
         async with call.ctx.engine.connect() as conn:
             row = await store.latest_task_row(conn, call.ws_id, target, task_id)

@@ -8,18 +8,13 @@ from fastapi.responses import JSONResponse
 
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.http import read_body, read_model
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import uuid_or_raw
 from workspace_server.db.schema import MEMORY_SCOPES
 from workspace_server.memories import service
 from workspace_server.memories.service import CommitBody
 from workspace_server.openapi import COUNT, body_schema, optional_query, text
 
 router = APIRouter()
-
-
-def _workspace_id(raw: str) -> str:
-    """Canonical UUID, or the raw text, which then matches no row (404/empty) instead of a DB error."""
-    return parse_uuid(raw) or raw
 
 
 @router.post(
@@ -33,7 +28,7 @@ def _workspace_id(raw: str) -> str:
 )
 async def commit_memory(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, CommitBody)
-    return JSONResponse(await service.commit(ctx, _workspace_id(id), body), status_code=201)
+    return JSONResponse(await service.commit(ctx, uuid_or_raw(id), body), status_code=201)
 
 
 @router.get(
@@ -49,7 +44,7 @@ async def search_memories(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx)
     q = request.query_params
     items = await service.search(
         ctx,
-        _workspace_id(id),
+        uuid_or_raw(id),
         scope=q.get("scope", ""),
         q=q.get("q", ""),
         namespace=q.get("namespace", ""),
@@ -60,7 +55,7 @@ async def search_memories(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx)
 
 @router.delete("/workspaces/{id}/memories/{memory_id}")
 async def delete_memory(id: str, memory_id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
-    await service.delete(ctx, _workspace_id(id), memory_id)
+    await service.delete(ctx, uuid_or_raw(id), memory_id)
     return JSONResponse({"status": "deleted"})
 
 

@@ -135,23 +135,20 @@ class MoleculeCollector:
 
     def _http_families(self) -> Iterable[Metric]:
         counts, seconds = self._http.snapshot()
-        labels = ["method", "path", "status"]
-        requests = CounterMetricFamily(
-            "molecule_http_requests",
-            "Total HTTP requests served, by method, path, and status.",
-            labels=labels,
+        yield _http_counter(
+            "molecule_http_requests", "Total HTTP requests served, by method, path, and status.", counts
         )
-        for key, n in counts.items():
-            requests.add_metric(list(key), n)
-        duration = CounterMetricFamily(
-            "molecule_http_request_duration_seconds",
-            "Cumulative HTTP request duration in seconds.",
-            labels=labels,
+        yield _http_counter(
+            "molecule_http_request_duration_seconds", "Cumulative HTTP request duration in seconds.", seconds
         )
-        for key, s in seconds.items():
-            duration.add_metric(list(key), s)
-        yield requests
-        yield duration
+
+
+def _http_counter(name: str, doc: str, values: dict[tuple[str, str, str], Any]) -> CounterMetricFamily:
+    """One HTTP family: a counter a (method, path, status), as HttpMetrics keys them."""
+    family = CounterMetricFamily(name, doc, labels=["method", "path", "status"])
+    for key, value in values.items():
+        family.add_metric(list(key), value)
+    return family
 
 
 def build_registry(http: HttpMetrics, ws_active: Callable[[], int]) -> CollectorRegistry:

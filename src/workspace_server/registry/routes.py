@@ -16,7 +16,7 @@ from workspace_server.auth.deps import OWNER, Ctx, grandfather_denial, grandfath
 from workspace_server.auth.tokens import hash_token
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import bearer_token, read_model
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import parse_uuid, uuid_or_raw
 from workspace_server.common.routing import hot_route
 from workspace_server.context import get_ctx
 from workspace_server.egress import UnsafeURL, validate_agent_url
@@ -51,11 +51,6 @@ def _workspace_id(raw: str) -> str:
     if ws_id is None:
         raise ApiError(400, INVALID_BODY)
     return ws_id
-
-
-def _path_id(raw: str) -> str:
-    """Canonical form when it is a UUID; otherwise as given (it then matches no row)."""
-    return parse_uuid(raw) or raw
 
 
 @router.post(
@@ -162,16 +157,16 @@ async def discover(target_id: str, request: Request, ctx: Ctx) -> JSONResponse:
     caller = request.headers.get("x-workspace-id", "")
     if not caller:
         raise ApiError(400, "X-Workspace-ID header is required")
-    caller = _path_id(caller)
+    caller = uuid_or_raw(caller)
     await service.validate_discovery_caller(
         ctx, caller, bearer=bearer_token(request), cookie=request.headers.get("cookie", "")
     )
-    return JSONResponse(await service.discover(ctx, caller, _path_id(target_id)))
+    return JSONResponse(await service.discover(ctx, caller, uuid_or_raw(target_id)))
 
 
 @router.get("/{ws_id}/peers")
 async def peers(ws_id: str, request: Request, ctx: Ctx, q: str = "") -> JSONResponse:
-    ws_id = _path_id(ws_id)
+    ws_id = uuid_or_raw(ws_id)
     await service.validate_discovery_caller(
         ctx, ws_id, bearer=bearer_token(request), cookie=request.headers.get("cookie", "")
     )
@@ -185,5 +180,5 @@ async def peers(ws_id: str, request: Request, ctx: Ctx, q: str = "") -> JSONResp
 async def check_access(request: Request, ctx: Ctx) -> JSONResponse:
     # Unauthenticated as in the reference (spec 03 §1.7); see docs/decisions.md "registry".
     body = await read_model(request, CheckAccessRequest)
-    allowed = await service.check_access(ctx, _path_id(body.caller_id), _path_id(body.target_id))
+    allowed = await service.check_access(ctx, uuid_or_raw(body.caller_id), uuid_or_raw(body.target_id))
     return JSONResponse({"allowed": allowed})

@@ -11,7 +11,7 @@ from workspace_server.a2a.routes import authenticate_caller
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_model
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import uuid_or_raw
 from workspace_server.context import AppContext
 from workspace_server.openapi import body_schema, nullable, text
 from workspace_server.registry.access import can_communicate
@@ -31,13 +31,9 @@ CRON = text(
 TZ = {"type": "string", "enum": ["", "UTC", "Europe/Paris", "America/New_York"]}
 
 
-def _id(raw: str) -> str:
-    return parse_uuid(raw) or raw
-
-
 @router.get("/workspaces/{id}/schedules")
 async def list_schedules(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
-    return JSONResponse(await service.list_schedules(ctx, _id(id)))
+    return JSONResponse(await service.list_schedules(ctx, uuid_or_raw(id)))
 
 
 @router.post(
@@ -51,13 +47,13 @@ async def list_schedules(id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
 )
 async def create_schedule(id: str, request: Request, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     body = await read_model(request, CreateBody, REQUIRED)
-    return JSONResponse(await service.create(ctx, _id(id), body), status_code=201)
+    return JSONResponse(await service.create(ctx, uuid_or_raw(id), body), status_code=201)
 
 
 # registered before `/{schedule_id}` routes so "health" is never read as a schedule id
 @router.get("/workspaces/{id}/schedules/health")
 async def schedules_health(id: str, request: Request, ctx: Ctx) -> JSONResponse:
-    target = _id(id)
+    target = uuid_or_raw(id)
     await _authorize_peer(ctx, request, target)
     return JSONResponse(await service.health(ctx, target))
 
@@ -73,7 +69,7 @@ async def _authorize_peer(ctx: AppContext, request: Request, target: str) -> Non
         raise ApiError(401, "X-Workspace-ID header required")
     if a2a_msg.is_system_caller(header):
         raise ApiError(403, a2a_msg.INVALID_CALLER)
-    caller = _id(header)
+    caller = uuid_or_raw(header)
     await authenticate_caller(ctx, request, caller)
     if not await can_communicate(ctx.engine, caller, target):
         raise ApiError(403, "access denied")
@@ -87,24 +83,24 @@ async def update_schedule(
     id: str, schedule_id: str, request: Request, _: WorkspaceAuth, ctx: Ctx
 ) -> JSONResponse:
     body = await read_model(request, UpdateBody, "invalid JSON")
-    await service.update(ctx, _id(id), schedule_id, body)
+    await service.update(ctx, uuid_or_raw(id), schedule_id, body)
     return JSONResponse({"status": "updated"})
 
 
 @router.delete("/workspaces/{id}/schedules/{schedule_id}")
 async def delete_schedule(id: str, schedule_id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
-    await service.delete(ctx, _id(id), schedule_id)
+    await service.delete(ctx, uuid_or_raw(id), schedule_id)
     return JSONResponse({"status": "deleted"})
 
 
 @router.post("/workspaces/{id}/schedules/{schedule_id}/run")
 async def run_schedule(id: str, schedule_id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
-    return JSONResponse(await service.run_now(ctx, _id(id), schedule_id))
+    return JSONResponse(await service.run_now(ctx, uuid_or_raw(id), schedule_id))
 
 
 @router.get("/workspaces/{id}/schedules/{schedule_id}/history")
 async def schedule_history(id: str, schedule_id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
-    return JSONResponse(await service.history(ctx, _id(id), schedule_id))
+    return JSONResponse(await service.history(ctx, uuid_or_raw(id), schedule_id))
 
 
 @router.get("/admin/schedules/health")

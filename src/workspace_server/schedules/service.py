@@ -73,11 +73,7 @@ def item(row: Any) -> dict[str, Any]:
         "timezone": row.timezone,
         "prompt": row.prompt,
         "enabled": row.enabled,
-        "last_run_at": rfc3339(row.last_run_at),
-        "next_run_at": rfc3339(row.next_run_at),
-        "run_count": row.run_count,
-        "last_status": row.last_status,
-        "last_error": row.last_error,
+        **_run_state(row),
         "source": row.source,
         "created_at": rfc3339(row.created_at),
         "updated_at": rfc3339(row.updated_at),
@@ -86,10 +82,12 @@ def item(row: Any) -> dict[str, Any]:
 
 def health_item(row: Any) -> dict[str, Any]:
     """What a peer may see of a schedule: its state, not its prompt or timing rule."""
+    return {"id": row.id, "name": row.name, "enabled": row.enabled, **_run_state(row)}
+
+
+def _run_state(row: Any) -> dict[str, Any]:
+    """How a schedule's runs have gone, as both views render it (spliced in place: the wire's key order)."""
     return {
-        "id": row.id,
-        "name": row.name,
-        "enabled": row.enabled,
         "last_run_at": rfc3339(row.last_run_at),
         "next_run_at": rfc3339(row.next_run_at),
         "run_count": row.run_count,

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from workspace_server.a2a.proxy import ProxyResult, proxy_a2a
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import parse_json
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import uuid_or_raw
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
 from workspace_server.db.schema import workspace_schedules
@@ -157,7 +157,7 @@ def target_workspace(path_id: str | None, data: dict[str, Any]) -> str:
     raw = path_id or data.get("workspace_id")
     if not isinstance(raw, str) or not raw:
         raise ApiError(400, "missing workspace id")
-    return parse_uuid(raw) or raw
+    return uuid_or_raw(raw)
 
 
 async def handle(

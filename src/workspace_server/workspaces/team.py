@@ -52,12 +52,9 @@ async def expand(svc: WorkspaceService, ws_id: str, platform_url: str) -> dict[s
 
 async def collapse(svc: WorkspaceService, ws_id: str) -> dict[str, Any]:
     await _live_row(svc, ws_id)
-    try:
-        async with svc.engine.connect() as conn:
-            children = await store.live_children(conn, ws_id)
-    except Exception:
-        log.exception("collapse %s: child lookup failed", ws_id)
-        raise ApiError(500, "lookup failed") from None
+    children = await svc.query(
+        store.live_children, ws_id, failed=f"collapse {ws_id}: child lookup failed", answer="lookup failed"
+    )
     removed: list[str] = []
     for child_id, name in children:
         try:
@@ -74,12 +71,9 @@ async def collapse(svc: WorkspaceService, ws_id: str) -> dict[str, Any]:
 
 
 async def _live_row(svc: WorkspaceService, ws_id: str) -> Any:
-    try:
-        async with svc.engine.connect() as conn:
-            row = await store.get_workspace(conn, ws_id)
-    except Exception:
-        log.exception("team %s: lookup failed", ws_id)
-        raise ApiError(500, "lookup failed") from None
+    row = await svc.query(
+        store.get_workspace, ws_id, failed=f"team {ws_id}: lookup failed", answer="lookup failed"
+    )
     if row is None or row.status == Status.REMOVED:
         raise ApiError(404, NOT_FOUND)
     return row

@@ -1,0 +1,86 @@
+"""The small ASGI helpers the middlewares share: header reads, default response headers, and refusing a
+request (HTTP or WebSocket handshake) before the app runs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+Headers = list[tuple[bytes, bytes]]
+
+# Set in the scope by a middleware that answers without reaching the router, so the metrics recorder knows
+# to resolve the route template itself (the reference's gin has routed before any middleware runs).
+ABORTED = "workspace_server.aborted"
+
+JSON_TYPE = (b"content-type", b"application/json; charset=utf-8")
+
+
+def header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+def client_ip(scope: Scope) -> str:
+    """The TCP peer; X-Forwarded-For is never consulted (spec 03 §4, #179)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def encode_headers(headers: dict[str, str]) -> Headers:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+def _with_defaults(message: Message, defaults: Headers) -> Message:
+    """Add `defaults` to a response start, except names the handler already set (handlers may override)."""
+    headers = list(message.get("headers", ()))
+    present = {bytes(k).lower() for k, _ in headers}
+    headers.extend((k, v) for k, v in defaults if k not in present)
+    return {**message, "headers": headers}
+
+
+def add_defaults(send: Send, start_type: str, defaults: Headers) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == start_type:
+            message = _with_defaults(message, defaults)
+        await send(message)
+
+    return wrapped
+
+
+def json_body(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def send_response(send: Send, status: int, body: bytes = b"", headers: Headers | None = None) -> None:
+    all_headers = [*(headers or []), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def deny_websocket(
+    scope: Scope, receive: Receive, send: Send, status: int, body: bytes = b"", headers: Headers | None = None
+) -> None:
+    """Refuse a WebSocket handshake with an HTTP status when the server supports it, else a plain 403."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        all_headers = [*(headers or []), (b"content-length", str(len(body)).encode())]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": all_headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+
+
+async def refuse(
+    scope: Scope, receive: Receive, send: Send, status: int, body: bytes = b"", headers: Headers | None = None
+) -> None:
+    scope[ABORTED] = True
+    if scope["type"] == "websocket":
+        await deny_websocket(scope, receive, send, status, body, headers)
+    else:
+        await send_response(send, status, body, headers)

@@ -1,0 +1,67 @@
+"""The wiring: which middlewares wrap the app, in which order, and the hot lane's copy of the same stack."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp
+
+from workspace_server.auth.ratelimit import FixedWindowLimiter
+from workspace_server.common.routing import HotEndpoint, HotLane, HotRoute
+from workspace_server.config import Settings
+from workspace_server.middleware.body_limit import BodyLimitMiddleware
+from workspace_server.middleware.cors import CORSMiddleware, cors_config
+from workspace_server.middleware.metrics import MetricsMiddleware
+from workspace_server.middleware.ratelimit import RATE_WINDOW_SECONDS, RateLimitMiddleware
+from workspace_server.middleware.security_headers import SecurityHeadersMiddleware
+from workspace_server.middleware.tenant import TenantGuardMiddleware
+from workspace_server.middleware.trailing_slash import TrailingSlashRedirectMiddleware
+from workspace_server.middleware.url_guard import UrlGuardMiddleware
+from workspace_server.observability.metrics import HttpMetrics, build_registry
+
+
+def _ws_active(app: FastAPI) -> Callable[[], int]:
+    def read() -> int:
+        ctx = getattr(app.state, "ctx", None)
+        return ctx.hub.client_count if ctx is not None else 0
+
+    return read
+
+
+def install_middleware(app: FastAPI, settings: Settings, hot_routes: Sequence[HotRoute] = ()) -> None:
+    http_metrics = HttpMetrics()
+    app.state.http_metrics = http_metrics
+    app.state.metrics_registry = build_registry(http_metrics, _ws_active(app))
+
+    layers = _shell_layers(settings, http_metrics)
+    for cls, kwargs in layers:  # add_middleware prepends: the last one added is the outermost
+        app.add_middleware(cls, **kwargs)
+    # The hot lane's copy: the same layers (same limiter, same metrics) but the slash redirect, which
+    # only rewrites the router's own redirects and a full match never gets one.
+    lane: ASGIApp = HotEndpoint()
+    for cls, kwargs in layers:
+        if cls is not TrailingSlashRedirectMiddleware:
+            lane = cls(lane, **kwargs)
+    app.add_middleware(HotLane, routes=hot_routes, lane=lane)
+
+
+def _shell_layers(settings: Settings, http_metrics: HttpMetrics) -> list[tuple[Any, dict[str, Any]]]:
+    """The HTTP shell's middlewares, innermost first."""
+    layers: list[tuple[Any, dict[str, Any]]] = [
+        (TrailingSlashRedirectMiddleware, {}),
+        (UrlGuardMiddleware, {}),
+        (BodyLimitMiddleware, {"max_bytes": settings.MAX_BODY_BYTES}),
+        (SecurityHeadersMiddleware, {}),
+    ]
+    org_id = settings.MOLECULE_ORG_ID.strip()
+    if org_id:
+        layers.append((TenantGuardMiddleware, {"org_id": org_id}))
+    limiter = FixedWindowLimiter(settings.rate_limit, RATE_WINDOW_SECONDS)
+    layers += [
+        (RateLimitMiddleware, {"limiter": limiter, "dev_mode": settings.dev_mode_fail_open}),
+        (CORSMiddleware, {"config": cors_config(settings)}),
+        (MetricsMiddleware, {"metrics": http_metrics, "access": settings.ACCESS_LOG}),
+    ]
+    return layers
