@@ -333,3 +333,19 @@ def test_batch_denial(tmp_path: Path) -> None:
     for settings, creds in ((prod, Credentials()), (boot, Credentials()), (boot, Credentials(bearer="x"))):
         denial = authz.batch_denial(settings, creds)
         assert denial is not None and denial.status == 401
+
+
+async def test_a_lookup_error_that_is_no_outage_is_a_500_never_an_allow(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workspace_server.auth import tokens
+
+    async def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("a bug, not an outage")
+
+    ctx = make_ctx(world, "open-bootstrap", True)
+    monkeypatch.setattr(tokens, "has_live_token", broken)
+    monkeypatch.setattr(tokens, "validate_workspace_token", broken)
+    for rule in RULES.values():
+        got = await outcome(rule(ctx, Credentials(bearer=world.own_token), TOKENLESS))
+        assert got in ("500 auth check failed", "canvas"), got  # a2a's header-less canvas needs no lookup

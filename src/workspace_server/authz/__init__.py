@@ -11,10 +11,12 @@ Every route class and hot path asks here (issue 12 §4), so no handler can forge
   its route's historical order and with its historical 401 messages.
 - `may_act_for` (authz/actor.py) is the rule table; `require` raises its 401.
 
-One DB-failure behaviour: when a lookup the decision needs fails, the request is refused with the 503
-`platform_unavailable` (fail closed, `common/errors.DATASTORE_UNAVAILABLE`); a failure is never read as
-"allowed" nor as "no such token". No fastapi import here: services and hot routes call it with
-`Credentials.from_headers(...)`, the FastAPI dependencies in auth/deps.py are thin adapters.
+One DB-failure behaviour: when a lookup the decision needs fails, the request is refused (fail closed):
+the 503 `platform_unavailable` when the database is away (`common/errors.backing_store_down`), a 500
+`auth check failed` for any other error. A failure is never read as "allowed" nor as "no such token".
+
+No fastapi import here: services and hot routes call it with `Credentials.from_headers(...)`; the
+FastAPI dependencies in auth/deps.py are thin adapters.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 from workspace_server.auth import tokens
 from workspace_server.auth.session import verify_cp_session
 from workspace_server.authz.actor import ADMIN, ANONYMOUS, ORG, WORKSPACE, Actor, Credentials, may_act_for
-from workspace_server.common.errors import DATASTORE_UNAVAILABLE, ApiError
+from workspace_server.common.errors import DATASTORE_UNAVAILABLE, ApiError, backing_store_down
 from workspace_server.config import DEFAULT_CORS_ORIGINS, Settings
 
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 
 MISSING_WS_TOKEN = "missing workspace auth token"  # noqa: S105 - a message, not a secret
 INVALID_WS_TOKEN = "invalid workspace auth token"  # noqa: S105
+AUTH_CHECK_FAILED = "auth check failed"
 
 
 class Source(Enum):
@@ -78,14 +81,18 @@ class Source(Enum):
 
 @asynccontextmanager
 async def _store(what: str) -> AsyncIterator[None]:
-    """Fail closed: a lookup that fails refuses the request with the 503, whatever the mode."""
+    """Fail closed, whatever the mode: a lookup that fails refuses the request. The database being away
+    is the 503 `platform_unavailable` (retry); any other error is a 500 `auth check failed` (a bug, which a
+    retry would not cure). Never "allowed", never "no such token"."""
     try:
         yield
     except ApiError:
         raise
-    except Exception:
+    except Exception as exc:
         log.exception("authz: %s failed", what)
-        raise DATASTORE_UNAVAILABLE from None
+        if backing_store_down(exc):
+            raise DATASTORE_UNAVAILABLE from None
+        raise ApiError(500, AUTH_CHECK_FAILED) from None
 
 
 async def _org_token(ctx: AppContext, bearer: str) -> tokens.OrgToken | None:
