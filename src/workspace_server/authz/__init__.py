@@ -255,7 +255,7 @@ async def registry_actor(ctx: AppContext, creds: Credentials, ws_id: str) -> Act
     or, in production mode, an admin credential acting for a tokenless workspace (ADMIN/ORG); anything
     else is the grandfather 401. The bearer is checked first: for a live agent (every heartbeat) that is
     the only query. (On Postgres the heartbeat applies the same rule inside its batch statement:
-    registry/batch.py, with `heartbeat_gate_sql` from here.)"""
+    registry/batch.py, with `HEARTBEAT_GATE_CTES` from here.)"""
     bearer = creds.bearer
     if bearer:
         own = await resolve_bearer(ctx, bearer, (Source.WORKSPACE,), bound_to=ws_id)
