@@ -18,10 +18,10 @@ from tests.integration.registry_support import (
     mint_token,
     set_columns,
 )
+from workspace_server import authz
 from workspace_server.common.ids import new_id
 from workspace_server.common.kv import internal_url_key
 from workspace_server.egress import policy as egress_policy
-from workspace_server.registry import service
 
 
 async def discover(client: httpx.AsyncClient, caller: str, target: str, **headers: str) -> httpx.Response:
@@ -185,7 +185,7 @@ async def test_discover_session_cookie(client_factory: Any, monkeypatch: pytest.
     async def member(_: Any, cookie: str) -> tuple[bool, bool]:
         return cookie == "session=good", True
 
-    monkeypatch.setattr(service, "verify_cp_session", member)
+    monkeypatch.setattr(authz, "verify_cp_session", member)  # the discovery rule lives in authz now
     assert (await discover(client, ids["FE"], ids["BE"], Cookie="session=good")).status_code == 200
 
 

@@ -11,17 +11,17 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from workspace_server import authz
 from workspace_server.a2a import delegation, queue
 from workspace_server.a2a import schemas as msg
 from workspace_server.a2a.proxy import MAX_REQUEST_BYTES, TASKS_KEY, ProxyResult, proxy_a2a, usage_today
 from workspace_server.a2a.schemas import DelegateRequest, RecordRequest, UpdateRequest
-from workspace_server.auth import tokens
-from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth, workspace_auth
+from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth, credentials
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import bearer_token, parse_model, read_json
+from workspace_server.common.http import parse_model, read_json
 from workspace_server.common.ids import uuid_or_raw
 from workspace_server.common.routing import hot_route
-from workspace_server.context import AppContext, get_ctx
+from workspace_server.context import get_ctx
 from workspace_server.openapi import COUNT, UUID, body_schema, describe, optional_query
 
 log = logging.getLogger(__name__)
@@ -53,36 +53,6 @@ async def _read_cut(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-async def authenticate_caller(ctx: AppContext, request: Request, caller: str) -> None:
-    """Once the caller workspace has a live token, the bearer must be one of its tokens (spec 04 §1.1).
-
-    A tokenless caller passes unauthenticated (and a failed probe fails open) only in the open bootstrap
-    mode; in production mode every caller workspace needs its token (issue 11 §1)."""
-    open_bootstrap = ctx.settings.open_bootstrap
-    try:
-        async with ctx.engine.connect() as conn:
-            has_token = await tokens.has_live_token(conn, caller)
-    except Exception:
-        if not open_bootstrap:
-            log.exception("a2a: caller token probe failed for %s", caller)
-            raise ApiError(500, "auth check failed") from None
-        log.exception("a2a: caller token probe failed for %s; allowing", caller)
-        return
-    if not has_token and open_bootstrap:
-        return
-    bearer = bearer_token(request)
-    if not bearer:
-        raise ApiError(401, msg.MISSING_CALLER_TOKEN)
-    try:
-        async with ctx.engine.begin() as conn:
-            owner = await tokens.validate_workspace_token(conn, bearer, caller)
-    except Exception:
-        log.exception("a2a: caller token validation failed for %s", caller)
-        owner = None
-    if owner is None:
-        raise ApiError(401, msg.INVALID_CALLER_TOKEN)
-
-
 def _x_timeout(request: Request) -> int | None:
     raw = request.headers.get("x-timeout", "")
     if _INT.fullmatch(raw) and 0 < int(raw) < 2**31:
@@ -101,13 +71,16 @@ async def proxy(request: Request) -> Response:
         log.warning("a2a: system caller prefix forged by %s: %r", request.client, header)
         raise ApiError(403, msg.INVALID_CALLER)
     caller = uuid_or_raw(header)
-    if caller and (caller != target or not ctx.settings.open_bootstrap):
-        await authenticate_caller(ctx, request, caller)
-    elif not caller and not ctx.settings.open_bootstrap:
-        # The reference lets a header-less call in as the canvas with no credential (spec 04 BUG 8). In
-        # production mode the canvas sends its admin bearer (NEXT_PUBLIC_ADMIN_TOKEN), an org token or
-        # comes through the same-origin proxy: WorkspaceAuth's credentials for the target (issue 11 §1).
-        await workspace_auth(request, ctx)
+    # the caller workspace's token, or (no header: the canvas) the target's WorkspaceAuth credentials in
+    # production mode; the open bootstrap's exceptions are the authz layer's (authz.a2a_actor)
+    await authz.a2a_actor(
+        ctx,
+        credentials(request),
+        target,
+        caller,
+        missing=msg.MISSING_CALLER_TOKEN,
+        invalid=msg.INVALID_CALLER_TOKEN,
+    )
     # Detached from the client: a caller that hangs up does not abort a delivery half-way.
     task = asyncio.ensure_future(
         proxy_a2a(ctx, target, raw, caller, True, timeout_seconds=_x_timeout(request))

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.agents import store
-from workspace_server.auth.deps import AuthInfo
+from workspace_server.authz import Actor as AuthInfo
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.time import utcnow

@@ -22,7 +22,7 @@ from pydantic import BaseModel, StrictStr
 
 from workspace_server.activity.service import sorted_keys
 from workspace_server.approvals import store
-from workspace_server.auth.deps import AuthInfo
+from workspace_server.authz import Actor as AuthInfo
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import parse_model
 from workspace_server.common.ids import parse_uuid

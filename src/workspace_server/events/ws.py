@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
 
 from cachetools import TTLCache
-from fastapi import Request, WebSocket
+from fastapi import WebSocket
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from workspace_server.auth import tokens
+from workspace_server import authz
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import bearer_token
 from workspace_server.common.ids import parse_uuid
 from workspace_server.config import Settings
 from workspace_server.context import AppContext
@@ -89,21 +87,10 @@ async def authorize(ctx: AppContext, websocket: WebSocket) -> str | None:
 
 
 async def _check_agent_token(ctx: AppContext, websocket: WebSocket, ws_id: str) -> None:
-    try:
-        async with ctx.engine.connect() as conn:
-            has_tokens = await tokens.has_live_token(conn, ws_id)
-    except Exception:
-        log.exception("websocket token existence check failed for %s", ws_id)
-        raise ApiError(500, "auth check failed") from None
-    if not has_tokens and ctx.settings.open_bootstrap:  # grandfathered: no token issued yet (issue 11 §1)
-        return
-    bearer = bearer_token(cast(Request, websocket))  # reads only the headers, shared by both types
-    if not bearer:
-        raise ApiError(401, "missing workspace auth token")
-    async with ctx.engine.begin() as conn:
-        owner = await tokens.validate_workspace_token(conn, bearer, ws_id)
-    if owner is None:
-        raise ApiError(401, "invalid workspace auth token")
+    # the grandfather rule; a tokenless workspace passes only in the open bootstrap mode (issue 11 §1)
+    await authz.token_holder(
+        ctx, authz.Credentials.from_headers(websocket.headers), ws_id, tokenless="open_bootstrap"
+    )
 
 
 async def deny(websocket: WebSocket, err: ApiError) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from workspace_server.auth.deps import AuthInfo
+from workspace_server.authz import Actor as AuthInfo
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import new_id, parse_uuid
 from workspace_server.common.time import rfc3339

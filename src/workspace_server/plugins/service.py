@@ -26,9 +26,8 @@ from typing import Any
 import anyio.to_thread
 import sqlalchemy as sa
 
-from workspace_server import egress
-from workspace_server.auth import tokens
-from workspace_server.auth.deps import AuthInfo
+from workspace_server import authz, egress
+from workspace_server.authz import Actor as AuthInfo
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import parse_json
 from workspace_server.common.ids import parse_uuid
@@ -402,17 +401,7 @@ def schedule_restart(ctx: AppContext, ws_id: str, delay: float = 0.0) -> None:
 
 async def check_download_token(ctx: AppContext, auth: AuthInfo, ws_id: str) -> None:
     """Once the workspace has a live token, only its own token (or the admin token) may download."""
-    if auth.kind == "admin_token" or (auth.kind == "workspace_token" and auth.workspace_id == ws_id):
-        return
-    try:
-        async with ctx.engine.connect() as conn:
-            has = await tokens.has_live_token(conn, ws_id)
-    except Exception as exc:
-        log.error("token check for plugin download failed: %s", type(exc).__name__)
-        raise ApiError(500, "auth check failed") from None
-    if has:
-        bearer_sent = auth.kind == "org_token"
-        raise ApiError(401, "invalid workspace auth token" if bearer_sent else "missing workspace auth token")
+    await authz.download_actor(ctx, auth, ws_id)
 
 
 def pack_tar_gz(files: dict[str, bytes]) -> bytes:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workspace_server.auth.tokens import LAST_USED_RESOLUTION
+from workspace_server.authz import HEARTBEAT_GATE_CTES
 from workspace_server.common.time import utcnow
 from workspace_server.registry.store import HeartbeatSnapshot, clamp_spend
 
@@ -32,13 +33,12 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256  # rows per statement; more wait for the next round
 
 # Rows are locked in id order (`old`), so two batches (two server processes) never deadlock on each other.
-# A bearer counts only if it is live, bound to this workspace and the workspace is not removed (as
-# `auth/tokens.validate_workspace_token`); without one, the heartbeat passes only while the workspace has
-# no live token at all (the grandfather rule of spec 03 §3), else it is denied and writes nothing. A
-# `strict` batcher (production mode, issue 11 §1) denies every heartbeat without a valid bearer. (An admin
-# bearer is no workspace token: such a heartbeat is denied here and retried per step by the route.)
+# Who may beat for a workspace is the authz layer's rule, in SQL: its `tok` and `gate` CTEs
+# (`authz.HEARTBEAT_GATE_CTES`) mark each beat `denied` or not; a denied beat writes nothing.
 HEARTBEAT_BATCH_SQL = sa.text(
-    """
+    "".join(
+        (
+            """
 WITH hb AS (
   SELECT * FROM unnest(
     CAST(:ords AS int[]), CAST(:ids AS text[]), CAST(:hashes AS bytea[]), CAST(:error_rates AS float8[]),
@@ -46,20 +46,9 @@ WITH hb AS (
     CAST(:current_tasks AS text[]), CAST(:spends AS bigint[])
   ) AS hb(ord, id, token_hash, error_rate, sample_error, active_tasks, uptime_seconds, current_task, spend)
 ),
-tok AS (
-  SELECT hb.ord, t.id AS token_id, t.last_used_at
-  FROM hb
-  JOIN workspace_auth_tokens t
-    ON t.token_hash = hb.token_hash AND t.workspace_id = hb.id AND t.revoked_at IS NULL
-  JOIN workspaces tw ON tw.id = t.workspace_id AND tw.status != 'removed'
-),
-gate AS (
-  SELECT hb.*, tok.token_id IS NOT NULL AS bearer_ok,
-         tok.token_id IS NULL AND (CAST(:strict AS boolean) OR EXISTS (
-           SELECT 1 FROM workspace_auth_tokens t2 WHERE t2.workspace_id = hb.id AND t2.revoked_at IS NULL
-         )) AS denied
-  FROM hb LEFT JOIN tok ON tok.ord = hb.ord
-),
+""",
+            HEARTBEAT_GATE_CTES,
+            """,
 old AS (
   SELECT w.id, w.status, w.current_task, w.max_concurrent_tasks
   FROM workspaces w JOIN gate g ON g.id = w.id AND NOT g.denied
@@ -88,7 +77,9 @@ SELECT g.ord, g.denied, u.status, u.current_task, u.max_concurrent_tasks,
          SELECT 1 FROM a2a_queue q WHERE q.workspace_id = g.id AND q.status IN ('queued', 'dispatched')
        ) AS queue_pending
 FROM gate g LEFT JOIN upd u ON u.ord = g.ord
-"""
+""",
+        )
+    )
 )
 
 

@@ -12,8 +12,10 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from workspace_server.auth.deps import OWNER, Ctx, grandfather_denial, grandfathered_caller
+from workspace_server import authz
+from workspace_server.auth.deps import Ctx, credentials, grandfathered_caller
 from workspace_server.auth.tokens import hash_token
+from workspace_server.authz.actor import WORKSPACE
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import bearer_token, read_model
 from workspace_server.common.ids import parse_uuid, uuid_or_raw
@@ -68,7 +70,7 @@ async def register(request: Request, ctx: Ctx) -> JSONResponse:
     # Only the workspace itself (its token), the open-bootstrap first caller or, in production mode, an
     # admin for a tokenless workspace get here; anyone else is a 401 before the url or anything is written.
     caller = await grandfathered_caller(ctx, request, ws_id)
-    token = await service.register(ctx, ws_id, body.url, body.agent_card, mint=caller != OWNER)
+    token = await service.register(ctx, ws_id, body.url, body.agent_card, mint=caller.kind != WORKSPACE)
     if token is not None:
         return JSONResponse({"auth_token": token, "status": "registered"})
     return JSONResponse({"status": "registered"})
@@ -90,8 +92,9 @@ async def heartbeat(request: Request) -> JSONResponse:
                 pending = result.queue_pending
                 await service.after_heartbeat(ctx, ws_id, body, result.snapshot, queue_pending=pending)
                 return _ok()
-            if ctx.settings.open_bootstrap or not bearer_token(request):
-                raise grandfather_denial(bearer_token(request))
+            denial = authz.batch_denial(ctx.settings, credentials(request))
+            if denial is not None:
+                raise denial
             # production mode: the batch knows workspace tokens only; an admin bearer acting for a tokenless
             # workspace is decided by the per-step path below (nothing was written)
     await grandfathered_caller(ctx, request, ws_id)
@@ -158,18 +161,14 @@ async def discover(target_id: str, request: Request, ctx: Ctx) -> JSONResponse:
     if not caller:
         raise ApiError(400, "X-Workspace-ID header is required")
     caller = uuid_or_raw(caller)
-    await service.validate_discovery_caller(
-        ctx, caller, bearer=bearer_token(request), cookie=request.headers.get("cookie", "")
-    )
+    await authz.discovery_actor(ctx, credentials(request), caller)
     return JSONResponse(await service.discover(ctx, caller, uuid_or_raw(target_id)))
 
 
 @router.get("/{ws_id}/peers")
 async def peers(ws_id: str, request: Request, ctx: Ctx, q: str = "") -> JSONResponse:
     ws_id = uuid_or_raw(ws_id)
-    await service.validate_discovery_caller(
-        ctx, ws_id, bearer=bearer_token(request), cookie=request.headers.get("cookie", "")
-    )
+    await authz.discovery_actor(ctx, credentials(request), ws_id)
     return JSONResponse(await service.peers(ctx, ws_id, q))
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from workspace_server import authz
 from workspace_server.auth import tokens
-from workspace_server.auth.session import verify_cp_session
 from workspace_server.common.errors import ApiError
 from workspace_server.common.kv import (
     URL_TTL,
@@ -191,7 +191,7 @@ def batcher(ctx: AppContext) -> HeartbeatBatcher | None:
         return None
     found: HeartbeatBatcher | None = ctx.extras.get(BATCHER)
     if found is None:
-        strict = not ctx.settings.open_bootstrap
+        strict = authz.heartbeat_batch_strict(ctx.settings)
         found = ctx.extras[BATCHER] = HeartbeatBatcher(ctx.autocommit, strict=strict)
     return found
 
@@ -315,38 +315,6 @@ async def update_card(ctx: AppContext, ws_id: str, agent_card: Any) -> None:
 
 
 # ---- discovery ----
-
-
-async def validate_discovery_caller(ctx: AppContext, ws_id: str, *, bearer: str, cookie: str) -> None:
-    """Grandfather rule, then dev hatch, then CP session cookie, then a bearer bound to `ws_id`."""
-    try:
-        async with ctx.engine.connect() as conn:
-            has_token = await tokens.has_live_token(conn, ws_id)
-    except Exception:
-        if not ctx.settings.open_bootstrap:
-            log.exception("registry: discovery token probe failed for %s", ws_id)
-            raise ApiError(500, "lookup failed") from None
-        log.exception("registry: discovery token probe failed for %s; allowing", ws_id)
-        return
-    # a tokenless workspace is an unauthenticated identity only in the open bootstrap mode (issue 11 §1)
-    if (not has_token and ctx.settings.open_bootstrap) or ctx.settings.dev_mode_fail_open:
-        return
-    if cookie:
-        valid, presented = await verify_cp_session(ctx, cookie)
-        if presented:
-            if valid:
-                return
-            raise ApiError(401, "invalid session")
-    if not bearer:
-        raise ApiError(401, "missing workspace auth token")
-    try:
-        async with ctx.engine.begin() as conn:
-            owner = await tokens.validate_workspace_token(conn, bearer, ws_id)
-    except Exception:
-        log.exception("registry: discovery token validation failed for %s", ws_id)
-        owner = None
-    if owner is None:
-        raise ApiError(401, "invalid workspace auth token")
 
 
 def internal_url(ws_id: str) -> str:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from workspace_server import authz
 from workspace_server.a2a import schemas as a2a_msg
-from workspace_server.a2a.routes import authenticate_caller
-from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
+from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth, credentials
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_model
 from workspace_server.common.ids import uuid_or_raw
@@ -70,7 +70,14 @@ async def _authorize_peer(ctx: AppContext, request: Request, target: str) -> Non
     if a2a_msg.is_system_caller(header):
         raise ApiError(403, a2a_msg.INVALID_CALLER)
     caller = uuid_or_raw(header)
-    await authenticate_caller(ctx, request, caller)
+    await authz.token_holder(
+        ctx,
+        credentials(request),
+        caller,
+        tokenless="open_bootstrap",
+        missing=a2a_msg.MISSING_CALLER_TOKEN,
+        invalid=a2a_msg.INVALID_CALLER_TOKEN,
+    )
     if not await can_communicate(ctx.engine, caller, target):
         raise ApiError(403, "access denied")
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from workspace_server.auth import tokens
 from workspace_server.common.errors import ApiError
 from workspace_server.common.time import rfc3339
 from workspace_server.config import Settings
@@ -197,31 +196,6 @@ async def list_workspace(ctx: AppContext, ws_id: str) -> list[dict[str, Any]]:
         return out
     mine = {r.key for r in own}
     return out + [_listing_entry(r, "global") for r in globals_ if r.key not in mine]
-
-
-async def check_values_caller(ctx: AppContext, ws_id: str, bearer: str) -> None:
-    """Plaintext leaves only to the workspace itself: once it has a live token, only that token passes.
-
-    Fails closed (500 `auth check failed`) on a DB error, unlike the registry's fail-open probe.
-    """
-    try:
-        async with ctx.engine.connect() as conn:
-            has_live = await tokens.has_live_token(conn, ws_id)
-    except Exception as exc:
-        _log_failure(f"token probe of {ws_id} for secrets values", exc)
-        raise ApiError(500, "auth check failed") from None
-    if not has_live:
-        return  # grandfathered: no token was ever issued to this workspace
-    if not bearer:
-        raise ApiError(401, "missing workspace auth token")
-    try:
-        async with ctx.engine.begin() as conn:
-            owner = await tokens.validate_workspace_token(conn, bearer, ws_id)
-    except Exception as exc:
-        _log_failure(f"token check of {ws_id} for secrets values", exc)
-        raise ApiError(500, "auth check failed") from None
-    if owner is None:
-        raise ApiError(401, "invalid workspace auth token")
 
 
 async def values(ctx: AppContext, ws_id: str) -> dict[str, str]:

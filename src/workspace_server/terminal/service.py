@@ -18,15 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, cast
+from typing import Any
 
-from fastapi import Request, WebSocket
+from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from workspace_server.auth import tokens
-from workspace_server.auth.deps import AuthInfo
+from workspace_server import authz
+from workspace_server.authz import Actor as AuthInfo
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import bearer_token
 from workspace_server.common.ids import parse_uuid
 from workspace_server.common.jsonnum import loads_strict
 from workspace_server.config import Settings
@@ -58,14 +57,7 @@ async def check_claimed_caller(ctx: AppContext, websocket: WebSocket, target: st
     if not claimed or claimed == target:
         return
     caller = parse_uuid(claimed)
-    bearer = bearer_token(cast(Request, websocket))  # reads only the headers
-    if bearer and auth.org_token_id is None:
-        owner = None
-        if caller is not None:
-            async with ctx.engine.begin() as conn:
-                owner = await tokens.validate_workspace_token(conn, bearer, caller)
-        if owner is None:
-            raise ApiError(401, "invalid token for claimed workspace")
+    await authz.claimed_caller(ctx, authz.Credentials.from_headers(websocket.headers), auth, caller)
     if caller is None or not await can_communicate(ctx.engine, caller, target):
         raise ApiError(403, "not authorized to access this workspace's terminal")
 

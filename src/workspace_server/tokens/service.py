@@ -6,9 +6,10 @@ import logging
 import re
 from typing import Any
 
+from workspace_server import authz
 from workspace_server.auth import tokens as auth_tokens
-from workspace_server.auth.deps import AuthInfo
 from workspace_server.auth.ratelimit import FixedWindowLimiter
+from workspace_server.authz import Actor as AuthInfo
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import INVALID_JSON, parse_json
 from workspace_server.common.ids import parse_uuid
@@ -124,10 +125,8 @@ def check_test_token_access(ctx: AppContext, authorization: str) -> None:
     s = ctx.settings
     if not s.test_tokens_enabled:
         raise ApiError(404, "not found")
-    if s.ADMIN_TOKEN:
-        presented = authorization.removeprefix("Bearer ")
-        if not presented or not auth_tokens.constant_time_equals(presented, s.ADMIN_TOKEN):
-            raise ApiError(401, "admin auth required")
+    if not authz.test_token_caller_ok(s, authorization):
+        raise ApiError(401, "admin auth required")
 
 
 async def mint_test_token(ctx: AppContext, raw_id: str) -> dict[str, Any]:

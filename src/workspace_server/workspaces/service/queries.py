@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from workspace_server import authz
 from workspace_server.activity.service import sorted_keys
 from workspace_server.auth import tokens
 from workspace_server.common.errors import ApiError
@@ -33,23 +34,7 @@ class QueryOps(ServiceBase):
 
     async def state(self, ws_id: str, bearer: str) -> tuple[int, dict[str, Any]]:
         """Agent polling endpoint; once the workspace has live tokens only its own token may ask."""
-        try:
-            async with self.engine.connect() as conn:
-                has_live = await tokens.has_live_token(conn, ws_id)
-        except Exception:
-            log.exception("state %s: token check failed", ws_id)
-            raise ApiError(500, "auth check failed") from None
-        if has_live:
-            if not bearer:
-                raise ApiError(401, "missing workspace auth token")
-            try:
-                async with self.engine.begin() as conn:
-                    owner = await tokens.validate_workspace_token(conn, bearer, ws_id)
-            except Exception:
-                log.exception("state %s: token validation failed", ws_id)
-                raise ApiError(500, "auth check failed") from None
-            if owner is None:
-                raise ApiError(401, "invalid workspace auth token")
+        await authz.token_holder(self.ctx, authz.Credentials(bearer=bearer), ws_id, tokenless="always")
         status = await self.query(store.workspace_status, ws_id, failed=f"state {ws_id}: query failed")
         if status is None:
             return 404, {"deleted": True, "workspace_id": ws_id}
