@@ -57,9 +57,7 @@ def upgrade() -> None:
         ),
     )
     with op.batch_alter_table("workspace_channels", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_workspace_channels_type_enabled", ["channel_type", "enabled"], unique=False
-        )
+        batch_op.create_index("ix_workspace_channels_type_enabled", ["channel_type", "enabled"], unique=False)
 
 
 def downgrade() -> None:
