@@ -72,7 +72,11 @@ async def reconcile(ctx: AppContext, leading: bool) -> None:
                 wanted[c.id] = c
     for cid, p in list(st.pollers.items()):
         want = wanted.get(cid)
-        if want is None or p.token_fingerprint != fingerprint(want.config.get("bot_token", "")) or p.task.done():
+        if (
+            want is None
+            or p.token_fingerprint != fingerprint(want.config.get("bot_token", ""))
+            or p.task.done()
+        ):
             del st.pollers[cid]
             p.task.cancel()
             await asyncio.gather(p.task, return_exceptions=True)

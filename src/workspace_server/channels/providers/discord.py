@@ -5,6 +5,7 @@ and two JSON POSTs do not justify one (docs/decisions.md "Channels")."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from workspace_server.channels.providers import rebase
 from workspace_server.config import Settings
 
 CHUNK = 2000
+_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,1024}")  # an interaction token goes into a URL path
 FRESH_SECONDS = 300
 
 
@@ -74,7 +76,7 @@ async def send(settings: Settings, http: httpx.AsyncClient, config: Mapping[str,
 async def follow_up(settings: Settings, http: httpx.AsyncClient, msg: Inbound, text: str) -> bool:
     """The reply to a deferred interaction (the `{"type":5}` we answered); False when it has no token."""
     app, token = msg.extra.get("application_id", ""), msg.extra.get("interaction_token", "")
-    if not app or not token or not app.isdigit() or "/" in token or len(token) > 1024:
+    if not app.isascii() or not app.isdigit() or len(app) > 32 or not _TOKEN.fullmatch(token):
         return False
     await _post(http, f"{settings.DISCORD_API_BASE_URL}/webhooks/{app}/{token}", text)
     return True

@@ -105,13 +105,10 @@ async def send(settings: Settings, config: Mapping[str, str], text: str, channel
 
 def verify(secret: str, body: bytes, headers: Mapping[str, str]) -> bool:
     """Signature and timestamp freshness (SignatureVerifier rejects a timestamp over 5 minutes off)."""
-    if not secret:
+    ts, sig = headers.get("x-slack-request-timestamp", ""), headers.get("x-slack-signature", "")
+    if not secret or not ts.isascii() or not ts.isdigit() or len(ts) > 12 or not sig:  # the SDK int()s it
         return False
-    return SignatureVerifier(secret).is_valid(
-        body=body,
-        timestamp=headers.get("x-slack-request-timestamp", ""),
-        signature=headers.get("x-slack-signature", ""),
-    )
+    return SignatureVerifier(secret).is_valid(body=body, timestamp=ts, signature=sig)
 
 
 def parse(data: dict[str, Any]) -> Inbound | None:

@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 
 CHUNK = 4096
 MAX_RETRY_AFTER = 60.0
-COMMANDS = (("start", "Show this chat's id"), ("help", "How to talk to the agent"),
-            ("reset", "Forget the conversation"), ("cancel", "Cancel"))  # fmt: skip
+COMMANDS = (
+    ("start", "Show this chat's id"),
+    ("help", "How to talk to the agent"),
+    ("reset", "Forget the conversation"),
+    ("cancel", "Cancel"),
+)
 POLL_UPDATES = ["message", "channel_post", "my_chat_member", "callback_query"]
 
 

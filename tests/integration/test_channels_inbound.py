@@ -1,0 +1,255 @@
+"""Inbound channel messages end to end (spec 06 §3.6): a signed provider delivery (or a Telegram poll)
+→ A2A `message/send` to a real agent through the proxy → the reply at the provider's local fake.
+Bad or stale signatures are 401. On both databases."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from nacl.signing import SigningKey
+from slack_sdk.signature import SignatureVerifier
+
+from tests.conftest import ClientFactory
+from tests.integration.a2a_support import StubAgent, activity, wait_for
+from tests.integration.channels_support import TELEGRAM_TOKEN, FakeProviders, tg_update
+from tests.integration.registry_support import Captured, add_workspace, ctx_of
+
+SIGNING = "slack-signing-secret"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeProviders]:
+    f = await FakeProviders().start()
+    yield f
+    await f.close()
+
+
+@pytest.fixture
+def agent() -> Iterator[StubAgent]:
+    a = StubAgent()
+    yield a
+    a.close()
+
+
+async def _setup(
+    client_factory: ClientFactory, fake: FakeProviders, agent: StubAgent, channel: dict[str, Any], **kw: Any
+) -> tuple[httpx.AsyncClient, str, str]:
+    client = await client_factory(MOLECULE_ENV="development", **fake.settings(), **kw)
+    ws = await add_workspace(ctx_of(client), "Echo Agent", status="online", url=agent.url)
+    r = await client.post(f"/workspaces/{ws}/channels", json=channel)
+    assert r.status_code == 201, r.text
+    return client, ws, r.json()["id"]
+
+
+def _slack_headers(body: bytes, ts: int | None = None, secret: str = SIGNING) -> dict[str, str]:
+    stamp = str(ts if ts is not None else int(time.time()))
+    sig = SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body)
+    return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sig, "Content-Type": "application/json"}
+
+
+async def test_slack_event_reaches_agent_and_reply_is_posted(
+    client_factory: ClientFactory, fake: FakeProviders, agent: StubAgent
+) -> None:
+    config = {
+        "bot_token": "xoxb-0000-token",
+        "channel_id": "C42",
+        "signing_secret": SIGNING,
+        "username": "Echo",
+    }
+    client, ws, cid = await _setup(client_factory, fake, agent, {"channel_type": "slack", "config": config})
+    events = Captured(ctx_of(client))
+
+    challenge = json.dumps({"type": "url_verification", "challenge": "abc"}).encode()
+    r = await client.post("/webhooks/slack", content=challenge, headers=_slack_headers(challenge))
+    assert r.json() == {"challenge": "abc"}
+
+    event = {
+        "type": "event_callback",
+        "event": {
+            "type": "message",
+            "channel": "C42",
+            "user": "U1",
+            "text": "[echo] hello there",
+            "ts": "1.1",
+        },
+    }
+    body = json.dumps(event).encode()
+    for headers in (
+        _slack_headers(body, secret="wrong"),
+        _slack_headers(body, ts=int(time.time()) - 3600),  # stale: a replay
+        {"Content-Type": "application/json"},
+    ):
+        r = await client.post("/webhooks/slack", content=body, headers=headers)
+        assert (r.status_code, r.json()) == (401, {"error": "invalid signature"})
+    r = await client.post("/webhooks/slack", content=body, headers=_slack_headers(body))
+    assert r.json() == {"status": "accepted"}
+
+    posted = await wait_for(lambda: _async(fake.of("chat.postMessage")), "reply at the Slack fake")
+    assert posted[0]["channel"] == "C42" and posted[0]["text"] == "echo: hello there"
+    sent = agent.received[0]
+    assert sent["params"]["message"]["parts"][0]["text"] == "hello there"  # the [slug] routed and stripped
+    meta = sent["params"]["metadata"]
+    assert meta["source"] == "slack" and meta["channel_id"] == cid and meta["chat_id"] == "C42"
+    rows = await wait_for(lambda: activity(ctx_of(client), ws), "a2a_receive row")
+    assert rows[0].source_id == "channel:slack"
+    await wait_for(lambda: _async(events.of("CHANNEL_MESSAGE")), "CHANNEL_MESSAGE")
+    assert events.of("CHANNEL_MESSAGE")[0]["direction"] == "inbound"
+
+    # an unknown slug answers with the ones there are
+    other = json.dumps({**event, "event": {**event["event"], "text": "[nobody] hi"}}).encode()
+    r = await client.post("/webhooks/slack", content=other, headers=_slack_headers(other))
+    assert r.json() == {"status": "unknown_agent", "requested_slug": "nobody", "available_slugs": ["[Echo]"]}
+
+
+async def test_slack_allowed_users_filter(
+    client_factory: ClientFactory, fake: FakeProviders, agent: StubAgent
+) -> None:
+    config = {"bot_token": "xoxb-0000-token", "channel_id": "C42", "signing_secret": SIGNING}
+    client, _, _ = await _setup(
+        client_factory, fake, agent, {"channel_type": "slack", "config": config, "allowed_users": ["U9"]}
+    )
+    event = {
+        "type": "event_callback",
+        "event": {"type": "message", "channel": "C42", "user": "U1", "text": "x"},
+    }
+    body = json.dumps(event).encode()
+    r = await client.post("/webhooks/slack", content=body, headers=_slack_headers(body))
+    assert r.json() == {"status": "accepted"}
+    await _settle(client)
+    assert agent.received == [] and fake.of("chat.postMessage") == []
+
+
+async def test_telegram_webhook_needs_secret_and_replies(
+    client_factory: ClientFactory, fake: FakeProviders, agent: StubAgent
+) -> None:
+    config = {"bot_token": TELEGRAM_TOKEN, "chat_id": "77", "webhook_secret": "tg-secret-value"}
+    client, _, _ = await _setup(client_factory, fake, agent, {"channel_type": "telegram", "config": config})
+    update = tg_update(1, 77, "hi bot")
+    r = await client.post(
+        "/webhooks/telegram", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "nope"}
+    )
+    assert (r.status_code, r.json()) == (401, {"error": "invalid signature"})
+    r = await client.post(
+        "/webhooks/telegram", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret-value"}
+    )
+    assert r.json() == {"status": "accepted"}
+    sent = await wait_for(lambda: _async(fake.of("sendMessage")), "reply at the Telegram fake")
+    assert sent[0]["chat_id"] == "77" and sent[0]["text"] == "echo: hi bot"
+    # another chat than the channel's: no channel
+    r = await client.post(
+        "/webhooks/telegram",
+        json=tg_update(2, 78, "x"),
+        headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret-value"},
+    )
+    assert r.json() == {"status": "no_channel"}
+
+
+async def test_telegram_long_polling_on_the_leader(
+    client_factory: ClientFactory, fake: FakeProviders, agent: StubAgent
+) -> None:
+    config = {"bot_token": TELEGRAM_TOKEN, "chat_id": "77"}
+    client, ws, cid = await _setup(
+        client_factory, fake, agent, {"channel_type": "telegram", "config": config}, run_loops=True
+    )
+    fake.updates = [tg_update(5, 77, "polled hello")]
+    sent = await wait_for(lambda: _async(fake.of("sendMessage")), "reply to a polled message", timeout=30)
+    assert sent[0]["text"] == "echo: polled hello"
+    assert fake.of("deleteWebhook")  # polling and a webhook exclude each other
+    # disabled: its poller stops
+    from workspace_server.channels.state import state_of
+
+    st = state_of(ctx_of(client))
+    assert cid in st.pollers
+    await client.patch(f"/workspaces/{ws}/channels/{cid}", json={"enabled": False})
+    await wait_for(lambda: _async(cid not in st.pollers), "poller stopped")
+
+
+async def test_discord_interactions(
+    client_factory: ClientFactory, fake: FakeProviders, agent: StubAgent
+) -> None:
+    key = SigningKey.generate()
+    config = {
+        "webhook_url": "https://discord.com/api/webhooks/1/tok",
+        "public_key": key.verify_key.encode().hex(),
+    }
+    client, _, _ = await _setup(client_factory, fake, agent, {"channel_type": "discord", "config": config})
+
+    def signed(
+        payload: dict[str, Any], ts: int | None = None, k: SigningKey = key
+    ) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps(payload).encode()
+        stamp = str(ts if ts is not None else int(time.time()))
+        sig = k.sign(stamp.encode() + body).signature.hex()
+        return body, {
+            "X-Signature-Ed25519": sig,
+            "X-Signature-Timestamp": stamp,
+            "Content-Type": "application/json",
+        }
+
+    body, headers = signed({"type": 1})
+    assert (await client.post("/webhooks/discord", content=body, headers=headers)).json() == {"type": 1}
+    for body, headers in (signed({"type": 1}, k=SigningKey.generate()), signed({"type": 1}, ts=1)):
+        r = await client.post("/webhooks/discord", content=body, headers=headers)
+        assert (r.status_code, r.json()) == (401, {"error": "invalid signature"})
+    cmd = {
+        "type": 2,
+        "id": "9",
+        "application_id": "555",
+        "token": "itok",
+        "channel_id": "D1",
+        "data": {"name": "ask", "options": [{"name": "q", "value": "status?"}]},
+        "member": {"user": {"id": "u1", "username": "bob"}},
+    }
+    body, headers = signed(cmd)
+    assert (await client.post("/webhooks/discord", content=body, headers=headers)).json() == {"type": 5}
+    follow = await wait_for(lambda: _async(fake.of("/webhooks/555/itok")), "follow-up at the Discord fake")
+    assert follow[0] == {"content": "echo: /ask status?"}
+    assert agent.received[0]["params"]["metadata"]["extra"] == {"application_id": "555"}  # no token
+
+
+async def test_lark_events(client_factory: ClientFactory, fake: FakeProviders, agent: StubAgent) -> None:
+    config = {"webhook_url": "https://open.feishu.cn/open-apis/bot/v2/hook/abc", "verify_token": "lark-vt"}
+    client, _, _ = await _setup(client_factory, fake, agent, {"channel_type": "lark", "config": config})
+    r = await client.post(
+        "/webhooks/lark", json={"type": "url_verification", "challenge": "c1", "token": "lark-vt"}
+    )
+    assert r.json() == {"challenge": "c1"}
+    r = await client.post(
+        "/webhooks/lark", json={"type": "url_verification", "challenge": "c1", "token": "bad"}
+    )
+    assert (r.status_code, r.json()) == (401, {"error": "invalid signature"})
+    event = {
+        "schema": "2.0",
+        "header": {"event_type": "im.message.receive_v1", "token": "lark-vt"},
+        "event": {
+            "sender": {"sender_id": {"open_id": "ou_1"}},
+            "message": {
+                "message_id": "m1",
+                "chat_id": "oc_1",
+                "message_type": "text",
+                "content": json.dumps({"text": "hola"}),
+            },
+        },
+    }
+    assert (await client.post("/webhooks/lark", json=event)).json() == {"status": "accepted"}
+    posted = await wait_for(
+        lambda: _async(fake.of("/lark/open-apis/bot/v2/hook/abc")), "reply at the Lark fake"
+    )
+    assert posted[0] == {"msg_type": "text", "content": {"text": "echo: hola"}}
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def _settle(client: httpx.AsyncClient) -> None:
+    import asyncio
+
+    from workspace_server.channels.state import state_of
+
+    await asyncio.gather(*list(state_of(ctx_of(client)).tasks), return_exceptions=True)
