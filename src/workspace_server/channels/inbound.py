@@ -8,6 +8,7 @@ store under `channel:<type>:<chat_id>:history`, newest first.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -16,6 +17,7 @@ from workspace_server.a2a.proxy import proxy_a2a
 from workspace_server.channels import store
 from workspace_server.channels.model import MAX_INBOUND_TEXT, Channel, Inbound, SendError
 from workspace_server.channels.outbound import deliver
+from workspace_server.channels.providers import telegram
 from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
 
@@ -107,9 +109,23 @@ async def _handle(ctx: AppContext, channel: Channel, msg: Inbound) -> str | None
     key = history_key(channel.channel_type, msg.chat_id)
     history = await load_history(ctx, key)
     caller = f"channel:{channel.channel_type}"
-    result = await proxy_a2a(
-        ctx, channel.workspace_id, a2a_body(channel, msg, history), caller, True, timeout_seconds=A2A_TIMEOUT
-    )
+    typing = None
+    if channel.channel_type == "telegram":
+        token = channel.config.get("bot_token", "")
+        typing = asyncio.create_task(telegram.keep_typing(ctx.settings, token, msg.chat_id))
+    try:
+        result = await proxy_a2a(
+            ctx,
+            channel.workspace_id,
+            a2a_body(channel, msg, history),
+            caller,
+            True,
+            timeout_seconds=A2A_TIMEOUT,
+        )
+    finally:
+        if typing is not None:
+            typing.cancel()
+            await asyncio.gather(typing, return_exceptions=True)
     reply = reply_text(result.status, result.json() if result.error is None else None)
     if reply:
         try:

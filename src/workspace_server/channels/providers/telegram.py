@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from telegram import Bot, BotCommand
-from telegram.constants import ParseMode
+from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
 
@@ -152,3 +152,17 @@ async def discover(settings: Settings, token: str) -> dict[str, Any]:
         "and replies. Disable it with @BotFather /setprivacy, or make the bot an admin.",
         "hint": "Send /start to the bot (or add it to a group), then detect again." if not chats else "",
     }
+
+
+TYPING_EVERY = 4.0
+
+
+async def keep_typing(settings: Settings, token: str, chat_id: str) -> None:
+    """ "typing…" in the chat every 4 s while the agent works (cancelled when it answers)."""
+    try:
+        async with make_bot(settings, token) as bot:
+            while True:
+                await bot.send_chat_action(chat_id, ChatAction.TYPING)
+                await asyncio.sleep(TYPING_EVERY)
+    except TelegramError as exc:  # cosmetic: never fails the message
+        log.debug("telegram typing action failed: %s", type(exc).__name__)
