@@ -91,6 +91,11 @@ async def test_slack_event_reaches_agent_and_reply_is_posted(
 
     posted = await wait_for(lambda: _async(fake.of("chat.postMessage")), "reply at the Slack fake")
     assert posted[0]["channel"] == "C42" and posted[0]["text"] == "echo: hello there"
+    # a redelivery (Slack retries; a mention is also an app_mention) reaches the agent once
+    r = await client.post("/webhooks/slack", content=body, headers=_slack_headers(body))
+    assert r.json() == {"status": "accepted"}
+    await _settle(client)
+    assert len(agent.received) == 1
     sent = agent.received[0]
     assert sent["params"]["message"]["parts"][0]["text"] == "hello there"  # the [slug] routed and stripped
     meta = sent["params"]["metadata"]
@@ -156,6 +161,13 @@ async def test_telegram_long_polling_on_the_leader(
     client, ws, cid = await _setup(
         client_factory, fake, agent, {"channel_type": "telegram", "config": config}, run_loops=True
     )
+    # a webhook-driven row (it has a webhook secret) is not polled: polling would delete its webhook
+    hooked = await add_workspace(ctx_of(client), "Hooked", status="online", url=agent.url)
+    webhook_cfg = {**config, "webhook_secret": "tg-secret-value"}
+    r = await client.post(
+        f"/workspaces/{hooked}/channels", json={"channel_type": "telegram", "config": webhook_cfg}
+    )
+    hooked_id = r.json()["id"]
     fake.updates = [tg_update(5, 77, "polled hello")]
     sent = await wait_for(lambda: _async(fake.of("sendMessage")), "reply to a polled message", timeout=30)
     assert sent[0]["text"] == "echo: polled hello"
@@ -164,7 +176,7 @@ async def test_telegram_long_polling_on_the_leader(
     from workspace_server.channels.state import state_of
 
     st = state_of(ctx_of(client))
-    assert cid in st.pollers
+    assert cid in st.pollers and hooked_id not in st.pollers
     await client.patch(f"/workspaces/{ws}/channels/{cid}", json={"enabled": False})
     await wait_for(lambda: _async(cid not in st.pollers), "poller stopped")
 

@@ -4,7 +4,8 @@ on the leader only.
 `manager_loop` is a background loop (loops/supervisor.py spawns it): while this replica holds the
 sweepers' lease it reconciles the pollers with the enabled rows — at start, whenever a route asks
 (`state.reload`: create, update, delete) and every few seconds — and while it does not, it runs none.
-Each poller runs under `supervise` (restarted with back-off on a crash); a bad token (401) ends it.
+Rows with a `webhook_secret` are webhook-driven and not polled. Each poller runs under `supervise`
+(restarted with back-off on a crash); a bad token (401) ends it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from telegram import Bot
 from telegram.error import Forbidden, InvalidToken, RetryAfter, TelegramError
 
 from workspace_server.channels import store
+from workspace_server.channels.configcrypt import encrypt_stored
 from workspace_server.channels.inbound import handle_inbound, history_key
 from workspace_server.channels.model import Channel, Inbound, obj, s
 from workspace_server.channels.providers import telegram
@@ -40,10 +42,17 @@ def fingerprint(token: str) -> str:
 
 async def manager_loop(ctx: AppContext, lease: Lease | None) -> None:
     st = state_of(ctx)
+    swept = False
     try:
         while True:
             st.wake.clear()
-            await reconcile(ctx, lease is None or lease.held)
+            leading = lease is None or lease.held
+            if leading and not swept:  # once, by the leader: secret fields in clear or under a retired key
+                swept = True
+                changed = await encrypt_stored(ctx.settings, ctx.engine)
+                if changed:
+                    log.info("channels: %d channel configs re-encrypted under the current key", changed)
+            await reconcile(ctx, leading)
             try:
                 await asyncio.wait_for(
                     st.wake.wait(), RECONCILE_SECONDS if lease is None or lease.held else 1.0
@@ -68,7 +77,9 @@ async def reconcile(ctx: AppContext, leading: bool) -> None:
     if leading:
         for c in await enabled_channels(ctx, "telegram"):
             fp = fingerprint(c.config.get("bot_token", ""))
-            if fp not in st.paused_tokens:
+            # a row with a webhook secret is served by POST /webhooks/telegram: polling would delete the
+            # webhook Telegram delivers to (getUpdates and a webhook exclude each other)
+            if fp not in st.paused_tokens and not c.config.get("webhook_secret"):
                 wanted[c.id] = c
     for cid, p in list(st.pollers.items()):
         want = wanted.get(cid)

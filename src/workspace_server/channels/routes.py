@@ -12,7 +12,7 @@ from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
 from workspace_server.channels import adapters, service, webhook
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import read_body, read_json
-from workspace_server.openapi import body_schema, text
+from workspace_server.openapi import body_schema, error_responses, text
 
 router = APIRouter()
 
@@ -42,6 +42,7 @@ _CREATE = body_schema(
     },
     require=("channel_type",),
     max_bytes=CHANNEL_BODY_MAX,
+    errors={409: "The workspace already has a channel of this type"},
 )
 
 
@@ -82,7 +83,7 @@ _SEND = body_schema(
     {"type": "object", "properties": {"text": text(1, service.MAX_TEXT)}},
     require=("text",),
     max_bytes=CHANNEL_BODY_MAX * 4,
-    errors={429: "The channel's budget is spent"},
+    errors={429: "The channel's budget is spent", 502: "The provider refused or could not be reached"},
 )
 
 
@@ -97,7 +98,9 @@ async def send_message(
 
 @router.post(
     "/workspaces/{id}/channels/{channel_id}/test",
-    openapi_extra={"responses": {"429": {"description": "The channel's budget is spent"}}},
+    openapi_extra=error_responses(
+        {429: "The channel's budget is spent", 502: "The provider refused or could not be reached"}
+    ),
 )
 async def test_channel(id: str, channel_id: str, _: WorkspaceAuth, ctx: Ctx) -> JSONResponse:
     await service.send_text(ctx, id, channel_id, service.TEST_TEXT)

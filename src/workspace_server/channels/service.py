@@ -135,8 +135,8 @@ async def create_channel(ctx: AppContext, workspace_id: str, body: Any) -> dict[
     }
     try:
         await store.insert(ctx.engine, values)
-    except sqlalchemy.exc.IntegrityError:  # one channel per type per workspace (the reference's 500)
-        raise ApiError(500, "failed to create channel") from None
+    except sqlalchemy.exc.IntegrityError:  # one channel per type per workspace: 409, not the reference's 500
+        raise ApiError(409, "failed to create channel") from None
     reload(ctx)
     return {"id": channel_id, "channel_type": channel_type, "enabled": enabled}
 
@@ -191,11 +191,12 @@ async def delete_channel(ctx: AppContext, ws_id: str, channel_id: str) -> dict[s
 
 
 async def send_text(ctx: AppContext, ws_id: str, channel_id: str, text: str) -> None:
-    """Post on the channel if its budget allows (429 `channel budget exceeded`); 500 `send failed`."""
+    """Post on the channel if its budget allows (429 `channel budget exceeded`). A provider failure is 502
+    `send failed` (the reference's 500: it is the provider's failure, not ours)."""
     row = await _row(ctx, ws_id, channel_id)
     channel: Channel | None = to_channel(ctx.settings, row)
-    if channel is None:
-        raise ApiError(500, "send failed")
+    if channel is None:  # its config cannot be decrypted (the key changed)
+        raise ApiError(502, "send failed")
     if not await store.claim_message(ctx.engine, channel.id, utcnow()):
         raise ApiError(429, "channel budget exceeded")
     try:
@@ -203,7 +204,7 @@ async def send_text(ctx: AppContext, ws_id: str, channel_id: str, text: str) -> 
     except SendError as exc:
         await store.release_message(ctx.engine, channel.id)
         log.warning("channel %s: send failed: %s", channel.id, exc)
-        raise ApiError(500, "send failed") from None
+        raise ApiError(502, "send failed") from None
     await ctx.events.broadcast(
         "CHANNEL_MESSAGE",
         channel.workspace_id,

@@ -81,3 +81,19 @@ async def disable(engine: AsyncEngine, channel_id: str) -> None:
         await conn.execute(
             sa.update(t).where(t.c.id == channel_id).values(enabled=False, updated_at=utcnow())
         )
+
+
+async def all_configs(engine: AsyncEngine) -> list[Row[Any]]:
+    q = sa.select(t).order_by(t.c.id)
+    async with engine.connect() as conn:
+        return list((await conn.execute(q)).all())
+
+
+async def set_config(
+    engine: AsyncEngine, channel_id: str, config: dict[str, Any], was: dict[str, Any]
+) -> None:
+    """Compare-and-set: a config a route replaced meanwhile is left as the route wrote it."""
+    q = sa.select(t.c.channel_config).where(t.c.id == channel_id)
+    async with engine.begin() as conn:
+        if (await conn.execute(q.with_for_update())).scalar_one_or_none() == was:
+            await conn.execute(sa.update(t).where(t.c.id == channel_id).values(channel_config=config))

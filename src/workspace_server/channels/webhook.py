@@ -32,6 +32,7 @@ from workspace_server.context import AppContext
 BAD_SIGNATURE = "invalid signature"
 PARSE_FAILED = "webhook parse failed"
 _SLUG = re.compile(r"^[a-zA-Z0-9 _-]+$")
+SEEN_TTL = 3600.0
 
 Answer = tuple[int, dict[str, Any]]
 
@@ -73,7 +74,7 @@ def route(candidates: list[Channel], msg: Inbound) -> Channel | Answer:
     return 200, {"status": "unknown_agent", "requested_slug": slug, "available_slugs": available}
 
 
-def _accept(
+async def _accept(
     ctx: AppContext, candidates: list[Channel], msg: Inbound | None, accepted: dict[str, Any]
 ) -> Answer:
     if msg is None:
@@ -81,6 +82,11 @@ def _accept(
     picked = route(candidates, msg)
     if isinstance(picked, tuple):
         return picked
+    if msg.message_id:  # providers redeliver (Slack retries after 3 s, a mention is two events): once each
+        seen = f"channel:{picked.channel_type}:seen:{picked.id}:{msg.chat_id}:{msg.message_id}"[:512]
+        if await ctx.kv.get(seen):
+            return 200, accepted
+        await ctx.kv.set(seen, "1", SEEN_TTL)
     state_of(ctx).spawn(handle_inbound(ctx, picked, msg), f"channel-inbound:{picked.id}")
     return 200, accepted
 
@@ -95,10 +101,10 @@ async def receive(ctx: AppContext, channel_type: str, body: bytes, headers: Mapp
     if channel_type == "slack":
         return await _slack(ctx, rows, body, headers)
     if channel_type == "telegram":
-        return _telegram(ctx, rows, body, headers)
+        return await _telegram(ctx, rows, body, headers)
     if channel_type == "discord":
-        return _discord(ctx, rows, body, headers)
-    return _lark(ctx, rows, body, headers)
+        return await _discord(ctx, rows, body, headers)
+    return await _lark(ctx, rows, body, headers)
 
 
 async def _slack(ctx: AppContext, rows: list[Channel], body: bytes, headers: Mapping[str, str]) -> Answer:
@@ -115,20 +121,20 @@ async def _slack(ctx: AppContext, rows: list[Channel], body: bytes, headers: Map
         return 200, {"status": "ignored"}
     # a bot-token row answers in its channel; a webhook-only row has no channel of its own to match
     candidates = [r for r in verified if r.config.get("channel_id", "").strip() in ("", msg.chat_id)]
-    return _accept(ctx, candidates, msg, {"status": "accepted"})
+    return await _accept(ctx, candidates, msg, {"status": "accepted"})
 
 
-def _telegram(ctx: AppContext, rows: list[Channel], body: bytes, headers: Mapping[str, str]) -> Answer:
+async def _telegram(ctx: AppContext, rows: list[Channel], body: bytes, headers: Mapping[str, str]) -> Answer:
     header = headers.get("x-telegram-bot-api-secret-token", "")
     verified = [r for r in rows if telegram.secret_matches(r.config, header)]
     if not verified:
         raise ApiError(401, BAD_SIGNATURE)
     msg = telegram.parse(_json(body))
     candidates = [r for r in verified if msg is None or _in_chats(r, msg.chat_id)]
-    return _accept(ctx, candidates, msg, {"status": "accepted"})
+    return await _accept(ctx, candidates, msg, {"status": "accepted"})
 
 
-def _discord(ctx: AppContext, rows: list[Channel], body: bytes, headers: Mapping[str, str]) -> Answer:
+async def _discord(ctx: AppContext, rows: list[Channel], body: bytes, headers: Mapping[str, str]) -> Answer:
     def key(r: Channel) -> str:
         return r.config.get("public_key") or r.config.get("app_public_key") or ""
 
@@ -141,10 +147,10 @@ def _discord(ctx: AppContext, rows: list[Channel], body: bytes, headers: Mapping
     data = _json(body)
     if data.get("type") == 1:
         return 200, {"type": 1}
-    return _accept(ctx, verified, discord.parse(data), {"type": 5})
+    return await _accept(ctx, verified, discord.parse(data), {"type": 5})
 
 
-def _lark(ctx: AppContext, rows: list[Channel], body: bytes, headers: Mapping[str, str]) -> Answer:
+async def _lark(ctx: AppContext, rows: list[Channel], body: bytes, headers: Mapping[str, str]) -> Answer:
     data = _json(body)
     candidates = rows
     if "encrypt" in data:
@@ -167,4 +173,4 @@ def _lark(ctx: AppContext, rows: list[Channel], body: bytes, headers: Mapping[st
     if data.get("type") == "url_verification":
         challenge = data.get("challenge")
         return 200, {"challenge": challenge if isinstance(challenge, str) else ""}
-    return _accept(ctx, verified, lark.parse(data), {"status": "accepted"})
+    return await _accept(ctx, verified, lark.parse(data), {"status": "accepted"})

@@ -125,4 +125,5 @@ def parse(data: dict[str, Any]) -> Inbound | None:
     if not text or not channel:
         return None
     user = s(event.get("user"))
-    return Inbound(channel, user, user, text, s(event.get("client_msg_id") or event.get("ts")))
+    # `ts` names the post: a mention arrives as both `message` and `app_mention` with the same one
+    return Inbound(channel, user, user, text, s(event.get("ts")))
