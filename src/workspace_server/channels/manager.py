@@ -61,6 +61,9 @@ async def manager_loop(ctx: AppContext, lease: Lease | None) -> None:
                 pass
     finally:
         await stop_all(ctx)
+        for task in list(st.tasks):  # inbound messages in flight: the process is stopping
+            task.cancel()
+        await asyncio.gather(*list(st.tasks), return_exceptions=True)
 
 
 async def stop_all(ctx: AppContext) -> None:
