@@ -177,8 +177,33 @@ async def test_telegram_long_polling_on_the_leader(
 
     st = state_of(ctx_of(client))
     assert cid in st.pollers and hooked_id not in st.pollers
-    await client.patch(f"/workspaces/{ws}/channels/{cid}", json={"enabled": False})
+    # the bot removed from the chat it serves: the channel is disabled and its poller stops
+    kicked = {
+        "update_id": 6,
+        "my_chat_member": {
+            "chat": {"id": 77, "type": "group", "title": "Team"},
+            "from": {"id": 42, "is_bot": False, "first_name": "Alice"},
+            "date": 0,
+            "old_chat_member": {
+                "status": "member",
+                "user": {"id": 123456, "is_bot": True, "first_name": "Bot"},
+            },
+            "new_chat_member": {
+                "status": "kicked",
+                "until_date": 0,
+                "user": {"id": 123456, "is_bot": True, "first_name": "Bot"},
+            },
+        },
+    }
+    fake.updates = [kicked]
     await wait_for(lambda: _async(cid not in st.pollers), "poller stopped")
+    (item,) = (await client.get(f"/workspaces/{ws}/channels")).json()
+    assert item["enabled"] is False
+    # enabled again: polled again; deleted: stopped
+    await client.patch(f"/workspaces/{ws}/channels/{cid}", json={"enabled": True})
+    await wait_for(lambda: _async(cid in st.pollers), "poller restarted")
+    await client.delete(f"/workspaces/{ws}/channels/{cid}")
+    await wait_for(lambda: _async(cid not in st.pollers), "poller stopped after delete")
 
 
 async def test_discord_interactions(
@@ -253,6 +278,62 @@ async def test_lark_events(client_factory: ClientFactory, fake: FakeProviders, a
         lambda: _async(fake.of("/lark/open-apis/bot/v2/hook/abc")), "reply at the Lark fake"
     )
     assert posted[0] == {"msg_type": "text", "content": {"text": "echo: hola"}}
+
+
+async def test_lark_encrypted_events(
+    client_factory: ClientFactory, fake: FakeProviders, agent: StubAgent
+) -> None:
+    """With an encrypt key: `X-Lark-Signature` checked, the body decrypted (lark-oapi's AESCipher)."""
+    import base64
+    import hashlib
+    import os
+
+    from Crypto.Cipher import AES
+
+    key = "lark-encrypt-key"
+    config = {
+        "webhook_url": "https://open.larksuite.com/open-apis/bot/v2/hook/xyz",
+        "verify_token": "lark-vt",
+        "encrypt_key": key,
+    }
+    client, _, _ = await _setup(client_factory, fake, agent, {"channel_type": "lark", "config": config})
+
+    def sealed(event: dict[str, Any], sign_key: str = key) -> tuple[bytes, dict[str, str]]:
+        plain = json.dumps(event).encode()
+        pad = 16 - len(plain) % 16
+        iv = os.urandom(16)
+        cipher = AES.new(hashlib.sha256(key.encode()).digest(), AES.MODE_CBC, iv)
+        enc = base64.b64encode(iv + cipher.encrypt(plain + bytes([pad]) * pad)).decode()
+        body = json.dumps({"encrypt": enc}).encode()
+        ts, nonce = str(int(time.time())), "n1"
+        sig = hashlib.sha256(ts.encode() + nonce.encode() + sign_key.encode() + body).hexdigest()
+        headers = {"X-Lark-Request-Timestamp": ts, "X-Lark-Request-Nonce": nonce, "X-Lark-Signature": sig}
+        return body, {**headers, "Content-Type": "application/json"}
+
+    event = {
+        "schema": "2.0",
+        "header": {"event_type": "im.message.receive_v1", "token": "lark-vt"},
+        "event": {
+            "sender": {"sender_id": {"user_id": "u_1"}},
+            "message": {
+                "message_id": "m2",
+                "chat_id": "oc_2",
+                "message_type": "text",
+                "content": json.dumps({"text": "secret hello"}),
+            },
+        },
+    }
+    body, headers = sealed(event, sign_key="wrong")
+    r = await client.post("/webhooks/lark", content=body, headers=headers)
+    assert (r.status_code, r.json()) == (401, {"error": "invalid signature"})
+    body, headers = sealed(event)
+    assert (await client.post("/webhooks/lark", content=body, headers=headers)).json() == {
+        "status": "accepted"
+    }
+    posted = await wait_for(
+        lambda: _async(fake.of("/lark/open-apis/bot/v2/hook/xyz")), "reply at the Lark fake"
+    )
+    assert posted[0] == {"msg_type": "text", "content": {"text": "echo: secret hello"}}
 
 
 async def _async(value: Any) -> Any:
