@@ -114,3 +114,28 @@ def test_telegram_local_commands_and_secret() -> None:
     assert telegram.local_command("/ask x") is None
     assert telegram.secret_matches({"webhook_secret": "s"}, "s")
     assert not telegram.secret_matches({}, "")
+
+
+def test_provider_secrets_redacted_from_http_logs(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import httpx
+
+    import workspace_server.channels.providers  # noqa: F401  (installs the filter)
+
+    token = "123456:" + "A" * 35
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        logging.getLogger("httpx").info(
+            'HTTP Request: %s %s "%s %d %s"',
+            "POST",
+            httpx.URL(f"https://api.telegram.org/bot{token}/getUpdates"),
+            "HTTP/1.1",
+            200,
+            "OK",
+        )
+        logging.getLogger("httpx").info(
+            "POST https://discord.com/api/webhooks/1/tok-en_1 and /open-apis/bot/v2/hook/abc"
+        )
+    text = caplog.text
+    assert token not in text and "tok-en_1" not in text and "hook/abc" not in text
+    assert "/bot<redacted>/getUpdates" in text and "200 OK" in text
