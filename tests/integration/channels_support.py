@@ -30,7 +30,7 @@ class FakeProviders:
 
     async def start(self) -> FakeProviders:
         app = web.Application()
-        app.router.add_route("POST", "/{tail:.*}", self._handle)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -75,6 +75,8 @@ class FakeProviders:
         if path.startswith("/slack/api/"):
             if self.slack_error:
                 return web.json_response({"ok": False, "error": self.slack_error})
+            if path.endswith("conversations.history"):
+                return web.json_response({"ok": True, "messages": SLACK_HISTORY})
             return web.json_response({"ok": True, "ts": "1.2", "channel": "C1"})
         if path.startswith("/slack/hooks/"):
             return web.Response(text="ok")
@@ -125,3 +127,11 @@ def tg_update(update_id: int, chat_id: int, text: str, user: str = "alice") -> d
             "text": text,
         },
     }
+
+
+SLACK_HISTORY = [  # newest first, as Slack answers
+    {"type": "message", "user": "U2", "text": "ship it", "ts": "3"},
+    {"type": "message", "bot_id": "B1", "text": "bot noise", "ts": "2"},
+    {"type": "message", "username": "Deploy Bot", "bot_id": "B2", "text": "deployed v2", "ts": "1.5"},
+    {"type": "message", "user": "U1", "text": "x" * 300, "ts": "1"},
+]

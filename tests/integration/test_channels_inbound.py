@@ -346,3 +346,29 @@ async def _settle(client: httpx.AsyncClient) -> None:
     from workspace_server.channels.state import state_of
 
     await asyncio.gather(*list(state_of(ctx_of(client)).tasks), return_exceptions=True)
+
+
+async def test_cron_runs_get_slack_context_and_post_their_reply(
+    client_factory: ClientFactory, fake: FakeProviders, agent: StubAgent
+) -> None:
+    """Scheduler hooks: the Slack channel's recent messages prepended to the prompt, the reply posted."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.integration.test_schedules_routes import set_schedule
+    from workspace_server.schedules.scheduler import Scheduler
+
+    config = {"bot_token": "xoxb-0000-token", "channel_id": "C42"}
+    client, ws, _ = await _setup(client_factory, fake, agent, {"channel_type": "slack", "config": config})
+    r = await client.post(
+        f"/workspaces/{ws}/schedules", json={"name": "daily", "cron_expr": "0 * * * *", "prompt": "report"}
+    )
+    sid = r.json()["id"]
+    await set_schedule(ctx_of(client), sid, next_run_at=datetime.now(UTC) - timedelta(seconds=5))
+    assert await Scheduler(ctx_of(client), busy_wait=0.6, busy_recheck=0.1).tick() == [sid]
+    text = agent.received[0]["params"]["message"]["parts"][0]["text"]
+    assert text == (
+        "[Slack channel context — recent team messages]\n"
+        f"- U1: {'x' * 200}\n- Deploy Bot: deployed v2\n- U2: ship it\nreport"
+    )
+    (posted,) = fake.of("chat.postMessage")
+    assert posted["text"].startswith("echo: [Slack channel context") and len(posted["text"]) <= 500
