@@ -202,6 +202,10 @@ async def test_telegram_long_polling_on_the_leader(
     # enabled again: polled again; deleted: stopped
     await client.patch(f"/workspaces/{ws}/channels/{cid}", json={"enabled": True})
     await wait_for(lambda: _async(cid in st.pollers), "poller restarted")
+    # a changed row (its allowed users here) restarts the poller, which holds the row as it was
+    before = st.pollers[cid].task
+    await client.patch(f"/workspaces/{ws}/channels/{cid}", json={"allowed_users": ["42"]})
+    await wait_for(lambda: _async(cid in st.pollers and st.pollers[cid].task is not before), "poller renewed")
     await client.delete(f"/workspaces/{ws}/channels/{cid}")
     await wait_for(lambda: _async(cid not in st.pollers), "poller stopped after delete")
 

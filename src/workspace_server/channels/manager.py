@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from typing import Any
 
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 RECONCILE_SECONDS = 5.0
 ERROR_PAUSE = 2.0
 HELP = "Write to me and the agent answers. /reset forgets our conversation."
+
+
+def version(c: Channel) -> str:
+    """What a running poller was started with: any change (token, chat ids, allowed users, name) restarts
+    it, since the poller holds its channel as it was."""
+    return fingerprint(json.dumps([c.config, c.allowed_users], sort_keys=True))
 
 
 def fingerprint(token: str) -> str:
@@ -86,18 +93,14 @@ async def reconcile(ctx: AppContext, leading: bool) -> None:
                 wanted[c.id] = c
     for cid, p in list(st.pollers.items()):
         want = wanted.get(cid)
-        if (
-            want is None
-            or p.token_fingerprint != fingerprint(want.config.get("bot_token", ""))
-            or p.task.done()
-        ):
+        if want is None or p.version != version(want) or p.task.done():
             del st.pollers[cid]
             p.task.cancel()
             await asyncio.gather(p.task, return_exceptions=True)
     for cid, c in wanted.items():
         if cid not in st.pollers:
             task = asyncio.create_task(supervise(f"telegram-poller:{cid}", _poller(ctx, c)), name=f"tg:{cid}")
-            st.pollers[cid] = Poller(fingerprint(c.config.get("bot_token", "")), task)
+            st.pollers[cid] = Poller(version(c), task)
 
 
 def _poller(ctx: AppContext, channel: Channel) -> Any:

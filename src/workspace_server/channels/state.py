@@ -15,7 +15,7 @@ KEY = "channels"
 
 @dataclass
 class Poller:
-    token_fingerprint: str
+    version: str  # manager.version of the channel it polls
     task: asyncio.Task[None]
 
 
