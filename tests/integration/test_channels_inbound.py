@@ -376,3 +376,32 @@ async def test_cron_runs_get_slack_context_and_post_their_reply(
     )
     (posted,) = fake.of("chat.postMessage")
     assert posted["text"].startswith("echo: [Slack channel context") and len(posted["text"]) <= 500
+
+
+async def test_agent_errors_are_reported_and_undelivered_calls_are_not(
+    client_factory: ClientFactory, fake: FakeProviders, agent: StubAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = {"bot_token": TELEGRAM_TOKEN, "chat_id": "77", "webhook_secret": "tg-secret-value"}
+    client, _, _ = await _setup(client_factory, fake, agent, {"channel_type": "telegram", "config": config})
+    headers = {"X-Telegram-Bot-Api-Secret-Token": "tg-secret-value"}
+    agent.mode, agent.status, agent.body = "status", 500, b'{"error":"boom"}'
+    assert (
+        await client.post("/webhooks/telegram", json=tg_update(1, 77, "a"), headers=headers)
+    ).status_code == 200
+    sent = await wait_for(lambda: _async(fake.of("sendMessage")), "the agent's error reported")
+    assert sent[0]["text"] == "Error: agent returned HTTP 500"
+    # the proxy answering for the agent (unreachable, offline): nothing is posted
+    from workspace_server.a2a.proxy import Outcome, ProxyResult
+    from workspace_server.channels import inbound
+
+    async def unreachable(*_: Any, **__: Any) -> ProxyResult:
+        return ProxyResult(
+            502, error={"error": "failed to reach workspace agent"}, outcome=Outcome.NOT_DELIVERED
+        )
+
+    monkeypatch.setattr(inbound, "proxy_a2a", unreachable)
+    assert (
+        await client.post("/webhooks/telegram", json=tg_update(2, 77, "b"), headers=headers)
+    ).status_code == 200
+    await _settle(client)
+    assert len(fake.of("sendMessage")) == 1

@@ -139,3 +139,14 @@ def test_provider_secrets_redacted_from_http_logs(caplog: pytest.LogCaptureFixtu
     text = caplog.text
     assert token not in text and "tok-en_1" not in text and "hook/abc" not in text
     assert "/bot<redacted>/getUpdates" in text and "200 OK" in text
+
+
+def test_reply_text() -> None:
+    from workspace_server.channels.inbound import reply_text
+
+    assert reply_text(500, None) == "Error: agent returned HTTP 500"
+    assert reply_text(200, {"result": {"parts": [{"kind": "text", "text": "hi"}]}}) == "hi"
+    art = {"result": {"parts": [], "artifacts": [{"parts": [{"kind": "text", "text": "from artifact"}]}]}}
+    assert reply_text(200, art) == "from artifact"
+    assert reply_text(200, {"result": {"parts": [{"kind": "data"}]}}) is None
+    assert reply_text(202, {"queued": True}) is None

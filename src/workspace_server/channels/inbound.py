@@ -126,7 +126,12 @@ async def _handle(ctx: AppContext, channel: Channel, msg: Inbound) -> str | None
         if typing is not None:
             typing.cancel()
             await asyncio.gather(typing, return_exceptions=True)
-    reply = reply_text(result.status, result.json() if result.error is None else None)
+    if result.error is not None and not result.body:
+        # the proxy answered for the agent (offline, refused, unreachable): nothing sent or kept. An agent's
+        # own non-2xx reply has its body, and is reported to the chat.
+        log.info("channel %s: A2A not delivered (HTTP %d)", channel.id, result.status)
+        return None
+    reply = reply_text(result.status, result.json())
     if reply:
         try:
             await deliver(ctx, channel, reply, msg)
