@@ -405,3 +405,16 @@ async def test_agent_errors_are_reported_and_undelivered_calls_are_not(
     ).status_code == 200
     await _settle(client)
     assert len(fake.of("sendMessage")) == 1
+
+
+async def test_spent_budget_drops_inbound_messages(
+    client_factory: ClientFactory, fake: FakeProviders, agent: StubAgent
+) -> None:
+    config = {"bot_token": TELEGRAM_TOKEN, "chat_id": "77", "webhook_secret": "tg-secret-value"}
+    channel = {"channel_type": "telegram", "config": config, "channel_budget": 0}
+    client, _, _ = await _setup(client_factory, fake, agent, channel)
+    headers = {"X-Telegram-Bot-Api-Secret-Token": "tg-secret-value"}
+    r = await client.post("/webhooks/telegram", json=tg_update(1, 77, "a"), headers=headers)
+    assert r.json() == {"status": "accepted"}
+    await _settle(client)
+    assert agent.received == [] and fake.of("sendMessage") == []
