@@ -59,6 +59,7 @@ EXPECTED_REFUSALS: dict[str, str] = {
     "POST /org/import": "needs an org template directory (none is installed)",
     "POST /channels/discover": "needs a Telegram bot token of the right form, then a reachable Telegram",
     "POST /webhooks/{type}": "every delivery must carry its provider's signature or secret",
+    "POST /workspaces/{id}/channels": "a config must satisfy its adapter (token format, webhook URL prefix)",
 }
 
 

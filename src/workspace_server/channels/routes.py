@@ -17,6 +17,12 @@ from workspace_server.openapi import body_schema, error_responses, text
 router = APIRouter()
 
 CHANNEL_BODY_MAX = 64 * 1024  # a channel config is a handful of short strings
+CONFIG_SCHEMA = {
+    "type": "object",
+    "additionalProperties": text(0, adapters.MAX_VALUE_CHARS),
+    "propertyNames": {"maxLength": 64},
+    "maxProperties": adapters.MAX_CONFIG_KEYS,
+}
 
 
 @router.get("/channels/adapters")
@@ -34,13 +40,13 @@ _CREATE = body_schema(
         "type": "object",
         "properties": {
             "channel_type": {"type": "string", "enum": sorted(adapters.ADAPTERS)},
-            "config": {"type": "object", "additionalProperties": {"type": "string"}},
-            "allowed_users": {"type": "array", "items": text(1, 128)},
+            "config": CONFIG_SCHEMA,
+            "allowed_users": {"type": "array", "items": text(1, 128), "maxItems": service.MAX_ALLOWED_USERS},
             "enabled": {"type": "boolean"},
-            "channel_budget": {"type": ["integer", "null"], "minimum": 0},
+            "channel_budget": {"type": ["integer", "null"], "minimum": 0, "maximum": service.MAX_BUDGET},
         },
+        "required": ["channel_type"],
     },
-    require=("channel_type",),
     max_bytes=CHANNEL_BODY_MAX,
     errors={409: "The workspace already has a channel of this type"},
 )
@@ -56,10 +62,10 @@ _UPDATE = body_schema(
     {
         "type": "object",
         "properties": {
-            "config": {"type": "object", "additionalProperties": {"type": "string"}},
-            "allowed_users": {"type": "array", "items": text(1, 128)},
+            "config": CONFIG_SCHEMA,
+            "allowed_users": {"type": "array", "items": text(1, 128), "maxItems": service.MAX_ALLOWED_USERS},
             "enabled": {"type": "boolean"},
-            "channel_budget": {"type": ["integer", "null"], "minimum": 0},
+            "channel_budget": {"type": ["integer", "null"], "minimum": 0, "maximum": service.MAX_BUDGET},
         },
     },
     max_bytes=CHANNEL_BODY_MAX,
@@ -80,8 +86,7 @@ async def delete_channel(id: str, channel_id: str, _: WorkspaceAuth, ctx: Ctx) -
 
 
 _SEND = body_schema(
-    {"type": "object", "properties": {"text": text(1, service.MAX_TEXT)}},
-    require=("text",),
+    {"type": "object", "properties": {"text": text(1, service.MAX_TEXT)}, "required": ["text"]},
     max_bytes=CHANNEL_BODY_MAX * 4,
     errors={429: "The channel's budget is spent", 502: "The provider refused or could not be reached"},
 )
@@ -111,8 +116,8 @@ _DISCOVER = body_schema(
     {
         "type": "object",
         "properties": {"channel_type": text(), "bot_token": text(1, 256), "workspace_id": text(1)},
+        "required": ["bot_token", "workspace_id"],
     },
-    require=("bot_token", "workspace_id"),
     max_bytes=CHANNEL_BODY_MAX,
 )
 
