@@ -145,6 +145,16 @@ async def test_telegram_webhook_needs_secret_and_replies(
     assert r.json() == {"status": "accepted"}
     sent = await wait_for(lambda: _async(fake.of("sendMessage")), "reply at the Telegram fake")
     assert sent[0]["chat_id"] == "77" and sent[0]["text"] == "echo: hi bot"
+    # a command is answered locally, as a poller answers it; the agent never sees it
+    r = await client.post(
+        "/webhooks/telegram",
+        json=tg_update(3, 77, "/start@test_bot"),
+        headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret-value"},
+    )
+    assert r.json() == {"status": "accepted"}
+    await wait_for(lambda: _async(len(fake.of("sendMessage")) == 2), "the /start answer")
+    assert fake.of("sendMessage")[1]["text"] == "Connected. This chat's id is 77"
+    assert len(agent.received) == 1
     # another chat than the channel's: no channel
     r = await client.post(
         "/webhooks/telegram",

@@ -143,6 +143,15 @@ async def poll(ctx: AppContext, channel: Channel) -> None:
         await bot.shutdown()
 
 
+async def handle_update(ctx: AppContext, channel: Channel, data: dict[str, Any]) -> None:
+    """An update that came by webhook, handled as a poller handles it (commands, buttons, membership)."""
+    try:
+        async with telegram.make_bot(ctx.settings, channel.config.get("bot_token", "")) as bot:
+            await on_update(ctx, channel, bot, data)
+    except TelegramError as exc:
+        log.info("telegram channel %s: webhook update not handled (%s)", channel.id, type(exc).__name__)
+
+
 async def on_update(ctx: AppContext, channel: Channel, bot: Bot, data: dict[str, Any]) -> None:
     member = data.get("my_chat_member")
     if isinstance(member, dict):

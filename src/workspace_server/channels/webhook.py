@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from workspace_server.channels.inbound import handle_inbound
+from workspace_server.channels.manager import handle_update
 from workspace_server.channels.model import Channel, Inbound
 from workspace_server.channels.providers import discord, lark, slack, telegram
 from workspace_server.channels.rows import enabled_channels
@@ -129,8 +130,17 @@ async def _telegram(ctx: AppContext, rows: list[Channel], body: bytes, headers: 
     verified = [r for r in rows if telegram.secret_matches(r.config, header)]
     if not verified:
         raise ApiError(401, BAD_SIGNATURE)
-    msg = telegram.parse(_json(body))
-    candidates = [r for r in verified if msg is None or _in_chats(r, msg.chat_id)]
+    data = _json(body)
+    msg = telegram.parse(data)
+    if msg is None or telegram.local_command(msg.text):
+        # commands, button presses, membership changes: handled as a poller handles them
+        chat = telegram.update_chat(data)
+        row = next((r for r in verified if _in_chats(r, chat)), None) if chat else None
+        if row is None:
+            return 200, {"status": "ignored"}
+        state_of(ctx).spawn(handle_update(ctx, row, data), f"channel-update:{row.id}")
+        return 200, {"status": "accepted"}
+    candidates = [r for r in verified if _in_chats(r, msg.chat_id)]
     return await _accept(ctx, candidates, msg, {"status": "accepted"})
 
 

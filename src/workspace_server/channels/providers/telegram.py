@@ -113,6 +113,15 @@ def parse(update: dict[str, Any]) -> Inbound | None:
     return Inbound(s(chat.get("id")), s(sender.get("id")), name, text, s(msg.get("message_id")))
 
 
+def update_chat(update: dict[str, Any]) -> str:
+    """The chat an update belongs to (message, channel post, membership change or button press)."""
+    for key in ("message", "channel_post", "my_chat_member"):
+        chat = obj(obj(update, key), "chat")
+        if chat:
+            return s(chat.get("id"))
+    return s(obj(obj(obj(update, "callback_query"), "message"), "chat").get("id"))
+
+
 def local_command(text: str) -> str | None:
     """`/start`, `/help`, `/reset`, `/cancel` (an `@bot` suffix stripped) are answered without the agent."""
     if not text.startswith("/"):
