@@ -197,6 +197,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
     from workspace_server.approvals.routes import router as approvals_router
     from workspace_server.audit.routes import router as audit_router
     from workspace_server.bundles.routes import router as bundles_router
+    from workspace_server.channels.routes import router as channels_router
     from workspace_server.chatfiles.routes import router as chatfiles_router
     from workspace_server.checkpoints.routes import router as checkpoints_router
     from workspace_server.events.routes import router as events_router
@@ -243,6 +244,7 @@ def _include_routers(app: FastAPI) -> list[HotRoute]:
         memories_router,
         schedules_router,
         webhooks_router,
+        channels_router,  # after webhooks_router: the static /webhooks/github wins over /webhooks/{type}
         kvmemory_router,
         approvals_router,
         checkpoints_router,

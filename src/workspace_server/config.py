@@ -138,6 +138,18 @@ class Settings(BaseSettings):
     PLUGIN_INSTALL_MAX_DIR_BYTES: str = ""  # default 104857600 (100 MiB) staged per plugin
     PLUGIN_ALLOW_UNPINNED: str = ""  # exactly "true" allows github:// sources without a #ref
     PLUGIN_GITHUB_BASE_URL: str = "https://github.com"  # where github:// clones from (tests: a file:// dir)
+    # social channels (channels/): where each provider's API is dialed (tests point them at local fakes;
+    # every dial goes through the egress policy). The Slack/Telegram values are the SDKs' own base URLs.
+    SLACK_API_BASE_URL: str = "https://slack.com/api/"
+    SLACK_WEBHOOK_BASE_URL: str = "https://hooks.slack.com/"  # incoming webhooks, re-rooted here
+    TELEGRAM_API_BASE_URL: str = "https://api.telegram.org/bot"
+    DISCORD_API_BASE_URL: str = "https://discord.com/api"  # webhooks and interaction follow-ups
+    LARK_FEISHU_BASE_URL: str = "https://open.feishu.cn"  # bot webhooks of open.feishu.cn
+    LARK_LARKSUITE_BASE_URL: str = "https://open.larksuite.com"  # bot webhooks of open.larksuite.com
+    DISCORD_APP_PUBLIC_KEY: str = ""  # hex Ed25519 key for POST /webhooks/discord when no row names one
+    SLACK_SIGNING_SECRET: str = ""  # Slack Events API signing secret when a slack row names none
+    CHANNEL_WEBHOOK_MAX_BYTES: int = 1 << 20  # inbound provider webhook bodies (spec: Discord ≤ 1 MiB)
+    CHANNEL_POLL_TIMEOUT_SECONDS: int = 30  # Telegram getUpdates long-poll timeout
 
     @field_validator("EGRESS_ALLOW_CIDRS")
     @classmethod

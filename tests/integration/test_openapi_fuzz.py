@@ -57,6 +57,9 @@ EXPECTED_REFUSALS: dict[str, str] = {
     "GET /workspaces/{id}/console": "the process backend runs no instance for an external workspace",
     "POST /workspaces/{id}/expand": "needs a workspace template with sub-workspaces (none is installed)",
     "POST /org/import": "needs an org template directory (none is installed)",
+    "POST /channels/discover": "needs a Telegram bot token of the right form, then a reachable Telegram",
+    "POST /webhooks/{type}": "every delivery must carry its provider's signature or secret",
+    "POST /workspaces/{id}/channels": "a config must satisfy its adapter (token format, webhook URL prefix)",
 }
 
 
@@ -129,6 +132,8 @@ def seed(base: str) -> Seed:
             post(f"{a}/schedules", {"name": "n", "cron_expr": "*/5 * * * *", "prompt": "p"}).get("id"),
         )
         s.add("memory", post(f"{a}/memories", {"content": "remember", "scope": "LOCAL"}).get("id"))
+        hook = {"webhook_url": "https://hooks.slack.com/services/T0/B0/fuzz"}  # dialed where it is refused
+        s.add("channel", post(f"{a}/channels", {"channel_type": "slack", "config": hook}).get("id"))
         post(f"{a}/memory", {"key": "k1", "value": {"v": 1}})
         s.add("key", "k1")
         s.add("approval", post(f"{a}/approvals", {"action": "deploy"}).get("approval_id"))
@@ -185,6 +190,7 @@ def _param_values(s: Seed, method: str, path: str, name: str) -> list[str] | Non
         "target_id": [s.ws_b, s.ws_a],
         "schedule_id": ids.get("schedule"),
         "memory_id": ids.get("memory"),
+        "channel_id": ids.get("channel"),
         "approval_id": ids.get("approval"),
         "wfid": ids.get("workflow"),
         "instruction_id": ids.get("instruction"),
@@ -435,6 +441,7 @@ def fuzz_server(live_server_factory: Callable[..., LiveServer], tmp_path: Path) 
             MAX_BODY_BYTES=256 * 1024,
             WORKSPACE_BACKEND="process",
             PLUGINS_DIR=str(plugins),
+            SLACK_WEBHOOK_BASE_URL="http://127.0.0.1:9/",  # loopback: refused by production egress, at once
         )
     finally:
         stop_agents(tmp_path)

@@ -30,6 +30,7 @@ NO_BODY = {
     ("post", "/workspaces/{id}/schedules/{schedule_id}/run"),
     ("post", "/admin/a2a-queue/drop-stale"),
     ("post", "/admin/workspace-images/refresh"),
+    ("post", "/workspaces/{id}/channels/{channel_id}/test"),  # sends a fixed text; no body read
 }
 
 

@@ -34,6 +34,11 @@ OPEN: dict[tuple[str, str], str] = {
     ("GET", "/plugins/sources"): "the plugin source schemes (spec 06 §3.1)",
     ("POST", "/webhooks/github"): "authenticated by its HMAC signature, not a bearer",
     ("POST", "/webhooks/github/{id}"): "authenticated by its HMAC signature, not a bearer",
+    (
+        "POST",
+        "/webhooks/{type}",
+    ): "channel webhooks: each delivery verified by its provider's signature or secret",
+    ("GET", "/channels/adapters"): "the four adapters' static config schemas (spec 06: open)",
     ("POST", "/registry/check-access"): "a hierarchy question with no data behind it (decisions: registry)",
     ("GET", "/openapi.json"): "the published API description (issue 11 §4)",
     ("GET", "/docs"): "the API documentation page (issue 11 §4)",

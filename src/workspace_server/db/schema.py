@@ -471,3 +471,24 @@ org_plugin_allowlist = sa.Table(
     sa.Column("enabled_at", UTCDateTime, nullable=False, server_default=_now()),
     sa.UniqueConstraint("org_id", "plugin_name"),
 )
+
+# ---- social channels (spec 06 §3.6): one row per (workspace, provider) ----
+# `channel_config` holds the provider settings; its secret fields are stored as `ec1:` + base64(AES-GCM)
+# (channels/configcrypt.py), never in clear. `channel_budget`: at most this many messages (NULL: no cap).
+workspace_channels = sa.Table(
+    "workspace_channels",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workspace_id", ID, _ws_fk(), nullable=False),
+    sa.Column("channel_type", sa.String(32), nullable=False),
+    sa.Column("channel_config", JSONType, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("allowed_users", JSONType, nullable=False),
+    sa.Column("last_message_at", UTCDateTime),
+    sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("channel_budget", sa.Integer),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+    sa.UniqueConstraint("workspace_id", "channel_type"),
+    sa.Index("ix_workspace_channels_type_enabled", "channel_type", "enabled"),
+)

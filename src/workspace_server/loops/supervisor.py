@@ -173,6 +173,9 @@ def start_loops(ctx: AppContext) -> Loops:
             every = s.HIBERNATION_SWEEP_INTERVAL
             sweepers.append(("hibernation-sweep", every, lambda: sweep_idle_hibernation(ctx), every))
     loops.spawn("leader-lease", keep_lease)
+    from workspace_server.channels.manager import manager_loop
+
+    loops.spawn("channel-manager", lambda: manager_loop(ctx, lease))  # Telegram pollers, leader only
     for name, interval, body, first_delay in sweepers:
         loops.spawn(name, _bind_periodic(ctx, name, interval, body, lease, first_delay))
     return loops

@@ -147,19 +147,26 @@ async def _busy_count(ctx: AppContext, ws_id: str) -> int | None:
     return int(state.active_tasks)
 
 
-def message_body(row: Any) -> bytes:
+def message_body(row: Any, context: str = "") -> bytes:
     message_id = f"cron-{row.id[:8]}-{uuid.uuid4().hex[:8]}"
-    message = {"role": "user", "messageId": message_id, "parts": [{"kind": "text", "text": row.prompt}]}
+    text = f"{context}\n{row.prompt}" if context else row.prompt
+    message = {"role": "user", "messageId": message_id, "parts": [{"kind": "text", "text": text}]}
     return json.dumps({"method": "message/send", "params": {"message": message}}).encode()
 
 
 async def _fire(ctx: AppContext, row: Any) -> None:
+    from workspace_server.channels import hooks  # the workspace's Slack channels: context in, reply out
+    from workspace_server.channels.inbound import reply_text
+
     started = time.monotonic()
-    body = message_body(row)
+    body = message_body(row, await hooks.channel_context(ctx, row.workspace_id))
     result = await proxy_a2a(ctx, row.workspace_id, body, "", True, timeout_seconds=FIRE_TIMEOUT_SECONDS)
     duration_ms = int((time.monotonic() - started) * 1000)
     status, error, empty_runs = _outcome(row, result)
     await _record(ctx, row, status, error, duration_ms, _request_log(row), empty_runs=empty_runs)
+    reply = reply_text(result.status, result.json()) if status == "ok" and empty_runs == 0 else None
+    if reply and not reply.startswith("Error:"):
+        await hooks.broadcast(ctx, row.workspace_id, reply)
 
 
 def _outcome(row: Any, result: ProxyResult) -> tuple[str, str, int | None]:
