@@ -166,7 +166,7 @@ async def test_import_creates_the_tree(api: httpx.AsyncClient) -> None:
     lead = body["workspaces"][0]
     assert lead["tier"] == 3
     assert lead["channels_skipped"] == [
-        {"reason": "channels are not supported by this server yet", "type": "telegram", "workspace": "Lead"}
+        {"reason": "missing env: [TG]", "type": "telegram", "workspace": "Lead"}
     ]
     no_backend = NO_BACKEND  # nothing is started here, so nothing can be written
     assert lead["plugins_skipped"] == [{"plugin": "memory-tools", "reason": no_backend, "workspace": "Lead"}]

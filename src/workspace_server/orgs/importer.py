@@ -7,8 +7,8 @@ is configured (process or Docker; the reference provisioned only with Docker and
 inside the request). The node's config (files_dir, system prompt, config.yaml blocks, plugins) rides on
 that create as a `ConfigOverlay` for the first start (`node_config.py`), so it is applied by the
 process and Docker backends alike. Then the org-only extras: initial memories, template schedules, and
-channels (reported as skipped until the channels package lands). The first node that fails stops the
-walk; nodes already created stay and the answer is a 207.
+channels (`node_channels.py`, through the channels service, encrypted). The first node that fails stops
+the walk; nodes already created stay and the answer is a 207.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from workspace_server.db.engine import dialect_insert
 from workspace_server.db.schema import MEMORY_SCOPES, workspace_schedules
 from workspace_server.memories import store as memory_store
 from workspace_server.memories.service import stored_content
-from workspace_server.orgs import layout, node_config
-from workspace_server.orgs.models import Channel, MemorySeed, Node, Schedule
+from workspace_server.orgs import layout, node_channels, node_config
+from workspace_server.orgs.models import MemorySeed, Node, Schedule
 from workspace_server.orgs.service import LoadedOrg
 from workspace_server.orgs.sources import expand_vars, files_dir, read_dotenv, read_side_file
 from workspace_server.provisioner.config_source import CLAUDE_CODE_MODEL, DEFAULT_MODEL
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 Point = tuple[float, float]
 
 MEMORY_MAX_BYTES = 100_000
-CHANNELS_NOT_PORTED = "channels are not supported by this server yet"
 EXTERNAL = "external workspace: the server writes no config for it"
 NO_BACKEND = "no workspace backend: nothing is started, so no config is written"
 
@@ -130,7 +129,8 @@ class OrgImporter:
         base = node_dir or root
         await self._schedules(ws_id, node.schedules, root, base)
         entry = {"id": ws_id, "name": node.name, "tier": tier, **node_config.result_fields(cfg)}
-        entry.update(await self._channels(ws_id, node))
+        envs = (walk.org_env, node_env, process_environ())
+        entry.update(await node_channels.apply(self.ctx, ws_id, node, *envs))
         entry = dict(sorted(entry.items()))
         if "connection" in created:  # an external node's token, minted at create and shown only here
             entry = dict(sorted({**entry, "connection": created["connection"]}.items()))
@@ -189,23 +189,6 @@ class OrgImporter:
         if self.svc.provisioner is None:
             return node_config.skip_all(node, defaults, NO_BACKEND)
         return await node_config.build(self.ctx, node, defaults, walk.loaded.root, node_dir, walk.stage)
-
-    # ------------------------------------------------------------ channels
-
-    async def _channels(self, ws_id: str, node: Node) -> dict[str, Any]:
-        """`channels` / `channels_skipped` of the node's result entry (spec 06 §3.5 step 8).
-
-        TODO(channels branch): once `channels.service` exists, each entry goes through
-        `channels.service.create_channel(self.ctx, ws_id, _channel_body(ch))` (validated, `$VAR`
-        expanded from the org/node `.env`, config encrypted at rest); its `ApiError` text becomes the
-        skip reason and a success is listed under `channels`. Until then every entry is reported.
-        """
-        skipped = [self._channel_skip(node, ch, CHANNELS_NOT_PORTED) for ch in node.channels]
-        return {"channels_skipped": skipped} if skipped else {}
-
-    @staticmethod
-    def _channel_skip(node: Node, ch: Channel, reason: str) -> dict[str, str]:
-        return {"reason": reason, "type": ch.type, "workspace": node.name}
 
     # ------------------------------------------------------------ memories
 

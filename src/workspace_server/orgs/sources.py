@@ -20,7 +20,7 @@ from workspace_server.config import Settings
 ORG_DIR_NAME = "org-templates"
 MAX_SIDE_FILE_BYTES = 1024 * 1024
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+VAR_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def org_templates_dir(settings: Settings) -> Path:
@@ -84,4 +84,4 @@ def expand_vars(value: str, *envs: dict[str, str]) -> str:
                 return env[name]
         return ""
 
-    return _VAR.sub(sub, value)
+    return VAR_PATTERN.sub(sub, value)
