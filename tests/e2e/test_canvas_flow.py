@@ -19,6 +19,7 @@ import httpx
 import yaml
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.integration.channels_support import FakeProviders
 from tests.integration.orchestrator_support import (
     ADMIN,
     PlatformFactory,
@@ -68,19 +69,25 @@ async def test_canvas_flow(platform_factory: PlatformFactory, tmp_path: Path) ->
     team.mkdir(parents=True)
     (team / "org.yaml").write_text(yaml.safe_dump(ORG), encoding="utf-8")
     canvas_port = canvas.url.rsplit(":", 1)[1]
+    fake = await FakeProviders().start()
+    fake_port = fake.base.rsplit(":", 1)[1]
     try:
         p = await platform_factory(
-            "process", CANVAS_PROXY_URL=canvas.url, EGRESS_ALLOW_CIDRS=f"127.0.0.1/32:{canvas_port}"
+            "process",
+            CANVAS_PROXY_URL=canvas.url,
+            EGRESS_ALLOW_CIDRS=f"127.0.0.1/32:{canvas_port},127.0.0.1/32:{fake_port}",
+            **fake.settings(),
         )
         origin = p.url
         # the operator lists the tenant's own origin (its WebSocket Origin checks read CORS_ORIGINS)
         p.settings.CORS_ORIGINS = f"http://localhost:3000,{origin}"
-        await run_flow(p, origin)
+        await run_flow(p, origin, fake)
     finally:
         canvas.close()
+        await fake.close()
 
 
-async def run_flow(p: Any, origin: str) -> None:
+async def run_flow(p: Any, origin: str, fake: FakeProviders) -> None:
     page = {"Origin": origin, "Referer": origin + "/"}
     admin = {**page, "Authorization": f"Bearer {ADMIN}"}
     ws_base = origin.replace("http://", "ws://")
@@ -159,6 +166,24 @@ async def run_flow(p: Any, origin: str) -> None:
             r = await browser.request(method, "/workspaces/global/tokens", headers=page)
             assert (r.status_code, r.json()) == (400, {"error": "invalid workspace ID"})
 
-        # TODO(channels branch): the channels tab's calls — GET /channels/adapters, GET/POST
-        # /workspaces/{dev}/channels, PATCH/DELETE …/channels/:channelId, POST …/send and …/test — are
-        # added here once the channels package is merged; this branch has no channels routes.
+        # the channels tab: the adapters, then a Slack channel set up, listed masked, tested, sent on,
+        # disabled and removed; the provider is a local fake of Slack's Web API
+        r = await browser.get("/channels/adapters", headers=page)
+        assert [a["type"] for a in r.json()] == ["discord", "lark", "slack", "telegram"], r.text
+        base = f"/workspaces/{dev}/channels"
+        slack = {"bot_token": "xoxb-1234567890-secret", "channel_id": "C1"}
+        r = await browser.post(base, json={"channel_type": "slack", "config": slack}, headers=admin)
+        assert r.status_code == 201, r.text
+        cid = r.json()["id"]
+        (listed,) = (await browser.get(base, headers=admin)).json()
+        assert listed["config"]["bot_token"] == "xoxb...cret"
+        r = await browser.post(f"{base}/{cid}/test", headers=admin)
+        assert r.json() == {"status": "ok", "message": "test message sent"}, r.text
+        r = await browser.post(f"{base}/{cid}/send", json={"text": "from the canvas"}, headers=admin)
+        assert r.json() == {"status": "sent"}, r.text
+        assert [c["text"] for c in fake.of("chat.postMessage")][-1] == "from the canvas"
+        r = await browser.patch(f"{base}/{cid}", json={"enabled": False}, headers=admin)
+        assert r.json() == {"status": "updated"}
+        r = await browser.delete(f"{base}/{cid}", headers=admin)
+        assert r.json() == {"status": "deleted"}
+        assert (await browser.get(base, headers=admin)).json() == []
