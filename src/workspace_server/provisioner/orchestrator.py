@@ -15,8 +15,9 @@ running one instead of dropping it. Pause/hibernate/delete do not take the lock 
 for a 3-minute start); they change the status first and stop after, and a start that finishes later
 sees the row moved on and stops its own instance.
 
-Registered in `ctx.extras` as `orchestrator` (always), and — only with a backend — as `provisioner`
-(the workspaces service's `ProvisionerHook`), `backend`, and `restart_workspace` (= `restart_by_id`).
+Set on the context by the composition root (app.py) as `ctx.orchestrator` (always), and — only with a
+backend — as `ctx.provisioner` (the workspaces service's `ProvisionerHook`) and `ctx.restart_hook`
+(= `restart_by_id`). Its background work runs on the app's task supervisor (`ctx.tasks`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from workspace_server.workspaces.templates import resolve_template
 
 log = logging.getLogger(__name__)
 
+TASKS_GROUP = "orchestrator"  # the task supervisor group of its background work
 PROVISION_DEADLINE = 180.0  # the reference's ProvisionTimeout: env, pull and start together
 PROBE_SECONDS = 10.0
 ENGINE_RETRY_SECONDS = 2.0  # a start that found the engine away tries again this often, within the deadline
@@ -145,7 +147,6 @@ class Orchestrator:
         self.images = RuntimeImages.from_settings(ctx.settings)
         self._locks: dict[str, asyncio.Lock] = {}
         self._queued: set[str] = set()  # workspaces with a restart_by_id waiting for the lock
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------ plumbing
 
@@ -153,11 +154,8 @@ class Orchestrator:
         return self._locks.setdefault(ws_id, asyncio.Lock())
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Background work kept referenced until done (and cancelled on close)."""
-        task = asyncio.create_task(self._logged(coro, name), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        """Background work on the app's task supervisor (drained, then cancelled, at shutdown)."""
+        return self.ctx.tasks.spawn(name, self._logged(coro, name), group=TASKS_GROUP)
 
     @staticmethod
     async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> Any:
@@ -170,9 +168,8 @@ class Orchestrator:
             return None
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Stop this orchestrator's background work now (the app's shutdown drains it first)."""
+        await self.ctx.tasks.cancel(TASKS_GROUP)
 
     def _require_backend(self) -> Backend:
         if self.backend is None:
@@ -259,7 +256,7 @@ class Orchestrator:
     async def _remember_template(self, ws_id: str, template: str) -> None:
         """`workspace_config.template` (as the no-backend create writes it): an empty volume's recovery
         source, so a create that failed before its first start still gets its template later."""
-        lock: asyncio.Lock = self.ctx.extras.setdefault("workspace_config_lock", asyncio.Lock())
+        lock = self.ctx.workspace_config_lock
         try:
             async with lock, self.engine.begin() as conn:
                 await ws_store.merge_config(conn, ws_id, {"template": template})

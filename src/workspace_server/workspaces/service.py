@@ -1,7 +1,7 @@
 """Workspace rules: create, views, update, delete cascade, state, config, budget, viewport (spec 01).
 
 No HTTP here: routes parse the request and call these; errors are `ApiError`s with the reference's text.
-Provisioning and stopping go through an optional backend hook in `ctx.extras["provisioner"]`
+Provisioning and stopping go through an optional backend hook, `ctx.provisioner`
 (see `ProvisionerHook`); with none, creates fail fast with a clear reason and deletes stop nothing.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -57,7 +56,7 @@ BOOTSTRAP_DEFAULT_ERROR = "bootstrap failed — see log_tail"
 
 
 class ProvisionerHook(Protocol):
-    """The backend seam: the provisioner/orchestrator registers itself in `ctx.extras["provisioner"]`.
+    """The backend seam: the composition root sets the orchestrator as `ctx.provisioner`.
 
     `provision` runs in the background after create and owns every later status change; `stop` must be
     idempotent (stopping an unknown workspace is not an error). An optional `remove_volume(ws_id)` is
@@ -66,17 +65,6 @@ class ProvisionerHook(Protocol):
 
     async def provision(self, spec: ProvisionSpec) -> None: ...
     async def stop(self, ws_id: str) -> None: ...
-
-
-# Fire-and-forget work must be referenced until done or the event loop may drop it mid-flight.
-_background: set[asyncio.Task[Any]] = set()
-
-
-def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-    task = asyncio.create_task(coro, name=name)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    return task
 
 
 def _sorted(d: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +88,7 @@ class WorkspaceService:
 
     @property
     def provisioner(self) -> ProvisionerHook | None:
-        hook: ProvisionerHook | None = self.ctx.extras.get("provisioner")
-        return hook
+        return self.ctx.provisioner
 
     # ------------------------------------------------------------------ create
 
@@ -183,7 +170,7 @@ class WorkspaceService:
         )
         hook = self.provisioner
         if hook is not None:
-            spawn(self.run_provision(hook, spec), name=f"provision-{ws_id}")
+            self.ctx.tasks.spawn(f"provision-{ws_id}", self.run_provision(hook, spec))
         else:
             await self.fail_without_backend(ws_id, name, runtime, tier, template)
         return _sorted(
@@ -405,7 +392,9 @@ class WorkspaceService:
         all_ids = [ws_id, *descendants]
         await self._mark_removed(all_ids)
         # Detached from the request: a client hanging up must not abort stops half-way (#1843).
-        cleanup = spawn(self._cleanup(ws_id, descendants, exists, purge), name=f"delete-{ws_id}")
+        cleanup = self.ctx.tasks.spawn(
+            f"delete-{ws_id}", self._cleanup(ws_id, descendants, exists, purge), awaited=True
+        )
         failures = await asyncio.shield(cleanup)
         if failures:
             detail = "; ".join(f"stop {wid} failed" for wid in failures)
@@ -529,7 +518,7 @@ class WorkspaceService:
         return {"data": {} if data is None else data}
 
     async def patch_config(self, ws_id: str, patch: dict[str, Any]) -> dict[str, Any]:
-        lock: asyncio.Lock = self.ctx.extras.setdefault("workspace_config_lock", asyncio.Lock())
+        lock = self.ctx.workspace_config_lock
         try:
             async with lock, self.engine.begin() as conn:
                 if not await store.workspace_exists(conn, ws_id):
