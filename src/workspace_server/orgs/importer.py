@@ -4,7 +4,7 @@ Each node becomes a workspace through the ordinary create path (`WorkspaceServic
 team expand does, so it gets what any workspace gets: name/field checks, the `workspace_dir` check, its
 secrets encrypted with the real encryption version, a confined template, provisioning by whatever backend
 is configured (process or Docker; the reference provisioned only with Docker and slept 2 s per child
-inside the request). Then the org-only extras: initial memories, template schedules, and a report of
+inside the request). Then the org-only additions: initial memories, template schedules, and a report of
 what this server does not port yet (channels, plugins, config.yaml prompt blocks). The first node that
 fails stops the walk; nodes already created stay and the answer is a 207.
 """
