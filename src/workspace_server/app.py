@@ -138,12 +138,12 @@ async def _install_orchestrator(ctx: AppContext) -> None:
         orch.spawn(orch.adopt_instances(), "adopt-instances")  # starts cut short by a crash
 
 
-async def close_context(ctx: AppContext, deadline: float = SHUTDOWN_DEADLINE) -> None:
-    """Stop the background work (drained until `deadline`, then cancelled), then close every part."""
+async def close_context(ctx: AppContext) -> None:
+    """Stop the background work (drained until SHUTDOWN_DEADLINE, then cancelled), then close every part."""
     from workspace_server.a2a import shutdown as shutdown_a2a
     from workspace_server.registry.service import shutdown as shutdown_registry
 
-    await ctx.tasks.shutdown(deadline)
+    await ctx.tasks.shutdown(SHUTDOWN_DEADLINE)
     await shutdown_registry(ctx)
     await shutdown_a2a(ctx)
     await ctx.transcript_http.aclose()
