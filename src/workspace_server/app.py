@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -26,6 +27,7 @@ from workspace_server.common.errors import (
 )
 from workspace_server.common.kv import KV, MemoryKV, RedisKV
 from workspace_server.common.routing import HotRoute
+from workspace_server.common.tasks import TaskSupervisor
 from workspace_server.config import Settings
 from workspace_server.context import AppContext
 from workspace_server.db.engine import make_engine
@@ -44,6 +46,8 @@ OPEN_BOOTSTRAP_WARNING = (
     "token is reachable without a credential and the first POST /registry/register for it receives its "
     "token; set ADMIN_TOKEN before exposing this server"
 )
+# at shutdown, how long background work (queue drains, A2A side effects, restarts) may take to finish
+SHUTDOWN_DEADLINE = 5.0
 
 
 async def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
@@ -54,6 +58,7 @@ async def build_context(settings: Settings, *, migrate: bool = True) -> AppConte
     if settings.open_bootstrap:
         log.warning(OPEN_BOOTSTRAP_WARNING)
     engine = make_engine(settings.DATABASE_URL)
+    tasks = TaskSupervisor()
     if migrate:
         await upgrade_to_head(engine)
     from workspace_server.secrets.atrest import prepare as prepare_secrets
@@ -71,10 +76,27 @@ async def build_context(settings: Settings, *, migrate: bool = True) -> AppConte
 
         redis = aioredis.from_url(settings.REDIS_URL)
         await redis.ping()
-        bus, kv = RedisBus(redis), RedisKV(redis)
+        bus, kv = RedisBus(redis, tasks), RedisKV(redis)
     else:
         bus, kv = InProcessBus(), MemoryKV()
     await bus.start()
+    return await _compose(settings, engine, tasks, bus, kv, redis)
+
+
+async def _compose(
+    settings: Settings, engine: AsyncEngine, tasks: TaskSupervisor, bus: Bus, kv: KV, redis: Any | None
+) -> AppContext:
+    """The composition root: every long-lived part of the app, built here and nowhere else."""
+    from workspace_server import authz
+    from workspace_server.a2a import make_parts as make_a2a_parts
+    from workspace_server.auth.ratelimit import FixedWindowLimiter
+    from workspace_server.channels.state import ChannelsState
+    from workspace_server.egress.policy import Assigned
+    from workspace_server.mcp.routes import WINDOW_SECONDS as MCP_WINDOW_SECONDS
+    from workspace_server.plugins.service import make_source_registry
+    from workspace_server.registry.batch import HeartbeatBatcher
+    from workspace_server.tokens.service import MINT_INTERVAL, MINT_RATE
+
     events = EventService(engine, bus)
     ctx = AppContext(
         settings=settings,
@@ -85,8 +107,20 @@ async def build_context(settings: Settings, *, migrate: bool = True) -> AppConte
         kv=kv,
         hub=Hub(bus),
         http=guarded_http_client(policy_for(settings), httpx.Timeout(10.0, connect=5.0)),
+        tasks=tasks,
+        a2a=make_a2a_parts(bus),
+        egress_assigned=Assigned(),
+        transcript_http=httpx.AsyncClient(trust_env=False),
+        mint_limiter=FixedWindowLimiter(MINT_RATE, MINT_INTERVAL),
+        mcp_limiter=FixedWindowLimiter(settings.MCP_RATE_LIMIT, MCP_WINDOW_SECONDS),
+        plugin_sources=make_source_registry(settings),
+        channels=ChannelsState(),
         redis=redis,
     )
+    ctx.a2a.log_writer.bind(ctx)
+    if engine.dialect.name == "postgresql":  # heartbeats in flight share one statement (registry/batch.py)
+        strict = authz.heartbeat_batch_strict(settings)
+        ctx.heartbeat_batcher = HeartbeatBatcher(ctx.autocommit, strict=strict, tasks=tasks)
     await _install_orchestrator(ctx)
     return ctx
 
@@ -99,27 +133,26 @@ async def _install_orchestrator(ctx: AppContext) -> None:
 
     backend = await make_backend(ctx.settings)
     orch = Orchestrator(ctx, backend, default_mutators(ctx.settings))
-    ctx.extras["orchestrator"] = orch
+    ctx.orchestrator = orch
     if backend is not None:
-        ctx.extras["backend"] = backend
-        ctx.extras["provisioner"] = orch
-        ctx.extras["restart_workspace"] = orch.restart_by_id
+        ctx.backend = backend
+        ctx.provisioner = orch
+        ctx.restart_hook = orch.restart_by_id
         orch.spawn(orch.adopt_instances(), "adopt-instances")  # starts cut short by a crash
 
 
 async def close_context(ctx: AppContext) -> None:
+    """Stop the background work (drained until SHUTDOWN_DEADLINE, then cancelled), then close every part."""
     from workspace_server.a2a import shutdown as shutdown_a2a
-    from workspace_server.activity.transcript import close_clients as close_transcript_clients
     from workspace_server.registry.service import shutdown as shutdown_registry
 
+    await ctx.tasks.shutdown(SHUTDOWN_DEADLINE)
     await shutdown_registry(ctx)
     await shutdown_a2a(ctx)
-    await close_transcript_clients(ctx)
-    orch = ctx.extras.get("orchestrator")
-    if orch is not None:
-        await orch.close()
-        if orch.backend is not None:
-            await orch.backend.close()
+    await ctx.transcript_http.aclose()
+    orch = ctx.orchestrator
+    if orch is not None and orch.backend is not None:
+        await orch.backend.close()
     ctx.hub.close()
     await ctx.bus.close()
     await ctx.http.aclose()

@@ -159,6 +159,6 @@ async def heartbeat(client: httpx.AsyncClient, ws_id: str, active_tasks: int = 0
 
 async def drained(ctx: Any) -> None:
     """Wait for the queue drains that heartbeats started (the registry runs them in the background)."""
-    from workspace_server.registry.service import DRAIN_TASKS
+    from workspace_server.registry.service import DRAIN_GROUP
 
-    await asyncio.gather(*list(ctx.extras.get(DRAIN_TASKS, ())), return_exceptions=True)
+    await asyncio.gather(*ctx.tasks.tasks(DRAIN_GROUP), return_exceptions=True)

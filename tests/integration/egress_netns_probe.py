@@ -175,7 +175,7 @@ async def run(tmp: Path) -> dict[str, Any]:
         async def go() -> tuple[bool, str]:
             ws, _ = await workspace(ctx, target)
             body = json.dumps({"method": "message/send", "params": {"message": {"parts": []}}}).encode()
-            r = await ctx.extras["a2a_proxy"](ws, body)
+            r = await ctx.a2a.proxy(ws, body)
             return r.status == 200, f"a2a {r.status} {r.error or ''}"
 
         return go
@@ -262,7 +262,7 @@ async def run(tmp: Path) -> dict[str, Any]:
         )
 
     # server-assigned: the backend's record (not the agent's claim) opens exactly that URL for that workspace
-    ctx.extras["provisioner"] = object()
+    ctx.provisioner = object()
     for addr in ("172.17.0.5", "127.0.0.1"):
         target = url(addr, port)
 
@@ -270,7 +270,7 @@ async def run(tmp: Path) -> dict[str, Any]:
             ws, token = await workspace(ctx, target, card_url=private["192.168.7.7"])
             egress.assigned(ctx).record(ws, target)
             body = json.dumps({"method": "message/send", "params": {"message": {"parts": []}}}).encode()
-            r = await ctx.extras["a2a_proxy"](ws, body)
+            r = await ctx.a2a.proxy(ws, body)
             t = await client.get(f"/workspaces/{ws}/transcript", headers={"Authorization": f"Bearer {token}"})
             return r.status == 200 and t.status_code == 200, f"a2a {r.status} transcript {t.status_code}"
 
@@ -287,7 +287,7 @@ async def run(tmp: Path) -> dict[str, Any]:
         ws, token = await workspace(ctx, "", card_url=target)
         egress.assigned(ctx).record(ws, target)
         body = json.dumps({"method": "message/send", "params": {"message": {"parts": []}}}).encode()
-        r = await ctx.extras["a2a_proxy"](ws, body)
+        r = await ctx.a2a.proxy(ws, body)
         t = await client.get(f"/workspaces/{ws}/transcript", headers={"Authorization": f"Bearer {token}"})
         return r.status == 200 or t.status_code == 200, f"a2a {r.status} transcript {t.status_code}"
 
@@ -297,7 +297,7 @@ async def run(tmp: Path) -> dict[str, Any]:
         ws, _ = await workspace(ctx, private["172.17.0.5"])
         egress.assigned(ctx).record(new_id(), private["172.17.0.5"])
         body = json.dumps({"method": "message/send", "params": {"message": {"parts": []}}}).encode()
-        r = await ctx.extras["a2a_proxy"](ws, body)
+        r = await ctx.a2a.proxy(ws, body)
         return r.status == 200, f"a2a {r.status}"
 
     await check("production", "172.17.0.5 assigned to another workspace", False, claimed_assigned)

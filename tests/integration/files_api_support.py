@@ -32,7 +32,7 @@ async def add_workspace(client: httpx.AsyncClient, name: str = "Files Agent", ru
 def install_backend(client: httpx.AsyncClient, backend: Backend) -> list[str]:
     """Make `backend` the app's; the returned list (also `backend.started`) collects the workspaces that
     `start_echo_agent` starts on it, for the test's teardown."""
-    ctx_of(client).extras["backend"] = backend
+    ctx_of(client).backend = backend
     started: list[str] = []
     backend.started = started  # type: ignore[attr-defined]
     return started

@@ -12,7 +12,7 @@ from tests.conftest import ClientFactory
 from workspace_server.auth.tokens import issue_workspace_token
 from workspace_server.common.ids import new_id
 from workspace_server.db.schema import global_secrets, workspace_secrets
-from workspace_server.secrets.service import RESTART_HOOK, drain_restarts
+from workspace_server.secrets.service import drain_restarts
 from workspace_server.workspaces.store import insert_workspace
 
 ADMIN = "admin-secret"
@@ -74,7 +74,7 @@ class RestartRecorder:
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.ctx = ctx_of(client)
         self.ids: list[str] = []
-        self.ctx.extras[RESTART_HOOK] = self
+        self.ctx.restart_hook = self
 
     async def __call__(self, ws_id: str) -> None:
         self.ids.append(ws_id)

@@ -53,7 +53,7 @@ async def start_agent(backend: Backend, spec: StartSpec) -> None:
 def dev_server(live_server_factory: LiveFactory, backend: Backend) -> LiveServer:
     """A live server in dev mode (no bearer needed) whose app runs workspaces on `backend`."""
     srv = live_server_factory(MOLECULE_ENV="development")
-    srv.app.state.ctx.extras["backend"] = backend
+    srv.app.state.ctx.backend = backend
     return srv
 
 

@@ -186,9 +186,7 @@ async def test_system_caller_in_process_is_logged_as_text(
     client = await dev_client(client_factory)
     ctx = ctx_of(client)
     target = await add_workspace(ctx, "t", status="online", url=agent.url)
-    result = await ctx.extras["a2a_proxy"](
-        target, json.dumps(message("wake")).encode(), "system:restart-context"
-    )
+    result = await ctx.a2a.proxy(target, json.dumps(message("wake")).encode(), "system:restart-context")
     assert result.status == 200 and result.error is None
     (log_row,) = await wait_for(lambda: _rows_with(ctx, target, 1), "row")
     assert log_row.source_id == "system:restart-context"
@@ -229,7 +227,7 @@ async def test_url_resolution_errors(client_factory: ClientFactory) -> None:
     async def restart(ws_id: str) -> None:
         woken.append(ws_id)
 
-    ctx.extras["restart_workspace"] = restart
+    ctx.restart_hook = restart
     r = await client.post("/workspaces/00000000-0000-0000-0000-00000000abcd/a2a", json=message("x"))
     assert (r.status_code, r.json()) == (404, {"error": "workspace not found"})
     r = await client.post("/workspaces/not-a-uuid/a2a", json=message("x"))
@@ -271,7 +269,7 @@ async def test_ssrf_guard_and_backend_trust(client_factory: ClientFactory, agent
     """Issue 11 §2: production mode (ADMIN_TOKEN) refuses loopback unless this server assigned the URL."""
     client = await client_factory(ADMIN_TOKEN="adm")
     ctx = ctx_of(client)
-    send = ctx.extras["a2a_proxy"]
+    send = ctx.a2a.proxy
     body = json.dumps(message("x")).encode()
     target = await add_workspace(ctx, "t", status="online", url=agent.url)
     r = await send(target, body)
@@ -280,7 +278,7 @@ async def test_ssrf_guard_and_backend_trust(client_factory: ClientFactory, agent
     assert (await send(metadata, body)).status == 502
     assert agent.received == []
     # a URL our own backend assigned is trusted: recorded when the orchestrator started the agent ...
-    ctx.extras["provisioner"] = object()
+    ctx.provisioner = object()
     egress.assigned(ctx).record(target, agent.url)
     assert (await send(target, body)).status == 200 and len(agent.received) == 1
     # ... or, after a restart of this server, the provisioner's http://127.0.0.1:<port> on a
@@ -327,14 +325,14 @@ async def test_name_resolving_inward_is_refused_at_connect_time(
     ctx = ctx_of(client)
     port = agent.url.rsplit(":", 1)[1]
     target = await add_workspace(ctx, "t", status="online", url=f"http://localhost:{port}")
-    r = await ctx.extras["a2a_proxy"](target, json.dumps(message("x")).encode())
+    r = await ctx.a2a.proxy(target, json.dumps(message("x")).encode())
     assert (r.status, r.error) == (502, {"error": "workspace URL is not publicly routable"})
     assert agent.received == []
     assert await queue_rows(ctx) == []
     allowed = await client_factory(ADMIN_TOKEN="adm", EGRESS_ALLOW_CIDRS="127.0.0.0/8,::1")
     actx = ctx_of(allowed)
     target = await add_workspace(actx, "t", status="online", url=f"http://localhost:{port}")
-    r = await actx.extras["a2a_proxy"](target, json.dumps(message("x")).encode())
+    r = await actx.a2a.proxy(target, json.dumps(message("x")).encode())
     assert r.status == 200 and len(agent.received) == 1
 
 
@@ -398,8 +396,8 @@ async def test_dead_container_triggers_restart(client_factory: ClientFactory) ->
     async def restart(ws_id: str) -> None:
         restarted.append(ws_id)
 
-    ctx.extras["provisioner"] = Backend()
-    ctx.extras["restart_workspace"] = restart
+    ctx.provisioner = Backend()
+    ctx.restart_hook = restart
     target = await add_workspace(ctx, "t", status="online", url=f"http://127.0.0.1:{free_port()}")
     await ctx.kv.set(url_key(target), f"http://127.0.0.1:{free_port()}", 60)
     r = await client.post(f"/workspaces/{target}/a2a", json=message("x"))
@@ -421,7 +419,7 @@ async def test_external_runtime_is_never_restarted(client_factory: ClientFactory
         async def is_running(self, ws_id: str) -> bool:
             return False
 
-    ctx.extras["provisioner"] = Backend()
+    ctx.provisioner = Backend()
     target = await add_workspace(
         ctx, "t", status="online", runtime="external", url=f"http://127.0.0.1:{free_port()}"
     )

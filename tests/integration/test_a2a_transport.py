@@ -137,7 +137,10 @@ class FullBacklog:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """The proxy's own client, built by `a2a_client` from the module's settings (patch them first)."""
     # open bootstrap mode: the egress policy lets these loopback listeners be dialed
-    ctx = cast(AppContext, SimpleNamespace(extras={}, settings=Settings()))
+    ctx = cast(
+        AppContext,
+        SimpleNamespace(a2a=SimpleNamespace(client=None, trusted_client=None), settings=Settings()),
+    )
     yield a2a_client(ctx)
     await close_client(ctx)
 
@@ -190,7 +193,10 @@ async def test_connect_timeout_is_not_busy(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(
         proxy, "DISPATCH_TIMEOUT", aiohttp.ClientTimeout(total=None, connect=5, sock_connect=0.3)
     )
-    ctx = cast(AppContext, SimpleNamespace(extras={}, settings=Settings()))
+    ctx = cast(
+        AppContext,
+        SimpleNamespace(a2a=SimpleNamespace(client=None, trusted_client=None), settings=Settings()),
+    )
     backlog = FullBacklog()
     try:
         exc = await _fail(a2a_client(ctx), backlog.url)
@@ -207,7 +213,10 @@ async def test_pool_timeout_is_not_busy(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(
         proxy, "DISPATCH_TIMEOUT", aiohttp.ClientTimeout(total=None, connect=0.3, sock_connect=5)
     )
-    ctx = cast(AppContext, SimpleNamespace(extras={}, settings=Settings()))
+    ctx = cast(
+        AppContext,
+        SimpleNamespace(a2a=SimpleNamespace(client=None, trusted_client=None), settings=Settings()),
+    )
     http = a2a_client(ctx)
     async with RawAgent("hang") as agent:
         first = asyncio.create_task(_exchange(http, agent.url, b"{}", _Exchange()))
@@ -368,7 +377,7 @@ async def test_reply_over_the_limit_is_a_read_failure(
 async def test_unbuildable_url_is_500(client_factory: ClientFactory) -> None:
     client = await dev_client(client_factory)
     ctx = ctx_of(client)
-    ctx.extras["provisioner"] = object()  # our backend's URL form is trusted: no SSRF parse before the client
+    ctx.provisioner = object()  # our backend's URL form is trusted: no SSRF parse before the client
     target = await add_workspace(ctx, "t", status="online", url="http://127.0.0.1:99999")
     r = await client.post(f"/workspaces/{target}/a2a", json=message("x"))
     assert (r.status_code, r.json()) == (500, {"error": "failed to create proxy request"})

@@ -60,7 +60,7 @@ async def test_round_trip_in_container(client_factory: Any, engine: Any) -> None
         await insert_workspace(conn, id=ws_id, name="ws", status="online")
         h = {"Authorization": f"Bearer {await issue_workspace_token(conn, ws_id)}"}
     backend = DockerBackend(ctx.settings, engine)
-    ctx.extras["backend"] = backend
+    ctx.backend = backend
 
     r = await client.post(
         f"/workspaces/{ws_id}/chat/uploads", files=[("files", ("a.txt", b"x", "text/plain"))], headers=h

@@ -118,7 +118,7 @@ async def test_a2a_proxy_refuses_every_inward_form(client_factory: ClientFactory
         f"http://[::ffff:127.0.0.1]:{port}",
     ]:
         ws = await add_workspace(ctx, "t", status="online", url=url)
-        r = await ctx.extras["a2a_proxy"](ws, json.dumps(message("x")).encode())
+        r = await ctx.a2a.proxy(ws, json.dumps(message("x")).encode())
         assert (r.status, r.error) == (502, {"error": "workspace URL is not publicly routable"}), url
     assert agent.received == []
 

@@ -55,7 +55,7 @@ async def heartbeat(api: httpx.AsyncClient, ws_id: str, active_tasks: int) -> No
 @pytest.fixture
 def backend(api: httpx.AsyncClient) -> StopRecorder:
     recorder = StopRecorder()
-    ctx_of(api).extras["orchestrator"] = Orchestrator(ctx_of(api), recorder)
+    ctx_of(api).orchestrator = Orchestrator(ctx_of(api), recorder)
     return recorder
 
 
@@ -123,7 +123,7 @@ async def test_claim_refuses_a_workspace_busy_since_the_sweep_read_it(
     idle_since) keeps the workspace awake."""
     wid = await online_workspace(api, "agent")
     await set_columns(api, wid, hibernation_idle_minutes=10, idle_since=utcnow())
-    orch = ctx_of(api).extras["orchestrator"]
+    orch = ctx_of(api).orchestrator
     assert not await orch.hibernate_workspace(wid, idle_before=utcnow() - timedelta(minutes=10))
     assert (await row(ctx_of(api), wid)).status == "online"
     assert backend.stopped == []

@@ -58,7 +58,7 @@ async def test_wrong_method_is_404(client: httpx.AsyncClient) -> None:
 
 async def test_liveness_reports_loop_ticks(client: httpx.AsyncClient) -> None:
     tick = utcnow() - timedelta(seconds=100)
-    ctx_of(client).extras["loop_ticks"] = {"scheduler": tick}
+    ctx_of(client).loop_ticks = {"scheduler": tick}
     r = await client.get("/admin/liveness")
     assert r.status_code == 200
     sub = r.json()["subsystems"]

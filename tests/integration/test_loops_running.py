@@ -70,7 +70,7 @@ async def test_running_loops_sweep_prune_and_tick(client_factory: ClientFactory)
     async def restart(ws_id: str) -> None:
         restarted.append(ws_id)
 
-    ctx.extras["restart_workspace"] = restart
+    ctx.restart_hook = restart
     silent = await add_ws(ctx, "online", 120)
     alive = await add_ws(ctx, "online", 1)
     stuck = await add_ws(ctx, "provisioning", 120)
@@ -95,7 +95,7 @@ async def test_running_loops_sweep_prune_and_tick(client_factory: ClientFactory)
     await eventually(pruned, "activity pruning")
     await eventually(lambda: _async(restarted == [silent]), "restart hook")
     assert await status_of(ctx, alive) == "online"
-    ticks = ctx.extras["loop_ticks"]
+    ticks = ctx.loop_ticks
     assert {"leader-lease", "liveness-sweep", "provision-timeout-sweep", "activity-pruner"} <= set(ticks)
     assert len(await lease_holders(ctx)) == 1
 
@@ -111,18 +111,18 @@ async def test_two_replicas_elect_one_leader_and_hand_over_on_stop(client_factor
     assert _leads(ctx1) != _leads(ctx2)  # exactly one of the two leads
 
     leader, follower = (ctx1, ctx2) if _leads(ctx1) else (ctx2, ctx1)
-    await leader.extras["loops"].stop()
+    await leader.loops.stop()
     assert not _leads(leader)
     await eventually(lambda: _async(_leads(follower)), "the follower to take the released lease")
-    assert await lease_holders(ctx1) == [follower.extras["loops"].lease.holder]
+    assert await lease_holders(ctx1) == [follower.loops.lease.holder]
 
 
 def _leads(ctx: AppContext) -> bool:
-    return bool(ctx.extras["loops"].lease.held)
+    return bool(ctx.loops.lease.held)
 
 
 def _ticked(ctx: AppContext) -> bool:
-    return "leader-lease" in ctx.extras.get("loop_ticks", {})
+    return "leader-lease" in ctx.loop_ticks
 
 
 async def _async(value: bool) -> bool:

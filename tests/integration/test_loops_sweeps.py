@@ -104,7 +104,7 @@ async def test_stale_heartbeat_goes_offline_with_event_keys_cleared_and_restart(
     async def restart(ws_id: str) -> None:
         restarted.append(ws_id)
 
-    ctx.extras["restart_workspace"] = restart
+    ctx.restart_hook = restart
     stale = await add_ws(ctx, status="online", heartbeat_age=200, updated_age=200)
     stale_degraded = await add_ws(ctx, status="degraded", heartbeat_age=500, updated_age=500)
     fresh = await add_ws(ctx, status="online", heartbeat_age=30, updated_age=300)
@@ -160,7 +160,7 @@ async def test_external_agents_use_the_remote_threshold_and_are_not_restarted(
     async def restart(ws_id: str) -> None:
         restarted.append(ws_id)
 
-    ctx.extras["restart_workspace"] = restart
+    ctx.restart_hook = restart
     ext_stale = await add_ws(ctx, status="online", runtime="external", heartbeat_age=120, updated_age=120)
     ext_fresh = await add_ws(ctx, status="online", runtime="external", heartbeat_age=60, updated_age=60)
     ours_120 = await add_ws(ctx, status="online", heartbeat_age=120, updated_age=120)  # under 180 s
@@ -183,7 +183,7 @@ async def test_no_restart_hook_is_fine_and_a_failing_hook_does_not_break_the_swe
     async def broken(ws_id: str) -> None:
         raise RuntimeError("docker is down")
 
-    ctx.extras["restart_workspace"] = broken
+    ctx.restart_hook = broken
     b = await add_ws(ctx, status="online", heartbeat_age=999, updated_age=999)
     assert await sweep_liveness(ctx) == [b]
     await wait_restarts(ctx)
@@ -383,7 +383,7 @@ async def test_restart_tasks_do_not_block_the_sweep(live_client: httpx.AsyncClie
         started.set()
         await release.wait()
 
-    ctx.extras["restart_workspace"] = slow_restart
+    ctx.restart_hook = slow_restart
     a = await add_ws(ctx, status="online", heartbeat_age=999, updated_age=999)
     assert await sweep_liveness(ctx) == [a]
     await asyncio.wait_for(started.wait(), timeout=10)

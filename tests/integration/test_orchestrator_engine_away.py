@@ -152,7 +152,7 @@ async def test_provision_timeout_removes_the_instance(client_factory: Any) -> No
         async def stop(self, ws_id: str) -> None:
             stopped.append(ws_id)
 
-    ctx.extras["orchestrator"] = Orchestrator(ctx, Recording([]))
+    ctx.orchestrator = Orchestrator(ctx, Recording([]))
     stuck, _ = await provisioning_row(ctx, api, "stuck")
     fresh, _ = await provisioning_row(ctx, api, "fresh")
     async with ctx.engine.begin() as conn:

@@ -56,7 +56,7 @@ def exists(engine: Any, kind: str, name: str) -> bool:
 async def test_orphans_are_reaped_and_nothing_else(client_factory: Any, engine: Any) -> None:
     client = await client_factory(WORKSPACE_BACKEND="docker", DOCKER_NETWORK_MODE="host")
     ctx = client.app.state.ctx
-    backend = ctx.extras["backend"]
+    backend = ctx.backend
     removed, ghost, live, stuck = (str(uuid.uuid4()) for _ in range(4))
     async with ctx.engine.begin() as conn:
         await ws_store.insert_workspace(conn, id=removed, name="gone", status="removed")

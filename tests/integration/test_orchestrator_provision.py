@@ -104,7 +104,7 @@ async def test_decrypt_and_mutator_failures_are_generic(
 
     chain = MutatorRegistry()
     chain.register(Broken())
-    p.ctx.extras["orchestrator"].mutators = chain
+    p.ctx.orchestrator.mutators = chain
     other = await p.create("Mutated")
     message, event = await failure(p, other)
     assert (message, event) == (

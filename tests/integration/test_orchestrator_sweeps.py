@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from workspace_server.loops.health import sweep_health
+from workspace_server.loops.health import RESTARTS_GROUP, sweep_health
 from workspace_server.provisioner.orchestrator import Orchestrator
 
 ADMIN = "sweeps-admin"
@@ -67,7 +67,7 @@ async def test_health_sweep_restarts_only_dead_instances(api: httpx.AsyncClient)
     ctx = api.app.state.ctx  # type: ignore[attr-defined]
     backend = ScriptedBackend()
     orch = RecordingOrchestrator(ctx, backend)
-    ctx.extras["orchestrator"] = orch
+    ctx.orchestrator = orch
     dead = await online_workspace(api, "dead")
     alive = await online_workspace(api, "alive")
     flaky = await online_workspace(api, "flaky")
@@ -76,7 +76,7 @@ async def test_health_sweep_restarts_only_dead_instances(api: httpx.AsyncClient)
     backend.broken.add(flaky)
 
     assert await sweep_health(ctx) == [dead]
-    await asyncio.gather(*ctx.extras.get("health_restart_tasks", set()))
+    await asyncio.gather(*ctx.tasks.tasks(RESTARTS_GROUP))
     assert orch.restarted == [dead]
     assert ext not in backend.asked  # external agents are not ours to check
     statuses = {w: (await api.get(f"/workspaces/{w}")).json()["status"] for w in (dead, alive, flaky, ext)}

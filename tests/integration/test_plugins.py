@@ -305,7 +305,7 @@ async def test_install_list_uninstall_on_process_backend(
     async def record(ws_id: str) -> None:
         restarts.append(ws_id)
 
-    p.ctx.extras["restart_workspace"] = record  # observe the hook instead of restarting the agent
+    p.ctx.restart_hook = record  # observe the hook instead of restarting the agent
     config = Path(p.settings.DATA_DIR).resolve() / "workspaces" / wid / "configs"
     (config / "CLAUDE.md").write_text("top\n# Plugin: alpha / rules\nbe nice\n\n\nkept\n")
     (config / "skills" / "helper").mkdir(parents=True)

@@ -276,7 +276,7 @@ def _record_drains(ctx: Any) -> tuple[list[str], asyncio.Event]:
         drained.append(wid)
         done.set()
 
-    ctx.extras["queue_drain"] = drain
+    ctx.queue_drain = drain
     return drained, done
 
 

@@ -99,7 +99,7 @@ async def test_failing_restart_hook_does_not_fail_the_request(client_factory: Cl
         raise RuntimeError("docker exploded")
 
     rec = RestartRecorder(client)
-    rec.ctx.extras["restart_workspace"] = broken
+    rec.ctx.restart_hook = broken
     r = await client.post(f"/workspaces/{ws}/secrets", json={"key": "K", "value": "v"}, headers=ADMIN_H)
     assert r.status_code == 200
     await rec.settled()
@@ -107,9 +107,7 @@ async def test_failing_restart_hook_does_not_fail_the_request(client_factory: Cl
 
 
 async def test_no_hook_no_restart(client_factory: ClientFactory) -> None:
-    client = await admin_client(
-        client_factory
-    )  # ctx.extras has no restart hook until the orchestrator sets one
+    client = await admin_client(client_factory)  # ctx.restart_hook is None until the orchestrator sets one
     ws = await make_ws(client)
     r = await client.post(f"/workspaces/{ws}/secrets", json={"key": "K", "value": "v"}, headers=ADMIN_H)
     assert r.status_code == 200

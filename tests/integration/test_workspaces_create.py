@@ -196,7 +196,7 @@ async def test_template_fills_runtime_and_model(client_factory: Any, tmp_path: P
     )
     client = await admin_client(client_factory)
     fake = FakeProvisioner()
-    ctx_of(client).extras["provisioner"] = fake
+    ctx_of(client).provisioner = fake
 
     r = await create(client, {"name": "h", "template": "hermes-tpl"})
     assert r.status_code == 201

@@ -170,7 +170,7 @@ async def test_stop_hook_runs_descendants_first_and_failures_are_500(client_fact
     root = await make(client, "root")
     child = await make(client, "child", root)
     hook = StopRecorder(fail={child})
-    ctx_of(client).extras["provisioner"] = hook
+    ctx_of(client).provisioner = hook
 
     r = await client.delete(f"/workspaces/{root}?confirm=true&purge=true", headers=AUTH)
     assert r.status_code == 500

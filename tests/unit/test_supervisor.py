@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from workspace_server.common.tasks import TaskSupervisor
 from workspace_server.loops.supervisor import Loops, periodic, supervise
 
 
@@ -98,7 +99,7 @@ async def test_cancel_during_backoff_stops() -> None:
 
 
 async def test_loops_stop_cancels_every_task() -> None:
-    ctx: Any = SimpleNamespace(extras={})
+    ctx: Any = SimpleNamespace(tasks=TaskSupervisor(), loop_ticks={})
     loops = Loops(ctx)
     started = [asyncio.Event(), asyncio.Event()]
 
@@ -118,7 +119,7 @@ async def test_loops_stop_cancels_every_task() -> None:
 
 async def test_loops_restart_a_crashed_task() -> None:
     """Through the real spawn path: a loop that crashes once runs again (1 s back-off)."""
-    ctx: Any = SimpleNamespace(extras={})
+    ctx: Any = SimpleNamespace(tasks=TaskSupervisor(), loop_ticks={})
     loops = Loops(ctx)
     second_run = asyncio.Event()
     calls: list[int] = []
@@ -142,7 +143,7 @@ class FakeLease:
 
 
 async def test_periodic_ticks_and_runs_only_while_the_lease_is_held() -> None:
-    ctx: Any = SimpleNamespace(extras={})
+    ctx: Any = SimpleNamespace(tasks=TaskSupervisor(), loop_ticks={})
     lease = FakeLease(held=False)
     runs: list[int] = []
     ran = asyncio.Event()
@@ -152,7 +153,7 @@ async def test_periodic_ticks_and_runs_only_while_the_lease_is_held() -> None:
         ran.set()
 
     task = asyncio.create_task(periodic(ctx, "p", 0, body, lease=lease))  # type: ignore[arg-type]
-    while "p" not in ctx.extras.get("loop_ticks", {}):
+    while "p" not in ctx.loop_ticks:
         await asyncio.sleep(0)
     assert runs == []  # ticking, but not leading: no sweep
     lease.held = True

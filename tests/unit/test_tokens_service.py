@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from workspace_server.auth.deps import AuthInfo
+from workspace_server.auth.ratelimit import FixedWindowLimiter
 from workspace_server.common.errors import ApiError
 from workspace_server.config import Settings
 from workspace_server.tokens import service
@@ -62,7 +63,10 @@ def test_provenance() -> None:
 
 
 def _ctx(**settings: Any) -> Any:
-    return SimpleNamespace(settings=Settings(**settings), extras={})
+    return SimpleNamespace(
+        settings=Settings(**settings),
+        mint_limiter=FixedWindowLimiter(service.MINT_RATE, service.MINT_INTERVAL),
+    )
 
 
 @pytest.mark.parametrize(

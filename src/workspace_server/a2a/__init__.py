@@ -1,35 +1,49 @@
 """Agent-to-agent messaging: the A2A proxy, its queue, delegation (spec 04 §1, §2).
 
-`install(ctx)` at start-up wires the pieces other areas call through `ctx.extras`:
-- `queue_drain` (the registry calls it after a heartbeat with spare capacity),
-- `a2a_proxy` (`await ctx.extras["a2a_proxy"](target_id, body, caller, log_activity)` for in-process
+The composition root (app.py) builds the A2A parts (`make_parts`: idle watch, target cache, queue hint,
+log writer → `ctx.a2a`), then `install(ctx)` opens the connection pools and wires what other areas call:
+- `ctx.queue_drain` (the registry calls it after a heartbeat with spare capacity),
+- `ctx.a2a.proxy` (`await ctx.a2a.proxy(target_id, body, caller, log_activity)` for in-process
   senders such as cron, channels and webhooks; callers use `system:`/`webhook:`/`channel:` ids or "").
-`shutdown(ctx)` cancels background deliveries and logging before the engine is disposed, and closes
-the A2A connection pool (`ctx.extras["a2a_http"]`).
+Background deliveries and logging run on the app's task supervisor, which drains them at shutdown;
+`shutdown(ctx)` then flushes the log writer and closes the A2A connection pools.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
-from workspace_server.context import AppContext
+from workspace_server.context import A2AParts, AppContext
+from workspace_server.events.bus import Bus
+
+
+def make_parts(bus: Bus) -> A2AParts:
+    from workspace_server.a2a.logwriter import LogWriter
+    from workspace_server.a2a.proxy import IdleWatch, QueueHint, TargetCache
+
+    parts = A2AParts(
+        idle_watch=IdleWatch(),
+        target_cache=TargetCache(),
+        queue_hint=QueueHint(),
+        log_writer=LogWriter(),
+    )
+    bus.add_listener(parts.idle_watch.on_event)
+    bus.add_listener(parts.target_cache.on_event)
+    return parts
 
 
 def install(ctx: AppContext) -> None:
     from workspace_server.a2a import queue
-    from workspace_server.a2a.proxy import a2a_client, idle_watch, proxy_a2a, target_cache
+    from workspace_server.a2a.proxy import a2a_client, proxy_a2a
 
     a2a_client(ctx)
-    idle_watch(ctx)
-    target_cache(ctx)
     queue.install(ctx)
-    ctx.extras["a2a_proxy"] = partial(proxy_a2a, ctx)
+    ctx.a2a.proxy = partial(proxy_a2a, ctx)
 
 
 async def shutdown(ctx: AppContext) -> None:
     from workspace_server.a2a.logwriter import close_writer
-    from workspace_server.a2a.proxy import cancel_background, close_client
+    from workspace_server.a2a.proxy import close_client
 
-    await cancel_background(ctx)
     await close_writer(ctx)
     await close_client(ctx)

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 FLUSH_DELAY = 0.02  # seconds a row may wait for companions
 MAX_BATCH = 200
-WRITER_KEY = "a2a_log_writer"
 JSON_COLUMNS = ("request_body", "response_body", "tool_trace")
 # ACTIVITY_LOGGED payload keys (spec 04 §3), sorted as Go marshals a map
 LOGGED_KEYS = ("activity_type", "duration_ms", "method", "source_id", "status", "summary", "target_id")
@@ -43,10 +42,21 @@ class _Pending:
 
 
 class LogWriter:
-    def __init__(self, ctx: AppContext) -> None:
-        self.ctx = ctx
+    """Built with the A2A parts (`a2a.make_parts`), bound to its app by the composition root."""
+
+    def __init__(self) -> None:
+        self._ctx: AppContext | None = None
         self._pending = _Pending()
         self._task: asyncio.Task[None] | None = None
+
+    def bind(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+
+    @property
+    def ctx(self) -> AppContext:
+        if self._ctx is None:
+            raise RuntimeError("LogWriter used before the app bound it")
+        return self._ctx
 
     def add(self, row: dict[str, Any], outbound_caller: str | None = None) -> None:
         """Queue an activity row (columns of `activity_logs`) and optionally a caller to stamp."""
@@ -57,7 +67,7 @@ class LogWriter:
 
     def _kick(self) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="a2a-log-writer")
+            self._task = self.ctx.tasks.spawn("a2a-log-writer", self._run())
 
     async def _run(self) -> None:
         while self._pending:
@@ -154,13 +164,8 @@ def _logged_payload(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def writer(ctx: AppContext) -> LogWriter:
-    w: LogWriter | None = ctx.extras.get(WRITER_KEY)
-    if w is None:
-        w = ctx.extras[WRITER_KEY] = LogWriter(ctx)
-    return w
+    return ctx.a2a.log_writer
 
 
 async def close_writer(ctx: AppContext) -> None:
-    w: LogWriter | None = ctx.extras.pop(WRITER_KEY, None)
-    if w is not None:
-        await w.close()
+    await ctx.a2a.log_writer.close()

@@ -67,11 +67,7 @@ KEEPALIVE_SECONDS = 5.0  # idle agent connections are closed after this
 READ_CHUNK = 64 << 10
 ENCODING = "Content-Encoding"  # a compressed reply is read in chunks: its decoded size is not declared
 
-CLIENT_KEY = "a2a_http"
-TRUSTED_CLIENT_KEY = "a2a_http_assigned"
-WATCH_KEY = "a2a_idle_watch"
-TASKS_KEY = "a2a_tasks"
-RESTART_HOOK = "restart_workspace"
+TASKS_GROUP = "a2a"  # the supervisor group of the proxy's background work
 
 
 class Outcome(StrEnum):
@@ -119,15 +115,11 @@ def _fail(
     return ProxyResult(status, error=sorted_keys(body), headers=headers or {}, outcome=outcome)
 
 
-# ---- background work (referenced until done; cancelled at shutdown) ----
+# ---- background work: on the app's task supervisor (common/tasks.py), drained at shutdown ----
 
 
 def spawn(ctx: AppContext, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-    tasks: set[asyncio.Task[Any]] = ctx.extras.setdefault(TASKS_KEY, set())
-    task = asyncio.create_task(_logged(coro, name), name=name)
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-    return task
+    return ctx.tasks.spawn(name, _logged(coro, name), group=TASKS_GROUP)
 
 
 async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> Any:
@@ -138,13 +130,6 @@ async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> Any:
     except Exception:
         log.exception("a2a background task %s failed", name)
         return None
-
-
-async def cancel_background(ctx: AppContext) -> None:
-    tasks: set[asyncio.Task[Any]] = ctx.extras.get(TASKS_KEY, set())
-    for t in list(tasks):
-        t.cancel()
-    await asyncio.gather(*list(tasks), return_exceptions=True)
 
 
 # ---- the outbound client ----
@@ -163,8 +148,8 @@ def a2a_client(ctx: AppContext, assigned_url: bool = False) -> aiohttp.ClientSes
     rescans every connection per request, its parser is pure Python); see docs/decisions.md. Its own
     pool, too: A2A calls last minutes, so a few dozen in flight would starve every other outbound call.
     """
-    key = TRUSTED_CLIENT_KEY if assigned_url else CLIENT_KEY
-    client: aiohttp.ClientSession | None = ctx.extras.get(key)
+    parts = ctx.a2a
+    client = parts.trusted_client if assigned_url else parts.client
     if client is None:
         limits: dict[str, Any] = {
             "limit": MAX_CONNECTIONS,
@@ -177,18 +162,24 @@ def a2a_client(ctx: AppContext, assigned_url: bool = False) -> aiohttp.ClientSes
             connector = guarded_connector(policy_for(ctx.settings), **limits)
         # No cookie jar: agents share hosts (127.0.0.1, ports apart), and cookies do not isolate by port,
         # so one agent's Set-Cookie would be sent to the others.
-        client = ctx.extras[key] = aiohttp.ClientSession(
+        client = aiohttp.ClientSession(
             connector=connector,
             timeout=DISPATCH_TIMEOUT,
             auto_decompress=True,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        if assigned_url:
+            parts.trusted_client = client
+        else:
+            parts.client = client
     return client
 
 
 async def close_client(ctx: AppContext) -> None:
-    for key in (CLIENT_KEY, TRUSTED_CLIENT_KEY):
-        client: aiohttp.ClientSession | None = ctx.extras.pop(key, None)
+    parts = ctx.a2a
+    clients = (parts.client, parts.trusted_client)
+    parts.client = parts.trusted_client = None
+    for client in clients:
         if client is not None:
             await client.close()
 
@@ -224,11 +215,7 @@ class IdleWatch:
 
 
 def idle_watch(ctx: AppContext) -> IdleWatch:
-    watch: IdleWatch | None = ctx.extras.get(WATCH_KEY)
-    if watch is None:
-        watch = ctx.extras[WATCH_KEY] = IdleWatch()
-        ctx.bus.add_listener(watch.on_event)
-    return watch
+    return ctx.a2a.idle_watch
 
 
 class IdleTimeout(Exception):
@@ -482,7 +469,7 @@ def _assigned(call: Call, url: str) -> bool:
     """
     ctx = call.ctx
     row = call.row
-    if row is None or row.url != url or ctx.extras.get("provisioner") is None:
+    if row is None or row.url != url or ctx.provisioner is None:
         return False
     if assigned(ctx).is_assigned(call.target, url):
         return True
@@ -503,7 +490,7 @@ def _check_url(call: Call, url: str) -> bool:
 
 
 def _restart(ctx: AppContext, ws_id: str, why: str) -> None:
-    hook: Callable[[str], Awaitable[object]] | None = ctx.extras.get(RESTART_HOOK)
+    hook = ctx.restart_hook
     if hook is None:
         log.warning("a2a: %s of %s wanted but no restart hook is installed", why, ws_id)
         return
@@ -667,7 +654,7 @@ async def _transport_failed(call: Call, ex: _Exchange, exc: BaseException) -> Pr
 async def _container_dead(call: Call) -> bool:
     """Our backend says the agent's instance is gone: mark offline, clear the cache, restart it."""
     ctx = call.ctx
-    backend = ctx.extras.get("provisioner")
+    backend = ctx.provisioner
     is_running = getattr(backend, "is_running", None)
     runtime = call.row.runtime if call.row is not None else ""
     if not callable(is_running) or runtime == EXTERNAL:
@@ -772,6 +759,7 @@ class TargetCache:
         """The row from `fetch`, shared with every other caller that asks before it returns."""
         pending = self._loading.get(ws_id)
         if pending is None:
+            # unsupervised: one read shared by the concurrent requests awaiting it, not background work
             pending = self._loading[ws_id] = asyncio.ensure_future(self._fetch(ws_id, fetch))
         return await asyncio.shield(pending)  # a caller that gives up does not cancel the others' query
 
@@ -797,11 +785,7 @@ class TargetCache:
 
 
 def target_cache(ctx: AppContext) -> TargetCache:
-    cache: TargetCache | None = ctx.extras.get("a2a_target_cache")
-    if cache is None:
-        cache = ctx.extras["a2a_target_cache"] = TargetCache()
-        ctx.bus.add_listener(cache.on_event)
-    return cache
+    return ctx.a2a.target_cache
 
 
 # ---- queue hint: skip the drain's DB round trips while a workspace's queue is known to be empty ----
@@ -851,10 +835,7 @@ class QueueHint:
 
 
 def queue_hint(ctx: AppContext) -> QueueHint:
-    hint: QueueHint | None = ctx.extras.get("a2a_queue_hint")
-    if hint is None:
-        hint = ctx.extras["a2a_queue_hint"] = QueueHint()
-    return hint
+    return ctx.a2a.queue_hint
 
 
 # ---- side effects (spec 04 §1.8), run in the background ----

@@ -30,16 +30,15 @@ MAX_ATTEMPTS = 5
 LEASE_SECONDS = 120.0
 RENEW_SECONDS = 30.0
 DEFAULT_STALE_MINUTES = 60
-DRAINING_KEY = "a2a_draining"
 
 
 def install(ctx: AppContext) -> None:
-    """Let heartbeats with spare capacity drain the queue (registry calls `ctx.extras["queue_drain"]`)."""
+    """Let heartbeats with spare capacity drain the queue (registry calls `ctx.queue_drain`)."""
 
     def hook(ws_id: str) -> Any:
         return drain_one(ctx, ws_id)
 
-    ctx.extras["queue_drain"] = hook
+    ctx.queue_drain = hook
 
 
 async def drain_one(ctx: AppContext, ws_id: str) -> str | None:
@@ -48,7 +47,7 @@ async def drain_one(ctx: AppContext, ws_id: str) -> str | None:
     One drain per workspace at a time in this process: a second heartbeat arriving mid-drain would
     otherwise hand a capacity-1 agent two messages at once and bounce the second as busy.
     """
-    draining: set[str] = ctx.extras.setdefault(DRAINING_KEY, set())
+    draining = ctx.a2a.draining
     hint = queue_hint(ctx)
     if ws_id in draining or hint.probably_empty(ws_id):
         return None

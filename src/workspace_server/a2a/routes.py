@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -14,7 +13,7 @@ from starlette.requests import ClientDisconnect
 from workspace_server import authz
 from workspace_server.a2a import delegation, queue
 from workspace_server.a2a import schemas as msg
-from workspace_server.a2a.proxy import MAX_REQUEST_BYTES, TASKS_KEY, ProxyResult, proxy_a2a, usage_today
+from workspace_server.a2a.proxy import MAX_REQUEST_BYTES, TASKS_GROUP, ProxyResult, proxy_a2a, usage_today
 from workspace_server.a2a.schemas import DelegateRequest, RecordRequest, UpdateRequest
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth, credentials
 from workspace_server.common.errors import ApiError
@@ -82,12 +81,12 @@ async def proxy(request: Request) -> Response:
         invalid=msg.INVALID_CALLER_TOKEN,
     )
     # Detached from the client: a caller that hangs up does not abort a delivery half-way.
-    task = asyncio.ensure_future(
-        proxy_a2a(ctx, target, raw, caller, True, timeout_seconds=_x_timeout(request))
+    task = ctx.tasks.spawn(
+        f"a2a-proxy:{target}",
+        proxy_a2a(ctx, target, raw, caller, True, timeout_seconds=_x_timeout(request)),
+        group=TASKS_GROUP,
+        awaited=True,  # its error is the request's answer
     )
-    tasks: set[asyncio.Task[Any]] = ctx.extras.setdefault(TASKS_KEY, set())
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
     return render(await asyncio.shield(task))
 
 

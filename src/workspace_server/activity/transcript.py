@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 10.0
 MAX_BODY_BYTES = 1 << 20  # a runaway transcript must not melt the canvas; the rest is cut silently
 NOT_ALLOWED = "workspace URL not allowed"
-ASSIGNED_CLIENT_KEY = "transcript_http_assigned"
 
 
 @dataclass(frozen=True)
@@ -54,16 +53,7 @@ async def check_url(ctx: AppContext, url: str) -> httpx.URL:
 
 def _assigned_client(ctx: AppContext) -> httpx.AsyncClient:
     """A plain client for server-assigned agent addresses (loopback ports, container names)."""
-    client: httpx.AsyncClient | None = ctx.extras.get(ASSIGNED_CLIENT_KEY)
-    if client is None:
-        client = ctx.extras[ASSIGNED_CLIENT_KEY] = httpx.AsyncClient(trust_env=False)
-    return client
-
-
-async def close_clients(ctx: AppContext) -> None:
-    client: httpx.AsyncClient | None = ctx.extras.pop(ASSIGNED_CLIENT_KEY, None)
-    if client is not None:
-        await client.aclose()
+    return ctx.transcript_http
 
 
 async def _agent_url(ctx: AppContext, ws_id: str) -> tuple[str, str]:

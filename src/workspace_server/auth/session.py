@@ -18,15 +18,10 @@ POSITIVE_TTL = 30.0
 NEGATIVE_TTL = 5.0
 MAX_ENTRIES = 10_000
 
-CACHE_KEY = "cp_session_cache"
-
 
 def _cache_of(ctx: AppContext) -> dict[bytes, tuple[bool, float]]:
     """One cache per app: two apps in a process (tests, embedded use) never share verdicts."""
-    cache: dict[bytes, tuple[bool, float]] | None = ctx.extras.get(CACHE_KEY)
-    if cache is None:
-        cache = ctx.extras[CACHE_KEY] = {}
-    return cache
+    return ctx.session_cache
 
 
 def _key(slug: str, cookie: str) -> bytes:

@@ -26,7 +26,7 @@ from workspace_server.context import AppContext
 from workspace_server.db.schema import workspaces
 from workspace_server.workspaces import files as wsfiles
 from workspace_server.workspaces.schemas import INT32_MAX, ProvisionSpec
-from workspace_server.workspaces.service import WorkspaceService, spawn
+from workspace_server.workspaces.service import WorkspaceService
 from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.store import get_workspace, insert_workspace
 from workspace_server.workspaces.templates import runtime_default_dir, scan_runtime_and_model
@@ -173,7 +173,7 @@ async def _provision(
         workspace_access="none",
         parent_id=parent_id,
     )
-    spawn(svc.run_provision(hook, spec), name=f"provision-{ws_id}")
+    ctx.tasks.spawn(f"provision-{ws_id}", svc.run_provision(hook, spec))
 
 
 def _config_source(settings: Settings, ws_id: str, b: Bundle, runtime: str) -> Path | None:

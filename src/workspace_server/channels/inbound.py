@@ -112,7 +112,11 @@ async def _handle(ctx: AppContext, channel: Channel, msg: Inbound) -> str | None
     typing = None
     if channel.channel_type == "telegram":
         token = channel.config.get("bot_token", "")
-        typing = asyncio.create_task(telegram.keep_typing(ctx.settings, token, msg.chat_id))
+        typing = ctx.tasks.spawn(
+            f"telegram-typing:{channel.id}",
+            telegram.keep_typing(ctx.settings, token, msg.chat_id),
+            awaited=True,
+        )
     try:
         result = await proxy_a2a(
             ctx,

@@ -25,7 +25,7 @@ from workspace_server.channels.inbound import handle_inbound, history_key
 from workspace_server.channels.model import Channel, Inbound, obj, s
 from workspace_server.channels.providers import telegram
 from workspace_server.channels.rows import enabled_channels
-from workspace_server.channels.state import Poller, state_of
+from workspace_server.channels.state import TASKS_GROUP, Poller, spawn, state_of
 from workspace_server.context import AppContext
 from workspace_server.loops.leader import Lease
 from workspace_server.loops.supervisor import supervise
@@ -68,9 +68,7 @@ async def manager_loop(ctx: AppContext, lease: Lease | None) -> None:
                 pass
     finally:
         await stop_all(ctx)
-        for task in list(st.tasks):  # inbound messages in flight: the process is stopping
-            task.cancel()
-        await asyncio.gather(*list(st.tasks), return_exceptions=True)
+        await ctx.tasks.cancel(TASKS_GROUP)  # inbound messages in flight: the loops are stopping
 
 
 async def stop_all(ctx: AppContext) -> None:
@@ -99,7 +97,8 @@ async def reconcile(ctx: AppContext, leading: bool) -> None:
             await asyncio.gather(p.task, return_exceptions=True)
     for cid, c in wanted.items():
         if cid not in st.pollers:
-            task = asyncio.create_task(supervise(f"telegram-poller:{cid}", _poller(ctx, c)), name=f"tg:{cid}")
+            name = f"telegram-poller:{cid}"
+            task = spawn(ctx, supervise(name, _poller(ctx, c)), name)
             st.pollers[cid] = Poller(version(c), task)
 
 
@@ -175,7 +174,7 @@ async def on_update(ctx: AppContext, channel: Channel, bot: Bot, data: dict[str,
     elif cmd == "cancel":
         await bot.send_message(msg.chat_id, "Cancelled.")
     else:
-        state_of(ctx).spawn(handle_inbound(ctx, channel, msg), f"channel-inbound:{channel.id}")
+        spawn(ctx, handle_inbound(ctx, channel, msg), f"channel-inbound:{channel.id}")
 
 
 def _in_chats(channel: Channel, chat: str) -> bool:
@@ -225,4 +224,4 @@ async def _callback(ctx: AppContext, channel: Channel, bot: Bot, query: dict[str
     inbound = Inbound(
         chat_id, s(sender.get("id")), s(sender.get("username")), f"CEO_DECISION: {data}", s(query.get("id"))
     )
-    state_of(ctx).spawn(handle_inbound(ctx, channel, inbound), f"channel-inbound:{channel.id}")
+    spawn(ctx, handle_inbound(ctx, channel, inbound), f"channel-inbound:{channel.id}")

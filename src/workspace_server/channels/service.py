@@ -24,7 +24,7 @@ from workspace_server.channels.model import Channel, SendError, field_str
 from workspace_server.channels.outbound import deliver
 from workspace_server.channels.providers import telegram
 from workspace_server.channels.rows import to_channel, users_of
-from workspace_server.channels.state import reload, state_of
+from workspace_server.channels.state import reload, spawn, state_of
 from workspace_server.common.errors import ApiError
 from workspace_server.common.ids import new_id, parse_uuid
 from workspace_server.common.time import rfc3339, utcnow
@@ -255,7 +255,7 @@ async def discover(ctx: AppContext, body: Any) -> dict[str, Any]:
             400, f"telegram refused the request ({type(exc).__name__}); check the bot token"
         ) from None
     finally:
-        st.spawn(_resume(ctx, fp), "channels-discover-resume")
+        spawn(ctx, _resume(ctx, fp), "channels-discover-resume")
 
 
 async def _resume(ctx: AppContext, fp: str) -> None:

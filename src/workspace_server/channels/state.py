@@ -1,5 +1,6 @@
-"""The channels package's process state, kept on the context under one key so that the context needs no
-field of ours: the Telegram pollers, the inbound tasks in flight, the manager's wake-up."""
+"""The channels package's process state, one typed part of the context (`ctx.channels`): the Telegram
+pollers and the manager's wake-up. Its background work (pollers, inbound messages) runs on the app's task
+supervisor under the `channels` group, so the manager can stop it and the app drains it at shutdown."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from workspace_server.context import AppContext
 
-KEY = "channels"
+TASKS_GROUP = "channels"
 
 
 @dataclass
@@ -22,23 +23,17 @@ class Poller:
 @dataclass
 class ChannelsState:
     pollers: dict[str, Poller] = field(default_factory=dict)
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     paused_tokens: set[str] = field(default_factory=set)  # fingerprints held by POST /channels/discover
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """A background task kept referenced until it ends (asyncio holds tasks weakly)."""
-        task = asyncio.create_task(coro, name=name)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
-
 
 def state_of(ctx: AppContext) -> ChannelsState:
-    found = ctx.extras.get(KEY)
-    if not isinstance(found, ChannelsState):
-        found = ctx.extras[KEY] = ChannelsState()
-    return found
+    return ctx.channels
+
+
+def spawn(ctx: AppContext, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    """Inbound work and pollers, on the app's task supervisor (named, crash logged, drained at shutdown)."""
+    return ctx.tasks.spawn(name, coro, group=TASKS_GROUP)
 
 
 def reload(ctx: AppContext) -> None:

@@ -25,7 +25,7 @@ from workspace_server.channels.manager import handle_update
 from workspace_server.channels.model import Channel, Inbound
 from workspace_server.channels.providers import discord, lark, slack, telegram
 from workspace_server.channels.rows import enabled_channels
-from workspace_server.channels.state import state_of
+from workspace_server.channels.state import spawn
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import parse_json
 from workspace_server.context import AppContext
@@ -88,7 +88,7 @@ async def _accept(
         if await ctx.kv.get(seen):
             return 200, accepted
         await ctx.kv.set(seen, "1", SEEN_TTL)
-    state_of(ctx).spawn(handle_inbound(ctx, picked, msg), f"channel-inbound:{picked.id}")
+    spawn(ctx, handle_inbound(ctx, picked, msg), f"channel-inbound:{picked.id}")
     return 200, accepted
 
 
@@ -138,7 +138,7 @@ async def _telegram(ctx: AppContext, rows: list[Channel], body: bytes, headers: 
         row = next((r for r in verified if _in_chats(r, chat)), None) if chat else None
         if row is None:
             return 200, {"status": "ignored"}
-        state_of(ctx).spawn(handle_update(ctx, row, data), f"channel-update:{row.id}")
+        spawn(ctx, handle_update(ctx, row, data), f"channel-update:{row.id}")
         return 200, {"status": "accepted"}
     candidates = [r for r in verified if _in_chats(r, msg.chat_id)]
     return await _accept(ctx, candidates, msg, {"status": "accepted"})

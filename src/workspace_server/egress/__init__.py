@@ -40,15 +40,10 @@ __all__ = [
     "validate_agent_url",
 ]
 
-ASSIGNED_KEY = "egress_assigned"
-
 
 def assigned(ctx: AppContext) -> Assigned:
     """The addresses this server's backends started agents at (in-process; see `Assigned`)."""
-    rec: Assigned | None = ctx.extras.get(ASSIGNED_KEY)
-    if rec is None:
-        rec = ctx.extras[ASSIGNED_KEY] = Assigned()
-    return rec
+    return ctx.egress_assigned
 
 
 async def validate_agent_url(url: str, settings: Settings) -> None:

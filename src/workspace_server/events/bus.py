@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from workspace_server.common.tasks import TaskSupervisor
 from workspace_server.common.time import rfc3339, utcnow
 
 log = logging.getLogger(__name__)
@@ -106,16 +107,17 @@ class RedisBus(_Listeners):
     Other replicas miss what Redis could not carry meanwhile.
     """
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, tasks: TaskSupervisor | None = None) -> None:
         super().__init__()
         self._redis = redis
+        self._tasks = tasks if tasks is not None else TaskSupervisor()  # the app's, or one of its own
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._subscribed = False
         self._publish_failing = False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="redis-bus")
+        self._task = self._tasks.spawn("redis-bus", self._run(), daemon=True)  # stopped by close()
         await asyncio.wait_for(self._ready.wait(), timeout=10)
 
     async def publish(self, event: Event) -> None:

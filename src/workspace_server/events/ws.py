@@ -116,8 +116,9 @@ async def serve_client(websocket: WebSocket, hub: Hub, client: HubClient, engine
     async def send(event: Event) -> None:
         await websocket.send_text(encode(event))
 
+    # unsupervised: the connection's two directions, awaited and cancelled here before this call returns
     pump = asyncio.create_task(hub.pump(client, send, allowed))
-    inbound = asyncio.create_task(_discard_inbound(websocket))
+    inbound = asyncio.create_task(_discard_inbound(websocket))  # unsupervised: as above
     try:
         await asyncio.wait({pump, inbound}, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -12,24 +12,25 @@ restart was clearing the row's url registers its own loopback url, which the A2A
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from workspace_server.common.kv import clear_workspace_keys
 from workspace_server.context import AppContext
 from workspace_server.provisioner import store as pstore
 
+if TYPE_CHECKING:
+    from workspace_server.provisioner.orchestrator import Orchestrator
+
 log = logging.getLogger(__name__)
 
-_TASKS = "health_restart_tasks"
+RESTARTS_GROUP = "health-restart"  # the task supervisor group of the restarts the sweep starts
 
 
 async def sweep_health(ctx: AppContext) -> list[str]:
     """One pass; returns the ids moved offline."""
-    orch: Any = ctx.extras.get("orchestrator")
-    backend = getattr(orch, "backend", None)
-    if backend is None:
+    orch = ctx.orchestrator
+    if orch is None or orch.backend is None:
         return []
     async with ctx.engine.connect() as conn:
         rows = await pstore.backend_live_rows(conn)
@@ -61,14 +62,11 @@ async def _mark_offline(ctx: AppContext, ws_id: str) -> bool:
     return changed
 
 
-def _restart(ctx: AppContext, orch: Any, ws_id: str) -> None:
-    tasks: set[asyncio.Task[Any]] = ctx.extras.setdefault(_TASKS, set())
-    task = asyncio.create_task(_run(orch, ws_id), name=f"health-restart:{ws_id}")
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
+def _restart(ctx: AppContext, orch: Orchestrator, ws_id: str) -> None:
+    ctx.tasks.spawn(f"health-restart:{ws_id}", _run(orch, ws_id), group=RESTARTS_GROUP)
 
 
-async def _run(orch: Any, ws_id: str) -> None:
+async def _run(orch: Orchestrator, ws_id: str) -> None:
     try:
         await orch.restart_by_id(ws_id)
     except Exception:
@@ -76,7 +74,4 @@ async def _run(orch: Any, ws_id: str) -> None:
 
 
 async def cancel_health_restarts(ctx: AppContext) -> None:
-    tasks: set[asyncio.Task[Any]] = ctx.extras.get(_TASKS, set())
-    for t in list(tasks):
-        t.cancel()
-    await asyncio.gather(*list(tasks), return_exceptions=True)
+    await ctx.tasks.cancel(RESTARTS_GROUP)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
 
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
@@ -26,8 +25,8 @@ log = logging.getLogger(__name__)
 
 async def sweep_idle_hibernation(ctx: AppContext) -> list[str]:
     """One pass; returns the ids hibernated."""
-    orch: Any = ctx.extras.get("orchestrator")
-    if getattr(orch, "backend", None) is None:
+    orch = ctx.orchestrator
+    if orch is None or orch.backend is None:
         return []
     now = utcnow()
     async with ctx.engine.connect() as conn:

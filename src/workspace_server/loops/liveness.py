@@ -8,16 +8,14 @@ agents after `REMOTE_LIVENESS_STALE_AFTER` (90) and are never restarted by us.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import sqlalchemy as sa
 
 from workspace_server.common.kv import clear_workspace_keys
 from workspace_server.common.time import utcnow
-from workspace_server.context import AppContext
+from workspace_server.context import AppContext, RestartHook
 from workspace_server.loops.store import (
     EXTERNAL,
     Candidate,
@@ -27,9 +25,7 @@ from workspace_server.loops.store import (
 
 log = logging.getLogger(__name__)
 
-RestartHook = Callable[[str], Awaitable[object]]
-RESTART_HOOK = "restart_workspace"  # ctx.extras key, set by the provisioner when it can restart
-_RESTARTS = "liveness_restart_tasks"
+RESTARTS_GROUP = "liveness-restart"  # the task supervisor group of the restarts sweeps start
 
 
 async def sweep_liveness(ctx: AppContext) -> list[str]:
@@ -65,13 +61,10 @@ async def _mark_offline(ctx: AppContext, cand: Candidate, still_stale: sa.Column
 
 def _start_restart(ctx: AppContext, ws_id: str) -> None:
     """Restart in the background so one slow restart does not hold up the sweep."""
-    hook: RestartHook | None = ctx.extras.get(RESTART_HOOK)
+    hook = ctx.restart_hook
     if hook is None:
         return
-    tasks: set[asyncio.Task[None]] = ctx.extras.setdefault(_RESTARTS, set())
-    task = asyncio.create_task(_run_restart(hook, ws_id), name=f"restart:{ws_id}")
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
+    ctx.tasks.spawn(f"restart:{ws_id}", _run_restart(hook, ws_id), group=RESTARTS_GROUP)
 
 
 async def _run_restart(hook: RestartHook, ws_id: str) -> None:
@@ -83,12 +76,8 @@ async def _run_restart(hook: RestartHook, ws_id: str) -> None:
 
 async def wait_restarts(ctx: AppContext) -> None:
     """Wait for restarts started by past sweeps (tests, orderly shutdown)."""
-    tasks: set[asyncio.Task[None]] = ctx.extras.get(_RESTARTS, set())
-    await asyncio.gather(*list(tasks), return_exceptions=True)
+    await ctx.tasks.wait(RESTARTS_GROUP)
 
 
 async def cancel_restarts(ctx: AppContext) -> None:
-    tasks: set[asyncio.Task[None]] = ctx.extras.get(_RESTARTS, set())
-    for t in list(tasks):
-        t.cancel()
-    await asyncio.gather(*list(tasks), return_exceptions=True)
+    await ctx.tasks.cancel(RESTARTS_GROUP)

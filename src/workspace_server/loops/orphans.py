@@ -27,7 +27,7 @@ PASS_BUDGET_SECONDS = 30.0
 async def sweep_orphans(ctx: AppContext, backend: Backend | None = None) -> list[str]:
     """One pass; returns the workspace ids whose instance was reaped."""
     if backend is None:
-        backend = getattr(ctx.extras.get("orchestrator"), "backend", None)
+        backend = ctx.orchestrator.backend if ctx.orchestrator is not None else None
     if backend is None:
         return []
     reaped: list[str] = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
 
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
@@ -81,7 +80,7 @@ async def _stop_instance(ctx: AppContext, ws_id: str) -> None:
     """A failed workspace keeps no instance (as a failed start does): one its start left behind — a
     server killed mid-create, an agent that never registered — would otherwise stay, unseen by the orphan
     sweep (the row is not removed). Volumes are kept: a restart reuses them."""
-    orch: Any = ctx.extras.get("orchestrator")
+    orch = ctx.orchestrator
     if orch is None or orch.backend is None:
         return
     try:

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from types import SimpleNamespace
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
@@ -32,6 +31,7 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 60.0  # a run that lasted this long starts a fresh failure streak
 SWEEPER_LEASE = "sweepers"
+LOOPS_GROUP = "loops"  # the task supervisor group of the loop tasks
 
 
 class _StreakBackoff:
@@ -79,8 +79,7 @@ async def supervise(
 
 def record_tick(ctx: AppContext, name: str) -> None:
     """Feed `/admin/liveness`: when each loop last completed an iteration."""
-    ticks: dict[str, datetime] = ctx.extras.setdefault("loop_ticks", {})
-    ticks[name] = utcnow()
+    ctx.loop_ticks[name] = utcnow()
 
 
 async def periodic(
@@ -103,7 +102,8 @@ async def periodic(
 
 
 class Loops:
-    """The running loop tasks; `stop()` cancels them and gives up the lease so a peer takes over at once."""
+    """The running loop tasks, started on the app's task supervisor (group `loops`); `stop()` cancels
+    them and the restarts they started, and gives up the lease so a peer takes over at once."""
 
     def __init__(self, ctx: AppContext, lease: Lease | None = None) -> None:
         self.ctx = ctx
@@ -111,12 +111,10 @@ class Loops:
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     def spawn(self, name: str, fn: LoopFn) -> None:
-        self.tasks[name] = asyncio.create_task(supervise(name, fn), name=f"loop:{name}")
+        self.tasks[name] = self.ctx.tasks.spawn(f"loop:{name}", supervise(name, fn), group=LOOPS_GROUP)
 
     async def stop(self) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.ctx.tasks.cancel(LOOPS_GROUP)
         await cancel_restarts(self.ctx)
         from workspace_server.loops.health import cancel_health_restarts
 
@@ -136,7 +134,7 @@ def start_loops(ctx: AppContext) -> Loops:
     s = ctx.settings
     lease = Lease(ctx.engine, SWEEPER_LEASE, new_holder_id(), ttl=s.LEADER_LEASE_TTL_SECONDS)
     loops = Loops(ctx, lease)
-    ctx.extras["loops"] = loops  # for operators' tooling and tests: which loops run, whether we lead
+    ctx.loops = loops  # for operators' tooling and tests: which loops run, whether we lead
 
     async def keep_lease() -> None:
         try:
@@ -158,10 +156,10 @@ def start_loops(ctx: AppContext) -> Loops:
         from workspace_server.schedules.scheduler import PHANTOM_SWEEP_SECONDS, Scheduler, sweep_phantom_busy
 
         scheduler = Scheduler(ctx)
-        ctx.extras["scheduler"] = scheduler
+        ctx.scheduler = scheduler
         sweepers.append(("scheduler", s.SCHEDULER_INTERVAL, scheduler.tick, 0.0))
         sweepers.append(("phantom-busy-sweep", PHANTOM_SWEEP_SECONDS, lambda: sweep_phantom_busy(ctx), 0.0))
-    if getattr(ctx.extras.get("orchestrator"), "backend", None) is not None:
+    if ctx.orchestrator is not None and ctx.orchestrator.backend is not None:
         from workspace_server.loops.health import sweep_health
         from workspace_server.loops.hibernation import sweep_idle_hibernation
         from workspace_server.loops.orphans import sweep_orphans

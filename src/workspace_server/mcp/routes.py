@@ -55,17 +55,13 @@ MCP_ERROR = {
 
 router = APIRouter()
 
-LIMITER_KEY = "mcp_limiter"
-WINDOW_SECONDS = 60.0
+WINDOW_SECONDS = 60.0  # the window of the app's `ctx.mcp_limiter` (built in app.py)
 PING_SECONDS = 30.0
 MAX_REQUEST_BYTES = 1 << 20
 
 
 def _limiter(ctx: AppContext) -> FixedWindowLimiter:
-    limiter: FixedWindowLimiter | None = ctx.extras.get(LIMITER_KEY)
-    if limiter is None:
-        limiter = ctx.extras[LIMITER_KEY] = FixedWindowLimiter(ctx.settings.MCP_RATE_LIMIT, WINDOW_SECONDS)
-    return limiter
+    return ctx.mcp_limiter
 
 
 def _raw_bearer(request: Request) -> str:

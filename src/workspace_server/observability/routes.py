@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -23,7 +23,7 @@ async def health() -> JSONResponse:
 @router.get("/admin/liveness")
 async def liveness(_: AdminAuth, ctx: Ctx) -> JSONResponse:
     """Last tick of each supervised loop, so a loop that is stuck but not crashed shows (#85)."""
-    ticks: dict[str, datetime] = ctx.extras.get("loop_ticks", {})
+    ticks = ctx.loop_ticks
     now = utcnow()
     subsystems: dict[str, Any] = {}
     for name, last in list(ticks.items()):

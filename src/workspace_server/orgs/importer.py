@@ -6,7 +6,7 @@ secrets encrypted with the real encryption version, a confined template, provisi
 is configured (process or Docker; the reference provisioned only with Docker and slept 2 s per child
 inside the request). The node's config (files_dir, system prompt, config.yaml blocks, plugins) rides on
 that create as a `ConfigOverlay` for the first start (`node_config.py`), so it is applied by the
-process and Docker backends alike. Then the org-only extras: initial memories, template schedules, and
+process and Docker backends alike. Then the org-only additions: initial memories, template schedules, and
 channels (`node_channels.py`, through the channels service, encrypted). The first node that fails stops
 the walk; nodes already created stay and the answer is a 207.
 """

@@ -18,7 +18,6 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from workspace_server.authz import Actor as AuthInfo
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import parse_json
 from workspace_server.common.ids import parse_uuid
+from workspace_server.config import Settings
 from workspace_server.context import AppContext
 from workspace_server.db.schema import workspaces
 from workspace_server.plugins import sources
@@ -46,9 +46,7 @@ from workspace_server.workspaces.files import read_file, read_tree, subdirs
 
 log = logging.getLogger(__name__)
 
-REGISTRY_KEY = "plugin_sources"
-RESTART_HOOK = "restart_workspace"
-_TASKS_KEY = "plugin_restart_tasks"
+RESTARTS_GROUP = "plugin-restart"  # the task supervisor group of restarts after a plugin change
 UNINSTALL_RESTART_DELAY = 2.0  # seconds, as the reference (lets the agent finish writing its reply)
 NOT_RUNNING = "workspace container not running"
 INVALID_NAME = "invalid plugin name"
@@ -58,26 +56,25 @@ CLAUDE_MD = "CLAUDE.md"
 # ---------------------------------------------------------------- sources registry
 
 
-def source_registry(ctx: AppContext) -> sources.SourceRegistry:
-    """The app's resolvers (`local`, `github`), built once; logs the install limits then."""
-    found: sources.SourceRegistry | None = ctx.extras.get(REGISTRY_KEY)
-    if found is None:
-        s = ctx.settings
-        found = sources.SourceRegistry()
-        found.register(sources.LocalResolver(s.plugins_dir))
-        found.register(
-            sources.GithubResolver(
-                s.PLUGIN_GITHUB_BASE_URL, s.plugin_allow_unpinned, policy=egress.policy_for(s)
-            )
-        )
-        ctx.extras[REGISTRY_KEY] = found
-        log.info(
-            "Plugin install limits: body=%d timeout=%ss staged=%d",
-            s.plugin_body_max_bytes,
-            s.plugin_fetch_timeout_seconds,
-            s.plugin_max_dir_bytes,
-        )
+def make_source_registry(s: Settings) -> sources.SourceRegistry:
+    """The app's resolvers (`local`, `github`), built once by the composition root; logs the install
+    limits then."""
+    found = sources.SourceRegistry()
+    found.register(sources.LocalResolver(s.plugins_dir))
+    found.register(
+        sources.GithubResolver(s.PLUGIN_GITHUB_BASE_URL, s.plugin_allow_unpinned, policy=egress.policy_for(s))
+    )
+    log.info(
+        "Plugin install limits: body=%d timeout=%ss staged=%d",
+        s.plugin_body_max_bytes,
+        s.plugin_fetch_timeout_seconds,
+        s.plugin_max_dir_bytes,
+    )
     return found
+
+
+def source_registry(ctx: AppContext) -> sources.SourceRegistry:
+    return ctx.plugin_sources
 
 
 # ---------------------------------------------------------------- registry listing
@@ -378,7 +375,7 @@ async def uninstall(ctx: AppContext, ws_id: str, name: str) -> dict[str, Any]:
 
 def schedule_restart(ctx: AppContext, ws_id: str, delay: float = 0.0) -> None:
     """Ask the orchestrator's restart hook (when there is one) to restart the workspace, in background."""
-    hook: Callable[[str], Awaitable[object]] | None = ctx.extras.get(RESTART_HOOK)
+    hook = ctx.restart_hook
     if hook is None:
         return
 
@@ -390,10 +387,7 @@ def schedule_restart(ctx: AppContext, ws_id: str, delay: float = 0.0) -> None:
         except Exception as exc:
             log.warning("restart of %s after a plugin change failed: %s", ws_id, type(exc).__name__)
 
-    tasks: set[asyncio.Task[None]] = ctx.extras.setdefault(_TASKS_KEY, set())
-    task = asyncio.create_task(run(), name=f"plugin-restart:{ws_id}")
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
+    ctx.tasks.spawn(f"plugin-restart:{ws_id}", run(), group=RESTARTS_GROUP)
 
 
 # ---------------------------------------------------------------- download

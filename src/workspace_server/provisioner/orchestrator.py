@@ -20,13 +20,13 @@ helpers, the agents' addresses as the backend answers them), `provision_run.py` 
 `restarts.py` (restarts, the live config, adoption of unrecorded instances), and this module (the
 workspaces service's hook, pause/resume, hibernate).
 
-Registered in `ctx.extras` as `orchestrator` (always), and — only with a backend — as `provisioner`
-(the workspaces service's `ProvisionerHook`), `backend`, and `restart_workspace` (= `restart_by_id`).
+Set on the context by the composition root (app.py) as `ctx.orchestrator` (always), and — only with a
+backend — as `ctx.provisioner` (the workspaces service's `ProvisionerHook`) and `ctx.restart_hook`
+(= `restart_by_id`). Its background work runs on the app's task supervisor (`ctx.tasks`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime
 from typing import Any
@@ -71,7 +71,7 @@ class Orchestrator(Restarts):
     async def _remember_template(self, ws_id: str, template: str) -> None:
         """`workspace_config.template` (as the no-backend create writes it): an empty volume's recovery
         source, so a create that failed before its first start still gets its template later."""
-        lock: asyncio.Lock = self.ctx.extras.setdefault("workspace_config_lock", asyncio.Lock())
+        lock = self.ctx.workspace_config_lock
         try:
             async with lock, self.engine.begin() as conn:
                 await ws_store.merge_config(conn, ws_id, {"template": template})

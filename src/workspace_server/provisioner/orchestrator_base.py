@@ -21,6 +21,7 @@ from workspace_server.workspaces.status import Status
 
 log = logging.getLogger(__name__)
 
+TASKS_GROUP = "orchestrator"  # the task supervisor group of its background work
 NOT_PAUSABLE = "workspace not found or already paused"
 NOT_PAUSED = "workspace not found or not paused"
 NOT_HIBERNATABLE = "workspace not found or not in a hibernatable state (must be online or degraded)"
@@ -42,7 +43,6 @@ class OrchestratorBase:
         self.images = RuntimeImages.from_settings(ctx.settings)
         self._locks: dict[str, asyncio.Lock] = {}
         self._queued: set[str] = set()  # workspaces with a restart_by_id waiting for the lock
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------ plumbing
 
@@ -50,11 +50,8 @@ class OrchestratorBase:
         return self._locks.setdefault(ws_id, asyncio.Lock())
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Background work kept referenced until done (and cancelled on close)."""
-        task = asyncio.create_task(self._logged(coro, name), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        """Background work on the app's task supervisor (drained, then cancelled, at shutdown)."""
+        return self.ctx.tasks.spawn(name, self._logged(coro, name), group=TASKS_GROUP)
 
     @staticmethod
     async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> Any:
@@ -67,9 +64,8 @@ class OrchestratorBase:
             return None
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Stop this orchestrator's background work now (the app's shutdown drains it first)."""
+        await self.ctx.tasks.cancel(TASKS_GROUP)
 
     def _require_backend(self) -> Backend:
         if self.backend is None:

@@ -112,7 +112,7 @@ async def _wait_online(ctx: AppContext, ws_id: str) -> bool:
 
 async def send(ctx: AppContext, ws_id: str, snap: RestartSnapshot) -> bool:
     """Deliver the context once the workspace is online; True when the agent answered."""
-    proxy = ctx.extras.get("a2a_proxy")
+    proxy = ctx.a2a.proxy
     if proxy is None:
         log.info("restart context for %s skipped: no A2A proxy installed", ws_id)
         return False

@@ -29,8 +29,8 @@ NO_CONSOLE = "console output unavailable on this deployment (no control plane)"
     ),
 )
 async def refresh_images(request: Request, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
-    orch = ctx.extras.get("orchestrator")
-    backend = getattr(orch, "backend", None)
+    orch = ctx.orchestrator
+    backend = orch.backend if orch is not None else None
     known = [rt for rt in orch.images.known() if rt != "external"] if orch is not None else []
     runtime = request.query_params.get("runtime", "")
     if runtime and runtime not in known:
@@ -57,7 +57,7 @@ async def console(id: str, ctx: Ctx, _auth: AdminAuth) -> JSONResponse:
     """The instance's recent output. The reference read a cloud VM's serial console through its control
     plane and answered 501 without one; with our backends it is the container's (or process's) log tail,
     which shows the same thing: why an agent did not come up. DECIDE recorded in docs/decisions.md."""
-    backend = getattr(ctx.extras.get("orchestrator"), "backend", None)
+    backend = ctx.orchestrator.backend if ctx.orchestrator is not None else None
     if backend is None:
         raise ApiError(501, NO_CONSOLE)
     ws_id = parse_uuid(id)

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from workspace_server.auth.tokens import LAST_USED_RESOLUTION
 from workspace_server.authz import HEARTBEAT_GATE_CTES
+from workspace_server.common.tasks import TaskSupervisor
 from workspace_server.common.time import utcnow
 from workspace_server.registry.store import HeartbeatSnapshot, clamp_spend
 
@@ -112,8 +113,13 @@ _Waiter = tuple[Beat, "asyncio.Future[BeatResult]"]
 
 
 class HeartbeatBatcher:
-    def __init__(self, engine: AsyncEngine, *, strict: bool = False) -> None:
-        self._engine = engine  # an AUTOCOMMIT engine: the statement is its own transaction
+    def __init__(
+        self, engine: AsyncEngine, *, strict: bool = False, tasks: TaskSupervisor | None = None
+    ) -> None:
+        self._engine = engine
+        self._tasks = (
+            tasks if tasks is not None else TaskSupervisor()
+        )  # the app's, or one of its own  # an AUTOCOMMIT engine: the statement is its own transaction
         self._strict = strict  # no grandfathering: a heartbeat needs a live token of its workspace
         self._pending: list[_Waiter] = []
         self._runner: asyncio.Task[None] | None = None
@@ -122,7 +128,7 @@ class HeartbeatBatcher:
         fut: asyncio.Future[BeatResult] = asyncio.get_running_loop().create_future()
         self._pending.append((beat, fut))
         if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name="heartbeat-batcher")
+            self._runner = self._tasks.spawn("heartbeat-batcher", self._run())
         return await fut
 
     async def close(self) -> None:

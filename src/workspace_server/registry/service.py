@@ -6,14 +6,13 @@ reference's exact messages; driver text never does.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from workspace_server import authz
 from workspace_server.auth import tokens
 from workspace_server.common.errors import ApiError
 from workspace_server.common.kv import (
@@ -39,9 +38,8 @@ RECOVER_ERROR_RATE = 0.1  # < recovers, with an empty runtime_state
 DEFAULT_RUNTIME = "langgraph"
 
 # Background drain tasks, referenced so the loop does not garbage-collect them mid-flight.
-DRAIN_TASKS = "registry_drain_tasks"  # ctx.extras key: drains this app started, cancelled at shutdown
-DRAIN_GRACE_SECONDS = 5.0
-BATCHER = "registry_heartbeat_batcher"  # ctx.extras key: the app's HeartbeatBatcher (Postgres only)
+DRAIN_GROUP = "registry-drain"  # the supervisor group of the queue drains heartbeats start
+DRAIN_GRACE_SECONDS = 5.0  # at shutdown, how long a drain may take to finish (app.py SHUTDOWN_DEADLINE)
 
 
 def _num(x: float) -> float | int:
@@ -189,11 +187,7 @@ def batcher(ctx: AppContext) -> HeartbeatBatcher | None:
     """The Postgres heartbeat batcher of this app (registry/batch.py); None on SQLite."""
     if ctx.engine.dialect.name != "postgresql":
         return None
-    found: HeartbeatBatcher | None = ctx.extras.get(BATCHER)
-    if found is None:
-        strict = authz.heartbeat_batch_strict(ctx.settings)
-        found = ctx.extras[BATCHER] = HeartbeatBatcher(ctx.autocommit, strict=strict)
-    return found
+    return ctx.heartbeat_batcher
 
 
 async def after_heartbeat(
@@ -260,7 +254,7 @@ async def _evaluate_status(
 
 def _schedule_drain(ctx: AppContext, ws_id: str) -> None:
     """Capacity freed: let the A2A queue (when wired) dispatch one queued item in the background."""
-    hook = ctx.extras.get("queue_drain")
+    hook = ctx.queue_drain
     if not callable(hook):
         return
     try:
@@ -269,35 +263,27 @@ def _schedule_drain(ctx: AppContext, ws_id: str) -> None:
         log.exception("registry: queue drain hook failed for %s", ws_id)
         return
     if inspect.isawaitable(result):
-        tasks: set[asyncio.Task[Any]] = ctx.extras.setdefault(DRAIN_TASKS, set())
-        task = asyncio.ensure_future(result)
-        tasks.add(task)
-        task.add_done_callback(lambda t: _drain_done(tasks, t))
+        ctx.tasks.spawn(f"queue-drain:{ws_id}", _drain(result), group=DRAIN_GROUP)
 
 
-def _drain_done(tasks: set[asyncio.Task[Any]], task: asyncio.Task[Any]) -> None:
-    tasks.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        log.error("registry: queue drain failed", exc_info=task.exception())
+async def _drain(result: Awaitable[object]) -> None:
+    try:
+        await result
+    except Exception:
+        log.exception("registry: queue drain failed")
 
 
 async def shutdown(ctx: AppContext) -> None:
-    """Stop the batcher and finish drains still running, before the engine they use is disposed.
+    """Stop the batcher, before the engine it uses is disposed.
 
-    A drain gets DRAIN_GRACE_SECONDS to finish (most find nothing and end within milliseconds); only
-    then is it cancelled. Cancelling one mid-statement abandons its pooled connection: on SQLite the
-    driver thread then answers into a closed loop. A cancelled dispatch keeps its lease and is retried.
+    Drains still running were given DRAIN_GRACE_SECONDS by the app's task supervisor before this runs
+    (most find nothing and end within milliseconds); only then were they cancelled. Cancelling one
+    mid-statement abandons its pooled connection: on SQLite the driver thread then answers into a closed
+    loop. A cancelled dispatch keeps its lease and is retried.
     """
-    found: HeartbeatBatcher | None = ctx.extras.pop(BATCHER, None)
+    found = ctx.heartbeat_batcher
     if found is not None:
         await found.close()
-    tasks: set[asyncio.Task[Any]] = ctx.extras.get(DRAIN_TASKS, set())
-    if not tasks:
-        return
-    _done, late = await asyncio.wait(list(tasks), timeout=DRAIN_GRACE_SECONDS)
-    for task in late:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # ---- agent card ----

@@ -7,9 +7,8 @@ is off). List routes never carry values; only `/secrets/values` and `env_for_wor
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from workspace_server.common.errors import ApiError
 from workspace_server.common.time import rfc3339
 from workspace_server.config import Settings
-from workspace_server.context import AppContext
+from workspace_server.context import AppContext, RestartHook
 from workspace_server.secrets import store
 from workspace_server.secrets.crypto import DecryptError, SecretsCrypto, crypto_for
 from workspace_server.workspaces.status import Status
@@ -25,11 +24,8 @@ from workspace_server.workspaces.store import workspace_exists
 
 log = logging.getLogger(__name__)
 
-RESTART_HOOK = "restart_workspace"  # ctx.extras key: async (ws_id) -> Any, set by the orchestrator
-_RESTART_TASKS = "secrets_restart_tasks"
+RESTARTS_GROUP = "secrets-restart"  # the task supervisor group of restarts after a secret change
 MODEL_KEY = "MODEL_PROVIDER"
-
-RestartHook = Callable[[str], Awaitable[object]]
 
 
 class SecretDecryptError(Exception):
@@ -122,21 +118,16 @@ async def _restart(hook: RestartHook, ws_id: str) -> None:
 
 
 def _fire(ctx: AppContext, ids: list[str]) -> None:
-    hook: RestartHook | None = ctx.extras.get(RESTART_HOOK)
+    hook = ctx.restart_hook
     if hook is None or not ids:
         return
-    tasks: set[asyncio.Task[None]] = ctx.extras.setdefault(_RESTART_TASKS, set())
     for ws_id in ids:
-        task = asyncio.create_task(_restart(hook, ws_id), name=f"secrets-restart:{ws_id}")
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        ctx.tasks.spawn(f"secrets-restart:{ws_id}", _restart(hook, ws_id), group=RESTARTS_GROUP)
 
 
 async def drain_restarts(ctx: AppContext) -> None:
     """Wait for restarts already fired (shutdown and tests)."""
-    tasks: set[asyncio.Task[None]] = ctx.extras.get(_RESTART_TASKS, set())
-    if tasks:
-        await asyncio.gather(*list(tasks), return_exceptions=True)
+    await ctx.tasks.wait(RESTARTS_GROUP)
 
 
 async def _restart_targets(
@@ -154,7 +145,7 @@ async def restart_after_change(
     ctx: AppContext, *, ws_id: str | None = None, global_key: str | None = None
 ) -> None:
     """Fire restarts for the workspaces whose env just changed; the change itself is already committed."""
-    if ctx.extras.get(RESTART_HOOK) is None:
+    if ctx.restart_hook is None:
         return
     try:
         ids = await _restart_targets(ctx, ws_id=ws_id, global_key=global_key)

@@ -126,9 +126,10 @@ async def pump_input(websocket: WebSocket, session: ExecSession) -> None:
 
 async def bridge(websocket: WebSocket, session: ExecSession) -> None:
     """Run both pumps until either side ends, then close the session (which ends the shell)."""
+    # unsupervised: the session's two directions, awaited and cancelled here before this call returns
     tasks = [
-        asyncio.create_task(pump_output(websocket, session)),
-        asyncio.create_task(pump_input(websocket, session)),
+        asyncio.create_task(pump_output(websocket, session)),  # unsupervised: as above
+        asyncio.create_task(pump_input(websocket, session)),  # unsupervised: as above
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

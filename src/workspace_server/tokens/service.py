@@ -8,7 +8,6 @@ from typing import Any
 
 from workspace_server import authz
 from workspace_server.auth import tokens as auth_tokens
-from workspace_server.auth.ratelimit import FixedWindowLimiter
 from workspace_server.authz import Actor as AuthInfo
 from workspace_server.common.errors import ApiError
 from workspace_server.common.http import INVALID_JSON, parse_json
@@ -25,8 +24,7 @@ MAX_TOKENS_PER_WORKSPACE = 50
 DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 50, 200
 ORG_TOKEN_LIST_MAX = 500
 ORG_TOKEN_NAME_MAX = 100
-MINT_RATE, MINT_INTERVAL = 10, 3600.0
-MINT_LIMITER_KEY = "org_token_mint_limiter"
+MINT_RATE, MINT_INTERVAL = 10, 3600.0  # the app's `ctx.mint_limiter` (built in app.py)
 TOKEN_MESSAGE = "Save this token now — it cannot be retrieved again."  # noqa: S105
 ORG_TOKEN_WARNING = "copy this token now; it will not be shown again"  # noqa: S105
 
@@ -158,10 +156,7 @@ def check_mint_limit(ctx: AppContext, ip: str) -> None:
     """The extra 10/hour/IP limiter on POST /org/tokens; off in dev mode like the global one."""
     if ctx.settings.dev_mode_fail_open:
         return
-    limiter = ctx.extras.get(MINT_LIMITER_KEY)
-    if limiter is None:
-        limiter = ctx.extras[MINT_LIMITER_KEY] = FixedWindowLimiter(MINT_RATE, MINT_INTERVAL)
-    decision = limiter.hit(ip)
+    decision = ctx.mint_limiter.hit(ip)
     if not decision.allowed:
         raise ApiError(
             429, "rate limit exceeded", retry_after=decision.retry_after, headers=decision.headers()

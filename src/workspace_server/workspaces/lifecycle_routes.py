@@ -30,9 +30,9 @@ RESTART_BODY_MAX = 64 * 1024
 
 def orchestrator(ctx: AppContext) -> Orchestrator:
     """The app's orchestrator (set at start-up); one without a backend when none was registered."""
-    orch = ctx.extras.get("orchestrator")
-    if not isinstance(orch, Orchestrator):
-        orch = ctx.extras["orchestrator"] = Orchestrator(ctx, None)
+    orch = ctx.orchestrator
+    if orch is None:
+        orch = ctx.orchestrator = Orchestrator(ctx, None)
     return orch
 
 

@@ -147,7 +147,7 @@ class ConfigOverlay:
 
 @dataclass(frozen=True)
 class ProvisionSpec:
-    """What the create flow hands to the provisioner hook (`ctx.extras["provisioner"]`).
+    """What the create flow hands to the provisioner hook (`ctx.provisioner`).
 
     `template_path` is the first existing config source (the named template, else
     `<runtime>-default`); None means "generate a default config".

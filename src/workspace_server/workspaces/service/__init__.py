@@ -1,17 +1,17 @@
 """Workspace rules: create, views, update, delete cascade, state, config, budget, viewport (spec 01).
 
 No HTTP here: routes parse the request and call these; errors are `ApiError`s with the reference's text.
-Provisioning and stopping go through an optional backend hook in `ctx.extras["provisioner"]`
+Provisioning and stopping go through an optional backend hook in `ctx.provisioner`
 (see `ProvisionerHook`); with none, creates fail fast with a clear reason and deletes stop nothing.
 
 The rules live in one module a concern: `create` (and the external connection block), `update` (PATCH,
 config, budget, viewport, bootstrap-failed), `delete` (the cascade), `queries` (list, get, state), over
-`base` (the context, the hook, `spawn`). `WorkspaceService` joins them; import from here.
+`base` (the context, the hook, the read-or-500 query). `WorkspaceService` joins them; import from here.
 """
 
 from __future__ import annotations
 
-from workspace_server.workspaces.service.base import ProvisionerHook, spawn, truncate_utf8
+from workspace_server.workspaces.service.base import ProvisionerHook, truncate_utf8
 from workspace_server.workspaces.service.create import (
     CURL_REGISTER_TEMPLATE,
     NO_BACKEND_EVENT_ERROR,
@@ -53,6 +53,5 @@ __all__ = [
     "budget_view",
     "connection_block",
     "parse_budget_limit",
-    "spawn",
     "truncate_utf8",
 ]

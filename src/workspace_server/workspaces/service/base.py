@@ -1,11 +1,10 @@
-"""What every part of the workspace service shares: the context, the provisioner hook, the background-task
-set and the one read-or-500 query."""
+"""What every part of the workspace service shares: the context, the provisioner hook and the one
+read-or-500 query. Background work runs on the app's task supervisor (`ctx.tasks`)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from workspace_server.common.errors import ApiError
@@ -19,7 +18,7 @@ T = TypeVar("T")
 
 
 class ProvisionerHook(Protocol):
-    """The backend seam: the provisioner/orchestrator registers itself in `ctx.extras["provisioner"]`.
+    """The backend seam: the composition root sets the orchestrator as `ctx.provisioner`.
 
     `provision` runs in the background after create and owns every later status change; `stop` must be
     idempotent (stopping an unknown workspace is not an error). An optional `remove_volume(ws_id)` is
@@ -28,17 +27,6 @@ class ProvisionerHook(Protocol):
 
     async def provision(self, spec: ProvisionSpec) -> None: ...
     async def stop(self, ws_id: str) -> None: ...
-
-
-# Fire-and-forget work must be referenced until done or the event loop may drop it mid-flight.
-_background: set[asyncio.Task[Any]] = set()
-
-
-def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-    task = asyncio.create_task(coro, name=name)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    return task
 
 
 def truncate_utf8(text: str, max_bytes: int) -> str:
@@ -59,8 +47,7 @@ class ServiceBase:
 
     @property
     def provisioner(self) -> ProvisionerHook | None:
-        hook: ProvisionerHook | None = self.ctx.extras.get("provisioner")
-        return hook
+        return self.ctx.provisioner
 
     async def query(
         self, fn: Callable[..., Awaitable[T]], *args: Any, failed: str, answer: str = "query failed"

@@ -25,7 +25,7 @@ from workspace_server.workspaces.schemas import (
     workspace_dir_ok,
     workspace_fields_error,
 )
-from workspace_server.workspaces.service.base import ProvisionerHook, ServiceBase, spawn
+from workspace_server.workspaces.service.base import ProvisionerHook, ServiceBase
 from workspace_server.workspaces.status import Status
 from workspace_server.workspaces.templates import (
     read_template_runtime_and_model,
@@ -132,7 +132,7 @@ class CreateOps(ServiceBase):
         )
         hook = self.provisioner
         if hook is not None:
-            spawn(self.run_provision(hook, spec), name=f"provision-{ws_id}")
+            self.ctx.tasks.spawn(f"provision-{ws_id}", self.run_provision(hook, spec))
         else:
             await self.fail_without_backend(ws_id, name, runtime, tier, template)
         return sorted_keys(

@@ -11,7 +11,7 @@ from workspace_server.auth import tokens
 from workspace_server.common.errors import ApiError
 from workspace_server.common.kv import clear_workspace_keys
 from workspace_server.workspaces import store
-from workspace_server.workspaces.service.base import ServiceBase, spawn
+from workspace_server.workspaces.service.base import ServiceBase
 
 # The public face's logger name, for every part: log configuration and filters keep seeing one service.
 log = logging.getLogger(__package__)
@@ -42,7 +42,9 @@ class DeleteOps(ServiceBase):
         all_ids = [ws_id, *descendants]
         await self._mark_removed(all_ids)
         # Detached from the request: a client hanging up must not abort stops half-way (#1843).
-        cleanup = spawn(self._cleanup(ws_id, descendants, exists, purge), name=f"delete-{ws_id}")
+        cleanup = self.ctx.tasks.spawn(
+            f"delete-{ws_id}", self._cleanup(ws_id, descendants, exists, purge), awaited=True
+        )
         failures = await asyncio.shield(cleanup)
         if failures:
             detail = "; ".join(f"stop {wid} failed" for wid in failures)

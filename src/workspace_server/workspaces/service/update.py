@@ -3,7 +3,6 @@ bootstrap-failed report."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -83,7 +82,7 @@ class UpdateOps(ServiceBase):
         return {"data": {} if data is None else data}
 
     async def patch_config(self, ws_id: str, patch: dict[str, Any]) -> dict[str, Any]:
-        lock: asyncio.Lock = self.ctx.extras.setdefault("workspace_config_lock", asyncio.Lock())
+        lock = self.ctx.workspace_config_lock
         try:
             async with lock, self.engine.begin() as conn:
                 if not await store.workspace_exists(conn, ws_id):
