@@ -355,11 +355,10 @@ async def _async(value: Any) -> Any:
 
 
 async def _settle(client: httpx.AsyncClient) -> None:
-    import asyncio
 
-    from workspace_server.channels.state import state_of
+    from workspace_server.channels.state import INBOUND_GROUP
 
-    await asyncio.gather(*list(state_of(ctx_of(client)).tasks), return_exceptions=True)
+    await ctx_of(client).tasks.wait(INBOUND_GROUP)
 
 
 async def test_cron_runs_get_slack_context_and_post_their_reply(

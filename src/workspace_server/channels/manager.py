@@ -25,7 +25,7 @@ from workspace_server.channels.inbound import handle_inbound, history_key
 from workspace_server.channels.model import Channel, Inbound, obj, s
 from workspace_server.channels.providers import telegram
 from workspace_server.channels.rows import enabled_channels
-from workspace_server.channels.state import TASKS_GROUP, Poller, spawn, state_of
+from workspace_server.channels.state import INBOUND_GROUP, TASKS_GROUP, Poller, spawn, state_of
 from workspace_server.context import AppContext
 from workspace_server.loops.leader import Lease
 from workspace_server.loops.supervisor import supervise
@@ -68,7 +68,7 @@ async def manager_loop(ctx: AppContext, lease: Lease | None) -> None:
                 pass
     finally:
         await stop_all(ctx)
-        await ctx.tasks.cancel(TASKS_GROUP)  # inbound messages in flight: the loops are stopping
+        await ctx.tasks.cancel(INBOUND_GROUP)  # inbound messages in flight: the loops are stopping
 
 
 async def stop_all(ctx: AppContext) -> None:
@@ -98,7 +98,7 @@ async def reconcile(ctx: AppContext, leading: bool) -> None:
     for cid, c in wanted.items():
         if cid not in st.pollers:
             name = f"telegram-poller:{cid}"
-            task = spawn(ctx, supervise(name, _poller(ctx, c)), name)
+            task = spawn(ctx, supervise(name, _poller(ctx, c)), name, TASKS_GROUP)
             st.pollers[cid] = Poller(version(c), task)
 
 

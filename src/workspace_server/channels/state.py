@@ -1,6 +1,7 @@
 """The channels package's process state, one typed part of the context (`ctx.channels`): the Telegram
 pollers and the manager's wake-up. Its background work (pollers, inbound messages) runs on the app's task
-supervisor under the `channels` group, so the manager can stop it and the app drains it at shutdown."""
+supervisor under the `channels` (pollers) and `channels-inbound` groups, so the manager can stop it and the
+app drains it at shutdown."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 from workspace_server.context import AppContext
 
-TASKS_GROUP = "channels"
+TASKS_GROUP = "channels"  # the Telegram pollers
+INBOUND_GROUP = "channels-inbound"  # inbound messages in flight, and discover's resume
 
 
 @dataclass
@@ -31,9 +33,11 @@ def state_of(ctx: AppContext) -> ChannelsState:
     return ctx.channels
 
 
-def spawn(ctx: AppContext, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+def spawn(
+    ctx: AppContext, coro: Coroutine[Any, Any, Any], name: str, group: str = INBOUND_GROUP
+) -> asyncio.Task[Any]:
     """Inbound work and pollers, on the app's task supervisor (named, crash logged, drained at shutdown)."""
-    return ctx.tasks.spawn(name, coro, group=TASKS_GROUP)
+    return ctx.tasks.spawn(name, coro, group=group)
 
 
 def reload(ctx: AppContext) -> None:
