@@ -170,6 +170,10 @@ async def test_hierarchy_denial_fails_without_retry(client_factory: ClientFactor
     assert agent.received == []
 
 
+async def _has(found: Any, item: str) -> bool:
+    return item in await found
+
+
 async def test_busy_target_queues_then_completes_via_drain(
     client_factory: ClientFactory, agent: StubAgent
 ) -> None:
@@ -183,8 +187,12 @@ async def test_busy_target_queues_then_completes_via_drain(
     assert result.response_body == {"delegation_id": delegation_id, "queued": True}
     # never retried on busy: one attempt, one queue row
     assert len(agent.received) == 1 and len(await queue_rows(ctx, target)) == 1
-    statuses = [p["status"] for e, p in await recorded_events(ctx, source) if e == "DELEGATION_STATUS"]
-    assert statuses == ["dispatched", "queued"]
+    async def statuses() -> list[str]:
+        return [p["status"] for e, p in await recorded_events(ctx, source) if e == "DELEGATION_STATUS"]
+
+    # the event is recorded after the result row: wait for it rather than race it
+    await wait_for(lambda: _has(statuses(), "queued"), "the queued status event")
+    assert await statuses() == ["dispatched", "queued"]
 
     agent.mode = "echo"
     await heartbeat(client, target)
