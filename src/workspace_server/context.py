@@ -24,8 +24,10 @@ from workspace_server.workspaces.lifecycle import Lifecycle
 if TYPE_CHECKING:
     import aiohttp
 
+    from workspace_server.a2a.caches import QueueHint, TargetCache
+    from workspace_server.a2a.call import ProxyResult
     from workspace_server.a2a.logwriter import LogWriter
-    from workspace_server.a2a.proxy import IdleWatch, ProxyResult, QueueHint, TargetCache
+    from workspace_server.a2a.pool import IdleWatch
     from workspace_server.auth.ratelimit import FixedWindowLimiter
     from workspace_server.channels.state import ChannelsState
     from workspace_server.egress.policy import Assigned

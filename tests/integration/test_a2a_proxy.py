@@ -25,7 +25,7 @@ from tests.integration.registry_support import (
     set_columns,
 )
 from workspace_server import egress
-from workspace_server.a2a.proxy import target_cache
+from workspace_server.a2a.caches import target_cache
 from workspace_server.common.kv import url_key
 from workspace_server.db.schema import workspace_token_usage
 

@@ -1,4 +1,4 @@
-"""The A2A proxy's outbound transport (aiohttp, `a2a/proxy.py a2a_client`) against agents that misbehave
+"""The A2A proxy's outbound transport (aiohttp, `a2a/pool.py a2a_client`) against agents that misbehave
 on the wire: what each real failure is classified as, and what the caller of POST /workspaces/:id/a2a gets.
 
 Covered elsewhere (tests/integration/test_a2a_proxy.py): refused connect → 502 unreachable with a failure row,
@@ -25,16 +25,9 @@ from tests.conftest import ClientFactory, free_port
 from tests.integration.a2a_support import StubAgent, message, queue_rows
 from tests.integration.registry_support import add_workspace, ctx_of
 from tests.integration.stub_http import StubHandler, StubServer
-from workspace_server.a2a import proxy
-from workspace_server.a2a.proxy import (
-    MAX_RESPONSE_BYTES,
-    _busy_error,
-    _Exchange,
-    _exchange,
-    _failure_text,
-    a2a_client,
-    close_client,
-)
+from workspace_server.a2a import pool
+from workspace_server.a2a.forward import MAX_RESPONSE_BYTES, _busy_error, _Exchange, _exchange, _failure_text
+from workspace_server.a2a.pool import a2a_client, close_client
 from workspace_server.config import Settings
 from workspace_server.context import AppContext
 
@@ -191,7 +184,7 @@ async def test_body_cut_short_fails_after_the_status(http: aiohttp.ClientSession
 
 async def test_connect_timeout_is_not_busy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        proxy, "DISPATCH_TIMEOUT", aiohttp.ClientTimeout(total=None, connect=5, sock_connect=0.3)
+        pool, "DISPATCH_TIMEOUT", aiohttp.ClientTimeout(total=None, connect=5, sock_connect=0.3)
     )
     ctx = cast(
         AppContext,
@@ -209,9 +202,9 @@ async def test_connect_timeout_is_not_busy(monkeypatch: pytest.MonkeyPatch) -> N
 
 async def test_pool_timeout_is_not_busy(monkeypatch: pytest.MonkeyPatch) -> None:
     """All MAX_CONNECTIONS in flight: the wait for one is bounded, and running out is not "busy"."""
-    monkeypatch.setattr(proxy, "MAX_CONNECTIONS", 1)
+    monkeypatch.setattr(pool, "MAX_CONNECTIONS", 1)
     monkeypatch.setattr(
-        proxy, "DISPATCH_TIMEOUT", aiohttp.ClientTimeout(total=None, connect=0.3, sock_connect=5)
+        pool, "DISPATCH_TIMEOUT", aiohttp.ClientTimeout(total=None, connect=0.3, sock_connect=5)
     )
     ctx = cast(
         AppContext,

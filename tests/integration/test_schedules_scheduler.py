@@ -186,7 +186,7 @@ async def test_failures_are_recorded(client_factory: ClientFactory, agent: StubA
 
     # an agent nobody answers for: the proxy's 502
     await set_columns(ctx, ws, url=f"http://127.0.0.1:{free_port()}")
-    from workspace_server.a2a.proxy import target_cache
+    from workspace_server.a2a.caches import target_cache
 
     target_cache(ctx).drop(ws)
     await set_schedule(ctx, sid, next_run_at=datetime.now(UTC) - timedelta(seconds=1))

@@ -14,19 +14,12 @@ import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
 from workspace_server.a2a import delegation
-from workspace_server.a2a.proxy import (
-    IdleTimeout,
-    IdleWatch,
-    Outcome,
-    ProxyResult,
-    QueueHint,
-    TargetCache,
-    _busy_error,
-    _message_id,
-    normalise,
-    parse_usage,
-    run_watched,
-)
+from workspace_server.a2a.caches import QueueHint, TargetCache
+from workspace_server.a2a.call import message_id as _message_id
+from workspace_server.a2a.forward import _busy_error
+from workspace_server.a2a.pool import IdleTimeout, IdleWatch, run_watched
+from workspace_server.a2a.proxy import Outcome, ProxyResult, normalise
+from workspace_server.a2a.record import parse_usage
 from workspace_server.a2a.schemas import is_system_caller
 from workspace_server.config import Settings
 from workspace_server.events.bus import Event

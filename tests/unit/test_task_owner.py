@@ -20,7 +20,7 @@ SPAWNERS = frozenset({"create_task", "ensure_future", "TaskGroup"})
 ALLOWED = {
     "events/ws.py": 2,  # a WebSocket client's send pump and inbound reader
     "terminal/service.py": 2,  # a terminal session's output and input pumps
-    "a2a/proxy.py": 1,  # TargetCache: one row read shared by the requests awaiting it
+    "a2a/caches.py": 1,  # TargetCache: one row read shared by the requests awaiting it
 }
 MARK = "# unsupervised:"
 

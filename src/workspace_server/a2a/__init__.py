@@ -18,8 +18,9 @@ from workspace_server.events.bus import Bus
 
 
 def make_parts(bus: Bus) -> A2AParts:
+    from workspace_server.a2a.caches import QueueHint, TargetCache
     from workspace_server.a2a.logwriter import LogWriter
-    from workspace_server.a2a.proxy import IdleWatch, QueueHint, TargetCache
+    from workspace_server.a2a.pool import IdleWatch
 
     parts = A2AParts(
         idle_watch=IdleWatch(),
@@ -34,7 +35,8 @@ def make_parts(bus: Bus) -> A2AParts:
 
 def install(ctx: AppContext) -> None:
     from workspace_server.a2a import queue
-    from workspace_server.a2a.proxy import a2a_client, proxy_a2a
+    from workspace_server.a2a.pool import a2a_client
+    from workspace_server.a2a.proxy import proxy_a2a
 
     a2a_client(ctx)
     queue.install(ctx)
@@ -43,7 +45,7 @@ def install(ctx: AppContext) -> None:
 
 async def shutdown(ctx: AppContext) -> None:
     from workspace_server.a2a.logwriter import close_writer
-    from workspace_server.a2a.proxy import close_client
+    from workspace_server.a2a.pool import close_client
 
     await close_writer(ctx)
     await close_client(ctx)

@@ -16,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.a2a import store
-from workspace_server.a2a.proxy import Outcome, ProxyResult, proxy_a2a, spawn
+from workspace_server.a2a.call import spawn
+from workspace_server.a2a.proxy import Outcome, ProxyResult, proxy_a2a
 from workspace_server.a2a.schemas import DelegateRequest, RecordRequest, UpdateRequest
 from workspace_server.activity.service import sorted_keys, truncate_bytes
 from workspace_server.activity.store import insert_activity

@@ -19,7 +19,9 @@ from datetime import timedelta
 from typing import Any
 
 from workspace_server.a2a import delegation, store
-from workspace_server.a2a.proxy import Outcome, ProxyResult, proxy_a2a, queue_hint, spawn
+from workspace_server.a2a.caches import queue_hint
+from workspace_server.a2a.call import spawn
+from workspace_server.a2a.proxy import Outcome, ProxyResult, proxy_a2a
 from workspace_server.common.errors import ApiError
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext

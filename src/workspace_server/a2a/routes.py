@@ -13,7 +13,9 @@ from starlette.requests import ClientDisconnect
 from workspace_server import authz
 from workspace_server.a2a import delegation, queue
 from workspace_server.a2a import schemas as msg
-from workspace_server.a2a.proxy import MAX_REQUEST_BYTES, TASKS_GROUP, ProxyResult, proxy_a2a, usage_today
+from workspace_server.a2a.call import TASKS_GROUP
+from workspace_server.a2a.proxy import MAX_REQUEST_BYTES, ProxyResult, proxy_a2a
+from workspace_server.a2a.record import usage_today
 from workspace_server.a2a.schemas import DelegateRequest, RecordRequest, UpdateRequest
 from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth, credentials
 from workspace_server.common.errors import ApiError

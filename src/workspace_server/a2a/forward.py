@@ -1,0 +1,270 @@
+"""The A2A proxy's forward stage: one exchange with the agent and what its result means for delivery.
+
+What a transport failure means for delivery decides what may be retried (spec 04 §7/§8 fixes):
+- refused/unreachable, or reset/EOF before any reply ("busy"): the agent did not take the message, so
+  it may be sent again (busy → queued, drained later);
+- idle timeout: the agent has it and went quiet. It is NOT busy (upstream re-queued it and delivered it
+  twice); the caller gets 504 and nothing resends it;
+- any HTTP reply, even an error or a body cut short: delivered.
+A transport failure also asks our backend whether the agent's instance is still there (`_container_dead`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import yarl
+
+from workspace_server.a2a import record, store
+from workspace_server.a2a import schemas as msg
+from workspace_server.a2a.caches import queue_hint
+from workspace_server.a2a.call import (
+    EXTERNAL,
+    LOGGER,
+    Call,
+    Outcome,
+    ProxyResult,
+    agent_json,
+    encode,
+    fail,
+    message_id,
+    restart,
+    status_phrase,
+)
+from workspace_server.a2a.pool import IdleTimeout, a2a_client, idle_watch, run_watched
+from workspace_server.activity.service import sorted_keys
+from workspace_server.common.kv import clear_workspace_keys
+from workspace_server.common.time import utcnow
+from workspace_server.context import AppContext
+from workspace_server.egress.clients import refused_cause
+from workspace_server.registry.service import has_capability, idle_timeout_override
+from workspace_server.workspaces.status import Status
+
+log = logging.getLogger(LOGGER)
+
+MAX_RESPONSE_BYTES = 10 << 20
+DEFAULT_IDLE_SECONDS = 300
+DISPATCH_HEADERS = {"Content-Type": "application/json"}
+READ_CHUNK = 64 << 10
+ENCODING = "Content-Encoding"  # a compressed reply is read in chunks: its decoded size is not declared
+
+
+@dataclass
+class _Exchange:
+    status: int | None = None
+    duration_ms: int = 0
+    body: bytes = b""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _idle_seconds(ctx: AppContext, ws_id: str) -> float:
+    override = idle_timeout_override(ctx, ws_id)
+    if override:
+        return float(override)
+    n = ctx.settings.A2A_IDLE_TIMEOUT_SECONDS
+    return float(n) if n > 0 else float(DEFAULT_IDLE_SECONDS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(url: str) -> yarl.URL:
+    """Agent URLs repeat: parse each once, not on every call."""
+    try:
+        return yarl.URL(url)
+    except ValueError as e:  # e.g. a port out of range: what aiohttp reports when it parses the URL itself
+        raise aiohttp.InvalidURL(url, str(e)) from e
+
+
+async def _exchange(http: aiohttp.ClientSession, url: str, data: bytes, ex: _Exchange) -> None:
+    started = time.perf_counter()
+    target = _parsed(url)
+    async with http.post(target, data=data, headers=DISPATCH_HEADERS, allow_redirects=False) as response:
+        ex.status = response.status
+        ex.duration_ms = int((time.perf_counter() - started) * 1000)
+        declared = response.content_length
+        if declared is not None and declared <= MAX_RESPONSE_BYTES and not response.headers.get(ENCODING):
+            ex.body = await response.read()  # the usual reply: its length known, nothing to decompress
+            return
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(READ_CHUNK):
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise _TooLarge
+            chunks.append(chunk)
+        ex.body = b"".join(chunks)
+
+
+async def dispatch(call: Call, url: str, data: bytes, assigned_url: bool = False) -> ProxyResult:
+    ctx = call.ctx
+    ex = _Exchange()
+    started = time.perf_counter()
+    try:
+        await run_watched(
+            idle_watch(ctx),
+            call.target,
+            _exchange(a2a_client(ctx, assigned_url), url, data, ex),
+            _idle_seconds(ctx, call.target),
+            call.ceiling,
+        )
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as e:
+        log.warning("a2a: cannot build request to %s: %s", call.target, e)
+        return fail(500, {"error": msg.BUILD_FAILED}, Outcome.NOT_DELIVERED)
+    except Exception as e:
+        if ex.status is None and (refused := refused_cause(e)) is not None:
+            # the name resolved to an address the policy refuses (checked when the connection opened)
+            log.warning("a2a: unsafe url for workspace %s at connect time: %s", call.target, refused)
+            return fail(502, {"error": msg.NOT_ROUTABLE}, Outcome.NOT_DELIVERED)
+        if ex.status is not None:
+            return _read_failed(call, ex, e)
+        ex.duration_ms = int((time.perf_counter() - started) * 1000)
+        return await _transport_failed(call, ex, e)
+    return _replied(call, ex)
+
+
+def _replied(call: Call, ex: _Exchange) -> ProxyResult:
+    status = ex.status or 0
+    if call.log:
+        record.log_reply(call, status, ex.body, ex.duration_ms)
+    if b'"usage"' in ex.body:
+        record.count_usage(call, ex.body)
+    result = ProxyResult(status, ex.body, outcome=Outcome.DELIVERED, method=call.method)
+    if status >= 300:
+        result.error = {"error": _agent_error(ex.body, status)}
+    return result
+
+
+def _agent_error(body: bytes, status: int) -> str:
+    top = agent_json(body)
+    if isinstance(top, dict) and isinstance(top.get("error"), str):
+        return str(top["error"])
+    return status_phrase(status, "")
+
+
+def _read_failed(call: Call, ex: _Exchange, exc: BaseException) -> ProxyResult:
+    status = ex.status or 0
+    confirmed = 200 <= status < 400
+    log.warning("a2a: reading the reply of %s failed (status=%s): %r", call.target, status, exc)
+    if call.log and confirmed:
+        record.log_reply(call, status, b"", ex.duration_ms)
+    body = {"error": msg.READ_FAILED, "delivery_confirmed": confirmed}
+    return fail(502, body, Outcome.DELIVERED)
+
+
+def _busy_error(exc: BaseException) -> bool:
+    """Reset or EOF before any reply: the agent dropped the request unprocessed (spec 04 §1.6).
+
+    A refused or unresolvable connect (`ClientConnectorError`) is not busy: nothing is listening."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return False
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionResetError):
+        return True
+    text = str(exc)
+    return "EOF" in text or "connection reset" in text.lower()
+
+
+def _failure_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:500]
+
+
+async def _transport_failed(call: Call, ex: _Exchange, exc: BaseException) -> ProxyResult:
+    log.info("a2a: dispatch to %s failed: %r", call.target, exc)
+    idle = isinstance(exc, IdleTimeout)
+    busy = not idle and _busy_error(exc)
+    dead = await _container_dead(call)
+    quiet_busy = (
+        busy and not dead and (call.from_queue or not has_capability(call.ctx, call.target, "session"))
+    )
+    if call.log and not quiet_busy:
+        record.log_failure(call, _failure_text(exc), ex.duration_ms)
+    if dead:
+        body = {"error": msg.RESTARTING, "restarting": True}
+        return fail(503, body, Outcome.UNKNOWN if idle else Outcome.NOT_DELIVERED)
+    if idle:
+        return fail(504, {"error": msg.IDLE_TIMEOUT, "timeout": True}, Outcome.UNKNOWN)
+    if busy:
+        return await _busy(call)
+    return fail(502, {"error": msg.UNREACHABLE}, Outcome.NOT_DELIVERED)
+
+
+async def _container_dead(call: Call) -> bool:
+    """Our backend says the agent's instance is gone: mark offline, clear the cache, restart it."""
+    ctx = call.ctx
+    backend = ctx.provisioner
+    is_running = getattr(backend, "is_running", None)
+    runtime = call.row.runtime if call.row is not None else ""
+    if not callable(is_running) or runtime == EXTERNAL:
+        return False
+    try:
+        if await is_running(call.target):
+            return False
+    except Exception:
+        log.warning("a2a: is_running(%s) failed; assuming alive", call.target, exc_info=True)
+        return False
+    log.warning("a2a: instance of %s is not running; marking offline and restarting", call.target)
+    try:
+        changed = await ctx.lifecycle.mark_offline(
+            call.target, expect=None, not_in=(Status.REMOVED, Status.PROVISIONING, Status.OFFLINE)
+        )
+    except Exception:
+        log.exception("a2a: marking %s offline failed", call.target)
+        changed = False
+    try:
+        await clear_workspace_keys(ctx.kv, call.target)
+    except Exception:
+        log.exception("a2a: clearing cache keys of %s failed", call.target)
+    if changed:
+        restart(ctx, call.target, "restart")
+    return True
+
+
+async def _busy(call: Call) -> ProxyResult:
+    ctx = call.ctx
+    retry = {"Retry-After": str(msg.BUSY_RETRY_AFTER)}
+    if has_capability(ctx, call.target, "session"):
+        body = {
+            "error": msg.BUSY_SESSION,
+            "busy": True,
+            "retry_after": msg.BUSY_RETRY_AFTER,
+            "native_session": True,
+        }
+        return fail(503, body, Outcome.BUSY, retry)
+    busy_body = {"error": msg.BUSY_RETRY, "busy": True, "retry_after": msg.BUSY_RETRY_AFTER}
+    if call.from_queue:
+        return fail(503, busy_body, Outcome.BUSY, retry)
+    try:
+        async with ctx.engine.begin() as conn:
+            queue_id = await store.enqueue(
+                conn,
+                ws_id=call.target,
+                caller_id=call.caller or None,
+                body=call.request,
+                method=call.method or None,
+                key=message_id(call.request) or None,
+                now=utcnow(),
+            )
+        queue_hint(ctx).touch(call.target)
+    except Exception:
+        log.exception("a2a: enqueue for busy %s failed", call.target)
+        if call.log:
+            record.log_failure(call, "enqueue failed", 0)
+        return fail(503, busy_body, Outcome.BUSY, retry)
+    return await queued_reply(call, queue_id)
+
+
+async def queued_reply(call: Call, queue_id: str) -> ProxyResult:
+    depth = 0
+    try:
+        async with call.ctx.autocommit.connect() as conn:
+            depth = await store.queue_depth(conn, call.target)
+    except Exception:
+        log.exception("a2a: queue depth of %s unavailable", call.target)
+    body = {"queued": True, "queue_id": queue_id, "queue_depth": depth, "message": msg.BUSY_QUEUED}
+    return ProxyResult(202, encode(sorted_keys(body)), outcome=Outcome.QUEUED, method=call.method)
