@@ -10,14 +10,14 @@ import os
 import sys
 import urllib.request
 
-host = os.environ.get("HOST", "0.0.0.0").strip()  # noqa: S104 - the image's default bind
-if host in ("", "0.0.0.0", "::", "[::]", "localhost"):  # noqa: S104
+host = os.environ.get("HOST", "0.0.0.0").strip()
+if host in ("", "0.0.0.0", "::", "[::]", "localhost"):
     host = "127.0.0.1"
 elif ":" in host and not host.startswith("["):
     host = f"[{host}]"
 port = os.environ.get("PORT", "").strip() or "8080"
 try:
-    with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=4) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=4) as resp:
         sys.exit(0 if resp.status == 200 else 1)
 except OSError as exc:
     print(f"health check failed: {exc}", file=sys.stderr)
