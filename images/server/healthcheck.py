@@ -16,8 +16,10 @@ if host in ("", "0.0.0.0", "::", "[::]", "localhost"):
 elif ":" in host and not host.startswith("["):
     host = f"[{host}]"
 port = os.environ.get("PORT", "").strip() or "8080"
+# no proxy: an HTTP_PROXY set for the server's own outbound calls must not carry its health check away
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 try:
-    with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=4) as resp:
+    with opener.open(f"http://{host}:{port}/health", timeout=4) as resp:
         sys.exit(0 if resp.status == 200 else 1)
 except OSError as exc:
     print(f"health check failed: {exc}", file=sys.stderr)
