@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint runtime-image bench-heartbeat clean
+.PHONY: run test lint runtime-image server-image bench-heartbeat clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ lint: $(STAMP)
 runtime-image:
 	bash images/build-runtime-image.sh
 
+# the venv's pip fetches the image's wheels (images/build-server-image.sh)
+server-image: $(STAMP)
+	PYTHON=$(BIN)/python bash images/build-server-image.sh
+
 bench-heartbeat: $(STAMP)
 	$(BIN)/python bench/heartbeat.py
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data .cache .pytest_cache .mypy_cache .ruff_cache

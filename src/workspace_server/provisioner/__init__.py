@@ -95,7 +95,10 @@ async def make_backend(settings: Settings) -> Backend | None:
         from workspace_server.provisioner.docker import DockerBackend
 
         log.info("workspace backend: docker")
-        return DockerBackend(settings)
+        backend = DockerBackend(settings)
+        # where this server runs decides how agents are dialled (MOLECULE_IN_DOCKER): ask the engine once
+        await anyio.to_thread.run_sync(backend.locate_server)
+        return backend
     if choice == "docker":
         log.error("WORKSPACE_BACKEND=docker but the Docker engine does not answer; no workspace backend")
         return None

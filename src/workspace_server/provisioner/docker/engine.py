@@ -11,6 +11,7 @@ import platform as host_platform
 import tarfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -117,6 +118,14 @@ def _get_archive(container: Any, path: str, cap: int) -> bytes | None:
     return bytes(buf)
 
 
+@dataclass(frozen=True)
+class ServerContainer:
+    """This server's own container, as the engine it drives sees it (MOLECULE_IN_DOCKER; networks.py)."""
+
+    name: str  # what agents on the agents' network call the server by
+    host_network: bool  # --network host: the server shares the engine host's loopback
+
+
 class DockerBase:
     """The backend's shared state and the engine helpers more than one concern calls."""
 
@@ -126,6 +135,9 @@ class DockerBase:
         self._lock = threading.Lock()
         self._ports: dict[str, int] = {}  # ws_id -> host port we assigned (never hand one out twice)
         self._network_ready = False
+        # this server's own container (networks.locate_server); looked up once, None: not in one of ours
+        self._server: ServerContainer | None = None
+        self._server_located = False
         self._engine_cpus: int | None = None
         # host-dir configs volumes: local engine + root (to hand files to the agent's uid); None = the
         # engine's view of our dirs is not checked yet, False = it does not see them (never try again)
