@@ -187,6 +187,7 @@ async def test_busy_target_queues_then_completes_via_drain(
     assert result.response_body == {"delegation_id": delegation_id, "queued": True}
     # never retried on busy: one attempt, one queue row
     assert len(agent.received) == 1 and len(await queue_rows(ctx, target)) == 1
+
     async def statuses() -> list[str]:
         return [p["status"] for e, p in await recorded_events(ctx, source) if e == "DELEGATION_STATUS"]
 
