@@ -24,8 +24,8 @@ from workspace_server.activity.service import sorted_keys
 from workspace_server.approvals import store
 from workspace_server.authz import Actor as AuthInfo
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import parse_model
 from workspace_server.common.ids import parse_uuid
+from workspace_server.common.jsonbody import parse_model
 from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
 from workspace_server.workspaces.store import get_workspace

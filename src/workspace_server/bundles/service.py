@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.bundles.schemas import MAX_DEPTH, Bundle, nesting_depth
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import parse_json
 from workspace_server.common.ids import new_id, parse_uuid
+from workspace_server.common.jsonbody import parse_json
 from workspace_server.config import Settings
 from workspace_server.context import AppContext
 from workspace_server.db.schema import workspaces

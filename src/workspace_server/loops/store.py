@@ -15,8 +15,7 @@ import sqlalchemy as sa
 
 from workspace_server.context import AppContext
 from workspace_server.db.schema import workspaces
-from workspace_server.workspaces.lifecycle import LIVE_STATUSES
-from workspace_server.workspaces.status import Status
+from workspace_server.workspaces.status import LIVE_STATUSES, Status
 
 EXTERNAL = "external"
 

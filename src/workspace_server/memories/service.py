@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from workspace_server.activity.service import log_activity, sorted_keys
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import parse_json
 from workspace_server.common.ids import parse_uuid
+from workspace_server.common.jsonbody import parse_json
 from workspace_server.common.jsonnum import storable_json
 from workspace_server.common.time import parse_rfc3339, rfc3339
 from workspace_server.context import AppContext

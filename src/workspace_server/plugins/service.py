@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from workspace_server import authz, egress
 from workspace_server.authz import Actor as AuthInfo
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import parse_json
 from workspace_server.common.ids import parse_uuid
+from workspace_server.common.jsonbody import parse_json
 from workspace_server.config import Settings
 from workspace_server.context import AppContext
 from workspace_server.db.schema import workspaces

@@ -185,10 +185,12 @@ class Orchestrator(Restarts):
         self, ws_id: str, *, force: bool = False, idle_before: datetime | None = None
     ) -> bool:
         """Atomic claim → stop → hibernated. False when the claim lost (nothing stopped)."""
-        async with self.engine.begin() as conn:
-            claimed = await pstore.claim_for_hibernation(
-                conn, self.ctx.lifecycle, ws_id, force=force, idle_before=idle_before
-            )
+        claimed = await self.ctx.lifecycle.transition(
+            ws_id,
+            to=Status.HIBERNATING,
+            expect=(Status.ONLINE, Status.DEGRADED),
+            guard=pstore.hibernation_guard(force=force, idle_before=idle_before),
+        )
         if not claimed:
             return False
         if not await self._stop_quietly(ws_id):

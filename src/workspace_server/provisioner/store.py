@@ -1,4 +1,4 @@
-"""The orchestrator's SQL: hierarchy walks, guarded url writes, the hibernate claim.
+"""The orchestrator's SQL: hierarchy walks, guarded url writes, the hibernate claim's guard.
 
 Status changes still go through `Lifecycle.transition`; what lives here only reads rows or writes
 non-status columns under a status guard, so a late write never lands on a removed or paused row.
@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from workspace_server.common.time import utcnow
 from workspace_server.db.schema import workspace_auth_tokens, workspaces
 from workspace_server.registry.store import PROVISIONER_URL_PREFIX
-from workspace_server.workspaces.lifecycle import Lifecycle
 from workspace_server.workspaces.status import Status
 
 w = workspaces.c
@@ -78,29 +77,15 @@ async def set_runtime(conn: AsyncConnection, ws_id: str, runtime: str) -> None:
     )
 
 
-async def claim_for_hibernation(
-    conn: AsyncConnection,
-    lifecycle: Lifecycle,
-    ws_id: str,
-    *,
-    force: bool,
-    idle_before: datetime | None = None,
-) -> bool:
-    """online/degraded → hibernating, with no active tasks unless `force`; the row is locked first.
-
-    The lock makes the active-task check and the status change one step (two concurrent hibernates:
-    exactly one wins; a task arriving in between makes a non-forced claim fail). `idle_before` (the idle
-    sweep): the agent must also have reported no task since before then.
-    """
-    guard = sa.true() if force else w.active_tasks == 0
+def hibernation_guard(*, force: bool, idle_before: datetime | None = None) -> sa.ColumnElement[bool]:
+    """What must still hold, on the locked row, for online/degraded → hibernating (`Lifecycle.transition`
+    locks the row first, so the active-task check and the status change are one step: of two concurrent
+    hibernates exactly one wins; a task arriving in between makes a non-forced claim fail). No active
+    tasks unless `force`; `idle_before` (the idle sweep): no task reported since before then either."""
+    guard: sa.ColumnElement[bool] = sa.true() if force else w.active_tasks == 0
     if idle_before is not None:
         guard = sa.and_(guard, w.idle_since <= idle_before)
-    locked = sa.select(w.id).where(w.id == ws_id, guard).with_for_update()
-    if (await conn.execute(locked)).first() is None:
-        return False
-    return await lifecycle.transition(
-        ws_id, to=Status.HIBERNATING, expect=(Status.ONLINE, Status.DEGRADED), conn=conn
-    )
+    return guard
 
 
 async def statuses_of(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, str]:

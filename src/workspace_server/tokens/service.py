@@ -10,8 +10,8 @@ from workspace_server import authz
 from workspace_server.auth import tokens as auth_tokens
 from workspace_server.authz import Actor as AuthInfo
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import INVALID_JSON, parse_json
 from workspace_server.common.ids import parse_uuid
+from workspace_server.common.jsonbody import INVALID_JSON, parse_json
 from workspace_server.common.time import rfc3339
 from workspace_server.context import AppContext
 from workspace_server.tokens import store
