@@ -119,17 +119,8 @@ def message_id(payload: Any) -> str:
 
 
 def spawn(ctx: AppContext, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-    return ctx.tasks.spawn(name, _logged(coro, name), group=TASKS_GROUP)
-
-
-async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> Any:
-    try:
-        return await coro
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("a2a background task %s failed", name)
-        return None
+    """Fire-and-forget: nobody awaits these, the supervisor logs a crash once with the task's name."""
+    return ctx.tasks.spawn(name, coro, group=TASKS_GROUP)
 
 
 def restart(ctx: AppContext, ws_id: str, why: str) -> None:

@@ -2,8 +2,9 @@
 
 What a body may hold is decided in one place (DESIGN §9): every route reads its body through `read_body`
 (a size cap) and decodes it with `read_json`/`parse_json` (`common/jsonbody.py`, web-free so services use
-it too: no NaN/Infinity/`1e400`, no lone surrogate, no NUL, nesting at most MAX_JSON_DEPTH). A route only chooses its error message. The route-table
-test (tests/integration/test_bad_bodies.py) sends every route the bodies refused here.
+it too: no NaN/Infinity/`1e400`, no lone surrogate, no NUL, nesting at most MAX_JSON_DEPTH). A route only
+chooses its error message. The route-table test (tests/integration/test_bad_bodies.py) sends every route
+the bodies refused here.
 """
 
 from __future__ import annotations

@@ -50,18 +50,9 @@ class OrchestratorBase:
         return self._locks.setdefault(ws_id, asyncio.Lock())
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Background work on the app's task supervisor (drained, then cancelled, at shutdown)."""
-        return self.ctx.tasks.spawn(name, self._logged(coro, name), group=TASKS_GROUP)
-
-    @staticmethod
-    async def _logged(coro: Coroutine[Any, Any, Any], name: str) -> Any:
-        try:
-            return await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background task %s failed", name)
-            return None
+        """Background work on the app's task supervisor (drained, then cancelled, at shutdown); nobody
+        awaits it, the supervisor logs a crash once with the task's name."""
+        return self.ctx.tasks.spawn(name, coro, group=TASKS_GROUP)
 
     async def close(self) -> None:
         """Stop this orchestrator's background work now (the app's shutdown drains it first)."""
