@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,12 +27,14 @@ import pytest
 import sqlalchemy as sa
 from websockets.asyncio.client import connect
 
+from tests.conftest import free_port
 from tests.integration.a2a_support import StubAgent, message
 from tests.integration.replica_support import (
     ADMIN_H,
     LEASE_RENEW,
     LEASE_TTL,
     SCHEDULER_INTERVAL,
+    SRC,
     Replica,
     execute,
     lease_holder_pid,
@@ -59,18 +65,20 @@ Replicas = Callable[..., list[Replica]]
 def replicas(
     request: pytest.FixtureRequest, db_url: str, redis_url: str, tmp_path: Path
 ) -> Iterator[Replicas]:
-    """`start(n, **env)` → n replicas, ready; all stopped at the end (the killed ones are just reaped)."""
+    """`start(n, workers=0, **env)` → n replicas (each `serve --workers` when given), ready; all
+    stopped at the end (the killed ones are just reaped)."""
     if request.node.callspec.params.get("db_url") == "sqlite":
         pytest.skip("replicas share state through Postgres + Redis; the SQLite default is single-process")
     started: list[Replica] = []
 
-    def start(n: int, **env: str) -> list[Replica]:
+    def start(n: int, *, workers: int = 0, **env: str) -> list[Replica]:
         data_dir = tmp_path / "data"  # one host: the replicas share it (the process backend's pidfiles)
         group = [
             Replica(
                 chr(ord("a") + i),
                 lambda port: replica_env(db_url, redis_url, data_dir, port, **env),
                 tmp_path,
+                workers=workers,
             )
             for i in range(n)
         ]
@@ -354,3 +362,124 @@ async def test_workspace_created_on_a_is_provisioned_once(replicas: Replicas, db
     finally:
         for p in agent_processes(ws_id) if ws_id else []:
             p.kill()
+
+
+# ---- serve --workers ----
+
+
+async def test_serve_workers_gives_n_replicas_on_one_port_with_the_same_guarantees(
+    replicas: Replicas, db_url: str, agent: StubAgent
+) -> None:
+    (server,) = replicas(1, workers=3)
+    workers = await poll(lambda: _ready(server.pids if len(server.pids) == 3 else None), "3 workers", WAIT)
+    ws_id, token = await seed(db_url, agent.url)
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as http:
+        # Events: every socket, whichever worker accepted it, gets each event once, whichever worker
+        # handled the request that caused it.
+        sockets = [await connect(server.ws_url) for _ in range(6)]
+        seen: list[list[str]] = [[] for _ in sockets]
+
+        async def read(i: int) -> None:
+            while True:
+                frame = json.loads(await sockets[i].recv())
+                if frame["workspace_id"] == ws_id:
+                    seen[i].append(frame["payload"]["message"])
+
+        readers = [asyncio.create_task(read(i)) for i in range(len(sockets))]
+        try:
+            for text in ("one", "two", "three"):
+                r = await http.post(f"/workspaces/{ws_id}/notify", json={"message": text}, headers=ADMIN_H)
+                assert r.status_code == 200
+            await poll(
+                lambda: _ready(all("three" in got for got in seen)), "the events on every socket", WAIT
+            )
+        finally:
+            for t in readers:
+                t.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            for sock in sockets:
+                await sock.close()
+        assert all(got == ["one", "two", "three"] for got in seen), seen
+
+        # One worker leads; a due schedule fires once.
+        leader = await poll(lambda: lease_holder_pid(db_url), "a leader", WAIT)
+        assert leader in workers
+        body = {"name": "yearly", "cron_expr": "0 0 1 1 *", "prompt": "tick"}
+        r = await http.post(f"/workspaces/{ws_id}/schedules", json=body, headers=auth)
+        assert r.status_code == 201, r.text
+        schedule = sa.update(workspace_schedules).where(workspace_schedules.c.id == r.json()["id"])
+
+        def fires() -> int:
+            return sum(1 for m in agent.processed if m.startswith("cron-"))
+
+        await execute(db_url, schedule.values(next_run_at=utcnow()))
+        await poll(lambda: _ready(fires() == 1), "the schedule to fire", WAIT)
+
+        # A queued call is delivered once while heartbeats land on every worker at once.
+        agent.mode = "busy"
+        r = await http.post(f"/workspaces/{ws_id}/a2a", json=message("queued", "w-1"), headers=ADMIN_H)
+        assert r.status_code == 202, r.text
+        agent.mode = "echo"
+
+        async def delivered() -> bool:
+            async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as fresh:  # new connections
+                await asyncio.gather(*(heartbeat(fresh, ws_id, token) for _ in range(6)))
+            rows = await query(db_url, sa.select(a2a_queue.c.status).where(a2a_queue.c.workspace_id == ws_id))
+            return rows[0].status == "completed"
+
+        await poll(delivered, "the queued call to be delivered", WAIT)
+
+        # kill -9 the leading worker: another takes the lease, the parent starts a new worker, and a slot
+        # due meanwhile fires once.
+        os.kill(leader, signal.SIGKILL)
+        killed_at = time.monotonic()
+        await execute(db_url, schedule.values(next_run_at=utcnow()))
+
+        async def successor() -> int | None:
+            pid = await lease_holder_pid(db_url)
+            return pid if pid is not None and pid != leader and pid in server.pids else None
+
+        await poll(successor, "another worker to take the lease", WAIT)
+        took = time.monotonic() - killed_at
+        assert took <= TAKEOVER_BOUND, f"takeover took {took:.1f}s (TTL {LEASE_TTL}s)"
+        await poll(lambda: _ready(fires() == 2), "the schedule to fire after the failover", WAIT)
+        await poll(
+            lambda: _ready(len(server.pids) == 3 and leader not in server.pids), "a replacement worker", WAIT
+        )
+        for _ in range(3):
+            await asyncio.gather(*(heartbeat(http, ws_id, token) for _ in range(3)))
+        await asyncio.sleep(QUIET)
+    assert fires() == 2
+    assert agent.processed.count("w-1") == 1
+    await poll(lambda: _cron_runs(db_url, ws_id, 2), "two cron_run rows", WAIT)
+    # The supervisor killed with -9: its workers notice and stop (none keeps the port or the lease).
+    orphans = server.pids
+    server.kill()
+    await poll(lambda: _ready(not any(_alive(pid) for pid in orphans)), "the workers to stop", WAIT)
+    print(f"FIGURES workers-takeover={took:.2f}s ttl={LEASE_TTL}s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("database", "redis", "why"),
+    [
+        ("sqlite:///{tmp}/ws.db", "redis://127.0.0.1:6379/0", "DATABASE_URL on Postgres"),
+        ("postgresql://postgres@127.0.0.1:5432/postgres", "", "REDIS_URL"),
+    ],
+)
+def test_serve_workers_refuses_state_the_workers_cannot_share(
+    tmp_path: Path, database: str, redis: str, why: str
+) -> None:
+    env = {**os.environ, "PYTHONPATH": SRC, "DATABASE_URL": database.format(tmp=tmp_path), "REDIS_URL": redis}
+    argv = [sys.executable, "-m", "workspace_server", "serve", "--workers", "2", "--port", str(free_port())]
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert f"--workers needs {why}" in done.stderr.decode()
+    assert not (tmp_path / "ws.db").exists()  # refused before migrating anything
