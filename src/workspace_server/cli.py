@@ -66,6 +66,7 @@ def serve(
         1, min=1, help="processes sharing the port, each a full replica (needs Postgres and REDIS_URL)"
     ),
     worker_fd: int = typer.Option(None, hidden=True, help="(internal) serve on this inherited socket"),
+    worker_parent: int = typer.Option(None, hidden=True, help="(internal) stop when this pid is gone"),
 ) -> None:
     """Migrate the database, then serve the API."""
     from workspace_server import workers as supervisor
@@ -88,7 +89,8 @@ def serve(
     if worker_fd is None:
         server.run()
         return
-    supervisor.exit_with_parent(server)
+    if worker_parent is not None:
+        supervisor.exit_with_parent(server, worker_parent)
     server.run(sockets=[socket.socket(fileno=worker_fd)])
 
 

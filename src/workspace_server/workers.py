@@ -62,7 +62,7 @@ def run(host: str, port: int, workers: int) -> int:
     sock = bind(host, port)
     fd = sock.fileno()
     argv = [sys.executable, "-m", "workspace_server", "serve"]
-    argv += ["--host", host, "--port", str(port), "--worker-fd", str(fd)]
+    argv += ["--host", host, "--port", str(port), "--worker-fd", str(fd), "--worker-parent", str(os.getpid())]
     stopping = threading.Event()
 
     def spawn() -> subprocess.Popen[bytes]:
@@ -107,10 +107,12 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
-def exit_with_parent(server: uvicorn.Server) -> None:
+def exit_with_parent(server: uvicorn.Server, parent: int) -> None:
     """In a worker: shut down gracefully once the supervising parent is gone (killed with -9, say), so no
-    worker outlives it holding the socket and the lease; a new parent would start a full set again."""
-    parent = os.getppid()
+    worker outlives it holding the socket and the lease; a new parent would start a full set again.
+
+    `parent` comes from the parent itself (`--worker-parent`), not from `os.getppid()` here: a worker
+    still starting when its parent died would read the reaper's pid and never notice (it happened)."""
 
     def watch() -> None:
         while not server.should_exit:

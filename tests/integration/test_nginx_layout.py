@@ -196,7 +196,7 @@ async def test_two_replicas_behind_the_shipped_nginx_config(
         b.kill()
         for _ in range(10):
             r = await http.get(f"/workspaces/{ws_id}")
-            assert r.status_code == 200, r.text
+            assert r.status_code == 200, proxy.error_log.read_text(errors="replace")[-3000:]
             await notify(http, "after kill")
 
 
