@@ -24,9 +24,12 @@ import psutil
 import sqlalchemy as sa
 
 from tests.conftest import TEST_ENCRYPTION_KEY, free_port
+from workspace_server.auth.tokens import issue_workspace_token
+from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow
 from workspace_server.db.engine import make_engine
 from workspace_server.db.schema import leader_leases
+from workspace_server.workspaces.store import insert_workspace
 
 ADMIN = "admin-secret"
 ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
@@ -183,3 +186,22 @@ async def sse_events(client: httpx.AsyncClient, path: str) -> AsyncIterator[dict
         async for line in response.aiter_lines():
             if line.startswith("data: "):
                 yield json.loads(line[len("data: ") :])
+
+
+async def seed(db_url: str, url: str | None = None) -> tuple[str, str]:
+    """An online workspace (at `url`) and its token."""
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            ws_id = new_id()
+            await insert_workspace(conn, id=ws_id, name="replicated", status="online", url=url)
+            token = await issue_workspace_token(conn, ws_id)
+    finally:
+        await engine.dispose()
+    return ws_id, token
+
+
+async def heartbeat(client: httpx.AsyncClient, ws_id: str, token: str, active_tasks: int = 0) -> None:
+    body = {"workspace_id": ws_id, "error_rate": 0, "sample_error": "", "active_tasks": active_tasks}
+    r = await client.post("/registry/heartbeat", json=body, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text

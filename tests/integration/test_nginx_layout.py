@@ -30,10 +30,10 @@ from tests.integration.replica_support import (
     Replica,
     poll,
     replica_env,
+    seed,
     sse_events,
     wait_all_ready,
 )
-from tests.integration.test_replicas import seed
 
 CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "workspace-server.conf"
 WAIT = 30.0

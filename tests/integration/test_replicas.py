@@ -37,19 +37,17 @@ from tests.integration.replica_support import (
     SRC,
     Replica,
     execute,
+    heartbeat,
     lease_holder_pid,
     poll,
     query,
     replica_env,
+    seed,
     sse_events,
     wait_all_ready,
 )
-from workspace_server.auth.tokens import issue_workspace_token
-from workspace_server.common.ids import new_id
 from workspace_server.common.time import utcnow
-from workspace_server.db.engine import make_engine
 from workspace_server.db.schema import a2a_queue, activity_logs, structure_events, workspace_schedules
-from workspace_server.workspaces.store import insert_workspace
 
 WAIT = 30.0  # guards against hanging, never an assertion about speed
 # kill -9 → a survivor holds the lease: the dead holder's lease runs out at most TTL after its last renew
@@ -96,25 +94,6 @@ def agent() -> Iterator[StubAgent]:
     a = StubAgent()
     yield a
     a.close()
-
-
-async def seed(db_url: str, url: str | None = None) -> tuple[str, str]:
-    """An online workspace (at `url`) and its token."""
-    engine = make_engine(db_url)
-    try:
-        async with engine.begin() as conn:
-            ws_id = new_id()
-            await insert_workspace(conn, id=ws_id, name="replicated", status="online", url=url)
-            token = await issue_workspace_token(conn, ws_id)
-    finally:
-        await engine.dispose()
-    return ws_id, token
-
-
-async def heartbeat(client: httpx.AsyncClient, ws_id: str, token: str, active_tasks: int = 0) -> None:
-    body = {"workspace_id": ws_id, "error_rate": 0, "sample_error": "", "active_tasks": active_tasks}
-    r = await client.post("/registry/heartbeat", json=body, headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code == 200, r.text
 
 
 def owner(group: list[Replica], pid: int | None) -> Replica | None:
