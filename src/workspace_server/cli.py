@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import typer
@@ -61,16 +62,36 @@ def _setup_logging() -> None:
 def serve(
     host: str = typer.Option(None, help="listen address (default: HOST or 127.0.0.1)"),
     port: int = typer.Option(None, help="listen port (default: PORT or 8080)"),
+    workers: int = typer.Option(
+        1, min=1, help="processes sharing the port, each a full replica (needs Postgres and REDIS_URL)"
+    ),
+    worker_fd: int = typer.Option(None, hidden=True, help="(internal) serve on this inherited socket"),
+    worker_parent: int = typer.Option(None, hidden=True, help="(internal) stop when this pid is gone"),
 ) -> None:
     """Migrate the database, then serve the API."""
+    from workspace_server import workers as supervisor
+
     _setup_logging()
     settings = Settings()
+    if workers > 1 and (problem := supervisor.shared_state_problem(settings)) is not None:
+        typer.echo(f"workspace-server: {problem}", err=True)
+        raise typer.Exit(code=2)
     _require_encryption_key(settings)
-    _migrate(settings)
+    if worker_fd is None:  # a worker's parent migrated already
+        _migrate(settings)
+    host, port = host or settings.HOST, port or settings.PORT
+    if workers > 1:
+        raise typer.Exit(code=supervisor.run(host, port, workers))
     from workspace_server.app import create_app
 
-    app = create_app(settings, migrate=False, freeze_gc=True)  # migrated just above
-    uvicorn.Server(server_config(app, host or settings.HOST, port or settings.PORT)).run()
+    app = create_app(settings, migrate=False, freeze_gc=True)  # migrated just above (or by the parent)
+    server = uvicorn.Server(server_config(app, host, port))
+    if worker_fd is None:
+        server.run()
+        return
+    if worker_parent is not None:
+        supervisor.exit_with_parent(server, worker_parent)
+    server.run(sockets=[socket.socket(fileno=worker_fd)])
 
 
 @cli.command()

@@ -241,6 +241,13 @@ def test_queue_hint_marks_from_before_a_clear_do_not_count(monkeypatch: pytest.M
     assert not hint.probably_empty("a")
 
 
+def test_shared_queue_hint_never_trusts_empty() -> None:
+    """With replicas another process enqueues unseen: every keyed call and drain looks at the database."""
+    hint = QueueHint(shared=True)
+    hint.seen_empty("ws", since=hint.mark())
+    assert not hint.probably_empty("ws")
+
+
 async def test_target_cache_shares_one_query_among_concurrent_misses() -> None:
     cache, calls, release = TargetCache(), [], asyncio.Event()
 

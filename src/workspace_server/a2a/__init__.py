@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import partial
 
 from workspace_server.context import A2AParts, AppContext
-from workspace_server.events.bus import Bus
+from workspace_server.events.bus import Bus, InProcessBus
 
 
 def make_parts(bus: Bus) -> A2AParts:
@@ -25,7 +25,8 @@ def make_parts(bus: Bus) -> A2AParts:
     parts = A2AParts(
         idle_watch=IdleWatch(),
         target_cache=TargetCache(),
-        queue_hint=QueueHint(),
+        # a bus that crosses processes means replicas, whose enqueues this process's hint cannot see
+        queue_hint=QueueHint(shared=not isinstance(bus, InProcessBus)),
         log_writer=LogWriter(),
     )
     bus.add_listener(parts.idle_watch.on_event)

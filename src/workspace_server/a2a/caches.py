@@ -78,17 +78,21 @@ def target_cache(ctx: AppContext) -> TargetCache:
 class QueueHint:
     """Per process: when each workspace's queue was last seen empty, and which got items since.
 
-    Another replica's enqueue is not seen here, so an "empty" verdict is trusted for RECHECK seconds
-    only; after that the next heartbeat looks at the database again (and reclaims expired leases).
+    An "empty" verdict is trusted for RECHECK seconds only; after that the next heartbeat looks at the
+    database again (and reclaims expired leases).
     A look that began before an enqueue in this process does not count (`mark`/`seen_empty(since=)`):
     taken after the enqueue, its "empty" would hide the new item, delaying its drain, or letting a resent
     message skip the duplicate check and be delivered twice.
+    `shared` (replicas: the event bus crosses processes): another replica's enqueue is never seen here,
+    and a resend through this replica of a message queued through another one would skip the duplicate
+    check and be delivered twice (tests/integration/test_replicas.py), so no "empty" verdict is trusted.
     """
 
     RECHECK = 5.0
     MAX_KEYS = 100_000
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
+        self._shared = shared
         self._empty_at: dict[str, float] = {}
         self._touched: dict[str, int] = {}
         self._seq = 0
@@ -114,6 +118,8 @@ class QueueHint:
         self._empty_at[ws_id] = time.monotonic()
 
     def probably_empty(self, ws_id: str) -> bool:
+        if self._shared:
+            return False
         at = self._empty_at.get(ws_id)
         return at is not None and time.monotonic() - at < self.RECHECK
 
