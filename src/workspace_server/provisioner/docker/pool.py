@@ -1,0 +1,340 @@
+"""The Docker backend's warm pool: started, unassigned agent containers a create claims (issue 14 §3).
+
+A member is created like a cold start of its (image, tier) — same tier limits, network mode, published
+loopback port, restart policy — but named `molecule-pool-<hex>`, labelled `molecule.pool=1` (plus its
+image, tier and port), with its own `<name>-configs` volume at /configs, and running `waiter.WAITER`
+ahead of the image's command, which waits for the identity file. Names matter:
+- the orphan sweep lists `ws-` names only, so it never sees an unclaimed member;
+- a claim is `rename(molecule-pool-<hex> → ws-<id12>)` by the member's *name*: the engine renames a
+  name once, so of two claims of one member (two creates here, or two replicas on one engine) exactly one
+  succeeds and the other meets 404 and takes the next member — the claim is atomic without a lock held
+  across engine calls. The in-process deque only spreads concurrent claims over different members.
+After the rename the container is the workspace's instance in every respect the backend looks at (its
+name); the claim writes the config files and the identity file (`build_env`, the cold path's env) into
+its /configs, records its port for the workspace and returns the same `Started` as a cold start, so the
+orchestrator registers the url with egress exactly as for a cold one.
+
+Pool state lives in the engine, not in this process: `run_warm_pool` lists members by label on every pass,
+adopts the ones of a configured key whose image is still the tag's current image, removes the rest
+(stale image, key no longer configured, beyond size, exited) and creates the missing ones. So a restart
+adopts its members, shrinking or disabling the pool removes them, and `drain_warm_pool(image)` (image
+refresh) removes the members of a moving tag so the next pass refills from the new image. Dangling member
+volumes (their container gone) are removed on the same pass.
+
+Not pooled (cold path): a `/workspace` bind (workspace_access), the claude-code runtime (sessions volume),
+and an image whose user is a name (its uid is looked up in a running container by the cold path).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+import logging
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import docker.errors
+
+from workspace_server.provisioner.base import (
+    CONFIG_MOUNT,
+    MANAGED_LABEL,
+    BackendError,
+    Started,
+    StartSpec,
+    build_env,
+    gather_config_files,
+    instance_name,
+)
+from workspace_server.provisioner.docker.engine import ENGINE_ERRORS, is_not_found_error, parse_user
+from workspace_server.provisioner.docker.hostdirs import config_tar
+from workspace_server.provisioner.docker.networks import NetworksMixin
+from workspace_server.provisioner.docker.pulls import PullsMixin
+from workspace_server.provisioner.docker.waiter import IDENTITY_FILE, WAITER
+from workspace_server.provisioner.tiers import TierLimits, normalise_tier, tier_limits
+
+log = logging.getLogger(__name__)
+
+POOL_PREFIX = "molecule-pool-"
+POOL_LABEL = "molecule.pool"
+POOL_IMAGE_LABEL = "molecule.pool.image"
+POOL_TIER_LABEL = "molecule.pool.tier"
+POOL_PORT_LABEL = "molecule.pool.port"
+POOL_UID_LABEL = "molecule.pool.owner"
+# whose pool: a hash of the database and data dir, stable across restarts, so a server adopts and removes
+# only its own members on an engine other servers (or test runs) share
+POOL_SCOPE_LABEL = "molecule.pool.scope"
+DANGLING_EVERY = 30.0  # seconds between sweeps of member volumes left by removed containers
+
+Key = tuple[str, int]  # (image ref, tier)
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    container_id: str
+    port: int
+    uid: int
+    gid: int
+
+
+def _no_progress(_ev: Any) -> None:
+    return None
+
+
+def pool_keys(images: str, tiers: str) -> list[Key]:
+    refs = [r.strip() for r in images.split(",") if r.strip()]
+    nums = sorted({normalise_tier(int(t)) for t in tiers.split(",") if t.strip().isdigit()})
+    return [(r, t) for r in refs for t in nums]
+
+
+class WarmPoolMixin(NetworksMixin, PullsMixin):
+    _warm: dict[Key, collections.deque[Member]]
+    _dangling_at: float
+
+    def _pool_state(self) -> dict[Key, collections.deque[Member]]:
+        if not hasattr(self, "_warm"):  # lazily: DockerBase.__init__ stays the cold path's alone
+            self._warm = {}
+            self._dangling_at = 0.0
+        return self._warm
+
+    def _pool_size(self) -> int:
+        return max(0, self.settings.WARM_POOL_SIZE)
+
+    # ---- claim (on the start path, in a worker thread) ----
+    def _claim_warm(self, spec: StartSpec, limits: TierLimits, bind_path: str | None) -> Started | None:
+        """A warm member turned into the workspace's instance, or None (no member: the cold path)."""
+        if bind_path is not None or spec.runtime == "claude-code":
+            return None
+        queue = self._pool_state().get((spec.image, normalise_tier(spec.tier)))
+        while queue:
+            with self._lock:
+                member = queue.popleft() if queue else None
+            if member is None:
+                return None
+            started = self._claim(member, spec, limits)
+            if started is not None:
+                return started
+        return None
+
+    def _claim(self, member: Member, spec: StartSpec, limits: TierLimits) -> Started | None:
+        name = instance_name(spec.workspace_id)
+        try:
+            self._force_remove(name)  # start replaces whatever runs for the workspace
+            self.client.api.rename(member.name, name)
+        except ENGINE_ERRORS as exc:
+            # 404: another claim (or a drain) took it first; anything else: leave it to the next pass
+            if not (isinstance(exc, docker.errors.NotFound) or is_not_found_error(str(exc))):
+                log.warning("claiming pool member %s failed: %s", member.name, exc)
+            return None
+        _kw, extra = self._network_kwargs(limits, member.port)
+        env = build_env(spec, CONFIG_MOUNT, extra)
+        files = gather_config_files(spec)
+        try:
+            self.client.api.put_archive(name, CONFIG_MOUNT, _identity_tar(files, env, member.uid, member.gid))
+        except ENGINE_ERRORS as exc:
+            log.warning("delivering the identity to %s failed, starting cold: %s", member.name, exc)
+            self._force_remove(name)
+            return None
+        with self._lock:
+            self._ports.pop(member.name, None)
+            self._ports[spec.workspace_id] = member.port
+        log.info("workspace %s claimed warm container %s", spec.workspace_id, member.name)
+        return Started(url=f"http://127.0.0.1:{member.port}", instance_id=member.container_id)
+
+    # ---- the refill pass (run_warm_pool) ----
+    async def run_warm_pool(self) -> None:
+        """Keep every configured key topped up until cancelled; returns at once when the pool is off."""
+        keys = pool_keys(self.settings.WARM_POOL_IMAGES, self.settings.WARM_POOL_TIERS)
+        if self._pool_size() <= 0 or not keys:
+            await self._run(self._remove_members, lambda _m: True)  # a pool switched off leaks nothing
+            return
+        interval = max(0.05, self.settings.WARM_POOL_INTERVAL)
+        while True:
+            try:
+                await self._run(self._refill_once, keys)
+            except (*ENGINE_ERRORS, BackendError) as exc:  # the engine away: the next pass tries again
+                log.warning("warm pool pass failed: %s", exc)
+            await anyio.sleep(interval)
+
+    async def drain_warm_pool(self, image: str) -> None:
+        """Remove the unclaimed members of `image` (its tag moved); the next pass refills."""
+        await self._run(self._remove_members, lambda labels: labels.get(POOL_IMAGE_LABEL) == image)
+
+    def _pool_scope(self) -> str:
+        raw = f"{self.settings.DATABASE_URL}\0{self.settings.DATA_DIR}".encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+    def _list_members(self) -> list[dict[str, Any]]:
+        labels = [f"{POOL_LABEL}=1", f"{POOL_SCOPE_LABEL}={self._pool_scope()}"]
+        rows = self.client.api.containers(all=True, filters={"label": labels})
+        return [r for r in rows if _name(r).startswith(POOL_PREFIX)]  # renamed ones are claimed
+
+    def _remove_members(self, which: Any) -> None:
+        state = self._pool_state()
+        for row in self._list_members():
+            labels = row.get("Labels") or {}
+            if which(labels):
+                self._drop(state, _name(row))
+
+    def _drop(self, state: dict[Key, collections.deque[Member]], name: str) -> None:
+        with self._lock:
+            for queue in state.values():
+                for m in [m for m in queue if m.name == name]:
+                    queue.remove(m)
+            self._ports.pop(name, None)
+        try:
+            self._force_remove(name)
+        except ENGINE_ERRORS as exc:
+            log.warning("removing pool member %s failed: %s", name, exc)
+
+    def _refill_once(self, keys: list[Key]) -> None:
+        state = self._pool_state()
+        size = self._pool_size()
+        current = {ref: self._current_image(ref) for ref in {k[0] for k in keys}}
+        found: dict[Key, list[Member]] = {k: [] for k in keys}
+        for row in self._list_members():
+            labels = row.get("Labels") or {}
+            key = (str(labels.get(POOL_IMAGE_LABEL) or ""), int(labels.get(POOL_TIER_LABEL) or 0))
+            fresh = current.get(key[0]) is not None and row.get("ImageID") == current.get(key[0])
+            if key not in found or not fresh or row.get("State") != "running" or len(found[key]) >= size:
+                self._drop(state, _name(row))
+                continue
+            found[key].append(_member(row, labels))
+        with self._lock:
+            for key in keys:
+                # keep the deque's order for members still there; add adopted ones
+                have = {m.name for m in found[key]}
+                queue = state.setdefault(key, collections.deque())
+                known = {m.name for m in queue}
+                for m in [m for m in queue if m.name not in have]:
+                    queue.remove(m)
+                queue.extend(m for m in found[key] if m.name not in known)
+                for m in found[key]:
+                    self._ports[m.name] = m.port
+        for key in keys:
+            for _ in range(size - len(found[key])):
+                member = self._create_member(key)
+                if member is None:
+                    break
+                with self._lock:
+                    state[key].append(member)
+        if time.monotonic() - self._dangling_at > DANGLING_EVERY:
+            self._dangling_at = time.monotonic()
+            self._remove_dangling_volumes()
+
+    def _local_image(self, ref: str) -> dict[str, Any]:
+        """The image as the engine has it now; pulled only when absent. Not the cold path's pull policy
+        (a moving tag pulled on every start): a pass every second must not pull. A moving tag is followed
+        all the same: a refresh drains, and a pull by a cold start changes the local id, so the members of
+        the old id go on the next pass."""
+        try:
+            return dict(self.client.api.inspect_image(ref))
+        except docker.errors.NotFound:
+            return self._image_attrs(ref, _no_progress)
+
+    def _current_image(self, ref: str) -> str | None:
+        try:
+            return str(self._local_image(ref).get("Id") or "") or None
+        except (*ENGINE_ERRORS, BackendError) as exc:
+            log.warning("warm pool: image %s unavailable: %s", ref, exc)
+            return None
+
+    def _create_member(self, key: Key) -> Member | None:
+        image, tier = key
+        attrs = self._local_image(image)
+        config = attrs.get("Config") or {}
+        user = str(config.get("User") or "")
+        if user.partition(":")[0] and not user.partition(":")[0].isdigit():
+            log.warning("warm pool: %s runs as a named user; not pooled", image)
+            return None
+        argv = list(config.get("Entrypoint") or []) + list(config.get("Cmd") or [])
+        uid, gid = parse_user(user)
+        limits = tier_limits(self.settings, tier)
+        name = f"{POOL_PREFIX}{uuid.uuid4().hex[:12]}"
+        port = self._reserve_port(name)
+        net_kw, extra = self._network_kwargs(limits, port)
+        labels = {
+            MANAGED_LABEL: "true",
+            POOL_LABEL: "1",
+            POOL_IMAGE_LABEL: image,
+            POOL_TIER_LABEL: str(tier),
+            POOL_PORT_LABEL: str(port),
+            POOL_UID_LABEL: f"{uid}:{gid}",
+            POOL_SCOPE_LABEL: self._pool_scope(),
+        }
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "environment": [f"{k}={v}" for k, v in {"WORKSPACE_CONFIG_PATH": CONFIG_MOUNT, **extra}.items()],
+            "labels": labels,
+            "volumes": {f"{name}-configs": {"bind": CONFIG_MOUNT, "mode": "rw"}},
+            "restart_policy": {"Name": "unless-stopped"},
+            "entrypoint": ["python3", "-c", WAITER],
+            "command": argv,
+            "detach": True,
+            **net_kw,
+            **limits.host_config(),
+        }
+        kwargs["nano_cpus"] = min(kwargs["nano_cpus"], self._cpu_cap())
+        plat = self._platform()
+        if plat:
+            kwargs["platform"] = plat
+        try:
+            container = self.client.containers.create(image, **kwargs)
+            if not limits.read_only_rootfs:
+                # the volume root to the agent user, so the waiter can delete the identity file
+                container.put_archive("/", config_tar({}, uid, gid, prefix=CONFIG_MOUNT.strip("/") + "/"))
+            container.start()
+        except BaseException:
+            with self._lock:
+                self._ports.pop(name, None)
+            self._force_remove(name)
+            raise
+        return Member(name, str(container.id), port, uid, gid)
+
+    def _cpu_cap(self) -> int:  # ContainersMixin's (it subclasses this mixin); declared for mypy
+        raise NotImplementedError
+
+    def _remove_dangling_volumes(self) -> None:
+        try:
+            vols = self.client.api.volumes(filters={"dangling": True}).get("Volumes") or []
+        except ENGINE_ERRORS:
+            return
+        for v in vols:
+            name = str(v.get("Name") or "")
+            if name.startswith(POOL_PREFIX) and name.endswith("-configs"):
+                try:
+                    self.client.api.remove_volume(name)
+                except ENGINE_ERRORS:  # in use again, or already gone
+                    continue
+
+
+def _name(row: dict[str, Any]) -> str:
+    return next((n.lstrip("/") for n in row.get("Names") or []), "")
+
+
+def _member(row: dict[str, Any], labels: dict[str, str]) -> Member:
+    uid, _, gid = str(labels.get(POOL_UID_LABEL) or "0:0").partition(":")
+    port = int(labels.get(POOL_PORT_LABEL) or 0)
+    return Member(_name(row), str(row.get("Id") or ""), port, int(uid or 0), int(gid or 0))
+
+
+def _identity_tar(files: dict[str, bytes], env: dict[str, str], uid: int, gid: int) -> bytes:
+    """The config files, then the identity file last and 0600 (it carries the workspace's secrets)."""
+    head = config_tar(files, uid, gid) if files else b""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        if head:
+            with tarfile.open(fileobj=io.BytesIO(head)) as src:
+                for info in src.getmembers():
+                    tar.addfile(info, src.extractfile(info) if info.isfile() else None)
+        data = json.dumps(env).encode()
+        info = tarfile.TarInfo(IDENTITY_FILE)
+        info.size, info.uid, info.gid, info.mode, info.mtime = len(data), uid, gid, 0o600, time.time()
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
