@@ -21,8 +21,10 @@ from tests.integration.orchestrator_support import (
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
 )
 from tests.integration.provisioner_support import engine_fixture  # noqa: F401 - registers the engine fixture
-from workspace_server.provisioner.docker import DockerBackend
+from workspace_server.provisioner.docker import DockerBackend, configs_volume
 from workspace_server.provisioner.docker.pool import POOL_LABEL, POOL_PREFIX, POOL_SCOPE_LABEL
+from workspace_server.provisioner.docker.waiter import IDENTITY_FILE
+from workspace_server.workspaces.files import workspace_config_dir
 
 pytestmark = pytest.mark.docker
 
@@ -82,6 +84,11 @@ async def test_fill_claim_concurrent_refill(platform_factory: PlatformFactory, e
     assert await agent_reply(view["url"], "warm hello") == "warm hello"
     r = await p.a2a(wid, "via the platform")
     assert r.status_code == 200 and r.json()["result"]["parts"][0]["text"] == "via the platform"
+    # its configs are where a cold start puts them (a restart reuses them), the identity file is gone
+    host = workspace_config_dir(p.settings, wid)
+    assert engine.volumes.get(configs_volume(wid)).attrs["Options"]["device"] == str(host)
+    assert (host / ".auth_token").read_text() and b"Warm Agent" in (host / "config.yaml").read_bytes()
+    assert not (host / IDENTITY_FILE).exists()
 
     warm = await running_members(p, engine, 2)  # refilled
     a, b = await asyncio.gather(p.create("Twin A"), p.create("Twin B"))
@@ -91,9 +98,23 @@ async def test_fill_claim_concurrent_refill(platform_factory: PlatformFactory, e
     assert await agent_reply((await p.get(b))["url"], "b") == "b"
     await running_members(p, engine, 2)
 
+    r = await p.http.post(f"/workspaces/{wid}/restart")  # not fresh: the cold path, on its own volume
+    assert r.status_code == 200, r.text
+    await p.wait_for(lambda: _replaced(engine, wid, c.id), "the restarted container")
+    view = await p.wait_status(wid, "online")
+    assert POOL_LABEL not in workspace_container(engine, wid).labels
+    assert await agent_reply(view["url"], "after restart") == "after restart"
+    assert b"Warm Agent" in (host / "config.yaml").read_bytes()
+
     r = await p.http.delete(f"/workspaces/{wid}")
     assert r.status_code == 200
-    assert not engine.containers.list(all=True, filters={"id": c.id})
+    assert not engine.containers.list(all=True, filters={"name": f"ws-{wid[:12]}"})
+    assert not host.exists()
+
+
+async def _replaced(engine: Any, wid: str, old_id: str) -> bool:
+    found = await asyncio.to_thread(engine.containers.list, all=True, filters={"name": f"ws-{wid[:12]}"})
+    return any(c.id != old_id for c in found)
 
 
 async def test_restart_adopts_then_disabled_pool_is_removed(

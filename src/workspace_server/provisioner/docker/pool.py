@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
-import json
 import logging
-import tarfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -44,6 +41,7 @@ import docker.errors
 from workspace_server.provisioner.base import (
     CONFIG_MOUNT,
     MANAGED_LABEL,
+    WORKSPACE_LABEL,
     BackendError,
     Started,
     StartSpec,
@@ -51,12 +49,26 @@ from workspace_server.provisioner.base import (
     gather_config_files,
     instance_name,
 )
-from workspace_server.provisioner.docker.engine import ENGINE_ERRORS, is_not_found_error, parse_user
-from workspace_server.provisioner.docker.hostdirs import config_tar
+from workspace_server.provisioner.docker.engine import (
+    ENGINE_ERRORS,
+    configs_volume,
+    is_not_found_error,
+    parse_user,
+)
 from workspace_server.provisioner.docker.networks import NetworksMixin
+from workspace_server.provisioner.docker.pool_dirs import (
+    adopt_dir,
+    deliver,
+    make_member_dir,
+    pool_dir,
+    remove_member_dir,
+    undo,
+)
 from workspace_server.provisioner.docker.pulls import PullsMixin
-from workspace_server.provisioner.docker.waiter import IDENTITY_FILE, WAITER
+from workspace_server.provisioner.docker.volumes import VolumesMixin, _HostDirUnseen
+from workspace_server.provisioner.docker.waiter import WAITER
 from workspace_server.provisioner.tiers import TierLimits, normalise_tier, tier_limits
+from workspace_server.workspaces.files import UnsafePath
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +99,18 @@ def _no_progress(_ev: Any) -> None:
     return None
 
 
+def pool_scope(database_url: str, data_dir: str) -> str:
+    """The `molecule.pool.scope` label of a server's members (see POOL_SCOPE_LABEL)."""
+    return hashlib.sha256(f"{database_url}\0{data_dir}".encode()).hexdigest()[:16]
+
+
 def pool_keys(images: str, tiers: str) -> list[Key]:
     refs = [r.strip() for r in images.split(",") if r.strip()]
     nums = sorted({normalise_tier(int(t)) for t in tiers.split(",") if t.strip().isdigit()})
     return [(r, t) for r in refs for t in nums]
 
 
-class WarmPoolMixin(NetworksMixin, PullsMixin):
+class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
     _warm: dict[Key, collections.deque[Member]]
     _dangling_at: float
 
@@ -109,9 +126,11 @@ class WarmPoolMixin(NetworksMixin, PullsMixin):
     # ---- claim (on the start path, in a worker thread) ----
     def _claim_warm(self, spec: StartSpec, limits: TierLimits, bind_path: str | None) -> Started | None:
         """A warm member turned into the workspace's instance, or None (no member: the cold path)."""
-        if bind_path is not None or spec.runtime == "claude-code":
+        if bind_path is not None or spec.runtime == "claude-code" or not self._pool_usable():
             return None
         queue = self._pool_state().get((spec.image, normalise_tier(spec.tier)))
+        if not queue or not self._fresh(spec.workspace_id):
+            return None
         while queue:
             with self._lock:
                 member = queue.popleft() if queue else None
@@ -122,11 +141,30 @@ class WarmPoolMixin(NetworksMixin, PullsMixin):
                 return started
         return None
 
+    def _pool_usable(self) -> bool:
+        """Members deliver identities through host-bound config volumes (pool_dirs.py): a local engine and a
+        root server, whose host dirs the engine sees. Elsewhere the pool stays empty (the cold path)."""
+        return self._host_volumes and self._host_verified is not False
+
+    def _fresh(self, ws_id: str) -> bool:
+        """Only a workspace with no configs yet is given a member: a restart reuses its configs volume,
+        which a member cannot mount, so it starts cold."""
+        own = self._own_dir(ws_id)
+        if own is None or own.exists():
+            return False
+        try:
+            self.client.api.inspect_volume(configs_volume(ws_id))
+        except docker.errors.NotFound:
+            return True
+        except ENGINE_ERRORS:
+            return False
+        return False
+
     def _claim(self, member: Member, spec: StartSpec, limits: TierLimits) -> Started | None:
+        t0 = time.monotonic()
         name = instance_name(spec.workspace_id)
         try:
-            self._force_remove(name)  # start replaces whatever runs for the workspace
-            self.client.api.rename(member.name, name)
+            self._rename(member.name, name)
         except ENGINE_ERRORS as exc:
             # 404: another claim (or a drain) took it first; anything else: leave it to the next pass
             if not (isinstance(exc, docker.errors.NotFound) or is_not_found_error(str(exc))):
@@ -134,24 +172,47 @@ class WarmPoolMixin(NetworksMixin, PullsMixin):
             return None
         _kw, extra = self._network_kwargs(limits, member.port)
         env = build_env(spec, CONFIG_MOUNT, extra)
-        files = gather_config_files(spec)
+        path, own = pool_dir(self.settings, member.name), self._own_dir(spec.workspace_id)
+        assert own is not None  # _fresh checked it
         try:
-            self.client.api.put_archive(name, CONFIG_MOUNT, _identity_tar(files, env, member.uid, member.gid))
-        except ENGINE_ERRORS as exc:
+            deliver(path, gather_config_files(spec), env, member.uid, member.gid)
+            adopt_dir(path, own)
+            opts = {"type": "none", "o": "bind", "device": str(own)}
+            labels = {MANAGED_LABEL: "true", WORKSPACE_LABEL: spec.workspace_id}
+            self.client.api.create_volume(configs_volume(spec.workspace_id), driver_opts=opts, labels=labels)
+        except (*ENGINE_ERRORS, UnsafePath) as exc:
             log.warning("delivering the identity to %s failed, starting cold: %s", member.name, exc)
             self._force_remove(name)
+            undo(path, own)
+            self._remove_volume(configs_volume(spec.workspace_id), False)
             return None
         with self._lock:
             self._ports.pop(member.name, None)
             self._ports[spec.workspace_id] = member.port
-        log.info("workspace %s claimed warm container %s", spec.workspace_id, member.name)
+        log.info(
+            "workspace %s claimed warm container %s (%.0f ms)",
+            spec.workspace_id,
+            member.name,
+            1000 * (time.monotonic() - t0),
+        )
         return Started(url=f"http://127.0.0.1:{member.port}", instance_id=member.container_id)
+
+    def _rename(self, member: str, name: str) -> None:
+        """`member` → `name`; a container already holding `name` is replaced (start replaces whatever runs
+        for the workspace). Renamed first and removed only on the conflict: one engine call, usually."""
+        try:
+            self.client.api.rename(member, name)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise
+            self._force_remove(name)
+            self.client.api.rename(member, name)
 
     # ---- the refill pass (run_warm_pool) ----
     async def run_warm_pool(self) -> None:
         """Keep every configured key topped up until cancelled; returns at once when the pool is off."""
         keys = pool_keys(self.settings.WARM_POOL_IMAGES, self.settings.WARM_POOL_TIERS)
-        if self._pool_size() <= 0 or not keys:
+        if self._pool_size() <= 0 or not keys or not self._pool_usable():
             await self._run(self._remove_members, lambda _m: True)  # a pool switched off leaks nothing
             return
         interval = max(0.05, self.settings.WARM_POOL_INTERVAL)
@@ -167,8 +228,7 @@ class WarmPoolMixin(NetworksMixin, PullsMixin):
         await self._run(self._remove_members, lambda labels: labels.get(POOL_IMAGE_LABEL) == image)
 
     def _pool_scope(self) -> str:
-        raw = f"{self.settings.DATABASE_URL}\0{self.settings.DATA_DIR}".encode()
-        return hashlib.sha256(raw).hexdigest()[:16]
+        return pool_scope(self.settings.DATABASE_URL, str(self.settings.DATA_DIR))
 
     def _list_members(self) -> list[dict[str, Any]]:
         labels = [f"{POOL_LABEL}=1", f"{POOL_SCOPE_LABEL}={self._pool_scope()}"]
@@ -192,6 +252,9 @@ class WarmPoolMixin(NetworksMixin, PullsMixin):
             self._force_remove(name)
         except ENGINE_ERRORS as exc:
             log.warning("removing pool member %s failed: %s", name, exc)
+            return
+        self._remove_volume(f"{name}-configs", False)
+        remove_member_dir(pool_dir(self.settings, name))
 
     def _refill_once(self, keys: list[Key]) -> None:
         state = self._pool_state()
@@ -272,7 +335,7 @@ class WarmPoolMixin(NetworksMixin, PullsMixin):
             "name": name,
             "environment": [f"{k}={v}" for k, v in {"WORKSPACE_CONFIG_PATH": CONFIG_MOUNT, **extra}.items()],
             "labels": labels,
-            "volumes": {f"{name}-configs": {"bind": CONFIG_MOUNT, "mode": "rw"}},
+            "volumes": {f"{name}-configs": {"bind": CONFIG_MOUNT, "mode": "rw"}},  # bound to its host dir
             "restart_policy": {"Name": "unless-stopped"},
             "entrypoint": ["python3", "-c", WAITER],
             "command": argv,
@@ -284,16 +347,23 @@ class WarmPoolMixin(NetworksMixin, PullsMixin):
         plat = self._platform()
         if plat:
             kwargs["platform"] = plat
+        path = pool_dir(self.settings, name)
         try:
+            make_member_dir(path, uid, gid)
+            opts = {"type": "none", "o": "bind", "device": str(path)}
+            self.client.api.create_volume(f"{name}-configs", driver_opts=opts, labels=labels)
             container = self.client.containers.create(image, **kwargs)
-            if not limits.read_only_rootfs:
-                # the volume root to the agent user, so the waiter can delete the identity file
-                container.put_archive("/", config_tar({}, uid, gid, prefix=CONFIG_MOUNT.strip("/") + "/"))
+            if self._host_verified is None:  # the engine must see our dir (a server in a container may not)
+                self._verify_host_dir(container, path)
             container.start()
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
                 self._ports.pop(name, None)
             self._force_remove(name)
+            self._remove_volume(f"{name}-configs", False)
+            remove_member_dir(path)
+            if isinstance(exc, _HostDirUnseen):
+                return None  # _host_verified is False now: the pool stops (_pool_usable)
             raise
         return Member(name, str(container.id), port, uid, gid)
 
@@ -312,6 +382,7 @@ class WarmPoolMixin(NetworksMixin, PullsMixin):
                     self.client.api.remove_volume(name)
                 except ENGINE_ERRORS:  # in use again, or already gone
                     continue
+                remove_member_dir(pool_dir(self.settings, name.removesuffix("-configs")))
 
 
 def _name(row: dict[str, Any]) -> str:
@@ -322,19 +393,3 @@ def _member(row: dict[str, Any], labels: dict[str, str]) -> Member:
     uid, _, gid = str(labels.get(POOL_UID_LABEL) or "0:0").partition(":")
     port = int(labels.get(POOL_PORT_LABEL) or 0)
     return Member(_name(row), str(row.get("Id") or ""), port, int(uid or 0), int(gid or 0))
-
-
-def _identity_tar(files: dict[str, bytes], env: dict[str, str], uid: int, gid: int) -> bytes:
-    """The config files, then the identity file last and 0600 (it carries the workspace's secrets)."""
-    head = config_tar(files, uid, gid) if files else b""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        if head:
-            with tarfile.open(fileobj=io.BytesIO(head)) as src:
-                for info in src.getmembers():
-                    tar.addfile(info, src.extractfile(info) if info.isfile() else None)
-        data = json.dumps(env).encode()
-        info = tarfile.TarInfo(IDENTITY_FILE)
-        info.size, info.uid, info.gid, info.mode, info.mtime = len(data), uid, gid, 0o600, time.time()
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()

@@ -1,0 +1,70 @@
+"""Host dirs behind warm pool members' /configs (pool.py): where a claim writes the identity, and how the dir
+becomes the workspace's own configs dir.
+
+A member's /configs is a local volume bound to `<DATA_DIR>/warm-pool/<member>`. A claim writes the config
+files there directly (microseconds, where the engine's archive API took 150 ms on a loaded host), then
+the identity file, then renames the dir to the workspace's host config dir and creates the workspace's
+`ws-<id12>-configs` volume bound to it: the running container keeps its mount (a bind mount follows the
+directory, not its path), and from then on the workspace's configs are exactly where a cold start would
+have put them — a restart reuses them, a delete removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from workspace_server.config import Settings
+from workspace_server.provisioner.docker.hostdirs import write_host_configs
+from workspace_server.provisioner.docker.waiter import IDENTITY_FILE
+
+
+def pool_dir(settings: Settings, member: str) -> Path:
+    return Path(settings.DATA_DIR).resolve() / "warm-pool" / member
+
+
+def make_member_dir(path: Path, uid: int, gid: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, uid, gid)  # the waiter deletes the identity file: the agent user owns the dir
+    path.chmod(0o755)
+
+
+def remove_member_dir(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def deliver(path: Path, files: dict[str, bytes], env: dict[str, str], uid: int, gid: int) -> None:
+    """The config files, then the identity file: written to a temp name (0600, the agent's; it carries the
+    workspace's secrets) and renamed into place, so the waiter never reads half of it."""
+    if files:
+        write_host_configs(path, files, uid, gid)
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        tmp = f".{IDENTITY_FILE}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+        try:
+            os.fchown(fd, uid, gid)
+            os.write(fd, json.dumps(env).encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, IDENTITY_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def adopt_dir(path: Path, own: Path) -> None:
+    """The member's dir becomes the workspace's config dir (`own` must not exist: claims are fresh only)."""
+    own.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(path, own)
+
+
+def undo(path: Path, own: Path) -> None:
+    """A claim that failed half-way leaves neither dir behind."""
+    for p in (path, own):
+        with contextlib.suppress(OSError):
+            remove_member_dir(p)
