@@ -89,6 +89,13 @@ async def test_fill_claim_concurrent_refill(platform_factory: PlatformFactory, e
     assert engine.volumes.get(configs_volume(wid)).attrs["Options"]["device"] == str(host)
     assert (host / ".auth_token").read_text() and b"Warm Agent" in (host / "config.yaml").read_bytes()
     assert not (host / IDENTITY_FILE).exists()
+    # the orphan sweep and the image refresh know whose it is, though its labels cannot say
+    backend = DockerBackend(p.settings)
+    try:
+        assert wid in {i.workspace_id for i in await backend.list_instances()}
+        assert wid in {u.workspace_id for u in await backend.image_users()}
+    finally:
+        await backend.close()
 
     warm = await running_members(p, engine, 2)  # refilled
     a, b = await asyncio.gather(p.create("Twin A"), p.create("Twin B"))

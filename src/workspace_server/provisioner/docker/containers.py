@@ -323,7 +323,7 @@ class ContainersMixin(WarmPoolMixin, VolumesMixin):
             out.append(
                 Instance(
                     name=name,
-                    workspace_id=labels.get(WORKSPACE_LABEL) or None,
+                    workspace_id=self._workspace_of(str(row.get("Id") or ""), labels),
                     id_prefix=prefix,
                     running=row.get("State") == "running",
                 )

@@ -32,6 +32,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +60,11 @@ from workspace_server.provisioner.docker.networks import NetworksMixin
 from workspace_server.provisioner.docker.pool_dirs import (
     adopt_dir,
     deliver,
+    forget_claims,
     make_member_dir,
     pool_dir,
+    read_claim,
+    record_claim,
     remove_member_dir,
     undo,
 )
@@ -180,7 +184,8 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             opts = {"type": "none", "o": "bind", "device": str(own)}
             labels = {MANAGED_LABEL: "true", WORKSPACE_LABEL: spec.workspace_id}
             self.client.api.create_volume(configs_volume(spec.workspace_id), driver_opts=opts, labels=labels)
-        except (*ENGINE_ERRORS, UnsafePath) as exc:
+            record_claim(self.settings, member.container_id, spec.workspace_id)
+        except (*ENGINE_ERRORS, UnsafePath, OSError) as exc:
             log.warning("delivering the identity to %s failed, starting cold: %s", member.name, exc)
             self._force_remove(name)
             undo(path, own)
@@ -196,6 +201,12 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             1000 * (time.monotonic() - t0),
         )
         return Started(url=f"http://127.0.0.1:{member.port}", instance_id=member.container_id)
+
+    def _workspace_of(self, container_id: str, labels: Mapping[str, str]) -> str | None:
+        own = labels.get(WORKSPACE_LABEL)
+        if own or labels.get(POOL_LABEL) != "1":
+            return own or None
+        return read_claim(self.settings, container_id)
 
     def _rename(self, member: str, name: str) -> None:
         """`member` → `name`; a container already holding `name` is replaced (start replaces whatever runs
@@ -290,6 +301,8 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
         if time.monotonic() - self._dangling_at > DANGLING_EVERY:
             self._dangling_at = time.monotonic()
             self._remove_dangling_volumes()
+            ids = self.client.api.containers(all=True, quiet=True, filters={"label": f"{POOL_LABEL}=1"})
+            forget_claims(self.settings, {str(r["Id"]) for r in ids})
 
     def _local_image(self, ref: str) -> dict[str, Any]:
         """The image as the engine has it now; pulled only when absent. Not the cold path's pull policy

@@ -27,6 +27,41 @@ def pool_dir(settings: Settings, member: str) -> Path:
     return Path(settings.DATA_DIR).resolve() / "warm-pool" / member
 
 
+def claims_dir(settings: Settings) -> Path:
+    """`<container id>` → workspace id of claimed members: a container's labels cannot change after its
+    create, so this server-side record (the agent cannot write it) is what tells the orphan sweep and the
+    image refresh whose a claimed member is."""
+    return Path(settings.DATA_DIR).resolve() / "warm-pool" / "claims"
+
+
+def record_claim(settings: Settings, container_id: str, ws_id: str) -> None:
+    d = claims_dir(settings)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{container_id}.{secrets.token_hex(4)}"
+    tmp.write_text(ws_id, encoding="utf-8")
+    os.replace(tmp, d / container_id)
+
+
+def read_claim(settings: Settings, container_id: str) -> str | None:
+    if not container_id.isalnum():
+        return None
+    try:
+        return (claims_dir(settings) / container_id).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def forget_claims(settings: Settings, keep: set[str]) -> None:
+    """Drop the records of containers that are gone."""
+    d = claims_dir(settings)
+    if not d.is_dir():
+        return
+    for p in d.iterdir():
+        if p.name not in keep and not p.name.startswith("."):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
 def make_member_dir(path: Path, uid: int, gid: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
     os.chown(path, uid, gid)  # the waiter deletes the identity file: the agent user owns the dir
