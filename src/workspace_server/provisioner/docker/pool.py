@@ -260,9 +260,12 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
                     queue.remove(m)
             self._ports.pop(name, None)
         try:
-            self._force_remove(name)
+            # by name, like a claim's rename: whichever of the two the engine does first wins, and a
+            # member renamed meanwhile (claimed) is a 404 here, so its dir and volume are left alone
+            self.client.api.remove_container(name, force=True)
         except ENGINE_ERRORS as exc:
-            log.warning("removing pool member %s failed: %s", name, exc)
+            if not (isinstance(exc, docker.errors.NotFound) or is_not_found_error(str(exc))):
+                log.warning("removing pool member %s failed: %s", name, exc)
             return
         self._remove_volume(f"{name}-configs", False)
         remove_member_dir(pool_dir(self.settings, name))
