@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     WARM_POOL_IMAGES: str = "molecule/workspace-agent:latest"  # comma separated image refs
     WARM_POOL_TIERS: str = "2"  # comma separated tiers
     WARM_POOL_INTERVAL: float = 1.0  # seconds between refill passes
+    # modules a member imports while it waits (the reference agent imports yaml lazily, in config.load)
+    WARM_POOL_PRELOAD: str = "yaml"
     TIER1_MEMORY_MB: str = ""
     TIER1_CPU_SHARES: str = ""
     TIER2_MEMORY_MB: str = ""

@@ -28,6 +28,7 @@ and an image whose user is a name (its uid is looked up in a running container b
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import hashlib
 import logging
 import time
@@ -166,30 +167,36 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
 
     def _claim(self, member: Member, spec: StartSpec, limits: TierLimits) -> Started | None:
         t0 = time.monotonic()
-        name = instance_name(spec.workspace_id)
+        name, volume = instance_name(spec.workspace_id), configs_volume(spec.workspace_id)
+        path, own = pool_dir(self.settings, member.name), self._own_dir(spec.workspace_id)
+        assert own is not None  # _fresh checked it
+        # the workspace's configs volume, overlapped with the rename (a bind volume's device is looked at
+        # when it is mounted, not now: `own` appears below)
+        opts = {"type": "none", "o": "bind", "device": str(own)}
+        labels = {MANAGED_LABEL: "true", WORKSPACE_LABEL: spec.workspace_id}
+        made = self._pool.submit(self.client.api.create_volume, volume, driver_opts=opts, labels=labels)
         try:
             self._rename(member.name, name)
         except ENGINE_ERRORS as exc:
+            concurrent.futures.wait([made])
+            self._remove_volume(volume, False)  # fresh: it was not there before this claim
             # 404: another claim (or a drain) took it first; anything else: leave it to the next pass
             if not (isinstance(exc, docker.errors.NotFound) or is_not_found_error(str(exc))):
                 log.warning("claiming pool member %s failed: %s", member.name, exc)
             return None
         _kw, extra = self._network_kwargs(limits, member.port)
         env = build_env(spec, CONFIG_MOUNT, extra)
-        path, own = pool_dir(self.settings, member.name), self._own_dir(spec.workspace_id)
-        assert own is not None  # _fresh checked it
         try:
             deliver(path, gather_config_files(spec), env, member.uid, member.gid)
             adopt_dir(path, own)
-            opts = {"type": "none", "o": "bind", "device": str(own)}
-            labels = {MANAGED_LABEL: "true", WORKSPACE_LABEL: spec.workspace_id}
-            self.client.api.create_volume(configs_volume(spec.workspace_id), driver_opts=opts, labels=labels)
+            made.result()
             record_claim(self.settings, member.container_id, spec.workspace_id)
         except (*ENGINE_ERRORS, UnsafePath, OSError) as exc:
+            concurrent.futures.wait([made])
             log.warning("delivering the identity to %s failed, starting cold: %s", member.name, exc)
             self._force_remove(name)
             undo(path, own)
-            self._remove_volume(configs_volume(spec.workspace_id), False)
+            self._remove_volume(volume, False)
             return None
         with self._lock:
             self._ports.pop(member.name, None)
@@ -349,7 +356,7 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
         }
         kwargs: dict[str, Any] = {
             "name": name,
-            "environment": [f"{k}={v}" for k, v in {"WORKSPACE_CONFIG_PATH": CONFIG_MOUNT, **extra}.items()],
+            "environment": [f"{k}={v}" for k, v in self._member_env(extra).items()],
             "labels": labels,
             "volumes": {f"{name}-configs": {"bind": CONFIG_MOUNT, "mode": "rw"}},  # bound to its host dir
             "restart_policy": {"Name": "unless-stopped"},
@@ -382,6 +389,10 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
                 return None  # _host_verified is False now: the pool stops (_pool_usable)
             raise
         return Member(name, str(container.id), port, uid, gid)
+
+    def _member_env(self, extra: dict[str, str]) -> dict[str, str]:
+        preload = self.settings.WARM_POOL_PRELOAD
+        return {"WORKSPACE_CONFIG_PATH": CONFIG_MOUNT, "MOLECULE_POOL_PRELOAD": preload, **extra}
 
     def _cpu_cap(self) -> int:  # ContainersMixin's (it subclasses this mixin); declared for mypy
         raise NotImplementedError

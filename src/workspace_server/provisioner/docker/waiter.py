@@ -3,10 +3,11 @@
 The reference agent reads WORKSPACE_ID and the rest of its env once, at process start (spec 07 §4), so a
 started-but-unassigned container cannot run it yet. A member runs `python3 -c WAITER <image argv>`
 instead: it pays for the interpreter and, for a `python -m pkg` command, for importing `pkg`'s modules
-up front, then polls for `/configs/.pool-identity.json`. The claim writes the config files and that file
-last, in one archive (the engine extracts in order, so once it is there and parses, the rest is
-complete). The waiter deletes it (it holds the workspace secrets), applies its env and runs the image's
-own command: in this interpreter for `python -m pkg` (the imports are already done), else by exec.
+up front (and the modules MOLECULE_POOL_PRELOAD names, which the agent would import lazily), then polls
+for `/configs/.pool-identity.json`. The claim writes the config files, then that file (renamed into
+place, so once it is there it is whole: pool_dirs.deliver). The waiter deletes it (it holds the workspace
+secrets), applies its env and runs the image's own command: in this interpreter for `python -m pkg` (the
+imports are already done), else by exec.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ if len(argv) >= 3 and os.path.basename(argv[0]).startswith("python") and argv[1]
                     pass
     except Exception:
         pass
+for name in (os.environ.pop("MOLECULE_POOL_PRELOAD", "") or "").split(","):
+    if name.strip():
+        try:
+            importlib.import_module(name.strip())
+        except Exception:
+            pass
 path = os.path.join(os.environ.get("WORKSPACE_CONFIG_PATH") or "/configs", "@IDENTITY@")
 while True:
     try:
