@@ -94,6 +94,9 @@ async def test_fill_claim_concurrent_refill(platform_factory: PlatformFactory, e
     try:
         assert wid in {i.workspace_id for i in await backend.list_instances()}
         assert wid in {u.workspace_id for u in await backend.image_users()}
+        # an exec sees the workspace env, as in a cold container
+        out = (await backend.exec(wid, ["env"])).stdout.decode()
+        assert f"WORKSPACE_ID={wid}" in out.splitlines() and f"PLATFORM_URL={p.url}" in out.splitlines()
     finally:
         await backend.close()
 

@@ -150,6 +150,10 @@ class DockerBase:
         """The workspace a container serves: its label (the warm pool adds claimed members, pool.py)."""
         return labels.get(WORKSPACE_LABEL) or None
 
+    def _exec_env(self, container: Any) -> list[str]:
+        """Env an exec into `container` adds to its own (a claimed warm member's workspace env, pool.py)."""
+        return []
+
     # ---- plumbing ----
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args)

@@ -190,7 +190,7 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             deliver(path, gather_config_files(spec), env, member.uid, member.gid)
             adopt_dir(path, own)
             made.result()
-            record_claim(self.settings, member.container_id, spec.workspace_id)
+            record_claim(self.settings, member.container_id, spec.workspace_id, env)
         except (*ENGINE_ERRORS, UnsafePath, OSError) as exc:
             concurrent.futures.wait([made])
             log.warning("delivering the identity to %s failed, starting cold: %s", member.name, exc)
@@ -213,7 +213,16 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
         own = labels.get(WORKSPACE_LABEL)
         if own or labels.get(POOL_LABEL) != "1":
             return own or None
-        return read_claim(self.settings, container_id)
+        claim = read_claim(self.settings, container_id)
+        return str(claim.get("workspace_id") or "") or None if claim else None
+
+    def _exec_env(self, container: Any) -> list[str]:
+        labels = (container.attrs.get("Config") or {}).get("Labels") or {}
+        if labels.get(POOL_LABEL) != "1":
+            return []
+        claim = read_claim(self.settings, str(container.id))
+        env = claim.get("env") if claim else None
+        return [f"{k}={v}" for k, v in env.items()] if isinstance(env, dict) else []
 
     def _rename(self, member: str, name: str) -> None:
         """`member` → `name`; a container already holding `name` is replaced (start replaces whatever runs

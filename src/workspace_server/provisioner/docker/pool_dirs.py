@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
+from typing import Any
 
 from workspace_server.config import Settings
 from workspace_server.provisioner.docker.hostdirs import write_host_configs
@@ -34,21 +35,26 @@ def claims_dir(settings: Settings) -> Path:
     return Path(settings.DATA_DIR).resolve() / "warm-pool" / "claims"
 
 
-def record_claim(settings: Settings, container_id: str, ws_id: str) -> None:
+def record_claim(settings: Settings, container_id: str, ws_id: str, env: dict[str, str]) -> None:
+    """Also the workspace env (secrets included, hence 0600, root's): a cold container has it as its own
+    env, so every exec sees it; a claimed member's execs get it from here (`_exec_env`)."""
     d = claims_dir(settings)
-    d.mkdir(parents=True, exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = d / f".{container_id}.{secrets.token_hex(4)}"
-    tmp.write_text(ws_id, encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"workspace_id": ws_id, "env": env}, f)
     os.replace(tmp, d / container_id)
 
 
-def read_claim(settings: Settings, container_id: str) -> str | None:
+def read_claim(settings: Settings, container_id: str) -> dict[str, Any] | None:
     if not container_id.isalnum():
         return None
     try:
-        return (claims_dir(settings) / container_id).read_text(encoding="utf-8").strip() or None
-    except OSError:
+        data = json.loads((claims_dir(settings) / container_id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def forget_claims(settings: Settings, keep: set[str]) -> None:
