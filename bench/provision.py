@@ -46,7 +46,12 @@ import docker
 import httpx
 import psutil
 
-from workspace_server.provisioner.docker.pool import POOL_LABEL, POOL_PREFIX, POOL_SCOPE_LABEL, pool_scope
+from workspace_server.provisioner.docker.pool_model import (
+    POOL_LABEL,
+    POOL_PREFIX,
+    POOL_SCOPE_LABEL,
+    pool_scope,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "molecule/workspace-agent:latest"

@@ -22,7 +22,7 @@ from tests.integration.orchestrator_support import (
 )
 from tests.integration.provisioner_support import engine_fixture  # noqa: F401 - registers the engine fixture
 from workspace_server.provisioner.docker import DockerBackend, configs_volume
-from workspace_server.provisioner.docker.pool import POOL_LABEL, POOL_PREFIX, POOL_SCOPE_LABEL
+from workspace_server.provisioner.docker.pool_model import POOL_LABEL, POOL_PREFIX, POOL_SCOPE_LABEL
 from workspace_server.provisioner.docker.waiter import IDENTITY_FILE
 from workspace_server.workspaces.files import workspace_config_dir
 

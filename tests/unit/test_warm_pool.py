@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from workspace_server.provisioner.docker.pool import pool_keys, pool_scope
 from workspace_server.provisioner.docker.pool_dirs import deliver
+from workspace_server.provisioner.docker.pool_model import pool_keys, pool_scope
 from workspace_server.provisioner.docker.waiter import IDENTITY_FILE, WAITER
 
 AGENT = """

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -69,6 +67,22 @@ from workspace_server.provisioner.docker.pool_dirs import (
     remove_member_dir,
     undo,
 )
+from workspace_server.provisioner.docker.pool_model import (
+    DANGLING_EVERY,
+    POOL_IMAGE_LABEL,
+    POOL_LABEL,
+    POOL_PORT_LABEL,
+    POOL_PREFIX,
+    POOL_SCOPE_LABEL,
+    POOL_TIER_LABEL,
+    POOL_UID_LABEL,
+    Key,
+    Member,
+    member_of,
+    pool_keys,
+    pool_scope,
+    row_name,
+)
 from workspace_server.provisioner.docker.pulls import PullsMixin
 from workspace_server.provisioner.docker.volumes import VolumesMixin, _HostDirUnseen
 from workspace_server.provisioner.docker.waiter import WAITER
@@ -77,42 +91,9 @@ from workspace_server.workspaces.files import UnsafePath
 
 log = logging.getLogger(__name__)
 
-POOL_PREFIX = "molecule-pool-"
-POOL_LABEL = "molecule.pool"
-POOL_IMAGE_LABEL = "molecule.pool.image"
-POOL_TIER_LABEL = "molecule.pool.tier"
-POOL_PORT_LABEL = "molecule.pool.port"
-POOL_UID_LABEL = "molecule.pool.owner"
-# whose pool: a hash of the database and data dir, stable across restarts, so a server adopts and removes
-# only its own members on an engine other servers (or test runs) share
-POOL_SCOPE_LABEL = "molecule.pool.scope"
-DANGLING_EVERY = 30.0  # seconds between sweeps of member volumes left by removed containers
-
-Key = tuple[str, int]  # (image ref, tier)
-
-
-@dataclass(frozen=True)
-class Member:
-    name: str
-    container_id: str
-    port: int
-    uid: int
-    gid: int
-
 
 def _no_progress(_ev: Any) -> None:
     return None
-
-
-def pool_scope(database_url: str, data_dir: str) -> str:
-    """The `molecule.pool.scope` label of a server's members (see POOL_SCOPE_LABEL)."""
-    return hashlib.sha256(f"{database_url}\0{data_dir}".encode()).hexdigest()[:16]
-
-
-def pool_keys(images: str, tiers: str) -> list[Key]:
-    refs = [r.strip() for r in images.split(",") if r.strip()]
-    nums = sorted({normalise_tier(int(t)) for t in tiers.split(",") if t.strip().isdigit()})
-    return [(r, t) for r in refs for t in nums]
 
 
 class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
@@ -260,14 +241,14 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
     def _list_members(self) -> list[dict[str, Any]]:
         labels = [f"{POOL_LABEL}=1", f"{POOL_SCOPE_LABEL}={self._pool_scope()}"]
         rows = self.client.api.containers(all=True, filters={"label": labels})
-        return [r for r in rows if _name(r).startswith(POOL_PREFIX)]  # renamed ones are claimed
+        return [r for r in rows if row_name(r).startswith(POOL_PREFIX)]  # renamed ones are claimed
 
     def _remove_members(self, which: Any) -> None:
         state = self._pool_state()
         for row in self._list_members():
             labels = row.get("Labels") or {}
             if which(labels):
-                self._drop(state, _name(row))
+                self._drop(state, row_name(row))
 
     def _drop(self, state: dict[Key, collections.deque[Member]], name: str) -> None:
         with self._lock:
@@ -296,9 +277,9 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             key = (str(labels.get(POOL_IMAGE_LABEL) or ""), int(labels.get(POOL_TIER_LABEL) or 0))
             fresh = current.get(key[0]) is not None and row.get("ImageID") == current.get(key[0])
             if key not in found or not fresh or row.get("State") != "running" or len(found[key]) >= size:
-                self._drop(state, _name(row))
+                self._drop(state, row_name(row))
                 continue
-            found[key].append(_member(row, labels))
+            found[key].append(member_of(row, labels))
         with self._lock:
             for key in keys:
                 # keep the deque's order for members still there; add adopted ones
@@ -419,13 +400,3 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
                 except ENGINE_ERRORS:  # in use again, or already gone
                     continue
                 remove_member_dir(pool_dir(self.settings, name.removesuffix("-configs")))
-
-
-def _name(row: dict[str, Any]) -> str:
-    return next((n.lstrip("/") for n in row.get("Names") or []), "")
-
-
-def _member(row: dict[str, Any], labels: dict[str, str]) -> Member:
-    uid, _, gid = str(labels.get(POOL_UID_LABEL) or "0:0").partition(":")
-    port = int(labels.get(POOL_PORT_LABEL) or 0)
-    return Member(_name(row), str(row.get("Id") or ""), port, int(uid or 0), int(gid or 0))
