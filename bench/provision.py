@@ -12,6 +12,12 @@
    wall times move with other people's load, CPU much less) and
    `RESULT provision ratio=<ours_p50/bare_p50> ours_p50=<s> bare_p50=<s>`.
 
+`--warm`: the same with the Docker backend's warm pool on (WARM_POOL_SIZE=2 for this image, tier 2): before
+each sample the bench waits until a member has been up for a second (what a pool that keeps up with
+creates looks like), so ours is a claim: rename, identity delivery, the agent's start in an interpreter that
+already imported it, registration. Prints `RESULT provision-warm ratio=<ours_p50/bare_p50> ...` instead;
+goal: ratio <= 0.25. The server's members are removed afterwards (a stopped server leaves them for the next).
+
 `--profile` samples the server with py-spy (in .venv/bin) during the measured runs and writes collapsed
 stacks to data/bench/provision-profile.txt.
 
@@ -32,12 +38,20 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import docker
 import httpx
 import psutil
+
+from workspace_server.provisioner.docker.pool_model import (
+    POOL_LABEL,
+    POOL_PREFIX,
+    POOL_SCOPE_LABEL,
+    pool_scope,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "molecule/workspace-agent:latest"
@@ -53,7 +67,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+WARM_ENV = {
+    "WARM_POOL_SIZE": "2",
+    "WARM_POOL_TIERS": "2",
+    "WARM_POOL_INTERVAL": "0.2",
+    "WARM_POOL_IMAGES": IMAGE,
+}
+MEMBER_SETTLE = 1.0  # seconds a member has been running before a warm sample claims it
+
+
+def start_server(port: int, workdir: Path, warm: bool) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{workdir}/bench.db",
@@ -69,6 +92,7 @@ def start_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
         "RATE_LIMIT": "1000000",
         "ORPHAN_SWEEP_INTERVAL": "0",
         "MOLECULE_ENV": "",
+        **(WARM_ENV if warm else {}),
     }
     log = open(workdir / "server.log", "wb")  # stays open for the server process
     return subprocess.Popen(
@@ -160,12 +184,45 @@ async def bare_once(engine: docker.DockerClient, http: httpx.AsyncClient) -> flo
         await asyncio.to_thread(container.remove, force=True)
 
 
+def pool_filter(workdir: Path) -> dict[str, Any]:
+    scope = pool_scope(f"sqlite:///{workdir}/bench.db", str(workdir / "data"))
+    return {"label": [f"{POOL_LABEL}=1", f"{POOL_SCOPE_LABEL}={scope}"]}
+
+
+async def wait_member(engine: docker.DockerClient, workdir: Path) -> None:
+    """Until a member of the bench server's pool has been running for MEMBER_SETTLE seconds."""
+    deadline = time.monotonic() + SAMPLE_DEADLINE
+    while time.monotonic() < deadline:
+        rows = await asyncio.to_thread(engine.api.containers, filters=pool_filter(workdir))
+        for row in rows:
+            if any(n.lstrip("/").startswith(POOL_PREFIX) for n in row.get("Names") or []):
+                info = await asyncio.to_thread(engine.api.inspect_container, row["Id"])
+                started = info["State"].get("StartedAt", "")
+                if info["State"].get("Running") and _age(started) >= MEMBER_SETTLE:
+                    return
+        await asyncio.sleep(0.1)
+    raise SystemExit("the warm pool never filled")
+
+
+def _age(started_at: str) -> float:
+    stamp = datetime.fromisoformat(started_at[:26].rstrip("Z") + "+00:00")
+    return (datetime.now(UTC) - stamp).total_seconds()
+
+
+def remove_members(engine: docker.DockerClient, workdir: Path) -> None:
+    for row in engine.api.containers(all=True, filters=pool_filter(workdir)):
+        engine.api.remove_container(row["Id"], force=True)
+    for vol in engine.volumes.list(filters={"dangling": True}):
+        if vol.name.startswith(POOL_PREFIX):
+            vol.remove(force=True)
+
+
 async def main(args: argparse.Namespace) -> None:
     engine = docker.from_env(timeout=120)
     engine.images.get(IMAGE)  # fails fast without `make runtime-image`
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-provision-") as tmp:
-        proc = start_server(port, Path(tmp))
+        proc = start_server(port, Path(tmp), args.warm)
         headers = {"Authorization": f"Bearer {ADMIN}"}
         try:
             async with (
@@ -173,6 +230,8 @@ async def main(args: argparse.Namespace) -> None:
                 httpx.AsyncClient(timeout=2) as http,
             ):
                 await wait_healthy(client, proc)
+                if args.warm:
+                    await wait_member(engine, Path(tmp))
                 await ours_once(client, -1)  # warm-up: first-use costs (network setup, imports) on both sides
                 await bare_once(engine, http)
                 ours, bare = [], []
@@ -181,6 +240,8 @@ async def main(args: argparse.Namespace) -> None:
                 cpu = 0.0
                 try:
                     for n in range(args.runs):
+                        if args.warm:
+                            await wait_member(engine, Path(tmp))
                         before = cpu_seconds(server)
                         ours.append(await ours_once(client, n))
                         cpu += cpu_seconds(server) - before
@@ -196,14 +257,18 @@ async def main(args: argparse.Namespace) -> None:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+            if args.warm:
+                remove_members(engine, Path(tmp))
             engine.close()
     o, b = statistics.median(ours), statistics.median(bare)
-    print(f"RESULT provision ratio={o / b:.2f} ours_p50={o:.3f} bare_p50={b:.3f}")
+    label = "provision-warm" if args.warm else "provision"
+    print(f"RESULT {label} ratio={o / b:.2f} ours_p50={o:.3f} bare_p50={b:.3f}")
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=7, help="samples of each (at least 5)")
+    ap.add_argument("--warm", action="store_true", help="with the warm pool on: RESULT provision-warm")
     ap.add_argument("--profile", action="store_true", help=f"py-spy the server into {PROFILE_OUT}")
     args = ap.parse_args()
     args.runs = max(5, args.runs)

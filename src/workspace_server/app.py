@@ -48,6 +48,7 @@ OPEN_BOOTSTRAP_WARNING = (
 )
 # at shutdown, how long background work (queue drains, A2A side effects, restarts) may take to finish
 SHUTDOWN_DEADLINE = 5.0
+WARM_POOL_GROUP = "warm-pool"
 
 
 async def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
@@ -139,6 +140,9 @@ async def _install_orchestrator(ctx: AppContext) -> None:
         ctx.provisioner = orch
         ctx.restart_hook = orch.restart_by_id
         orch.spawn(orch.adopt_instances(), "adopt-instances")  # starts cut short by a crash
+        # per engine, so on every replica (claims are atomic on the engine, provisioner/docker/pool.py); a
+        # daemon that close_context cancels first: it never finishes, so the drain would wait it out
+        ctx.tasks.spawn("warm-pool", backend.run_warm_pool(), group=WARM_POOL_GROUP, daemon=True)
 
 
 async def close_context(ctx: AppContext) -> None:
@@ -146,6 +150,7 @@ async def close_context(ctx: AppContext) -> None:
     from workspace_server.a2a import shutdown as shutdown_a2a
     from workspace_server.registry.service import shutdown as shutdown_registry
 
+    await ctx.tasks.cancel(WARM_POOL_GROUP)  # members stay up: the next start adopts them
     await ctx.tasks.shutdown(SHUTDOWN_DEADLINE)
     await shutdown_registry(ctx)
     await shutdown_a2a(ctx)

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     MOLECULE_IN_DOCKER: bool | None = None  # unset: detected from /.dockerenv (see `in_docker`)
     MOLECULE_IMAGE_PLATFORM: str | None = None  # set (even empty) wins over the host default
     ALLOW_PRIVILEGED_TIERS: bool = False  # T3/T4 privileged, pid=host, host net, docker.sock
+    # warm pool (provisioner/docker/pool.py): started, unassigned agent containers per (image, tier) that a
+    # create claims instead of creating one. Size per key; 0 = off (the default for every mode: members
+    # hold memory and need python3 in the image, so an operator opts in)
+    WARM_POOL_SIZE: int = 0
+    WARM_POOL_IMAGES: str = "molecule/workspace-agent:latest"  # comma separated image refs
+    WARM_POOL_TIERS: str = "2"  # comma separated tiers
+    WARM_POOL_INTERVAL: float = 1.0  # seconds between refill passes
+    # modules a member imports while it waits (the reference agent imports yaml lazily, in config.load)
+    WARM_POOL_PRELOAD: str = "yaml"
     TIER1_MEMORY_MB: str = ""
     TIER1_CPU_SHARES: str = ""
     TIER2_MEMORY_MB: str = ""

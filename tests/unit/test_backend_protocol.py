@@ -50,7 +50,8 @@ def test_protocol_covers_what_callers_ask() -> None:
         "start", "stop", "is_running", "remove_volumes", "list_instances", "instance_url", "exec",
         "open_session", "logs", "write_config_files", "list_files", "read_file", "write_files",
         "delete_path", "read_live_config", "chat_files", "shares_host_network", "network_url",
-        "dial_url", "pull_image", "image_users", "pulls_images", "close",
+        "dial_url", "pull_image", "image_users", "pulls_images", "close", "run_warm_pool",
+        "drain_warm_pool",
     ):  # fmt: skip
         assert member in protocol_members(), member
 

@@ -375,6 +375,16 @@ class Backend(FileAccess, Protocol):
 
     async def close(self) -> None: ...
 
+    # ---- warm pool (issue 14 §3) ----
+    async def run_warm_pool(self) -> None:
+        """Keep the backend's warm pool topped up until cancelled (started once, on `ctx.tasks`); returns
+        at once when the backend has no pool or it is off, after removing members a pool left behind."""
+        ...
+
+    async def drain_warm_pool(self, image: str) -> None:
+        """Remove the unclaimed warm instances of `image` (the image refresh pulled it again)."""
+        ...
+
     # ---- addresses ----
     def shares_host_network(self, tier: int) -> bool:
         """The agent runs in the server host's network namespace (so the server's loopback reaches it)."""

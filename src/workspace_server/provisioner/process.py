@@ -462,6 +462,13 @@ class ProcessBackend:
     async def image_users(self) -> list[ImageUser]:
         return []
 
+    # ---- warm pool: none (an agent process starts in well under the pool's gain) ----
+    async def run_warm_pool(self) -> None:
+        return None
+
+    async def drain_warm_pool(self, image: str) -> None:
+        return None
+
     async def close(self) -> None:
         """Agents keep running (like containers); the next server run adopts them via their pidfiles."""
         for proc in self._procs.values():

@@ -70,6 +70,10 @@ async def refresh(orch: Any, runtimes: list[str], recreate: bool) -> RefreshResu
                 continue
             res.pulled.append(rt)
             pulled_images.add(ref)
+            try:  # a moving tag never serves a stale pool: its members go, the refill uses the new image
+                await backend.drain_warm_pool(ref)
+            except Exception:
+                log.warning("refresh: draining the warm pool of %s failed", ref, exc_info=True)
     if scope.cancelled_caught:
         done = set(res.pulled) | set(res.failed)
         res.failed.extend(rt for rt in runtimes if rt not in done)

@@ -44,8 +44,7 @@ from workspace_server.provisioner.docker.engine import (
     parse_user,
 )
 from workspace_server.provisioner.docker.hostdirs import config_tar, write_host_configs
-from workspace_server.provisioner.docker.networks import NetworksMixin
-from workspace_server.provisioner.docker.pulls import PullsMixin
+from workspace_server.provisioner.docker.pool import WarmPoolMixin
 from workspace_server.provisioner.docker.volumes import VolumesMixin, _HostDirUnseen
 from workspace_server.provisioner.tiers import TierLimits, tier_limits
 from workspace_server.workspaces.files import UnsafePath
@@ -69,7 +68,7 @@ class _PortConflict(Exception):
     """The host port we picked was taken between picking and publishing it."""
 
 
-class ContainersMixin(NetworksMixin, VolumesMixin, PullsMixin):
+class ContainersMixin(WarmPoolMixin, VolumesMixin):
     # ---- start ----
     async def start(self, spec: StartSpec) -> Started:
         cb = spec.on_pull_progress
@@ -92,6 +91,9 @@ class ContainersMixin(NetworksMixin, VolumesMixin, PullsMixin):
         files = gather_config_files(spec)
         name = instance_name(spec.workspace_id)
         try:
+            warm = self._claim_warm(spec, limits, bind_path)  # None without a pool member: the cold path
+            if warm is not None:
+                return warm
             prep = self._prepare(spec, report)
             attempt = 0
             while attempt < 3:
@@ -321,7 +323,7 @@ class ContainersMixin(NetworksMixin, VolumesMixin, PullsMixin):
             out.append(
                 Instance(
                     name=name,
-                    workspace_id=labels.get(WORKSPACE_LABEL) or None,
+                    workspace_id=self._workspace_of(str(row.get("Id") or ""), labels),
                     id_prefix=prefix,
                     running=row.get("State") == "running",
                 )

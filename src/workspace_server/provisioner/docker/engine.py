@@ -10,7 +10,7 @@ import os
 import platform as host_platform
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -145,6 +145,14 @@ class DockerBase:
         self._host_verified: bool | None = None
         self._owners: dict[str, tuple[int, int]] = {}  # image id -> uid/gid of a named image user
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="docker-prep")
+
+    def _workspace_of(self, container_id: str, labels: Mapping[str, str]) -> str | None:
+        """The workspace a container serves: its label (the warm pool adds claimed members, pool.py)."""
+        return labels.get(WORKSPACE_LABEL) or None
+
+    def _exec_env(self, container: Any) -> list[str]:
+        """Env an exec into `container` adds to its own (a claimed warm member's workspace env, pool.py)."""
+        return []
 
     # ---- plumbing ----
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -43,7 +43,10 @@ class ExecMixin(DockerBase):
     def _exec_sync(self, ws_id: str, argv: list[str], tty: bool) -> ExecResult:
         container = self._running_container(ws_id)
         api = self.client.api
-        exec_id = api.exec_create(container.id, argv, stdout=True, stderr=True, tty=tty)["Id"]
+        env = self._exec_env(container) or None  # None: exactly the call the cold path always made
+        exec_id = api.exec_create(container.id, argv, stdout=True, stderr=True, tty=tty, environment=env)[
+            "Id"
+        ]
         out, err, size, truncated = bytearray(), bytearray(), 0, False
         for chunk in api.exec_start(exec_id, stream=True, demux=not tty, tty=tty):
             stdout, stderr = (chunk, None) if tty else chunk
@@ -74,9 +77,8 @@ class ExecMixin(DockerBase):
     def _open_session_sync(self, ws_id: str, argv: list[str]) -> DockerExecSession:
         container = self._running_container(ws_id)
         api = self.client.api
-        exec_id = api.exec_create(
-            container.id, argv, stdin=True, tty=True, environment=["TERM=xterm-256color"]
-        )["Id"]
+        env = [*self._exec_env(container), "TERM=xterm-256color"]
+        exec_id = api.exec_create(container.id, argv, stdin=True, tty=True, environment=env)["Id"]
         sock_io = api.exec_start(exec_id, socket=True, tty=True)
         return DockerExecSession(self, exec_id, sock_io)
 

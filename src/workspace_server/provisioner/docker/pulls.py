@@ -12,7 +12,6 @@ import docker.errors
 
 from workspace_server.provisioner.base import (
     MANAGED_LABEL,
-    WORKSPACE_LABEL,
     ImageUser,
     PullProgress,
 )
@@ -78,5 +77,6 @@ class PullsMixin(DockerBase):
             name = str(info.get("Name") or "").lstrip("/")
             labels = (info.get("Config") or {}).get("Labels") or {}
             image = (info.get("Config") or {}).get("Image") or ""
-            out.append(ImageUser(name=name, image=image, workspace_id=labels.get(WORKSPACE_LABEL) or ""))
+            wid = self._workspace_of(str(row["Id"]), labels) or ""
+            out.append(ImageUser(name=name, image=image, workspace_id=wid))
         return out

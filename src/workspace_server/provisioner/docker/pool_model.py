@@ -1,0 +1,52 @@
+"""What the warm pool (pool.py) labels its members with, and reads back from the engine's rows."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from workspace_server.provisioner.tiers import normalise_tier
+
+POOL_PREFIX = "molecule-pool-"
+POOL_LABEL = "molecule.pool"
+POOL_IMAGE_LABEL = "molecule.pool.image"
+POOL_TIER_LABEL = "molecule.pool.tier"
+POOL_PORT_LABEL = "molecule.pool.port"
+POOL_UID_LABEL = "molecule.pool.owner"
+# whose pool: a hash of the database and data dir, stable across restarts, so a server adopts and removes
+# only its own members on an engine other servers (or test runs) share
+POOL_SCOPE_LABEL = "molecule.pool.scope"
+DANGLING_EVERY = 30.0  # seconds between sweeps of member volumes left by removed containers
+
+Key = tuple[str, int]  # (image ref, tier)
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    container_id: str
+    port: int
+    uid: int
+    gid: int
+
+
+def pool_scope(database_url: str, data_dir: str) -> str:
+    """The `molecule.pool.scope` label of a server's members (see POOL_SCOPE_LABEL)."""
+    return hashlib.sha256(f"{database_url}\0{data_dir}".encode()).hexdigest()[:16]
+
+
+def pool_keys(images: str, tiers: str) -> list[Key]:
+    refs = [r.strip() for r in images.split(",") if r.strip()]
+    nums = sorted({normalise_tier(int(t)) for t in tiers.split(",") if t.strip().isdigit()})
+    return [(r, t) for r in refs for t in nums]
+
+
+def row_name(row: dict[str, Any]) -> str:
+    return next((n.lstrip("/") for n in row.get("Names") or []), "")
+
+
+def member_of(row: dict[str, Any], labels: dict[str, str]) -> Member:
+    uid, _, gid = str(labels.get(POOL_UID_LABEL) or "0:0").partition(":")
+    port = int(labels.get(POOL_PORT_LABEL) or 0)
+    return Member(row_name(row), str(row.get("Id") or ""), port, int(uid or 0), int(gid or 0))

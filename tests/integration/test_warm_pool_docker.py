@@ -1,0 +1,165 @@
+"""The Docker backend's warm pool on a real engine (provisioner/docker/pool.py): it fills to size, a create
+claims a member (which comes online and answers A2A), concurrent creates get distinct members, it refills,
+a restarted server adopts its members and a disabled pool removes them, an image refresh drains it, and
+with the pool off a create takes the cold path. SQLite only: the pool keeps no state in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_settings
+from tests.integration.orchestrator_support import (
+    Platform,
+    PlatformFactory,
+    agent_reply,
+    platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
+)
+from tests.integration.provisioner_support import engine_fixture  # noqa: F401 - registers the engine fixture
+from workspace_server.provisioner.docker import DockerBackend, configs_volume
+from workspace_server.provisioner.docker.pool_model import POOL_LABEL, POOL_PREFIX, POOL_SCOPE_LABEL
+from workspace_server.provisioner.docker.waiter import IDENTITY_FILE
+from workspace_server.workspaces.files import workspace_config_dir
+
+pytestmark = pytest.mark.docker
+
+POOL = {"WARM_POOL_SIZE": 2, "WARM_POOL_TIERS": "2", "WARM_POOL_INTERVAL": 0.2}
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/ws.db"
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(engine: Any, db_url: str, tmp_path: Path) -> Iterator[None]:
+    """After the servers stopped (the platform factory's teardown runs first): no member of this test's
+    pool, claimed or not, and none of their volumes is left on the engine."""
+    yield
+    scope = DockerBackend(make_settings(db_url, tmp_path), client=engine)._pool_scope()
+    for c in engine.containers.list(
+        all=True, filters={"label": [f"{POOL_LABEL}=1", f"{POOL_SCOPE_LABEL}={scope}"]}
+    ):
+        c.remove(force=True)
+    for v in engine.volumes.list(filters={"dangling": True}):
+        if v.name.startswith(POOL_PREFIX):
+            v.remove(force=True)
+
+
+def members(engine: Any, p: Platform) -> list[Any]:
+    """Unclaimed members of this server's pool (claimed ones are renamed `ws-…`)."""
+    scope = p.ctx.backend._pool_scope()
+    found = engine.containers.list(
+        all=True, filters={"label": [f"{POOL_LABEL}=1", f"{POOL_SCOPE_LABEL}={scope}"]}
+    )
+    return [c for c in found if c.name.startswith(POOL_PREFIX)]
+
+
+async def running_members(p: Platform, engine: Any, n: int) -> list[str]:
+    async def check() -> list[str] | None:
+        got = await asyncio.to_thread(members, engine, p)
+        ids = [c.id for c in got if c.status == "running"]
+        return ids if len(got) == n and len(ids) == n else None
+
+    return list(await p.wait_for(check, f"{n} running pool members"))
+
+
+def workspace_container(engine: Any, wid: str) -> Any:
+    return engine.containers.get(f"ws-{wid[:12]}")
+
+
+async def test_fill_claim_concurrent_refill(platform_factory: PlatformFactory, engine: Any) -> None:
+    p: Platform = await platform_factory("docker", **POOL)
+    warm = await running_members(p, engine, 2)
+
+    wid = await p.create("Warm Agent")
+    view = await p.wait_status(wid, "online")
+    c = workspace_container(engine, wid)
+    assert c.id in warm and c.labels[POOL_LABEL] == "1"
+    assert await agent_reply(view["url"], "warm hello") == "warm hello"
+    r = await p.a2a(wid, "via the platform")
+    assert r.status_code == 200 and r.json()["result"]["parts"][0]["text"] == "via the platform"
+    # its configs are where a cold start puts them (a restart reuses them), the identity file is gone
+    host = workspace_config_dir(p.settings, wid)
+    assert engine.volumes.get(configs_volume(wid)).attrs["Options"]["device"] == str(host)
+    assert (host / ".auth_token").read_text() and b"Warm Agent" in (host / "config.yaml").read_bytes()
+    assert not (host / IDENTITY_FILE).exists()
+    # the orphan sweep and the image refresh know whose it is, though its labels cannot say
+    backend = DockerBackend(p.settings)
+    try:
+        assert wid in {i.workspace_id for i in await backend.list_instances()}
+        assert wid in {u.workspace_id for u in await backend.image_users()}
+        # an exec sees the workspace env, as in a cold container
+        out = (await backend.exec(wid, ["env"])).stdout.decode()
+        assert f"WORKSPACE_ID={wid}" in out.splitlines() and f"PLATFORM_URL={p.url}" in out.splitlines()
+    finally:
+        await backend.close()
+
+    warm = await running_members(p, engine, 2)  # refilled
+    a, b = await asyncio.gather(p.create("Twin A"), p.create("Twin B"))
+    await asyncio.gather(p.wait_status(a, "online"), p.wait_status(b, "online"))
+    ca, cb = workspace_container(engine, a), workspace_container(engine, b)
+    assert ca.id != cb.id and {ca.id, cb.id} <= set(warm)
+    assert await agent_reply((await p.get(b))["url"], "b") == "b"
+    await running_members(p, engine, 2)
+
+    r = await p.http.post(f"/workspaces/{wid}/restart")  # not fresh: the cold path, on its own volume
+    assert r.status_code == 200, r.text
+    await p.wait_for(lambda: _replaced(engine, wid, c.id), "the restarted container")
+    view = await p.wait_status(wid, "online")
+    assert POOL_LABEL not in workspace_container(engine, wid).labels
+    assert await agent_reply(view["url"], "after restart") == "after restart"
+    assert b"Warm Agent" in (host / "config.yaml").read_bytes()
+
+    r = await p.http.delete(f"/workspaces/{wid}")
+    assert r.status_code == 200
+    assert not engine.containers.list(all=True, filters={"name": f"ws-{wid[:12]}"})
+    assert not host.exists()
+
+
+async def _replaced(engine: Any, wid: str, old_id: str) -> bool:
+    found = await asyncio.to_thread(engine.containers.list, all=True, filters={"name": f"ws-{wid[:12]}"})
+    return any(c.id != old_id for c in found)
+
+
+async def test_restart_adopts_then_disabled_pool_is_removed(
+    platform_factory: PlatformFactory, engine: Any
+) -> None:
+    first: Platform = await platform_factory("docker", **POOL)
+    warm = await running_members(first, engine, 2)
+    await asyncio.to_thread(first.srv.stop)
+
+    second: Platform = await platform_factory("docker", **POOL)  # same database, same engine
+    await asyncio.sleep(1.0)  # a few refill passes
+    assert sorted(await running_members(second, engine, 2)) == sorted(warm)  # adopted, none added
+    await asyncio.to_thread(second.srv.stop)
+
+    off: Platform = await platform_factory("docker", WARM_POOL_SIZE=0)
+    await off.wait_for(lambda: _none_left(engine, off), "the disabled pool's members removed")
+    wid = await off.create("Cold Agent")
+    await off.wait_status(wid, "online")
+    assert POOL_LABEL not in workspace_container(engine, wid).labels  # the cold path
+
+
+async def _none_left(engine: Any, p: Platform) -> bool:
+    return not await asyncio.to_thread(members, engine, p)
+
+
+async def test_image_refresh_drains(platform_factory: PlatformFactory, engine: Any) -> None:
+    p: Platform = await platform_factory("docker", **{**POOL, "WARM_POOL_SIZE": 1})
+    (old,) = await running_members(p, engine, 1)
+
+    async def pulled(ref: str, auth: Any) -> None:  # the engine has no registry here: the pull "succeeds"
+        return None
+
+    p.ctx.backend.pull_image = pulled
+    r = await p.http.post("/admin/workspace-images/refresh?runtime=echo&recreate=false")
+    assert r.status_code == 200 and r.json()["pulled"] == ["echo"], r.text
+    assert not engine.containers.list(all=True, filters={"id": old})
+    (new,) = await running_members(p, engine, 1)
+    assert new != old

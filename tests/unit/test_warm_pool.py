@@ -1,0 +1,62 @@
+"""Warm pool pieces without an engine: the waiter a member runs, the identity delivery, the pool keys."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from workspace_server.provisioner.docker.pool_dirs import deliver
+from workspace_server.provisioner.docker.pool_model import pool_keys, pool_scope
+from workspace_server.provisioner.docker.waiter import IDENTITY_FILE, WAITER
+
+AGENT = """
+import os, sys
+print(os.environ["WORKSPACE_ID"], os.environ["SECRET"], sys.argv[1:], flush=True)
+"""
+
+
+def test_waiter_runs_the_module_with_the_delivered_env(tmp_path: Path) -> None:
+    pkg = tmp_path / "lib" / "fakeagent"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(AGENT)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "lib"), "WORKSPACE_CONFIG_PATH": str(configs)}
+    env.pop("WORKSPACE_ID", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WAITER, "python3", "-m", "fakeagent", "--flag"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.3)
+        assert proc.poll() is None  # waiting for its identity
+        uid, gid = os.getuid(), os.getgid()
+        deliver(configs, {"config.yaml": b"name: x\n"}, {"WORKSPACE_ID": "ws-1", "SECRET": "s"}, uid, gid)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert out.strip() == "ws-1 s ['--flag']"
+    assert not (configs / IDENTITY_FILE).exists()  # it held the secrets: the waiter deleted it
+    assert (configs / "config.yaml").read_bytes() == b"name: x\n"
+
+
+def test_identity_file_is_private(tmp_path: Path) -> None:
+    deliver(tmp_path, {}, {"WORKSPACE_ID": "w"}, os.getuid(), os.getgid())
+    mode = stat.S_IMODE((tmp_path / IDENTITY_FILE).stat().st_mode)
+    assert mode == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [IDENTITY_FILE]  # no temp file left
+
+
+def test_pool_keys_and_scope() -> None:
+    keys = [("a:1", 2), ("a:1", 3), ("b:2", 2), ("b:2", 3)]
+    assert pool_keys("a:1, b:2", "2,3,x,9") == keys  # 9 is no tier: the default, 2
+    assert pool_keys("", "2") == []
+    scope = pool_scope("sqlite:///a", "/d")
+    assert scope == pool_scope("sqlite:///a", "/d") != pool_scope("sqlite:///b", "/d")
