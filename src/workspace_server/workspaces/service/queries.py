@@ -7,7 +7,6 @@ from typing import Any
 
 from workspace_server import authz
 from workspace_server.activity.service import sorted_keys
-from workspace_server.auth import tokens
 from workspace_server.common.errors import ApiError
 from workspace_server.common.jsonnum import go_float
 from workspace_server.common.time import rfc3339
