@@ -216,3 +216,43 @@ def need_registry_binary() -> None:
         "Debian's docker-registry (apt-get install docker-registry)",
         shutil.which("docker-registry") is not None,
     )
+
+
+BACKENDS = ("docker", "swarm")  # the engine-backed backends the provisioning suite runs on
+SERVICE_NAME_LABEL = "com.docker.swarm.service.name"
+
+
+@pytest.fixture(name="swarm_manager", scope="session")
+def swarm_manager_fixture() -> Iterator[Any]:
+    """Import `swarm_manager_fixture` to use `swarm_manager`: a docker SDK client of an engine that is a
+    swarm manager. A single-node swarm is initialised on the test engine when it is in none (advertised
+    and listening on loopback only) and left again at the end of the session, with the bridge Swarm
+    added, so the engine is left as it was found; an engine already in a swarm is used and left alone."""
+    import docker.errors
+
+    client = docker_client()
+    need_agent_image(client)
+    swarm = client.info().get("Swarm") or {}
+    had_gwbridge = bool(client.networks.list(names=["docker_gwbridge"]))
+    initialised = False
+    if swarm.get("LocalNodeState") == "inactive":
+        client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+        initialised = True
+    elif swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+        need("a Docker engine that is a swarm manager, or in no swarm", False)
+    yield client
+    if initialised:
+        client.swarm.leave(force=True)
+        if not had_gwbridge:
+            for net in client.networks.list(names=["docker_gwbridge"]):
+                try:
+                    net.remove()
+                except docker.errors.APIError as exc:  # still in use by a container of someone else's
+                    print(f"docker_gwbridge left in place: {exc}")
+    client.close()
+
+
+def task_container(client: Any, ws_id: str) -> Any:
+    """The workspace's container: the Docker backend's `ws-<id12>`, or its Swarm service's task."""
+    rows = client.containers.list(filters={"label": f"{SERVICE_NAME_LABEL}=ws-{ws_id[:12]}"})
+    return rows[0] if rows else client.containers.get(f"ws-{ws_id[:12]}")
