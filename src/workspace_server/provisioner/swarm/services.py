@@ -222,6 +222,10 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
         deadline = time.monotonic() + TASK_START_SECONDS
         err = ""
         while time.monotonic() < deadline:
+            # the task's container on this node runs before the manager hears of it: return then, as
+            # soon as a Docker start would (the agent may register before the url is recorded otherwise)
+            if any(row.get("State") == "running" for row in self._task_containers(ws_id)):
+                return
             tasks = self.client.api.tasks(filters={"service": name})
             for task in tasks:
                 status = task.get("Status") or {}
@@ -233,7 +237,7 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
                     if any(p in err.lower() for p in PORT_CONFLICT):
                         raise _PortConflict
                     raise BackendError("workspace start failed", f"task {state}: {err}")
-            time.sleep(0.1)
+            time.sleep(0.03)
         raise BackendError(
             "workspace start failed", f"task not running after {TASK_START_SECONDS:.0f}s: {err}"
         )
