@@ -108,6 +108,7 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
                     name=instance_name(ws_id),
                     ws_id=ws_id,
                     image=spec.image,
+                    image_id=str(attrs.get("Id") or ""),
                     env=build_env(spec, CONFIG_MOUNT, extra),
                     limits=limits,
                     service_mounts=mounts,
@@ -334,8 +335,8 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
         out = []
         for row in rows:
             spec = row.get("Spec") or {}
-            image = str(((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image") or "")
             labels = spec.get("Labels") or {}
+            image = str(labels.get(svc.IMAGE_LABEL) or "")  # the ref: the spec names the image by id
             out.append(
                 ImageUser(
                     name=str(spec.get("Name") or ""),

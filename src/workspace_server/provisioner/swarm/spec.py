@@ -39,6 +39,7 @@ VOLUME_NODE_LABEL = "molecule.volume-host"
 # same engine lists containers by that label, and a task container is the service's, not its own.
 TASK_WORKSPACE_LABEL = "molecule.swarm.workspace.id"
 SERVICE_NODE_LABEL = "molecule.swarm.volume-node"  # the service remembers where its volumes are
+IMAGE_LABEL = "molecule.image"  # the image ref the workspace asked for (the image refresh matches it)
 STOP_GRACE_NS = 2_000_000_000  # the Docker backend force-removes; a short grace keeps stops as quick
 
 
@@ -97,6 +98,7 @@ def service_kwargs(
     name: str,
     ws_id: str,
     image: str,
+    image_id: str,
     env: Mapping[str, str],
     limits: TierLimits,
     service_mounts: list[Mount],
@@ -123,9 +125,17 @@ def service_kwargs(
                 mode=0o600,  # as the Docker backend writes .auth_token
             )
         )
-    labels = {MANAGED_LABEL: "true", WORKSPACE_LABEL: ws_id, SERVICE_NODE_LABEL: volume_node}
+    labels = {
+        MANAGED_LABEL: "true",
+        WORKSPACE_LABEL: ws_id,
+        SERVICE_NODE_LABEL: volume_node,
+        IMAGE_LABEL: image,
+    }
     container = ContainerSpec(
-        image,
+        # DECIDE: the image by the id our pull policy resolved on this node. A task's preparation pulls
+        # any tag again (a registry round trip per start, and offline the wait for it to fail) but never
+        # an image id: the moving-tag rule is applied once, by us, as in the Docker backend.
+        image_id or image,
         env=[f"{k}={v}" for k, v in env.items()],
         labels={TASK_WORKSPACE_LABEL: ws_id},
         mounts=service_mounts,
