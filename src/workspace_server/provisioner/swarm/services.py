@@ -51,6 +51,8 @@ from workspace_server.provisioner.tiers import tier_limits
 log = logging.getLogger(__name__)
 
 TASK_START_SECONDS = 120.0  # inside the orchestrator's 180 s provision deadline
+# a task no node may run (constraints, resources) stays pending; a start does not wait for a node to join
+UNPLACEABLE_SECONDS = 3.0
 ENDED_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
 
 
@@ -222,6 +224,7 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
         name = instance_name(ws_id)
         deadline = time.monotonic() + TASK_START_SECONDS
         err = ""
+        unplaceable = 0.0  # since when the scheduler has found no node for the task
         while time.monotonic() < deadline:
             # the task's container on this node runs before the manager hears of it: return then, as
             # soon as a Docker start would (the agent may register before the url is recorded otherwise)
@@ -238,6 +241,10 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
                     if any(p in err.lower() for p in PORT_CONFLICT):
                         raise _PortConflict
                     raise BackendError("workspace start failed", f"task {state}: {err}")
+                if state == "pending" and "no suitable node" in err:
+                    unplaceable = unplaceable or time.monotonic()
+                    if time.monotonic() - unplaceable > UNPLACEABLE_SECONDS:
+                        raise BackendError("no swarm node may run the workspace", err)
             time.sleep(0.03)
         raise BackendError(
             "workspace start failed", f"task not running after {TASK_START_SECONDS:.0f}s: {err}"
