@@ -22,7 +22,7 @@ from tests.integration.provisioner_support import (
     wait_for_reply,
 )
 from workspace_server.config import Settings
-from workspace_server.provisioner import BackendError, make_backend
+from workspace_server.provisioner import BackendError, InstanceNotRunning, make_backend
 from workspace_server.provisioner.swarm import SwarmBackend
 from workspace_server.provisioner.swarm.spec import VOLUME_NODE_LABEL
 
@@ -148,3 +148,18 @@ async def test_killed_task_is_not_restarted_by_swarm(
     assert await backend.is_running(ws_id) is False  # the health sweep restarts it, not Swarm
     tasks = swarm_manager.services.get(f"ws-{ws_id[:12]}").tasks()
     assert len(tasks) == 1
+
+
+async def test_chat_files_live_in_the_task_container(backend: SwarmBackend, ids: WorkspaceIds) -> None:
+    ws_id = ids.new()
+    with pytest.raises(InstanceNotRunning):
+        await backend.chat_files(ws_id, "", "none")
+    await backend.start(echo_spec(ws_id, CONFIG_YAML, image=AGENT_IMAGE))
+    fs = await backend.chat_files(ws_id, "", "none")
+    payload = bytes(range(256)) * 40  # (under /tmp: a fresh /workspace volume is root-owned, as on Docker)
+    await fs.write_flat("/tmp/chat-uploads", {"a.bin": payload})
+    stream = await fs.open_file("/tmp/chat-uploads/a.bin")
+    assert stream.size == len(payload)
+    assert b"".join([chunk async for chunk in stream.chunks]) == payload
+    res = await backend.exec(ws_id, ["cat", "/tmp/chat-uploads/a.bin"])
+    assert res.stdout == payload
