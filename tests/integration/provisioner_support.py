@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -222,34 +224,54 @@ BACKENDS = ("docker", "swarm")  # the engine-backed backends the provisioning su
 SERVICE_NAME_LABEL = "com.docker.swarm.service.name"
 
 
+SWARM_LOCK = Path(tempfile.gettempdir()) / "molecule-test-swarm.lock"
+SWARM_OWNED = Path(tempfile.gettempdir()) / "molecule-test-swarm.owned"  # a test session initialised it
+
+
 @pytest.fixture(name="swarm_manager", scope="session")
 def swarm_manager_fixture() -> Iterator[Any]:
     """Import `swarm_manager_fixture` to use `swarm_manager`: a docker SDK client of an engine that is a
     swarm manager. A single-node swarm is initialised on the test engine when it is in none (advertised
-    and listening on loopback only) and left again at the end of the session, with the bridge Swarm
-    added, so the engine is left as it was found; an engine already in a swarm is used and left alone."""
+    and listening on loopback only) and left again, with the bridge Swarm added, by the last test session
+    using it (sessions hold a shared lock on SWARM_LOCK; the one that gets it exclusively at its end is
+    the last), so the engine is left as it was found; a swarm no test session made is left alone."""
     import docker.errors
 
     client = docker_client()
     need_agent_image(client)
-    swarm = client.info().get("Swarm") or {}
-    had_gwbridge = bool(client.networks.list(names=["docker_gwbridge"]))
-    initialised = False
-    if swarm.get("LocalNodeState") == "inactive":
-        client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
-        initialised = True
-    elif swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-        need("a Docker engine that is a swarm manager, or in no swarm", False)
+    lock = open(SWARM_LOCK, "a+")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        swarm = client.info().get("Swarm") or {}
+        if swarm.get("LocalNodeState") == "inactive":
+            SWARM_OWNED.write_text(
+                "1" if client.networks.list(names=["docker_gwbridge"]) else "0", encoding="utf-8"
+            )
+            client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+        elif swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+            need("a Docker engine that is a swarm manager, or in no swarm", False)
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_SH)
     yield client
-    if initialised:
-        client.swarm.leave(force=True)
-        if not had_gwbridge:
-            for net in client.networks.list(names=["docker_gwbridge"]):
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another session still uses the swarm: the last one leaves it
+        lock.close()
+        client.close()
+        return
+    try:
+        if SWARM_OWNED.exists():
+            had_gwbridge = SWARM_OWNED.read_text(encoding="utf-8") == "1"
+            client.swarm.leave(force=True)
+            SWARM_OWNED.unlink()
+            for net in [] if had_gwbridge else client.networks.list(names=["docker_gwbridge"]):
                 try:
                     net.remove()
-                except docker.errors.APIError as exc:  # still in use by a container of someone else's
+                except docker.errors.APIError as exc:  # still in use by someone else's container
                     print(f"docker_gwbridge left in place: {exc}")
-    client.close()
+    finally:
+        lock.close()
+        client.close()
 
 
 def task_container(client: Any, ws_id: str) -> Any:
