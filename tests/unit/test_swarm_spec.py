@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from workspace_server.config import Settings
 from workspace_server.provisioner.base import BackendError
+from workspace_server.provisioner.swarm import SwarmBackend
 from workspace_server.provisioner.swarm import spec as svc
 from workspace_server.provisioner.tiers import tier_limits
 
@@ -41,6 +43,8 @@ def test_tier_constraints_parse() -> None:
     }
     with pytest.raises(ValueError, match="SWARM_TIER_CONSTRAINTS"):
         svc.parse_tier_constraints("x=node.role==worker")
+    with pytest.raises(ValueError, match="SWARM_TIER_CONSTRAINTS"):  # at construction, not at a start
+        SwarmBackend(Settings(SWARM_TIER_CONSTRAINTS="node.role==worker"), client=SimpleNamespace())
 
 
 def test_service_spec_of_a_bridge_workspace() -> None:

@@ -13,6 +13,7 @@ from workspace_server.provisioner.base import InstanceNotRunning
 from workspace_server.provisioner.docker.chatfs import DockerFS
 from workspace_server.provisioner.docker.engine import _running
 from workspace_server.provisioner.swarm.services import ServicesMixin
+from workspace_server.provisioner.swarm.spec import parse_tier_constraints
 
 
 class SwarmBackend(ServicesMixin):
@@ -25,6 +26,9 @@ class SwarmBackend(ServicesMixin):
 
     def __init__(self, settings: Settings, client: docker.DockerClient | None = None) -> None:
         super().__init__(settings, client)
+        parse_tier_constraints(
+            settings.SWARM_TIER_CONSTRAINTS
+        )  # a malformed value fails start-up, not a start
         # engine-managed config volumes, written through a helper container: the host-dir shortcut
         # needs a container of our own to verify against, and a service's task is not ours to create
         self._host_volumes = False
