@@ -83,6 +83,7 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
             raise BackendError("no image for the workspace runtime")
         ws_id = spec.workspace_id
         limits = tier_limits(self.settings, spec.tier)
+        svc.check_tier(limits)  # before anything of a running workspace is replaced
         bind_path = validate_workspace_mount(spec.workspace_path, spec.workspace_access)
         files = gather_config_files(spec)
         token_bytes = files.pop(TOKEN_FILE, None)  # a Swarm secret, not a file on the volume
@@ -143,6 +144,7 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
 
     def _start_failed(self, ws_id: str) -> None:
         """A failed start leaves nothing running, and no secret behind."""
+        self._release_port(ws_id)
         try:
             self._remove_service_sync(ws_id)
         except ENGINE_ERRORS as exc:

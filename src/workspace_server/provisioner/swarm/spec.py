@@ -92,6 +92,13 @@ def placement(settings: Settings, tier: int, volume_node: str) -> list[str]:
     return rules
 
 
+def check_tier(limits: TierLimits) -> None:
+    """DECIDE: Swarm services cannot be privileged or share the host PID namespace; a tier that asks for
+    it is refused rather than run with less than it was granted."""
+    if limits.privileged or limits.pid_host:
+        raise BackendError(f"tier {limits.tier} needs a privileged container, which Swarm cannot run")
+
+
 def service_kwargs(
     *,
     settings: Settings,
@@ -109,10 +116,7 @@ def service_kwargs(
     nano_cpu_cap: int,
 ) -> dict[str, Any]:
     """`APIClient.create_service` keyword arguments for one workspace."""
-    if limits.privileged or limits.pid_host:
-        # DECIDE: Swarm services cannot be privileged or share the host PID namespace; a tier that asks
-        # for it is refused rather than run with less than it was granted.
-        raise BackendError(f"tier {limits.tier} needs a privileged container, which Swarm cannot run")
+    check_tier(limits)
     secrets = []
     if token is not None:
         secrets.append(
