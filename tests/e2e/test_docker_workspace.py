@@ -48,12 +48,11 @@ def container(engine: Any, wid: str) -> Any | None:
         return None
 
 
-def managed_labels(engine: Any, wid: str) -> dict[str, str]:
+def managed_labels(engine: Any, kind: str, wid: str) -> dict[str, str]:
     """The labels the backend put on the workspace's instance (a Swarm backend's are the service's)."""
-    try:
+    if kind == "swarm":
         return dict(engine.services.get(f"ws-{wid[:12]}").attrs["Spec"]["Labels"])
-    except docker.errors.NotFound:
-        return dict(engine.containers.get(f"ws-{wid[:12]}").labels)
+    return dict(engine.containers.get(f"ws-{wid[:12]}").labels)
 
 
 def backend_of(settings: Settings) -> DockerBackend:
@@ -96,7 +95,7 @@ async def test_create_restart_pause_resume_delete(
     assert r.status_code == 200 and r.json()["result"]["parts"][0]["text"] == "via the platform"
     first = container(engine, wid)
     assert first is not None and first.status == "running"
-    assert managed_labels(engine, wid)["molecule.platform.managed"] == "true"
+    assert managed_labels(engine, kind, wid)["molecule.platform.managed"] == "true"
     host = workspace_config_dir(p.settings, wid)
     if kind == "docker":
         # local engine: the config volume is the workspace's host config dir, written there directly
