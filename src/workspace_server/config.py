@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     RATE_LIMIT: str = "600"
 
     # workspaces
-    WORKSPACE_BACKEND: Literal["auto", "docker", "process", "none"] = "auto"
+    WORKSPACE_BACKEND: Literal["auto", "docker", "swarm", "process", "none"] = "auto"
     CONFIGS_DIR: str = ""
     WORKSPACE_DIR: str = ""
 
@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     # it), bridge otherwise
     DOCKER_NETWORK_MODE: Literal["auto", "bridge", "host"] = "auto"
     DOCKER_NETWORK: str = "molecule-monorepo-net"
+    # swarm backend: the attachable overlay network of the agents, and per-tier placement constraints
+    # (`3=node.labels.trusted==true;4=node.role==manager`, see provisioner/swarm/spec.py)
+    SWARM_NETWORK: str = "molecule-swarm-net"
+    SWARM_TIER_CONSTRAINTS: str = ""
     MOLECULE_IN_DOCKER: bool | None = None  # unset: detected from /.dockerenv (see `in_docker`)
     MOLECULE_IMAGE_PLATFORM: str | None = None  # set (even empty) wins over the host default
     ALLOW_PRIVILEGED_TIERS: bool = False  # T3/T4 privileged, pid=host, host net, docker.sock

@@ -1,5 +1,6 @@
 """Real workspaces on Docker (host networking): create → online → restart → pause/resume → delete;
-a killed container comes back by itself; secrets reach the container's env. Runs on SQLite and Postgres.
+a killed container comes back by itself; secrets reach the container's env. Runs on SQLite and Postgres,
+and on the Docker and the Swarm backends (a single-node swarm).
 """
 
 from __future__ import annotations
@@ -15,18 +16,58 @@ from tests.integration.orchestrator_support import (
     agent_reply,
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
 )
-from tests.integration.provisioner_support import engine_fixture  # noqa: F401 - registers the engine fixture
+from tests.integration.provisioner_support import (
+    BACKENDS,
+    SERVICE_NAME_LABEL,
+    engine_fixture,  # noqa: F401 - registers the engine fixture
+    swarm_manager_fixture,  # noqa: F401 - registers the swarm_manager fixture
+)
+from workspace_server.config import Settings
 from workspace_server.provisioner.docker import DockerBackend, configs_volume, workspace_volume
+from workspace_server.provisioner.swarm import SwarmBackend
 from workspace_server.workspaces.files import workspace_config_dir
 
 pytestmark = pytest.mark.docker
 
 
+@pytest.fixture(params=BACKENDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "swarm":
+        request.getfixturevalue("swarm_manager")
+    return str(request.param)
+
+
 def container(engine: Any, wid: str) -> Any | None:
+    """The workspace's running container: the Docker backend's, or the Swarm service's task."""
+    tasks = engine.containers.list(filters={"label": f"{SERVICE_NAME_LABEL}=ws-{wid[:12]}"})
+    if tasks:
+        return tasks[0]
     try:
         return engine.containers.get(f"ws-{wid[:12]}")
     except docker.errors.NotFound:
         return None
+
+
+def managed_labels(engine: Any, kind: str, wid: str) -> dict[str, str]:
+    """The labels the backend put on the workspace's instance (a Swarm backend's are the service's)."""
+    if kind == "swarm":
+        return dict(engine.services.get(f"ws-{wid[:12]}").attrs["Spec"]["Labels"])
+    return dict(engine.containers.get(f"ws-{wid[:12]}").labels)
+
+
+def backend_of(settings: Settings) -> DockerBackend:
+    return SwarmBackend(settings) if settings.WORKSPACE_BACKEND == "swarm" else DockerBackend(settings)
+
+
+async def configs_file(p: Platform, wid: str, name: str) -> bytes:
+    """A file of /configs as the agent sees it."""
+    backend = backend_of(p.settings)
+    try:
+        res = await backend.exec(wid, ["cat", f"/configs/{name}"])
+    finally:
+        await backend.close()
+    assert res.exit_code == 0, res
+    return res.stdout
 
 
 def volume_exists(engine: Any, name: str) -> bool:
@@ -43,8 +84,10 @@ async def online(p: Platform, wid: str) -> dict[str, Any]:
     return view
 
 
-async def test_create_restart_pause_resume_delete(platform_factory: PlatformFactory, engine: Any) -> None:
-    p: Platform = await platform_factory("docker")
+async def test_create_restart_pause_resume_delete(
+    platform_factory: PlatformFactory, engine: Any, kind: str
+) -> None:
+    p: Platform = await platform_factory(kind)
     wid = await p.create("Echo Agent")
     view = await online(p, wid)
     assert await agent_reply(view["url"], "hello there") == "hello there"
@@ -52,12 +95,13 @@ async def test_create_restart_pause_resume_delete(platform_factory: PlatformFact
     assert r.status_code == 200 and r.json()["result"]["parts"][0]["text"] == "via the platform"
     first = container(engine, wid)
     assert first is not None and first.status == "running"
-    assert first.labels["molecule.platform.managed"] == "true"
-    # local engine: the config volume is the workspace's host config dir, written there directly
+    assert managed_labels(engine, kind, wid)["molecule.platform.managed"] == "true"
     host = workspace_config_dir(p.settings, wid)
-    assert engine.volumes.get(configs_volume(wid)).attrs["Options"]["device"] == str(host)
-    first_token = (host / ".auth_token").read_text()
-    assert b"Echo Agent" in (host / "config.yaml").read_bytes()
+    if kind == "docker":
+        # local engine: the config volume is the workspace's host config dir, written there directly
+        assert engine.volumes.get(configs_volume(wid)).attrs["Options"]["device"] == str(host)
+    first_token = await configs_file(p, wid, ".auth_token")
+    assert b"Echo Agent" in await configs_file(p, wid, "config.yaml")
 
     r = await p.http.post(f"/workspaces/{wid}/restart")
     assert (r.status_code, r.text) == (
@@ -67,8 +111,8 @@ async def test_create_restart_pause_resume_delete(platform_factory: PlatformFact
     await p.wait_for(lambda: _replaced(engine, wid, first.id), "a new container")
     view = await online(p, wid)
     assert await agent_reply(view["url"], "after restart") == "after restart"
-    assert (host / ".auth_token").read_text() not in ("", first_token)  # rotated in place
-    assert b"Echo Agent" in (host / "config.yaml").read_bytes()  # the reused config is still there
+    assert await configs_file(p, wid, ".auth_token") not in (b"", first_token)  # rotated
+    assert b"Echo Agent" in await configs_file(p, wid, "config.yaml")  # the reused config is still there
 
     r = await p.http.post(f"/workspaces/{wid}/pause")
     assert (r.status_code, r.json()) == (200, {"paused_count": 1, "status": "paused"})
@@ -101,9 +145,9 @@ async def _replaced(engine: Any, wid: str, old_id: str) -> bool:
 
 
 async def test_killed_container_goes_offline_and_comes_back(
-    platform_factory: PlatformFactory, engine: Any
+    platform_factory: PlatformFactory, engine: Any, kind: str
 ) -> None:
-    p: Platform = await platform_factory("docker", run_loops=True)
+    p: Platform = await platform_factory(kind, run_loops=True)
     wid = await p.create("Crashy Agent")
     await online(p, wid)
     first = container(engine, wid)
@@ -119,16 +163,16 @@ async def test_killed_container_goes_offline_and_comes_back(
 
 
 async def test_secrets_arrive_as_container_env_and_purge_removes_everything(
-    platform_factory: PlatformFactory, engine: Any
+    platform_factory: PlatformFactory, engine: Any, kind: str
 ) -> None:
-    p: Platform = await platform_factory("docker")
+    p: Platform = await platform_factory(kind)
     r = await p.http.post("/settings/secrets", json={"key": "SHARED_KEY", "value": "from-global"})
     assert r.status_code == 200, r.text
     await p.http.post("/settings/secrets", json={"key": "ONLY_GLOBAL", "value": "g"})
     wid = await p.create("Env Agent", role="qa-lead", secrets={"SHARED_KEY": "from-workspace", "OWN": "w"})
     await online(p, wid)
 
-    backend = DockerBackend(p.settings)
+    backend = backend_of(p.settings)
     try:
         res = await backend.exec(wid, ["env"])
     finally:

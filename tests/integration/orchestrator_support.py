@@ -117,6 +117,10 @@ async def remove_instances(settings: Settings, ids: list[str]) -> None:
         from workspace_server.provisioner.docker import DockerBackend
 
         backend = DockerBackend(settings)
+    elif settings.WORKSPACE_BACKEND == "swarm":
+        from workspace_server.provisioner.swarm import SwarmBackend
+
+        backend = SwarmBackend(settings)
     elif settings.WORKSPACE_BACKEND == "process":
         from workspace_server.provisioner.process import ProcessBackend
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -216,3 +218,84 @@ def need_registry_binary() -> None:
         "Debian's docker-registry (apt-get install docker-registry)",
         shutil.which("docker-registry") is not None,
     )
+
+
+BACKENDS = ("docker", "swarm")  # the engine-backed backends the provisioning suite runs on
+SERVICE_NAME_LABEL = "com.docker.swarm.service.name"
+
+
+SWARM_MUTEX = Path(tempfile.gettempdir()) / "molecule-test-swarm.mutex"  # held while setting up / leaving
+SWARM_USERS = Path(tempfile.gettempdir()) / "molecule-test-swarm.users"  # shared by every session using it
+SWARM_OWNED = Path(tempfile.gettempdir()) / "molecule-test-swarm.owned"  # a test session initialised it
+
+
+class _SwarmHold:
+    """This process's use of the test swarm. The fixture is imported into several modules, and pytest
+    sets up one instance per module: they share this one hold (a count), so the process takes the users
+    lock once and the last instance releases it."""
+
+    count = 0
+    users: Any = None
+
+
+@pytest.fixture(name="swarm_manager", scope="session")
+def swarm_manager_fixture() -> Iterator[Any]:
+    """Import `swarm_manager_fixture` to use `swarm_manager`: a docker SDK client of an engine that is a
+    swarm manager. A single-node swarm is initialised on the test engine when it is in none (advertised
+    and listening on loopback only) and left again, with the bridge Swarm added, by the last test session
+    using it (every session holds SWARM_USERS shared; the one that gets it exclusively at its end is the
+    last), so the engine is left as it was found; a swarm no test session made is left alone."""
+    client = docker_client()
+    need_agent_image(client)
+    with open(SWARM_MUTEX, "a+") as mutex:
+        fcntl.flock(mutex, fcntl.LOCK_EX)
+        swarm = client.info().get("Swarm") or {}
+        if swarm.get("LocalNodeState") == "inactive":
+            had = "1" if client.networks.list(names=["docker_gwbridge"]) else "0"
+            SWARM_OWNED.write_text(had, encoding="utf-8")
+            client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+        elif swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+            need("a Docker engine that is a swarm manager, or in no swarm", False)
+        if _SwarmHold.count == 0:
+            _SwarmHold.users = open(SWARM_USERS, "a+")
+            fcntl.flock(_SwarmHold.users, fcntl.LOCK_SH)
+        _SwarmHold.count += 1
+    yield client
+    _SwarmHold.count -= 1
+    if _SwarmHold.count == 0:
+        with open(SWARM_MUTEX, "a+") as mutex:
+            fcntl.flock(mutex, fcntl.LOCK_EX)
+            _leave_if_last(client)
+    client.close()
+
+
+def _leave_if_last(client: Any) -> None:
+    """Under the mutex: drop this process's shared hold; when no other session holds one, leave the
+    swarm a test session made (and the docker_gwbridge network it added)."""
+    import docker.errors
+
+    users = _SwarmHold.users
+    _SwarmHold.users = None
+    try:
+        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another session still uses the swarm: the last one leaves it
+        users.close()
+        return
+    try:
+        if SWARM_OWNED.exists():
+            had_gwbridge = SWARM_OWNED.read_text(encoding="utf-8") == "1"
+            client.swarm.leave(force=True)
+            SWARM_OWNED.unlink()
+            for net in [] if had_gwbridge else client.networks.list(names=["docker_gwbridge"]):
+                try:
+                    net.remove()
+                except docker.errors.APIError as exc:  # still in use by someone else's container
+                    print(f"docker_gwbridge left in place: {exc}")
+    finally:
+        users.close()
+
+
+def task_container(client: Any, ws_id: str) -> Any:
+    """The workspace's container: the Docker backend's `ws-<id12>`, or its Swarm service's task."""
+    rows = client.containers.list(filters={"label": f"{SERVICE_NAME_LABEL}=ws-{ws_id[:12]}"})
+    return rows[0] if rows else client.containers.get(f"ws-{ws_id[:12]}")

@@ -1,4 +1,5 @@
-"""The files API against real containers of the reference agent image (docker backend, host network)."""
+"""The files API against real containers of the reference agent image (host network), on the docker backend
+and on the Swarm backend (the same files modules, reaching the service's task container)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from tests.integration.files_api_support import (
 )
 from tests.integration.provisioner_support import (
     AGENT_IMAGE,
+    BACKENDS,
     cleanup,
     docker_client,
     need_agent_image,
+    swarm_manager_fixture,  # noqa: F401 - registers the swarm_manager fixture
 )
 from workspace_server.provisioner.docker import DockerBackend, configs_volume
+from workspace_server.provisioner.swarm import SwarmBackend
 
 pytestmark = pytest.mark.docker
 
@@ -36,12 +40,15 @@ def engine() -> Any:
     c.close()
 
 
-@pytest.fixture
+@pytest.fixture(params=BACKENDS)
 async def env(
-    engine: Any, client_factory: ClientFactory
+    engine: Any, client_factory: ClientFactory, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[httpx.AsyncClient, DockerBackend]]:
+    if request.param == "swarm":
+        request.getfixturevalue("swarm_manager")
     client = await client_factory(MOLECULE_ENV="development", DOCKER_NETWORK_MODE="host")
-    backend = DockerBackend(ctx_of(client).settings)
+    kind = SwarmBackend if request.param == "swarm" else DockerBackend
+    backend = kind(ctx_of(client).settings)
     started = install_backend(client, backend)
     yield client, backend
     await cleanup(backend, started)

@@ -152,6 +152,7 @@ def test_platform_url_per_backend() -> None:
     from workspace_server.provisioner.docker import DockerBackend
     from workspace_server.provisioner.orchestrator import Orchestrator
     from workspace_server.provisioner.process import ProcessBackend
+    from workspace_server.provisioner.swarm import SwarmBackend
 
     def url(backend: str | None, **settings: Any) -> str:
         ctx: Any = SimpleNamespace(settings=Settings(PORT=8123, **settings), engine=None)
@@ -159,6 +160,7 @@ def test_platform_url_per_backend() -> None:
         real = {
             "docker": DockerBackend(ctx.settings, client=SimpleNamespace()),
             "process": ProcessBackend(ctx.settings),
+            "swarm": SwarmBackend(ctx.settings, client=SimpleNamespace()),
         }
         return Orchestrator(ctx, real[backend] if backend else None).platform_url(tier=2)
 
@@ -171,3 +173,7 @@ def test_platform_url_per_backend() -> None:
     assert url("docker") == "http://127.0.0.1:8123"
     assert url("docker", HOST="0.0.0.0") == "http://host.docker.internal:8123"
     assert url("docker", PLATFORM_URL="https://ws.example.com/") == "https://ws.example.com"
+    # Swarm: the host network as on Docker; the overlay network reaches the node through host-gateway
+    assert url("swarm", DOCKER_NETWORK_MODE="host") == "http://127.0.0.1:8123"
+    assert url("swarm", DOCKER_NETWORK_MODE="bridge") == "http://host.docker.internal:8123"
+    assert url("swarm", HOST="0.0.0.0") == "http://host.docker.internal:8123"

@@ -1,6 +1,7 @@
 """The orphan sweeper on a real Docker engine: our containers whose row is removed or gone are reaped
 with their config volumes; a live row's container, a failed stop and unlabelled `ws-…` containers are
-left alone. The sweep sees only this test's containers (other suites share the engine).
+left alone. The sweep sees only this test's containers (other suites share the engine). On the Docker
+backend and on the Swarm backend (whose instances are services).
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import pytest
 
 from tests.integration.provisioner_support import (
     AGENT_IMAGE,
+    BACKENDS,
     engine_fixture,  # noqa: F401 - registers the engine fixture
+    swarm_manager_fixture,  # noqa: F401 - registers the swarm_manager fixture
+    task_container,
 )
 from workspace_server.loops.orphans import sweep_orphans
 from workspace_server.provisioner.base import Instance, StartSpec
@@ -53,8 +57,19 @@ def exists(engine: Any, kind: str, name: str) -> bool:
     return True
 
 
-async def test_orphans_are_reaped_and_nothing_else(client_factory: Any, engine: Any) -> None:
-    client = await client_factory(WORKSPACE_BACKEND="docker", DOCKER_NETWORK_MODE="host")
+def instance_exists(engine: Any, kind: str, wid: str) -> bool:
+    return exists(engine, "services" if kind == "swarm" else "containers", f"ws-{wid[:12]}")
+
+
+@pytest.fixture(params=BACKENDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "swarm":
+        request.getfixturevalue("swarm_manager")
+    return str(request.param)
+
+
+async def test_orphans_are_reaped_and_nothing_else(client_factory: Any, engine: Any, kind: str) -> None:
+    client = await client_factory(WORKSPACE_BACKEND=kind, DOCKER_NETWORK_MODE="host")
     ctx = client.app.state.ctx
     backend = ctx.backend
     removed, ghost, live, stuck = (str(uuid.uuid4()) for _ in range(4))
@@ -78,10 +93,10 @@ async def test_orphans_are_reaped_and_nothing_else(client_factory: Any, engine: 
         assert sorted(await sweep_orphans(ctx, scoped)) == sorted([removed, ghost])
 
         for wid in (removed, ghost):
-            assert not exists(engine, "containers", f"ws-{wid[:12]}")
+            assert not instance_exists(engine, kind, wid)
             assert not exists(engine, "volumes", configs_volume(wid))
-        assert engine.containers.get(f"ws-{live[:12]}").status == "running"
-        assert exists(engine, "containers", f"ws-{stuck[:12]}")
+        assert task_container(engine, live).status == "running"
+        assert instance_exists(engine, kind, stuck)
         assert exists(engine, "volumes", configs_volume(stuck))  # a failed stop keeps the volume
         assert exists(engine, "containers", bare)
     finally:

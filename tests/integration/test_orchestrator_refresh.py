@@ -1,6 +1,7 @@
 """`POST /admin/workspace-images/refresh` against a local registry (Debian's docker-registry): the echo
 runtime's `:latest` is republished, a refresh without recreate only pulls, a refresh with recreate
-restarts the workspace on the new image. Pull progress reaches the workspace's event stream.
+restarts the workspace on the new image. Pull progress reaches the workspace's event stream. On the Docker
+and the Swarm backends.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from tests.integration.orchestrator_support import (
 )
 from tests.integration.provisioner_support import (
     AGENT_IMAGE,
+    BACKENDS,
     Registry,
     docker_client,
     need_agent_image,
     need_registry_binary,
+    swarm_manager_fixture,  # noqa: F401 - registers the swarm_manager fixture
+    task_container,
 )
 from workspace_server.events.bus import Event
 
@@ -77,15 +81,22 @@ def push(engine: Any, ref: str) -> None:
 
 
 def running_image(engine: Any, wid: str) -> tuple[str, str]:
-    c = engine.containers.get(f"ws-{wid[:12]}")
+    c = task_container(engine, wid)
     return str(c.id), str(c.attrs["Image"])
 
 
+@pytest.fixture(params=BACKENDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "swarm":
+        request.getfixturevalue("swarm_manager")
+    return str(request.param)
+
+
 async def test_refresh_pulls_then_recreates_on_the_new_image(
-    platform_factory: PlatformFactory, engine: Any, published: dict[str, Any]
+    platform_factory: PlatformFactory, engine: Any, published: dict[str, Any], kind: str
 ) -> None:
     ref, a, b = published["ref"], published["a"], published["b"]
-    p: Platform = await platform_factory("docker", RUNTIME_IMAGES=json.dumps({"echo": ref}))
+    p: Platform = await platform_factory(kind, RUNTIME_IMAGES=json.dumps({"echo": ref}))
     seen: list[Event] = []
     p.ctx.bus.add_listener(seen.append)
     wid = await p.create("Refreshed Agent")

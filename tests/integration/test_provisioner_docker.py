@@ -1,4 +1,8 @@
-"""The docker backend on a real engine, running the reference agent image (host-network mode mostly)."""
+"""The docker backend on a real engine, running the reference agent image (host-network mode mostly).
+
+The tests that exercise the Backend protocol run on the Swarm backend as well (`backend` is
+parametrised over BACKENDS, the Swarm leg on a single-node swarm); the ones about containers the Docker
+backend creates itself (tiers, bridge mode, host-dir volumes) stay Docker-only."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import pytest
 
 from tests.integration.provisioner_support import (
     AGENT_IMAGE,
+    BACKENDS,
     WorkspaceIds,
     check_not_running_refused,
     check_tty_and_session,
@@ -21,6 +26,8 @@ from tests.integration.provisioner_support import (
     echoed_text,
     ids_fixture,  # noqa: F401 - registers the ids fixture
     need_agent_image,
+    swarm_manager_fixture,  # noqa: F401 - registers the swarm_manager fixture
+    task_container,
     wait_for_reply,
     wait_until,
 )
@@ -33,6 +40,7 @@ from workspace_server.provisioner.docker import (
     workspace_volume,
 )
 from workspace_server.provisioner.docker import volumes as docker_backend
+from workspace_server.provisioner.swarm import SwarmBackend
 from workspace_server.workspaces.files import workspace_config_dir
 
 pytestmark = pytest.mark.docker
@@ -48,15 +56,27 @@ def client() -> Any:
     c.close()
 
 
-def make_backend(tmp_path: Path, **overrides: Any) -> DockerBackend:
+def make_backend(tmp_path: Path, kind: str = "docker", **overrides: Any) -> DockerBackend:
     base: dict[str, Any] = {"DATA_DIR": str(tmp_path / "data"), "DOCKER_NETWORK_MODE": "host"}
     base.update(overrides)
-    return DockerBackend(Settings(**base))
+    return SwarmBackend(Settings(**base)) if kind == "swarm" else DockerBackend(Settings(**base))
+
+
+# the tests about what the Docker backend does itself (its container's host config, bridge networks,
+# host-dir config volumes) run on it alone
+docker_only = pytest.mark.parametrize("kind", ["docker"], indirect=True)
+
+
+@pytest.fixture(params=BACKENDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "swarm":
+        request.getfixturevalue("swarm_manager")
+    return str(request.param)
 
 
 @pytest.fixture
-async def backend(client: Any, tmp_path: Path) -> AsyncIterator[DockerBackend]:
-    b = make_backend(tmp_path)
+async def backend(client: Any, tmp_path: Path, kind: str) -> AsyncIterator[DockerBackend]:
+    b = make_backend(tmp_path, kind)
     yield b
     await b.close()
 
@@ -111,13 +131,21 @@ async def test_start_serves_a2a_with_config_files_and_env(
     assert env["CUSTOM_VAR"] == "v1" and env["PLUGINS_DIR"] == "/custom"
     assert env["A2A_PORT"] == str(port) and env["MOLECULE_AGENT_URL"] == f"http://localhost:{port}"
 
-    container = client.containers.get(f"ws-{ws_id[:12]}")
-    assert container.id == started.instance_id
-    assert container.labels["molecule.platform.managed"] == "true"
-    assert container.labels["molecule.workspace.id"] == ws_id
-    host = container.attrs["HostConfig"]
-    assert host["RestartPolicy"]["Name"] == "unless-stopped"
-    assert host["NetworkMode"] == "host"
+    container = task_container(client, ws_id)
+    if isinstance(backend, SwarmBackend):  # the service carries the labels; the health sweep restarts
+        service = client.services.get(started.instance_id)
+        assert service.name == f"ws-{ws_id[:12]}"
+        labels = service.attrs["Spec"]["Labels"]
+        template = service.attrs["Spec"]["TaskTemplate"]
+        assert template["RestartPolicy"]["Condition"] == "none"
+        assert [s["File"]["Name"] for s in template["ContainerSpec"]["Secrets"]] == ["/configs/.auth_token"]
+    else:
+        assert container.id == started.instance_id
+        labels = container.labels
+        assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert labels["molecule.platform.managed"] == "true"
+    assert labels["molecule.workspace.id"] == ws_id
+    assert container.attrs["HostConfig"]["NetworkMode"] == "host"
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     assert mounts["/configs"]["Name"] == configs_volume(ws_id)
     assert mounts["/workspace"]["Name"] == workspace_volume(ws_id)
@@ -132,7 +160,7 @@ async def test_killed_container_is_not_running_and_stop_is_idempotent(
     await backend.start(spec_for(ws_id))
     assert await backend.is_running(ws_id) is True
 
-    client.containers.get(f"ws-{ws_id[:12]}").kill()
+    task_container(client, ws_id).kill()
 
     async def stopped() -> bool:
         return not await backend.is_running(ws_id)
@@ -172,6 +200,7 @@ async def test_restart_reuses_the_config_volume(backend: DockerBackend, ids: Wor
     assert "Docker Echo" in await sh(backend, ws_id, "cat /configs/config.yaml")  # not wiped by a restart
 
 
+@docker_only
 async def test_tier_limits_in_host_config(tmp_path: Path, ids: WorkspaceIds, client: Any) -> None:
     backend = make_backend(tmp_path, TIER2_MEMORY_MB="300", TIER2_CPU_SHARES="512")
     try:
@@ -194,12 +223,17 @@ async def test_tier1_read_only_rootfs_still_serves_and_owns_configs(
     ws_id = ids.new()
     started = await backend.start(spec_for(ws_id, tier=1))
     await wait_for_reply(started.url)
-    attrs = client.containers.get(f"ws-{ws_id[:12]}").attrs
+    attrs = task_container(client, ws_id).attrs
     host = attrs["HostConfig"]
     assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
-    assert host["Tmpfs"] == {"/tmp": "rw,noexec,nosuid,size=64m"}
     assert host["Memory"] == 256 * 1024 * 1024
-    assert {m["Destination"] for m in attrs["Mounts"]} == {"/configs"}  # workspace volume dropped
+    mounts = {m["Destination"]: m for m in attrs["Mounts"]}
+    if isinstance(backend, SwarmBackend):  # a service takes tmpfs as a mount
+        assert mounts.keys() == {"/configs", "/tmp"}
+        assert mounts["/tmp"]["Type"] == "tmpfs"
+    else:
+        assert host["Tmpfs"] == {"/tmp": "rw,noexec,nosuid,size=64m"}
+        assert mounts.keys() == {"/configs"}  # workspace volume dropped
     # the agent user owns /configs although the rootfs is read-only
     assert await sh(backend, ws_id, "touch /configs/x && stat -c '%u' /configs") == "1000\n"
     assert (await backend.exec(ws_id, ["touch", "/app/x"])).exit_code != 0
@@ -207,6 +241,7 @@ async def test_tier1_read_only_rootfs_still_serves_and_owns_configs(
     assert seeds == []  # the helper that seeded the volume is gone
 
 
+@docker_only
 async def test_tier4_privileges_only_with_opt_in(tmp_path: Path, ids: WorkspaceIds, client: Any) -> None:
     backend = make_backend(tmp_path, DOCKER_NETWORK_MODE="bridge", ALLOW_PRIVILEGED_TIERS="true")
     try:
@@ -222,6 +257,7 @@ async def test_tier4_privileges_only_with_opt_in(tmp_path: Path, ids: WorkspaceI
         await backend.close()
 
 
+@docker_only
 async def test_bridge_mode_publishes_on_loopback(tmp_path: Path, ids: WorkspaceIds, client: Any) -> None:
     network = f"molecule-test-{uuid.uuid4().hex[:8]}"
     backend = make_backend(tmp_path, DOCKER_NETWORK_MODE="bridge", DOCKER_NETWORK=network)
@@ -306,6 +342,7 @@ def volume_device(client: Any, ws_id: str) -> str:
     return str((client.volumes.get(configs_volume(ws_id)).attrs.get("Options") or {}).get("device") or "")
 
 
+@docker_only
 async def test_local_engine_configs_volume_is_backed_by_the_workspace_config_dir(
     backend: DockerBackend, ids: WorkspaceIds, client: Any
 ) -> None:
@@ -354,11 +391,14 @@ async def test_restart_never_writes_through_links_the_agent_planted(
     await backend.start(spec_for(ws_id))
     # the agent swaps its config file and a directory for links to host paths, and leaves a directory
     # where the token goes
+    # (on Swarm the token is a secret mounted over its file: the agent cannot remove it at all)
+    token_swap = "" if isinstance(backend, SwarmBackend) else " && rm /configs/.auth_token"
+    token_swap += "" if isinstance(backend, SwarmBackend) else " && mkdir -p /configs/.auth_token/sub"
     await sh(
         backend,
         ws_id,
-        f"rm /configs/config.yaml /configs/.auth_token && ln -s {victim} /configs/config.yaml"
-        f" && ln -s {victim_dir} /configs/skills && mkdir -p /configs/.auth_token/sub",
+        f"rm /configs/config.yaml && ln -s {victim} /configs/config.yaml"
+        f" && ln -s {victim_dir} /configs/skills{token_swap}",
     )
     files = {"config.yaml": b"name: Fresh\n", ".auth_token": b"rotated", "skills/x/SKILL.md": b"x"}
     started = await backend.start(spec_for(ws_id, config_files=files))
@@ -371,6 +411,7 @@ async def test_restart_never_writes_through_links_the_agent_planted(
     )
 
 
+@docker_only
 @pytest.mark.parametrize("tier", [2, 1])  # T1: read-only rootfs, seeded through a helper container
 async def test_a_volume_made_before_stays_engine_managed_and_still_gets_its_files(
     backend: DockerBackend, ids: WorkspaceIds, client: Any, tier: int
@@ -392,6 +433,7 @@ async def test_a_volume_made_before_stays_engine_managed_and_still_gets_its_file
     assert client.containers.list(all=True, filters={"name": f"ws-{ws_id[:12]}-seed"}) == []
 
 
+@docker_only
 async def test_engine_that_does_not_see_our_dirs_falls_back_to_engine_volumes(
     backend: DockerBackend, ids: WorkspaceIds, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

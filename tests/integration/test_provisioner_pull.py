@@ -20,17 +20,21 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.provisioner_support import (
     AGENT_IMAGE,
+    BACKENDS,
     Registry,
     WorkspaceIds,
     cleanup,
     docker_client,
     need_agent_image,
     need_registry_binary,
+    swarm_manager_fixture,  # noqa: F401 - registers the swarm_manager fixture
+    task_container,
     wait_for_reply,
 )
 from workspace_server.config import Settings
 from workspace_server.provisioner import ImageNotFound, PullProgress, StartSpec
 from workspace_server.provisioner.docker import DockerBackend
+from workspace_server.provisioner.swarm import SwarmBackend
 
 pytestmark = pytest.mark.docker
 
@@ -52,9 +56,16 @@ def client() -> Iterator[Any]:
     c.close()
 
 
-@pytest.fixture
-async def backend(client: Any, tmp_path: Path) -> AsyncIterator[DockerBackend]:
-    b = DockerBackend(Settings(DATA_DIR=tmp_path / "data", DOCKER_NETWORK_MODE="host"))
+@pytest.fixture(params=BACKENDS)
+async def backend(
+    client: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[DockerBackend]:
+    """The moving-tag rule on each engine backend (Swarm: applied on the node before the service exists,
+    which then names the resolved image by id)."""
+    settings = Settings(DATA_DIR=tmp_path / "data", DOCKER_NETWORK_MODE="host")
+    if request.param == "swarm":
+        request.getfixturevalue("swarm_manager")
+    b = SwarmBackend(settings) if request.param == "swarm" else DockerBackend(settings)
     yield b
     await b.close()
 
@@ -112,7 +123,7 @@ def delete_manifest(reg: Registry, ref: str) -> None:
 
 
 def running_image_id(client: Any, ws_id: str) -> str:
-    return str(client.containers.get(f"ws-{ws_id[:12]}").attrs["Image"])
+    return str(task_container(client, ws_id).attrs["Image"])
 
 
 def spec_for(ws_id: str, image: str, events: list[PullProgress]) -> StartSpec:

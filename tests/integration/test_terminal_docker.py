@@ -1,4 +1,5 @@
-"""`GET /workspaces/:id/terminal` on a real container of the reference agent image (uvicorn + websockets)."""
+"""`GET /workspaces/:id/terminal` on a real container of the reference agent image (uvicorn + websockets),
+on the Docker backend and on the Swarm backend (a service's task container)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.provisioner_support import AGENT_IMAGE, docker_client, need_agent_image
+from tests.integration.provisioner_support import (
+    AGENT_IMAGE,
+    BACKENDS,
+    docker_client,
+    need_agent_image,
+    swarm_manager_fixture,  # noqa: F401 - registers the swarm_manager fixture
+)
 from tests.integration.terminal_support import (
     LiveFactory,
     Rows,
@@ -22,6 +29,7 @@ from tests.integration.terminal_support import (
 from workspace_server.config import Settings
 from workspace_server.provisioner import StartSpec
 from workspace_server.provisioner.docker import DockerBackend
+from workspace_server.provisioner.swarm import SwarmBackend
 
 pytestmark = pytest.mark.docker
 
@@ -34,10 +42,15 @@ def engine() -> Iterator[Any]:
     c.close()
 
 
-@pytest.fixture
-async def backend(engine: Any, tmp_path: Path) -> AsyncIterator[DockerBackend]:
+@pytest.fixture(params=BACKENDS)
+async def backend(
+    engine: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[DockerBackend]:
     settings = Settings(DATA_DIR=tmp_path / "data", DOCKER_NETWORK_MODE="host")
-    async with tracked_backend(DockerBackend(settings)) as b:
+    if request.param == "swarm":
+        request.getfixturevalue("swarm_manager")
+    kind = SwarmBackend if request.param == "swarm" else DockerBackend
+    async with tracked_backend(kind(settings)) as b:
         yield b
 
 

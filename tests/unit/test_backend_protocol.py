@@ -15,15 +15,24 @@ from workspace_server.config import Settings
 from workspace_server.provisioner.base import Backend
 from workspace_server.provisioner.docker import DockerBackend
 from workspace_server.provisioner.process import ProcessBackend
+from workspace_server.provisioner.swarm import SwarmBackend
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "workspace_server"
 PROVISIONER = SRC / "provisioner"
-CONCRETE = ("workspace_server.provisioner.docker", "workspace_server.provisioner.process")
+CONCRETE = (
+    "workspace_server.provisioner.docker",
+    "workspace_server.provisioner.process",
+    "workspace_server.provisioner.swarm",
+)
 
 
 def backends() -> list[Any]:
     settings = Settings()
-    return [DockerBackend(settings, client=SimpleNamespace()), ProcessBackend(settings)]  # no engine needed
+    return [  # no engine needed
+        DockerBackend(settings, client=SimpleNamespace()),
+        ProcessBackend(settings),
+        SwarmBackend(settings, client=SimpleNamespace()),
+    ]
 
 
 def protocol_members() -> list[str]:
@@ -92,7 +101,7 @@ def name_branches(tree: ast.AST) -> list[str]:
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
             and node.func.id == "isinstance"
-            and any(cls in ast.unparse(node) for cls in ("DockerBackend", "ProcessBackend"))
+            and any(cls in ast.unparse(node) for cls in ("DockerBackend", "ProcessBackend", "SwarmBackend"))
         ):
             found.append(ast.unparse(node))
     return found

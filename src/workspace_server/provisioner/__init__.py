@@ -2,6 +2,7 @@
 
 `make_backend(settings)` picks one at start-up from `WORKSPACE_BACKEND`:
 - `docker`: the Docker engine; None (no backend) when it does not answer `ping`, as in the reference;
+- `swarm`: one Swarm service per workspace; None when the engine is not an active swarm manager;
 - `process`: local subprocesses;
 - `auto`: docker when the engine answers, else process — outside production only (DECIDE: the process
   backend isolates nothing, so production never falls back to it silently; set `process` explicitly);
@@ -36,11 +37,12 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:  # the concrete backends stay lazy imports at run time (the docker SDK loads for one only)
     from workspace_server.provisioner.docker import DockerBackend
     from workspace_server.provisioner.process import ProcessBackend
+    from workspace_server.provisioner.swarm import SwarmBackend
 
-    def _conforms(settings: Settings) -> tuple[Backend, Backend]:
+    def _conforms(settings: Settings) -> tuple[Backend, Backend, Backend]:
         """Never called: mypy checks here that each backend class satisfies the Backend protocol (the
         run-time check is tests/unit/test_backend_protocol.py). A new backend is added to this tuple."""
-        return DockerBackend(settings), ProcessBackend(settings)
+        return DockerBackend(settings), ProcessBackend(settings), SwarmBackend(settings)
 
 
 __all__ = [
@@ -91,6 +93,16 @@ async def make_backend(settings: Settings) -> Backend | None:
     if choice == "none":
         return None
     RuntimeImages.from_settings(settings)  # fail start-up on a malformed RUNTIME_IMAGES
+    if choice == "swarm":
+        from workspace_server.provisioner.swarm import SwarmBackend, swarm_manager_answers
+
+        if await swarm_manager_answers(settings):
+            log.info("workspace backend: swarm")
+            return SwarmBackend(settings)
+        log.error(
+            "WORKSPACE_BACKEND=swarm but the engine is not an active swarm manager; no workspace backend"
+        )
+        return None
     if choice in ("docker", "auto") and await docker_engine_answers(settings):
         from workspace_server.provisioner.docker import DockerBackend
 

@@ -201,6 +201,10 @@ class DockerBase:
         except docker.errors.NotFound:
             return None
 
+    def _log_source(self, ws_id: str) -> str:
+        """The container whose logs are the workspace's (the Swarm backend names its task container)."""
+        return instance_name(ws_id)
+
     def _owner(self, container: Any, user: str | None = None) -> tuple[int, int]:
         """uid/gid of `user` (default: the container's `User`), names looked up in its /etc/passwd."""
         if user is None:

@@ -84,7 +84,7 @@ class ExecMixin(DockerBase):
 
     async def logs(self, ws_id: str, tail: int = 200) -> str:
         try:
-            raw = await self._run(lambda: self.client.api.logs(instance_name(ws_id), tail=max(1, tail)))
+            raw = await self._run(lambda: self.client.api.logs(self._log_source(ws_id), tail=max(1, tail)))
         except docker.errors.NotFound as exc:
             raise InstanceNotRunning from exc
         except ENGINE_ERRORS as exc:

@@ -151,10 +151,9 @@ class FilesMixin(ExecMixin, VolumesMixin):
             raise BackendError("could not write config files", str(exc)) from exc
 
     def _write_files_sync(self, ws_id: str, files: dict[str, bytes]) -> None:
-        try:
-            container = self.client.containers.get(instance_name(ws_id))
-        except docker.errors.NotFound as exc:
-            raise InstanceNotRunning from exc
+        container = self._container_or_none(ws_id)
+        if container is None:
+            raise InstanceNotRunning
         uid, gid = self._owner(container)
         # Into the volume itself: works on a read-only rootfs and leaves the root's owner alone.
         container.put_archive(CONFIG_MOUNT, config_tar(files, uid, gid))

@@ -1,0 +1,108 @@
+"""The Swarm service spec of a workspace, built without a swarm (provisioner/swarm/spec.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from workspace_server.config import Settings
+from workspace_server.provisioner.base import BackendError
+from workspace_server.provisioner.swarm import SwarmBackend
+from workspace_server.provisioner.swarm import spec as svc
+from workspace_server.provisioner.tiers import tier_limits
+
+
+def build(settings: Settings, tier: int = 2, **kw: Any) -> dict[str, Any]:
+    limits = tier_limits(settings, tier)
+    base: dict[str, Any] = {
+        "settings": settings,
+        "name": "ws-abc",
+        "ws_id": "abc-full-id",
+        "image": "molecule/workspace-agent:latest",
+        "image_id": "sha256:1234",
+        "env": {"A": "1"},
+        "limits": limits,
+        "service_mounts": svc.mounts({"ws-abc-configs": {"bind": "/configs", "mode": "rw"}}, limits),
+        "host_network": False,
+        "port": 40001,
+        "token": svc.Token("sid", "ws-abc-token-x", 1000, 1000),
+        "volume_node": "node-a",
+        "nano_cpu_cap": 2_000_000_000,
+    }
+    base.update(kw)
+    return svc.service_kwargs(**base)
+
+
+def test_tier_constraints_parse() -> None:
+    assert svc.parse_tier_constraints("") == {}
+    assert svc.parse_tier_constraints(" 3=node.labels.a==1, node.role==worker ;4=node.role==manager") == {
+        3: ["node.labels.a==1", "node.role==worker"],
+        4: ["node.role==manager"],
+    }
+    with pytest.raises(ValueError, match="SWARM_TIER_CONSTRAINTS"):
+        svc.parse_tier_constraints("x=node.role==worker")
+    with pytest.raises(ValueError, match="SWARM_TIER_CONSTRAINTS"):  # at construction, not at a start
+        SwarmBackend(Settings(SWARM_TIER_CONSTRAINTS="node.role==worker"), client=SimpleNamespace())
+
+
+def test_service_spec_of_a_bridge_workspace() -> None:
+    kw = build(Settings(SWARM_TIER_CONSTRAINTS="2=node.labels.pool==agents"))
+    assert kw["name"] == "ws-abc" and kw["mode"] == {"replicated": {"Replicas": 1}}
+    assert kw["labels"] == {
+        "molecule.platform.managed": "true",
+        "molecule.workspace.id": "abc-full-id",
+        "molecule.swarm.volume-node": "node-a",
+        "molecule.image": "molecule/workspace-agent:latest",
+    }
+    task = kw["task_template"]
+    container = task["ContainerSpec"]
+    assert container["Image"] == "sha256:1234"  # by id: the task's preparation pulls nothing
+    assert container["Env"] == ["A=1"]
+    assert container["Labels"] == {"molecule.swarm.workspace.id": "abc-full-id"}
+    assert container["Secrets"] == [
+        {
+            "SecretID": "sid",
+            "SecretName": "ws-abc-token-x",
+            "File": {"Name": "/configs/.auth_token", "UID": "1000", "GID": "1000", "Mode": 0o600},
+        }
+    ]
+    assert container["Hosts"] == ["host-gateway host.docker.internal"]
+    assert task["RestartPolicy"]["Condition"] == "none"  # the health sweep owns restarts
+    assert task["Placement"]["Constraints"] == [
+        "node.labels.pool==agents",
+        "node.labels.molecule.volume-host==node-a",
+    ]
+    assert task["Resources"] == {"Limits": {"NanoCPUs": 1_000_000_000, "MemoryBytes": 512 * 1024 * 1024}}
+    assert task["Networks"] == [{"Target": "molecule-swarm-net"}]
+    assert kw["endpoint_spec"]["Ports"] == [
+        {"Protocol": "tcp", "PublishedPort": 40001, "TargetPort": 8000, "PublishMode": "host"}
+    ]
+
+
+def test_host_network_and_tier1() -> None:
+    settings = Settings()
+    limits = tier_limits(settings, 1)
+    mounts = svc.mounts(
+        {"ws-abc-configs": {"bind": "/configs", "mode": "rw"}, "/srv/x": {"bind": "/w", "mode": "ro"}}, limits
+    )
+    kw = build(settings, tier=1, host_network=True, token=None, service_mounts=mounts)
+    task = kw["task_template"]
+    assert task["Networks"] == [{"Target": "host"}] and "endpoint_spec" not in kw
+    container = task["ContainerSpec"]
+    assert "Secrets" not in container or container["Secrets"] == []
+    assert container["ReadOnly"] is True and container["CapabilityDrop"] == ["ALL"]
+    assert [(m["Target"], m["Type"], m.get("ReadOnly", False)) for m in container["Mounts"]] == [
+        ("/configs", "volume", False),
+        ("/w", "bind", True),
+        ("/tmp", "tmpfs", False),
+    ]
+    assert task["Resources"]["Limits"]["NanoCPUs"] == 500_000_000
+
+
+def test_cpu_clamped_and_privileged_refused() -> None:
+    kw = build(Settings(), tier=4, nano_cpu_cap=2_000_000_000)
+    assert kw["task_template"]["Resources"]["Limits"]["NanoCPUs"] == 2_000_000_000
+    with pytest.raises(BackendError, match="tier 3 needs a privileged container"):
+        build(Settings(ALLOW_PRIVILEGED_TIERS=True), tier=3)
