@@ -44,9 +44,11 @@ async def test_other_environments_start_without_key(client_factory: ClientFactor
     # without a key they encrypt under the generated one (issue 11 §1; test_secrets_key_file.py)
     client = await admin_client(client_factory, MOLECULE_ENV=env)
     ws = await make_ws(client)
-    await client.post(f"/workspaces/{ws}/secrets", json={"key": "K", "value": "v"}, headers=ADMIN_H)
+    # a value long enough that random ciphertext cannot contain it by chance (a single byte did, 1 in 15)
+    value = "plaintext-that-must-not-be-stored"
+    await client.post(f"/workspaces/{ws}/secrets", json={"key": "K", "value": value}, headers=ADMIN_H)
     (row,) = await ws_rows(client, ws)
-    assert row.encryption_version == 1 and b"v" not in bytes(row.encrypted_value)[12:]
+    assert row.encryption_version == 1 and value.encode() not in bytes(row.encrypted_value)
 
 
 def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
