@@ -50,6 +50,14 @@ class SwarmBackend(ServicesMixin):
             raise InstanceNotRunning
         return DockerFS(self, container, ws_id)
 
+    # No warm pool on Swarm (yet): a pool member would be a service whose task may land on any node, and the
+    # claim renames a container (docker/pool.py), which a service's task is not ours to do.
+    async def run_warm_pool(self) -> None:
+        return None
+
+    async def drain_warm_pool(self, image: str) -> None:
+        return None
+
     async def close(self) -> None:
         self._pool.shutdown(wait=False)
         await self._run(self.client.close)
