@@ -18,6 +18,8 @@ from workspace_server.app import create_app
 from workspace_server.proxy.service import cp_path_allowed
 
 ADMIN = "proxy-admin"
+# ends a hang, times nothing: httpx's 5 s default once ran out in CI on a server's first proxied request
+CLIENT_TIMEOUT = 30.0
 
 
 class Upstream(StubServer):
@@ -101,7 +103,7 @@ def test_cp_allow_list_table() -> None:
 
 async def test_cp_proxy_forwards_and_strips(live_server_factory: Factory, upstream: Upstream) -> None:
     srv = live_server_factory(CP_UPSTREAM_URL=upstream.url)
-    async with httpx.AsyncClient(base_url=srv.url) as c:
+    async with httpx.AsyncClient(base_url=srv.url, timeout=CLIENT_TIMEOUT) as c:
         r = await c.post(
             "/cp/orgs/acme?x=1&y=%2F",
             content=b'{"name":"acme"}',
@@ -139,7 +141,7 @@ async def test_cp_refused_paths_never_reach_upstream(
     live_server_factory: Factory, upstream: Upstream
 ) -> None:
     srv = live_server_factory(CP_UPSTREAM_URL=upstream.url)
-    async with httpx.AsyncClient(base_url=srv.url) as c:
+    async with httpx.AsyncClient(base_url=srv.url, timeout=CLIENT_TIMEOUT) as c:
         for path in ("/cp/admin/orgs", "/cp/auth", "/cp/orgsabc", "/cp/", "/cp/auth/%2E%2E/admin/orgs"):
             r = await c.get(path, headers={"Cookie": "cp_session=abc"})
             assert (r.status_code, r.json()) == (404, {"error": "not found"}), path
@@ -159,7 +161,7 @@ async def test_streaming_and_upstream_down(live_server_factory: Factory, upstrea
             assert rest == b"data: two\n\n"
 
     down = live_server_factory(CP_UPSTREAM_URL=dead_url(), CANVAS_PROXY_URL=dead_url())
-    async with httpx.AsyncClient(base_url=down.url) as c:
+    async with httpx.AsyncClient(base_url=down.url, timeout=CLIENT_TIMEOUT) as c:
         r = await c.get("/cp/auth/me")
         assert (r.status_code, r.text) == (502, "control plane unavailable")
         r = await c.get("/login")
@@ -168,7 +170,7 @@ async def test_streaming_and_upstream_down(live_server_factory: Factory, upstrea
 
 async def test_canvas_fallback(live_server_factory: Factory, upstream: Upstream) -> None:
     srv = live_server_factory(CANVAS_PROXY_URL=upstream.url)
-    async with httpx.AsyncClient(base_url=srv.url) as c:
+    async with httpx.AsyncClient(base_url=srv.url, timeout=CLIENT_TIMEOUT) as c:
         r = await c.get(
             "/workspaces/abc/page?tab=chat",
             headers={"Authorization": "Bearer tok", "Cookie": "s=1", "Accept": "text/html"},
@@ -187,7 +189,7 @@ async def test_canvas_fallback(live_server_factory: Factory, upstream: Upstream)
     assert second["path"] == "/cp/auth/me"
 
     plain = live_server_factory()
-    async with httpx.AsyncClient(base_url=plain.url) as c:
+    async with httpx.AsyncClient(base_url=plain.url, timeout=CLIENT_TIMEOUT) as c:
         for path in ("/nope", "/cp/auth/me"):
             r = await c.get(path)
             assert (r.status_code, r.json()) == (404, {"error": "not found"})
@@ -198,7 +200,7 @@ async def test_upstreams_go_through_the_egress_policy(
 ) -> None:
     # production mode: loopback is not dialed unless the operator lists it
     srv = live_server_factory(ADMIN_TOKEN=ADMIN, CP_UPSTREAM_URL=upstream.url, CANVAS_PROXY_URL=upstream.url)
-    async with httpx.AsyncClient(base_url=srv.url) as c:
+    async with httpx.AsyncClient(base_url=srv.url, timeout=CLIENT_TIMEOUT) as c:
         assert (await c.get("/cp/auth/me")).status_code == 502
         assert (await c.get("/page")).status_code == 502
     assert upstream.seen == []
@@ -206,7 +208,7 @@ async def test_upstreams_go_through_the_egress_policy(
     listed = live_server_factory(
         ADMIN_TOKEN=ADMIN, CP_UPSTREAM_URL=upstream.url, EGRESS_ALLOW_CIDRS=f"127.0.0.1/32:{port}"
     )
-    async with httpx.AsyncClient(base_url=listed.url) as c:
+    async with httpx.AsyncClient(base_url=listed.url, timeout=CLIENT_TIMEOUT) as c:
         assert (await c.get("/cp/auth/me")).status_code == 201
 
 
