@@ -12,8 +12,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.from_thread
 import docker
 import docker.errors
 import docker.models.containers
@@ -25,7 +23,6 @@ from workspace_server.provisioner.base import (
     BackendError,
     EngineUnavailable,
     Instance,
-    PullProgress,
     Started,
     StartSpec,
     build_env,
@@ -42,6 +39,7 @@ from workspace_server.provisioner.docker.engine import (
     configs_volume,
     is_not_found_error,
     parse_user,
+    progress_reporter,
 )
 from workspace_server.provisioner.docker.hostdirs import config_tar, write_host_configs
 from workspace_server.provisioner.docker.pool import WarmPoolMixin
@@ -71,17 +69,7 @@ class _PortConflict(Exception):
 class ContainersMixin(WarmPoolMixin, VolumesMixin):
     # ---- start ----
     async def start(self, spec: StartSpec) -> Started:
-        cb = spec.on_pull_progress
-
-        def report(ev: PullProgress) -> None:
-            if cb is None:
-                return
-            try:
-                anyio.from_thread.run_sync(cb, ev)
-            except Exception:  # a broken progress sink must not fail the start
-                log.exception("pull progress callback failed")
-
-        return await self._run(self._start_sync, spec, report)
+        return await self._run(self._start_sync, spec, progress_reporter(spec.on_pull_progress))
 
     def _start_sync(self, spec: StartSpec, report: images.Report) -> Started:
         if not spec.image.strip():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import logging
 import os
 import platform as host_platform
 import tarfile
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import docker
 import docker.errors
@@ -26,6 +28,7 @@ from workspace_server.provisioner.base import (
     WORKSPACE_LABEL,
     FileTooLargeError,
     InstanceNotRunning,
+    PullProgress,
     free_loopback_port,
     id12,
     instance_name,
@@ -54,6 +57,21 @@ def is_not_found_error(msg: str) -> bool:
     """Spec 02 §8 truth table: "No such container" / "container not found" mean gone; nothing else does."""
     low = msg.lower()
     return "no such container" in low or "container not found" in low
+
+
+def progress_reporter(cb: Callable[[PullProgress], object] | None) -> Callable[[PullProgress], None]:
+    """The pull-progress sink a start's worker thread calls: the caller's callback run on the event loop,
+    where a broken sink is logged and never fails the start."""
+
+    def report(ev: PullProgress) -> None:
+        if cb is None:
+            return
+        try:
+            anyio.from_thread.run_sync(cb, ev)
+        except Exception:
+            logging.getLogger(__name__).exception("pull progress callback failed")
+
+    return report
 
 
 def make_client(settings: Settings, timeout: int = 120) -> docker.DockerClient:

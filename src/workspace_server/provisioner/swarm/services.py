@@ -10,8 +10,6 @@ import threading
 import time
 from typing import Any
 
-import anyio
-import anyio.from_thread
 import docker.errors
 
 from workspace_server.provisioner.base import (
@@ -23,7 +21,6 @@ from workspace_server.provisioner.base import (
     EngineUnavailable,
     ImageUser,
     Instance,
-    PullProgress,
     Started,
     StartSpec,
     build_env,
@@ -39,6 +36,7 @@ from workspace_server.provisioner.docker.engine import (
     _engine_unreachable,
     _labels,
     parse_user,
+    progress_reporter,
 )
 from workspace_server.provisioner.docker.files import FilesMixin
 from workspace_server.provisioner.docker.hostdirs import config_tar
@@ -66,17 +64,7 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
 
     # ---- start ----
     async def start(self, spec: StartSpec) -> Started:
-        cb = spec.on_pull_progress
-
-        def report(ev: PullProgress) -> None:
-            if cb is None:
-                return
-            try:
-                anyio.from_thread.run_sync(cb, ev)
-            except Exception:  # a broken progress sink must not fail the start
-                log.exception("pull progress callback failed")
-
-        return await self._run(self._start_sync, spec, report)
+        return await self._run(self._start_sync, spec, progress_reporter(spec.on_pull_progress))
 
     def _start_sync(self, spec: StartSpec, report: images.Report) -> Started:
         if not spec.image.strip():
