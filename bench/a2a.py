@@ -209,8 +209,11 @@ def sender(client: Client, url: str) -> Send:
     return send
 
 
-async def sequential(direct: Send, proxied: Send, pairs: int) -> tuple[float, float]:
-    """p50 in ms of each path, calls interleaved so drift hits both alike."""
+Latencies = tuple[list[float], list[float]]
+
+
+async def sequential(direct: Send, proxied: Send, pairs: int) -> Latencies:
+    """Each call's latency in ms on each path, calls interleaved so drift hits both alike."""
     d: list[float] = []
     p: list[float] = []
     for i in range(pairs):
@@ -218,7 +221,12 @@ async def sequential(direct: Send, proxied: Send, pairs: int) -> tuple[float, fl
             t0 = time.perf_counter()
             await send(i)
             out.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(d), statistics.median(p)
+    return d, p
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile (0 < q < 1) of `values`, by the inclusive method (p50 = the median)."""
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
 async def concurrent(send: Send, calls: int, concurrency: int) -> float:
@@ -277,7 +285,8 @@ async def control_run(
     for i in range(args.warmup):
         await direct(i)
         await proxied(i)
-    return await asyncio.wait_for(sequential(direct, proxied, args.pairs), PHASE_DEADLINE)
+    d, p = await asyncio.wait_for(sequential(direct, proxied, args.pairs), PHASE_DEADLINE)
+    return statistics.median(d), statistics.median(p)
 
 
 async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> None:
@@ -315,20 +324,19 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Non
                 await direct(i)
                 await proxied(i)
 
-            d50, p50 = await asyncio.wait_for(sequential(direct, proxied, args.pairs), PHASE_DEADLINE)
+            lat = await asyncio.wait_for(sequential(direct, proxied, args.pairs), PHASE_DEADLINE)
             control = await control_run(args, client, agent_client, base, workdir, procs)
             paths = {"direct": direct, "proxied": proxied}
             watched = {"server": psutil.Process(server.pid), "agent": psutil.Process(agent.pid)}
-            if not args.no_forwarder:
-                fwd, fwd_url = start_forwarder(agent_url, workdir)
-                procs.append(fwd)
-                paths["forwarder"] = sender(client, fwd_url)
-                watched["forwarder"] = psutil.Process(fwd.pid)
+            fwd, fwd_url = start_forwarder(agent_url, workdir)
+            procs.append(fwd)
+            paths["forwarder"] = sender(client, fwd_url)
+            watched["forwarder"] = psutil.Process(fwd.pid)
 
-                async def forwarding() -> bool:
-                    return (await client.call("POST", fwd_url, message_body(0)))[0] == 200
+            async def forwarding() -> bool:
+                return (await client.call("POST", fwd_url, message_body(0)))[0] == 200
 
-                await wait_until(forwarding, "forwarder", procs)
+            await wait_until(forwarding, "forwarder", procs)
             rates: dict[str, list[float]] = {name: [] for name in paths}
             cpu: dict[str, float] = dict.fromkeys(watched, 0.0)
             spy = start_profiler(server.pid, workdir) if args.profile else None
@@ -356,28 +364,44 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Non
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    direct_rate, proxied_rate = max(rates["direct"]), max(rates["proxied"])
+    report(args, lat, control, rates, cpu)
+
+
+def report(
+    args: argparse.Namespace,
+    lat: Latencies,
+    control: tuple[float, float] | None,
+    rates: dict[str, list[float]],
+    cpu: dict[str, float],
+) -> None:
+    """The figures, then the one RESULT line: throughput and server CPU against the bare forwarder (the
+    floor of any proxy on this stack, same run), latency added over a direct call."""
+    direct_rate, proxied_rate, fwd_rate = (max(rates[k]) for k in ("direct", "proxied", "forwarder"))
     per_call = 2 * args.calls
+    ms = {k: v / per_call * 1000 for k, v in cpu.items()}
+    d50, p50 = statistics.median(lat[0]), statistics.median(lat[1])
+    d99, p99 = quantile(lat[0], 0.99), quantile(lat[1], 0.99)
     print(f"# db={args.db} pairs={args.pairs} calls={args.calls} concurrency={args.concurrency}")
-    print(f"# sequential p50 direct={d50:.2f}ms proxied={p50:.2f}ms")
+    print(f"# sequential direct p50={d50:.2f}ms p99={d99:.2f}ms; proxied p50={p50:.2f}ms p99={p99:.2f}ms")
     shown = " ".join(f"{k}={[round(r) for r in v]}" for k, v in rates.items())
     print(f"# concurrent calls/s {shown}")
-    print(
-        f"# proxied cpu per call: server={cpu['server'] / per_call * 1000:.2f}ms "
-        f"agent={cpu['agent'] / per_call * 1000:.2f}ms"
-    )
+    shown = " ".join(f"{k}={v:.3f}ms" for k, v in ms.items())
+    print(f"# cpu per call: {shown}")
     if control is not None:
         print(
             f"# control agent (TCP_NODELAY, one write): sequential p50 direct={control[0]:.2f}ms "
             f"proxied={control[1]:.2f}ms added={control[1] - control[0]:.2f}ms"
         )
-    if rates.get("forwarder"):
-        print(
-            f"# floor, bare forwarder (uvicorn + aiohttp, no logic): rate={max(rates['forwarder']):.0f}/s "
-            f"ratio={max(rates['forwarder']) / direct_rate:.3f} "
-            f"cpu per call={cpu['forwarder'] / per_call * 1000:.2f}ms"
-        )
-    print(f"RESULT a2a ratio={proxied_rate / direct_rate:.3f} p50_added_ms={p50 - d50:.2f}")
+    print(
+        f"# against direct: proxied ratio={proxied_rate / direct_rate:.3f} "
+        f"forwarder ratio={fwd_rate / direct_rate:.3f}"
+    )
+    print(
+        f"RESULT a2a-forwarder ratio={proxied_rate / fwd_rate:.3f} "
+        f"cpu_ratio={ms['server'] / ms['forwarder']:.2f} "
+        f"p50_added_ms={p50 - d50:.2f} p99_added_ms={p99 - d99:.2f} "
+        f"server_cpu_ms={ms['server']:.3f} forwarder_cpu_ms={ms['forwarder']:.3f}"
+    )
 
 
 def start_profiler(pid: int, workdir: Path) -> subprocess.Popen[bytes]:
@@ -427,7 +451,6 @@ def parse_args() -> argparse.Namespace:
         "--pg", default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
     p.add_argument("--no-control", action="store_true", help="skip the control-agent latency run")
-    p.add_argument("--no-forwarder", action="store_true", help="skip the bare forwarder (the stack's floor)")
     p.add_argument("--profile", action="store_true", help="py-spy the server: <workdir>/a2a-profile.txt")
     p.add_argument("--workdir", default=str(ROOT / "data" / "bench"), help="server cwd and logs")
     return p.parse_args()

@@ -24,6 +24,7 @@ from workspace_server.common.errors import (
     http_error_response,
     store_error_classes,
     unavailable_response,
+    unhandled_response,
 )
 from workspace_server.common.kv import KV, MemoryKV, RedisKV
 from workspace_server.common.routing import HotRoute
@@ -335,7 +336,4 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        if backing_store_down(exc):  # the database or Redis is away: retry later, not a server bug
-            return _unavailable(request, exc)
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal error"}, status_code=500)
+        return unhandled_response(request.method, request.url.path, exc)

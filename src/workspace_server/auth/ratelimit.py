@@ -82,7 +82,9 @@ class FixedWindowLimiter:
                 bucket = _Bucket(self.limit, now)
                 self._buckets[key] = bucket
                 self._buckets.move_to_end(key)
-            reset = max(0, math.ceil(bucket.window_start + self.window - now))
+            # window minus elapsed, not (start + window) - now: that sum rounds, and a fresh window then
+            # advertised window + 1 seconds (61 of 60)
+            reset = max(0, math.ceil(self.window - (now - bucket.window_start)))
             if bucket.tokens <= 0:
                 # Never advertise 0: a client honouring Retry-After must not retry in a tight loop.
                 wait = max(1, reset)

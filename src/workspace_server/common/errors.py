@@ -104,6 +104,16 @@ def unavailable_response() -> JSONResponse:
     return JSONResponse(DATASTORE_UNAVAILABLE.body, status_code=DATASTORE_UNAVAILABLE.status)
 
 
+def unhandled_response(method: str, path: str, exc: BaseException) -> JSONResponse:
+    """An error no handler took: the database or Redis away is a 503 (retry later), anything else a
+    server bug, logged with its traceback and answered with a bare 500 (no detail to the client)."""
+    if backing_store_down(exc):
+        log.warning("%s %s: datastore unavailable (%s)", method, path, type(exc).__name__)
+        return unavailable_response()
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return JSONResponse({"error": "internal error"}, status_code=500)
+
+
 def api_error_response(exc: ApiError) -> JSONResponse:
     """A 500 a service raised because the database or Redis is away is a 503 (retry), never a 500."""
     if exc.status == 500 and backing_store_down(exc.__cause__ or exc.__context__):

@@ -1,16 +1,16 @@
 """Hot routes: the few endpoints every agent calls all the time (the heartbeat, the A2A proxy).
 
-A hot route is served by `HotLane`, the outermost of our middlewares: a request that fully matches one
-(path and method) runs through its own copy of the HTTP shell (the same middleware classes, sharing the
-rate limiter and the metrics; middleware/stack.py builds it) straight into the endpoint. It skips FastAPI's
-exception middleware, exit stack, router walk and dependency solver: about a third of the server's CPU
-for a proxied A2A call (bench/README.md). Its handler takes the `Request` only and reads the context with
-`get_ctx`.
+A hot route is served by `HotLane`, outside every middleware (FastAPI's own included): a request that
+fully matches one (path and method) runs through the hot shell (middleware/hot_shell.py: the same
+middlewares' decisions, sharing the rate limiter and the metrics, in one ASGI callable) straight into the
+endpoint. It skips FastAPI's error, telemetry and exception middlewares, exit stack, router walk and
+dependency solver: about a third of the server's CPU for a proxied A2A call (bench/README.md). Its
+handler takes the `Request` only and reads the context with `get_ctx`.
 
 What a client sees does not change:
-- errors render as on every other route (`ApiError` and `HTTPException` by `common.errors`; the
-  database or Redis being away is a 503 as in app.py's handler; anything else propagates to FastAPI's
-  outermost error middleware, whose handler answers 500);
+- errors render as on every other route, by the same functions the app's handlers call
+  (`common.errors`): `ApiError`, `HTTPException`, the database or Redis being away (503), anything else
+  a logged 500 with no detail;
 - the routes also stay in the app's router, so a wrong method (404), a trailing slash (redirect) and
   the route table the metrics labels come from behave exactly as for any route.
 """
@@ -28,10 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from workspace_server.common.errors import (
     ApiError,
     api_error_response,
-    backing_store_down,
     client_gone_response,
     http_error_response,
-    unavailable_response,
+    unhandled_response,
 )
 
 
@@ -65,9 +64,7 @@ class HotEndpoint:
         except ClientDisconnect:
             response = client_gone_response(request)
         except Exception as exc:
-            if not backing_store_down(exc):
-                raise
-            response = unavailable_response()
+            response = unhandled_response(request.method, request.url.path, exc)
         await response(scope, receive, send)
 
 

@@ -4,9 +4,10 @@ request (HTTP or WebSocket handshake) before the app runs."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -28,6 +29,36 @@ def client_ip(scope: Scope) -> str:
     """The TCP peer; X-Forwarded-For is never consulted (spec 03 §4, #179)."""
     client = scope.get("client")
     return str(client[0]) if client else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A middleware's answer in place of the app's (`refuse` sends it)."""
+
+    status: int
+    body: bytes = b""
+    headers: Headers | None = None
+
+
+# What a middleware decides about a request before the app runs: answer it now (`Refusal`), or let it
+# through and add these headers to the response (an empty list: nothing to add). Each middleware class
+# has an `admit(scope)` giving it; its own `__call__` and the hot lane's fused shell (hot_shell.py)
+# both act on that one decision, so a rule has one owner whichever way a request travels.
+Verdict = Refusal | Headers
+
+
+async def answer(scope: Scope, receive: Receive, send: Send, refusal: Refusal) -> None:
+    await refuse(scope, receive, send, refusal.status, refusal.body, refusal.headers)
+
+
+async def enact(verdict: Verdict, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """What a layered middleware does with its verdict: answer, or call the app adding the headers."""
+    if isinstance(verdict, Refusal):
+        await answer(scope, receive, send, verdict)
+    elif verdict:
+        await app(scope, receive, add_defaults(send, "http.response.start", verdict))
+    else:
+        await app(scope, receive, send)
 
 
 def encode_headers(headers: dict[str, str]) -> Headers:

@@ -7,7 +7,7 @@ import re
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workspace_server.middleware.asgi import JSON_TYPE, header, json_body, send_response
+from workspace_server.middleware.asgi import JSON_TYPE, Refusal, Verdict, header, json_body, send_response
 
 BODY_TOO_LARGE = "request body too large"
 
@@ -31,15 +31,20 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.OWN_CAPS.match(scope.get("path", "")):
-            await self.app(scope, receive, send)
-            return
+    def applies(self, scope: Scope) -> bool:
+        return scope["type"] == "http" and not self.OWN_CAPS.match(scope.get("path", ""))
+
+    def admit(self, scope: Scope) -> Verdict:
+        """A declared length over the cap is refused before the app runs."""
+        if not self.applies(scope):
+            return []
         declared = header(scope, b"content-length")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await send_response(send, 413, json_body({"error": BODY_TOO_LARGE}), [JSON_TYPE])
-            return
-        started = False
+            return TOO_LARGE
+        return []
+
+    def counting(self, receive: Receive) -> Receive:
+        """`receive`, raising BodyTooLarge once the body read so far passes the cap (chunked bodies)."""
         received = 0
 
         async def counting_receive() -> Message:
@@ -51,6 +56,18 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge()
             return message
 
+        return counting_receive
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.applies(scope):
+            await self.app(scope, receive, send)
+            return
+        verdict = self.admit(scope)
+        if isinstance(verdict, Refusal):
+            await answer_plain(send, verdict)
+            return
+        started = False
+
         async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
@@ -58,8 +75,16 @@ class BodyLimitMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, self.counting(receive), tracking_send)
         except BodyTooLarge:
             if started:
                 raise
-            await send_response(send, 413, json_body({"error": BODY_TOO_LARGE}), [JSON_TYPE])
+            await answer_plain(send, TOO_LARGE)
+
+
+TOO_LARGE = Refusal(413, json_body({"error": BODY_TOO_LARGE}), [JSON_TYPE])
+
+
+async def answer_plain(send: Send, refusal: Refusal) -> None:
+    """The 413, sent as it always was: without marking the request aborted (it has been routed)."""
+    await send_response(send, refusal.status, refusal.body, refusal.headers)

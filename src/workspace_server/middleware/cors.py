@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from workspace_server.config import DEFAULT_CORS_ORIGINS, Settings
-from workspace_server.middleware.asgi import Headers, add_defaults, header, refuse
+from workspace_server.middleware.asgi import Headers, Refusal, Verdict, enact, header
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +59,22 @@ class CORSMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        await enact(self.admit(scope), self.app, scope, receive, send)
+
+    def admit(self, scope: Scope) -> Verdict:
         origin = header(scope, b"origin")
+        if not origin:
+            return []
         host = header(scope, b"host")
-        if not origin or origin in (f"http://{host}", f"https://{host}"):
-            await self.app(scope, receive, send)
-            return
+        if origin in (f"http://{host}", f"https://{host}"):
+            return []
         if not self._allowed(origin):
-            await refuse(scope, receive, send, 403)
-            return
+            return _FORBIDDEN
         if scope["type"] == "websocket":
-            await self.app(scope, receive, send)
-        elif scope["method"] == "OPTIONS":
-            await refuse(scope, receive, send, 204, headers=self._preflight_headers(origin))
-        else:
-            extra = self._normal_headers(origin)
-            await self.app(scope, receive, add_defaults(send, "http.response.start", extra))
+            return []
+        if scope["method"] == "OPTIONS":
+            return Refusal(204, headers=self._preflight_headers(origin))
+        return self._normal_headers(origin)
 
     def _preflight_headers(self, origin: str) -> Headers:
         headers: Headers = [
@@ -94,3 +95,6 @@ class CORSMiddleware:
         if not self.config.allow_all:
             headers.append((b"vary", b"Origin"))
         return headers + self._origin_headers(origin)
+
+
+_FORBIDDEN = Refusal(403)

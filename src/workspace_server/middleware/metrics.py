@@ -62,10 +62,14 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, wrapped)
         finally:
-            elapsed = time.perf_counter() - start
-            self.metrics.observe(scope["method"], self.templates.label(scope), status, elapsed)
-            if self._logs(scope, status):
-                _log_access(scope, status, elapsed)
+            self.record(scope, status, start)
+
+    def record(self, scope: Scope, status: int, start: float) -> None:
+        """Count an HTTP request that began at `start` (perf_counter) and log its access line."""
+        elapsed = time.perf_counter() - start
+        self.metrics.observe(scope["method"], self.templates.label(scope), status, elapsed)
+        if self._logs(scope, status):
+            _log_access(scope, status, elapsed)
 
     def _logs(self, scope: Scope, status: int) -> bool:
         if self.access == "all":

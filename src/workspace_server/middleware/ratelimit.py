@@ -7,11 +7,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from workspace_server.auth.ratelimit import FixedWindowLimiter
 from workspace_server.middleware.asgi import (
     JSON_TYPE,
-    add_defaults,
+    Refusal,
+    Verdict,
     client_ip,
+    enact,
     encode_headers,
     json_body,
-    refuse,
 )
 
 RATE_WINDOW_SECONDS = 60.0
@@ -30,14 +31,18 @@ class RateLimitMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        # The headers go on HTTP responses only: a WebSocket's 101 is written by the server (the
+        # reference's has none either).
+        await enact(self.admit(scope), self.app, scope, receive, send)
+
+    def admit(self, scope: Scope) -> Verdict:
         if self.dev_mode:
-            unlimited = [(b"x-ratelimit-limit", b"unlimited")]
-            await self.app(scope, receive, add_defaults(send, "http.response.start", unlimited))
-            return
+            return _UNLIMITED
         decision = self.limiter.hit(client_ip(scope))
         headers = encode_headers(decision.headers())
         if not decision.allowed:
-            await refuse(scope, receive, send, 429, json_body(decision.error_body()), [*headers, JSON_TYPE])
-            return
-        # HTTP responses only: a WebSocket's 101 is written by the server (the reference's has none either).
-        await self.app(scope, receive, add_defaults(send, "http.response.start", headers))
+            return Refusal(429, json_body(decision.error_body()), [*headers, JSON_TYPE])
+        return headers
+
+
+_UNLIMITED = [(b"x-ratelimit-limit", b"unlimited")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from workspace_server.middleware.asgi import Headers, add_defaults
+from workspace_server.middleware.asgi import Headers, Verdict, enact
 
 _API_PREFIXES = (
     "/workspaces",
@@ -54,5 +54,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        defaults = _API_HEADERS if is_api_path(scope["path"]) else _UI_HEADERS
-        await self.app(scope, receive, add_defaults(send, "http.response.start", defaults))
+        await enact(self.admit(scope), self.app, scope, receive, send)
+
+    def admit(self, scope: Scope) -> Verdict:
+        return _API_HEADERS if is_api_path(scope["path"]) else _UI_HEADERS

@@ -13,6 +13,7 @@ from workspace_server.common.routing import HotEndpoint, HotLane, HotRoute
 from workspace_server.config import Settings
 from workspace_server.middleware.body_limit import BodyLimitMiddleware
 from workspace_server.middleware.cors import CORSMiddleware, cors_config
+from workspace_server.middleware.hot_shell import HotShell
 from workspace_server.middleware.metrics import MetricsMiddleware
 from workspace_server.middleware.ratelimit import RATE_WINDOW_SECONDS, RateLimitMiddleware
 from workspace_server.middleware.security_headers import SecurityHeadersMiddleware
@@ -38,13 +39,28 @@ def install_middleware(app: FastAPI, settings: Settings, hot_routes: Sequence[Ho
     layers = _shell_layers(settings, http_metrics)
     for cls, kwargs in layers:  # add_middleware prepends: the last one added is the outermost
         app.add_middleware(cls, **kwargs)
-    # The hot lane's copy: the same layers (same limiter, same metrics) but the slash redirect, which
-    # only rewrites the router's own redirects and a full match never gets one.
-    lane: ASGIApp = HotEndpoint()
-    for cls, kwargs in layers:
-        if cls is not TrailingSlashRedirectMiddleware:
-            lane = cls(lane, **kwargs)
-    app.add_middleware(HotLane, routes=hot_routes, lane=lane)
+    lane = _hot_shell(layers)
+    build_stack = app.build_middleware_stack
+
+    def build_with_hot_lane() -> ASGIApp:
+        # The hot lane goes outside even FastAPI's own layers (its error, telemetry and body-size
+        # middlewares): HotEndpoint renders every error itself, as the app's handlers would.
+        return HotLane(build_stack(), routes=hot_routes, lane=lane)
+
+    app.build_middleware_stack = build_with_hot_lane  # type: ignore[method-assign]
+
+
+def _hot_shell(layers: list[tuple[Any, dict[str, Any]]]) -> ASGIApp:
+    """The hot lane's shell (hot_shell.py): the same middlewares, with the same limiter and metrics, as
+    objects it asks for decisions. The slash redirect is left out: it only rewrites the router's own
+    redirects, and a full match of a hot route never gets one."""
+    endpoint = HotEndpoint()
+    made = {
+        cls: cls(endpoint, **kwargs) for cls, kwargs in layers if cls is not TrailingSlashRedirectMiddleware
+    }
+    metrics = made.pop(MetricsMiddleware)
+    guards = list(reversed(made.values()))  # outermost first
+    return HotShell(endpoint, guards, made[BodyLimitMiddleware], metrics)
 
 
 def _shell_layers(settings: Settings, http_metrics: HttpMetrics) -> list[tuple[Any, dict[str, Any]]]:

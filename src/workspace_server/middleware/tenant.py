@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from workspace_server.auth.deps import is_same_origin_canvas
-from workspace_server.middleware.asgi import header, refuse
+from workspace_server.middleware.asgi import Refusal, Verdict, enact, header
 
 TENANT_ALLOWLIST = frozenset({"/health", "/metrics", "/registry/register", "/registry/heartbeat"})
 
@@ -29,10 +29,13 @@ class TenantGuardMiddleware:
         self.org_id = org_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or self._passes(scope):
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        await refuse(scope, receive, send, 404)
+        await enact(self.admit(scope), self.app, scope, receive, send)
+
+    def admit(self, scope: Scope) -> Verdict:
+        return [] if self._passes(scope) else _NOT_HERE
 
     def _passes(self, scope: Scope) -> bool:
         path: str = scope["path"]
@@ -47,3 +50,6 @@ class TenantGuardMiddleware:
             return False
         # It reads headers only; Request() refuses a websocket scope, so hand it an http view.
         return is_same_origin_canvas(ctx, Request({**scope, "type": "http"}))
+
+
+_NOT_HERE = Refusal(404)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from workspace_server.middleware.asgi import JSON_TYPE, json_body, refuse
+from workspace_server.middleware.asgi import JSON_TYPE, Refusal, Verdict, enact, json_body
 
 INVALID_URL = "invalid URL"
 
@@ -17,10 +17,16 @@ class UrlGuardMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
+    def admit(self, scope: Scope) -> Verdict:
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            return _REFUSAL
+        return []
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and (
-            "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
-        ):
-            await refuse(scope, receive, send, 400, json_body({"error": INVALID_URL}), [JSON_TYPE])
+        if scope["type"] in ("http", "websocket"):
+            await enact(self.admit(scope), self.app, scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+_REFUSAL = Refusal(400, json_body({"error": INVALID_URL}), [JSON_TYPE])

@@ -1,0 +1,112 @@
+"""The hot lane's HTTP shell: every middleware of the stack, taken as one ASGI callable.
+
+A hot route (common/routing.py) is called by every agent all the time, and seven nested middlewares cost
+each request seven coroutine frames, seven send wrappers and a copy of the response start per header
+group: about a sixth of the server's CPU for a proxied A2A call (bench/README.md). `HotShell` asks the
+same middleware objects for their decisions (`admit`, middleware/asgi.py `Verdict`) in the stack's order
+and applies them with one send wrapper. The rules stay in their middleware: this module owns only the
+order in which the answers combine, and that is the layered stack's:
+
+- a refusal by a layer carries the headers of the layers outside it only (a 429 has no security headers);
+- on a response the headers of inner layers win over outer ones, and the handler's own win over all;
+- the metrics recorder, outermost, sees every answer, refusals and the body cap's 413 included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from workspace_server.middleware.asgi import Headers, Refusal, Verdict, answer
+from workspace_server.middleware.body_limit import (
+    TOO_LARGE,
+    BodyLimitMiddleware,
+    BodyTooLarge,
+    answer_plain,
+)
+from workspace_server.middleware.metrics import MetricsMiddleware
+
+
+class Admits(Protocol):
+    def admit(self, scope: Scope) -> Verdict: ...
+
+
+class HotShell:
+    """`guards` outermost first, as the stack orders them; the body cap among them where it sits."""
+
+    def __init__(
+        self,
+        endpoint: ASGIApp,
+        guards: Sequence[Admits],
+        body_limit: BodyLimitMiddleware,
+        metrics: MetricsMiddleware,
+    ) -> None:
+        self.endpoint = endpoint
+        self.guards = tuple(guards)
+        self.body_limit = body_limit
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        status = 500  # what the client gets when the endpoint raises before answering
+        groups: list[Headers] = []  # header groups of the layers passed so far, outermost first
+
+        async def wrapped(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if groups:
+                    message = _with_groups(message, groups)
+            await send(message)
+
+        try:
+            for guard in self.guards:
+                verdict = guard.admit(scope)
+                if isinstance(verdict, Refusal):
+                    await self._refuse(guard, scope, receive, wrapped, verdict)
+                    return
+                if verdict:
+                    groups.append(verdict)
+            await self._call(scope, receive, wrapped)
+        finally:
+            self.metrics.record(scope, status, start)
+
+    async def _refuse(
+        self, guard: Admits, scope: Scope, receive: Receive, send: Send, refusal: Refusal
+    ) -> None:
+        if guard is self.body_limit:
+            await answer_plain(send, refusal)  # as the layered body cap answers: the request was routed
+        else:
+            await answer(scope, receive, send, refusal)
+
+    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The endpoint, with the body counted as it streams in (chunked bodies) when the cap applies."""
+        if not self.body_limit.applies(scope):
+            await self.endpoint(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.endpoint(scope, self.body_limit.counting(receive), tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await answer_plain(send, TOO_LARGE)
+
+
+def _with_groups(message: Message, groups: list[Headers]) -> Message:
+    """The response start with each group added, innermost first, where its name is not set yet — what
+    the layered stack's `add_defaults` wrappers do one after another."""
+    headers = list(message.get("headers", ()))
+    for group in reversed(groups):
+        present = {bytes(k).lower() for k, _ in headers}
+        headers.extend((k, v) for k, v in group if k not in present)
+    return {**message, "headers": headers}
