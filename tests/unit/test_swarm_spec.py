@@ -106,3 +106,20 @@ def test_cpu_clamped_and_privileged_refused() -> None:
     assert kw["task_template"]["Resources"]["Limits"]["NanoCPUs"] == 2_000_000_000
     with pytest.raises(BackendError, match="tier 3 needs a privileged container"):
         build(Settings(ALLOW_PRIVILEGED_TIERS=True), tier=3)
+
+
+def test_node_engines_setting() -> None:
+    s = Settings(SWARM_NODE_ENGINES=" w1=unix:///run/w1/docker.sock ; gpu.2=ssh://ops@node2 ;")
+    assert s.swarm_node_engines == {"w1": "unix:///run/w1/docker.sock", "gpu.2": "ssh://ops@node2"}
+    assert Settings().swarm_node_engines == {}
+    for bad in (
+        "w1",
+        "=unix:///x",
+        "w 1=unix:///x",
+        "w1=/run/docker.sock",
+        "w1=tcp://",
+        "a=tcp://h;a=tcp://i",
+    ):
+        with pytest.raises(ValueError, match="SWARM_NODE_ENGINES"):  # at start-up, not at a workspace's start
+            Settings(SWARM_NODE_ENGINES=bad)
+
