@@ -23,7 +23,14 @@ from typing import Any, Literal, Self
 import docker
 import docker.errors
 
-from workspace_server.provisioner.base import ExecResult, ExecSession, FileEntry, LiveConfig, instance_name
+from workspace_server.provisioner.base import (
+    BackendError,
+    ExecResult,
+    ExecSession,
+    FileEntry,
+    LiveConfig,
+    instance_name,
+)
 from workspace_server.provisioner.docker.engine import ENGINE_ERRORS, configs_volume, workspace_volume
 from workspace_server.provisioner.docker.files import FilesMixin
 from workspace_server.provisioner.docker.networks import NetworksMixin
@@ -86,15 +93,15 @@ class NodesMixin(TasksMixin, NetworksMixin, FilesMixin):
         return value if value in self.settings.swarm_node_engines else LOCAL
 
     def _volumes_node(self, ws_id: str) -> str | None:
+        """The node with one of the workspace's volumes. An engine that does not answer raises (a start
+        retries, a files call fails): taken as "not there", a start would seed fresh volumes elsewhere
+        and a purge would leave that node's behind."""
         for node in (LOCAL, *self.settings.swarm_node_engines):
             engine = self._engine_for(node)
             for name in (configs_volume(ws_id), workspace_volume(ws_id)):
                 try:
                     engine.client.api.inspect_volume(name)
                 except docker.errors.NotFound:
-                    continue
-                except ENGINE_ERRORS as exc:  # a node away: not where it is as far as we can tell
-                    log.warning("asking node %r for volume %s: %s", node or "local", name, exc)
                     continue
                 return node
         return None
@@ -117,7 +124,11 @@ class NodesMixin(TasksMixin, NetworksMixin, FilesMixin):
     async def _engine_of(self, ws_id: str) -> Self:
         if not self.settings.swarm_node_engines:
             return self
-        return await self._run(self._engine_of_sync, ws_id)
+        try:
+            return await self._run(self._engine_of_sync, ws_id)
+        except ENGINE_ERRORS as exc:
+            log.warning("finding the node of %s failed: %s", instance_name(ws_id), exc)
+            raise BackendError("swarm node unreachable", str(exc)) from exc
 
     # ---- the address to dial ----
     def _task_node_addr(self, ws_id: str) -> str:
