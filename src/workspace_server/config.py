@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # (`3=node.labels.trusted==true;4=node.role==manager`, see provisioner/swarm/spec.py)
     SWARM_NETWORK: str = "molecule-swarm-net"
     SWARM_TIER_CONSTRAINTS: str = ""
+    # swarm backend, several nodes: `<molecule.volume-host label value>=<docker host URL>;…`, the engine of
+    # each node that may hold workspaces besides the manager this server talks to (`swarm_node_engines`)
+    SWARM_NODE_ENGINES: str = ""
     MOLECULE_IN_DOCKER: bool | None = None  # unset: detected from /.dockerenv (see `in_docker`)
     MOLECULE_IMAGE_PLATFORM: str | None = None  # set (even empty) wins over the host default
     ALLOW_PRIVILEGED_TIERS: bool = False  # T3/T4 privileged, pid=host, host net, docker.sock
@@ -170,6 +173,12 @@ class Settings(BaseSettings):
         from workspace_server.egress.policy import parse_cidrs
 
         parse_cidrs(v)  # ValueError: refuse to start on a typo
+        return v
+
+    @field_validator("SWARM_NODE_ENGINES")
+    @classmethod
+    def _swarm_node_engines(cls, v: str) -> str:
+        parse_node_engines(v)  # ValueError: refuse to start on a typo, not at a workspace's start
         return v
 
     @field_validator("PORT", mode="before")
@@ -276,6 +285,11 @@ class Settings(BaseSettings):
         return self.HOST in ("127.0.0.1", "localhost", "::1")
 
     @property
+    def swarm_node_engines(self) -> dict[str, str]:
+        """SWARM_NODE_ENGINES parsed: node label value -> that node's engine address."""
+        return parse_node_engines(self.SWARM_NODE_ENGINES)
+
+    @property
     def in_docker(self) -> bool:
         """Whether this server itself runs in a Docker container (spec 06 §2.2 MOLECULE_IN_DOCKER)."""
         if self.MOLECULE_IN_DOCKER is not None:
@@ -364,3 +378,27 @@ def _positive_int(raw: str, default: int) -> int:
     except ValueError:
         return default
     return n if n > 0 else default
+
+
+_NODE_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # goes into a constraint `node.labels.…==<value>`
+_ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://", "http://", "https://")  # what the docker SDK dials
+
+
+def parse_node_engines(raw: str) -> dict[str, str]:
+    """`SWARM_NODE_ENGINES`: `w1=ssh://ops@node1;w2=unix:///run/w2/docker.sock` (node label value ->
+    engine address). ValueError on a malformed entry, an unknown scheme or a value named twice."""
+    out: dict[str, str] = {}
+    for part in raw.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        value, sep, url = (s.strip() for s in part.partition("="))
+        if not sep or not _NODE_VALUE.fullmatch(value):
+            raise ValueError(f"SWARM_NODE_ENGINES: {part!r} is not <node label value>=<docker host URL>")
+        if not url.startswith(_ENGINE_SCHEMES) or len(url) <= url.index("://") + 3:
+            schemes = ", ".join(_ENGINE_SCHEMES)
+            raise ValueError(f"SWARM_NODE_ENGINES: {url!r} is not a docker host URL ({schemes})")
+        if value in out:
+            raise ValueError(f"SWARM_NODE_ENGINES: {value!r} is named twice")
+        out[value] = url
+    return out

@@ -106,3 +106,39 @@ def test_cpu_clamped_and_privileged_refused() -> None:
     assert kw["task_template"]["Resources"]["Limits"]["NanoCPUs"] == 2_000_000_000
     with pytest.raises(BackendError, match="tier 3 needs a privileged container"):
         build(Settings(ALLOW_PRIVILEGED_TIERS=True), tier=3)
+
+
+def test_node_engines_setting() -> None:
+    s = Settings(SWARM_NODE_ENGINES=" w1=unix:///run/w1/docker.sock ; gpu.2=ssh://ops@node2 ;")
+    assert s.swarm_node_engines == {"w1": "unix:///run/w1/docker.sock", "gpu.2": "ssh://ops@node2"}
+    assert Settings().swarm_node_engines == {}
+    for bad in (
+        "w1",
+        "=unix:///x",
+        "w 1=unix:///x",
+        "w1=/run/docker.sock",
+        "w1=tcp://",
+        "a=tcp://h;a=tcp://i",
+    ):
+        with pytest.raises(ValueError, match="SWARM_NODE_ENGINES"):  # at start-up, not at a workspace's start
+            Settings(SWARM_NODE_ENGINES=bad)
+
+
+def test_the_tier_constraint_that_picks_a_node() -> None:
+    s = Settings(SWARM_TIER_CONSTRAINTS="2=node.role==worker, node.labels.molecule.volume-host == w1;3=x==y")
+    assert svc.tier_volume_node(s, 2) == "w1"
+    assert svc.tier_volume_node(s, 3) == "" and svc.tier_volume_node(s, 1) == ""
+    # the pin is not repeated when the tier already names the node
+    rules = svc.placement(Settings(SWARM_TIER_CONSTRAINTS="2=node.labels.molecule.volume-host==w1"), 2, "w1")
+    assert rules == ["node.labels.molecule.volume-host==w1"]
+
+
+def test_a_task_on_another_node_is_dialled_there() -> None:
+    settings = Settings(MOLECULE_IN_DOCKER=False, DOCKER_NETWORK_MODE="bridge")
+    b = SwarmBackend(settings, client=SimpleNamespace())
+    url = "http://127.0.0.1:40001"
+    assert b.dial_url("ws-a", url) == url  # the manager's own node: its loopback, as on one node
+    b._dial_hosts["ws-a"] = "198.18.0.3"  # what start / adoption read from the manager (nodes.py)
+    assert b.dial_url("ws-a", url) == "http://198.18.0.3:40001"
+    b.settings.MOLECULE_IN_DOCKER = True  # a server inside the swarm dials the service name, first
+    assert b.dial_url("ws-a", url) == "http://ws-ws-a:8000"

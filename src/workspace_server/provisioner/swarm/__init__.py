@@ -21,8 +21,13 @@ Reused from the Docker backend, not copied: volumes, pulls, exec/terminal/logs, 
 files, the addresses (`shares_host_network`, `network_url`: the service name on the overlay network,
 `dial_url`: the service name when this server itself runs as a service on that network).
 
-Modules: spec.py (the service spec, pure), tasks.py (the task container on this node), services.py
-(start/stop/state/inventories), backend.py (the composition).
+Several nodes (SWARM_NODE_ENGINES, nodes.py): a workspace's volumes, pull policy, exec/files/logs go
+through the engine of the node holding its volumes (chosen by a tier's `molecule.volume-host`
+constraint, then pinned), and `dial_url` maps the stored url to that node's address.
+
+Modules: spec.py (the service spec, pure), tasks.py (the task container on a node), nodes.py (which
+node, its engine, its address), services.py (start/stop/state/inventories), backend.py (the
+composition).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ class SwarmBackend(ServicesMixin):
         # engine-managed config volumes, written through a helper container: the host-dir shortcut
         # needs a container of our own to verify against, and a service's task is not ours to create
         self._host_volumes = False
+        self._init_nodes()
         self._node_lock = threading.Lock()
         self._volume_node_value = ""
 
@@ -45,6 +46,9 @@ class SwarmBackend(ServicesMixin):
                 return None
             return container if container is not None and _running(container) else None
 
+        engine = await self._engine_of(ws_id)  # the engine of the node its task runs on (nodes.py)
+        if engine is not self:
+            return await engine.chat_files(ws_id, workspace_dir, workspace_access)
         container = await self._run(running_container)
         if container is None:
             raise InstanceNotRunning
@@ -59,5 +63,6 @@ class SwarmBackend(ServicesMixin):
         return None
 
     async def close(self) -> None:
+        await self._close_nodes()
         self._pool.shutdown(wait=False)
         await self._run(self.client.close)

@@ -43,7 +43,8 @@ from workspace_server.provisioner.docker.hostdirs import config_tar
 from workspace_server.provisioner.docker.networks import NetworksMixin
 from workspace_server.provisioner.docker.pulls import PullsMixin
 from workspace_server.provisioner.swarm import spec as svc
-from workspace_server.provisioner.swarm.tasks import TasksMixin, live_task
+from workspace_server.provisioner.swarm.nodes import LOCAL, NodesMixin
+from workspace_server.provisioner.swarm.tasks import live_task
 from workspace_server.provisioner.tiers import tier_limits
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class _PortConflict(Exception):
     """The host port we picked was taken on the node before the task could publish it."""
 
 
-class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
+class ServicesMixin(NodesMixin, NetworksMixin, FilesMixin, PullsMixin):
     _node_lock: threading.Lock  # set by SwarmBackend.__init__
     _volume_node_value: str  # this node's VOLUME_NODE_LABEL, once read or set
 
@@ -77,15 +78,18 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
         token_bytes = files.pop(TOKEN_FILE, None)  # a Swarm secret, not a file on the volume
         host_network = self.settings.docker_host_network or limits.host_network
         try:
+            # the node holding (or, first time, to hold) its volumes, and that node's engine (nodes.py)
+            where = self._start_node_sync(ws_id, spec.tier)
+            engine = self._engine_for(where)
             self._remove_service_sync(ws_id)  # start replaces whatever runs for the workspace
-            attrs = self._image_attrs(spec.image, report)  # the moving-tag rule, on the volumes' node
-            self._configs_volume(ws_id)
+            attrs = engine._image_attrs(spec.image, report)  # the moving-tag rule, on the volumes' node
+            engine._configs_volume(ws_id)
             if spec.runtime == "claude-code":
-                self._sessions_volume(spec)
-            uid, gid = self._seed(ws_id, spec.image, attrs, files)
+                engine._sessions_volume(spec)
+            uid, gid = engine._seed(ws_id, spec.image, attrs, files)
             token = self._token_secret(ws_id, token_bytes, uid, gid) if token_bytes is not None else None
-            node = self._volume_node()
-            mounts = svc.mounts(self._volumes(spec, limits, bind_path), limits)
+            node = self._volume_node() if where == LOCAL else where
+            mounts = svc.mounts(engine._volumes(spec, limits, bind_path), limits)
             for attempt in range(3):
                 port = self._reserve_port(ws_id)
                 url = f"http://localhost:{port}"
@@ -107,7 +111,7 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
                     port=port,
                     token=token,
                     volume_node=node,
-                    nano_cpu_cap=self._nano_cpu_cap(),
+                    nano_cpu_cap=engine._nano_cpu_cap(),
                 )
                 service_id = str(self.client.api.create_service(**kwargs)["ID"])
                 try:
@@ -116,6 +120,8 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
                     log.info("host port %d was taken, retrying (%d)", port, attempt + 1)
                     self._remove_service_sync(ws_id, keep_secrets=True)
                     continue
+                self._note_dial_host(ws_id, where)
+                # the stored form on every node; dial_url maps it to a remote task's node (nodes.py)
                 return Started(url=f"http://127.0.0.1:{port}", instance_id=service_id)
             raise BackendError("workspace start failed", "no free host port after 3 attempts")
         except BackendError:
@@ -212,13 +218,14 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
     def _wait_running(self, ws_id: str) -> None:
         """Until the service's task runs (as a Docker start returns once the container runs)."""
         name = instance_name(ws_id)
+        engine = self._engine_of_sync(ws_id)  # the node's engine sees its task container first
         deadline = time.monotonic() + TASK_START_SECONDS
         err = ""
         unplaceable = 0.0  # since when the scheduler has found no node for the task
         while time.monotonic() < deadline:
             # the task's container on this node runs before the manager hears of it: return then, as
             # soon as a Docker start would (the agent may register before the url is recorded otherwise)
-            if any(row.get("State") == "running" for row in self._task_containers(ws_id)):
+            if any(row.get("State") == "running" for row in engine._task_containers(ws_id)):
                 return
             tasks = self.client.api.tasks(filters={"service": name})
             for task in tasks:
@@ -247,7 +254,7 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
             self.client.api.remove_service(name)
         except docker.errors.NotFound:
             pass
-        self._remove_task_containers(ws_id)
+        self._engine_of_sync(ws_id)._remove_task_containers(ws_id)
         if keep_secrets:
             return
         for row in self.client.api.secrets(filters={"label": f"{WORKSPACE_LABEL}={ws_id}"}):
@@ -264,6 +271,7 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
             log.warning("removing service %s failed: %s", name, exc)
             raise BackendError(f"remove service {name} failed", str(exc)) from exc
         self._release_port(ws_id)
+        self._dial_hosts.pop(ws_id, None)
 
     async def is_running(self, ws_id: str) -> bool:
         name = instance_name(ws_id)
@@ -297,6 +305,12 @@ class ServicesMixin(TasksMixin, NetworksMixin, FilesMixin, PullsMixin):
         port = _service_port(info)
         if port is None:
             return None
+        try:  # a task on another node is dialled there (nodes.py)
+            await self._run(lambda: self._note_dial_host(ws_id, self._node_of_sync(ws_id)))
+        except docker.errors.NotFound:
+            return None
+        except ENGINE_ERRORS as exc:
+            raise BackendError("inspect failed", str(exc)) from exc
         with self._lock:  # never hand this port to another start
             self._ports[ws_id] = port
         return f"http://127.0.0.1:{port}"

@@ -87,9 +87,21 @@ def mounts(volumes: Mapping[str, Mapping[str, str]], limits: TierLimits) -> list
 def placement(settings: Settings, tier: int, volume_node: str) -> list[str]:
     """The tier's operator-set constraints, and the node holding the workspace's volumes."""
     rules = list(parse_tier_constraints(settings.SWARM_TIER_CONSTRAINTS).get(tier, []))
-    if volume_node:
-        rules.append(f"node.labels.{VOLUME_NODE_LABEL}=={volume_node}")
+    pin = f"node.labels.{VOLUME_NODE_LABEL}=={volume_node}"
+    if volume_node and pin not in rules:
+        rules.append(pin)
     return rules
+
+
+def tier_volume_node(settings: Settings, tier: int) -> str:
+    """The node a tier's constraints place new workspaces on (`node.labels.molecule.volume-host==w1`), or
+    "" when they name none. DECIDE: the one constraint that chooses a node, because the backend must know
+    the node before the service exists, to create and seed the volumes through that node's engine."""
+    prefix = f"node.labels.{VOLUME_NODE_LABEL}=="
+    for rule in parse_tier_constraints(settings.SWARM_TIER_CONSTRAINTS).get(tier, []):
+        if rule.replace(" ", "").startswith(prefix):
+            return rule.replace(" ", "")[len(prefix) :]
+    return ""
 
 
 def check_tier(limits: TierLimits) -> None:

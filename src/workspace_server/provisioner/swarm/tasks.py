@@ -2,8 +2,9 @@
 modules reach through `DockerBase._container_or_none` / `_running_container` / `_log_source`, found by
 the service's label instead of the container name (Swarm names a task `ws-<id12>.1.<task id>`).
 
-The workspace's volumes live on the node this server's engine runs on and the service is pinned there
-(spec.VOLUME_NODE_LABEL), so its task container is a local container the engine can exec into.
+The workspace's volumes live on one node and the service is pinned there (spec.VOLUME_NODE_LABEL), so
+its task container is a local container of that node's engine: this backend's for the manager's node,
+the node backend's for another (nodes.py), on which these lookups then run.
 """
 
 from __future__ import annotations
