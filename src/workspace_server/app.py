@@ -184,7 +184,7 @@ def create_app(
         ctx = await build_context(settings, migrate=migrate)
         from workspace_server.a2a import install as install_a2a
 
-        install_a2a(ctx)
+        await install_a2a(ctx)
         app.state.ctx = ctx
         loops = start_loops(ctx) if run_loops else None
         if freeze_gc:

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     ACTIVITY_RETENTION_DAYS: str = "7"
     ACTIVITY_CLEANUP_INTERVAL_HOURS: str = "6"
     A2A_IDLE_TIMEOUT_SECONDS: int = 300
+    # how long a proxied call's activity row may wait for companions before the batch is written (rows
+    # are journaled under DATA_DIR/activity-journal first, so a longer wait risks nothing on a crash)
+    ACTIVITY_FLUSH_SECONDS: float = Field(default=0.02, ge=0.0, le=60.0)
     # egress (egress/): private CIDRs the server may dial besides public addresses (agents on a private
     # network); comma separated, `CIDR` or `CIDR:port`, e.g. "10.20.0.0/16,fd12:3456::/48,127.0.0.1/32:3000"
     EGRESS_ALLOW_CIDRS: str = ""

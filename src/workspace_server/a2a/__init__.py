@@ -34,11 +34,13 @@ def make_parts(bus: Bus) -> A2AParts:
     return parts
 
 
-def install(ctx: AppContext) -> None:
+async def install(ctx: AppContext) -> None:
+    """Ready the proxy; the activity journal restores what a process that died left in it."""
     from workspace_server.a2a import queue
     from workspace_server.a2a.pool import a2a_client
     from workspace_server.a2a.proxy import proxy_a2a
 
+    await ctx.a2a.log_writer.start()
     a2a_client(ctx)
     queue.install(ctx)
     ctx.a2a.proxy = partial(proxy_a2a, ctx)

@@ -1,10 +1,16 @@
-"""Batched side effects of proxied calls (spec 04 §1.8): `a2a_receive` rows and `last_outbound_at`.
+"""Batched side effects of proxied calls (spec 04 §1.8): `a2a_receive` rows, `last_outbound_at`, and the
+events that announce them.
 
 A busy proxy writes one activity row per call. Writing each in its own transaction (pool checkout,
 BEGIN, INSERT, COMMIT) cost more than the proxying itself, so rows are buffered for at most
-FLUSH_DELAY seconds and written together: one multi-row INSERT and one UPDATE per flush. As with the
-reference's goroutines, rows not yet flushed are lost if the process dies; `close()` flushes on shutdown.
-ACTIVITY_LOGGED is broadcast after the rows are stored (nothing is announced that was not written).
+ACTIVITY_FLUSH_SECONDS (20 ms) and written together (logstore.py: one statement for the rows, one
+UPDATE for the stamps).
+
+Nothing is lost on a crash: `add` journals the row (journal.py, one append to a file of this process)
+before the call is answered, and a flush removes its journal segment only once its rows are committed.
+A row whose write failed stays in its segment, as do rows of a process that died; the next start stores
+them (`recover`, idempotent by row id). ACTIVITY_LOGGED (and an A2A_RESPONSE handed in with a row) is
+broadcast after the rows are stored: nothing is announced that was not written.
 """
 
 from __future__ import annotations
@@ -12,148 +18,191 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
-
+from workspace_server.a2a.journal import ActivityJournal
+from workspace_server.a2a.logstore import ActivitySink, SqlActivitySink, sink_for
+from workspace_server.common.errors import backing_store_down
 from workspace_server.common.ids import new_id
 from workspace_server.common.jsonnum import contains_nul, scrub_nul
 from workspace_server.common.time import utcnow
 from workspace_server.context import AppContext
-from workspace_server.db.schema import activity_logs, workspaces
 
 log = logging.getLogger(__name__)
 
-FLUSH_DELAY = 0.02  # seconds a row may wait for companions
-MAX_BATCH = 200
-JSON_COLUMNS = ("request_body", "response_body", "tool_trace")
+JOURNAL_DIR = "activity-journal"  # under DATA_DIR
+MAX_BATCH = 200  # rows per statement
 # ACTIVITY_LOGGED payload keys (spec 04 §3), sorted as Go marshals a map
 LOGGED_KEYS = ("activity_type", "duration_ms", "method", "source_id", "status", "summary", "target_id")
+
+Announcement = tuple[str, str, dict[str, Any]]  # (event type, workspace id, payload)
 
 
 @dataclass
 class _Pending:
     rows: list[dict[str, Any]] = field(default_factory=list)
     outbound: set[str] = field(default_factory=set)
+    events: list[Announcement] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.rows or self.outbound)
+
+
+@dataclass
+class _Bound:
+    ctx: AppContext
+    sink: ActivitySink
+    fallback: SqlActivitySink  # the row-by-row retry after a failed batch, and the restore
+    journal: ActivityJournal
 
 
 class LogWriter:
     """Built with the A2A parts (`a2a.make_parts`), bound to its app by the composition root."""
 
     def __init__(self) -> None:
-        self._ctx: AppContext | None = None
+        self._bound: _Bound | None = None
         self._pending = _Pending()
         self._task: asyncio.Task[None] | None = None
 
     def bind(self, ctx: AppContext) -> None:
-        self._ctx = ctx
+        journal = ActivityJournal(ctx.settings.DATA_DIR / JOURNAL_DIR)
+        self._bound = _Bound(ctx, sink_for(ctx.engine), SqlActivitySink(ctx.engine), journal)
 
     @property
-    def ctx(self) -> AppContext:
-        if self._ctx is None:
+    def bound(self) -> _Bound:
+        if self._bound is None:
             raise RuntimeError("LogWriter used before the app bound it")
-        return self._ctx
+        return self._bound
 
-    def add(self, row: dict[str, Any], outbound_caller: str | None = None) -> None:
-        """Queue an activity row (columns of `activity_logs`) and optionally a caller to stamp."""
-        self._pending.rows.append(row)
+    async def start(self) -> None:
+        """Open this process's journal and store what dead processes left in theirs."""
+        journal = self.bound.journal
+        if not journal.open():
+            return
+        for path, fd, entries in journal.recover():
+            rows = [_restored(e.row) for e in entries]
+            outbound = {e.outbound for e in entries if e.outbound}
+            try:
+                written = await self._store(rows, outbound, restore=True)
+            except Exception:
+                log.exception("a2a: journal %s not restored; kept for the next start", path.name)
+                ActivityJournal.unlock(fd)
+                continue
+            log.info("a2a: restored %d of %d activity rows from journal %s", written, len(rows), path.name)
+            ActivityJournal.release(path, fd)
+
+    def add(
+        self, row: dict[str, Any], outbound_caller: str | None = None, event: Announcement | None = None
+    ) -> None:
+        """Journal an activity row (columns of `activity_logs`) and queue it, optionally with a caller to
+        stamp and an event to broadcast once the row is stored."""
+        bound = self.bound
+        row = {**row, "id": new_id(), "created_at": utcnow()}
+        bound.journal.append(row, outbound_caller)
+        pending = self._pending
+        pending.rows.append(row)
         if outbound_caller:
-            self._pending.outbound.add(outbound_caller)
-        self._kick()
-
-    def _kick(self) -> None:
+            pending.outbound.add(outbound_caller)
+        if event is not None:
+            pending.events.append(event)
         if self._task is None or self._task.done():
-            self._task = self.ctx.tasks.spawn("a2a-log-writer", self._run())
+            self._task = bound.ctx.tasks.spawn("a2a-log-writer", self._run())
 
     async def _run(self) -> None:
+        delay = self.bound.ctx.settings.ACTIVITY_FLUSH_SECONDS  # a row may wait this long for companions
         while self._pending:
-            await asyncio.sleep(FLUSH_DELAY)
+            await asyncio.sleep(delay)
             await self.flush()
 
     async def flush(self) -> None:
+        bound = self.bound
         batch, self._pending = self._pending, _Pending()
-        rows = batch.rows[:MAX_BATCH]
-        if len(batch.rows) > MAX_BATCH:  # the rest goes out on the next round
-            self._pending.rows.extend(batch.rows[MAX_BATCH:])
+        segment = bound.journal.rotate()
+        stored = True
         try:
-            await self._write(rows, batch.outbound)
+            await self._store(batch.rows, batch.outbound)
         except Exception:
-            log.exception("a2a: writing %d activity rows failed; retrying one by one", len(rows))
-            rows = await self._write_each(rows, batch.outbound)
-        for row in rows:
-            await self.ctx.events.broadcast("ACTIVITY_LOGGED", row["workspace_id"], _logged_payload(row))
+            stored = False
+            log.exception("a2a: %d activity rows not stored; kept in the journal", len(batch.rows))
+        if segment is not None and stored:
+            bound.journal.discard(segment)
+        elif segment is not None:
+            ActivityJournal.unlock(segment.fd)  # kept on disk: the next start stores it
+        events = bound.ctx.events
+        for event_type, ws_id, payload in batch.events:
+            await events.broadcast(event_type, ws_id, payload)
+        for row in batch.rows if stored else ():
+            await events.broadcast("ACTIVITY_LOGGED", row["workspace_id"], _logged_payload(row))
 
-    async def _write(self, rows: list[dict[str, Any]], outbound: set[str]) -> None:
-        if not rows and not outbound:
-            return
-        now = utcnow()
-        values = [_db_values(r, now) for r in rows]
-        async with self.ctx.engine.begin() as conn:
-            if values:
-                await conn.execute(_INSERT, values)  # executemany of one cached statement
-            if outbound:
-                # last_outbound_at only: not a lifecycle change, and updated_at stays
-                stmt = sa.update(workspaces).where(workspaces.c.id.in_(sorted(outbound)))
-                await conn.execute(stmt.values(last_outbound_at=now))
+    async def _store(self, rows: list[dict[str, Any]], outbound: set[str], restore: bool = False) -> int:
+        """Write `rows` in statements of MAX_BATCH; a failed statement is retried row by row (one bad row
+        must not take the batch down). Raises only when the database cannot be reached at all."""
+        bound = self.bound
+        written = 0
+        for start in range(0, max(len(rows), 1), MAX_BATCH):
+            chunk = rows[start : start + MAX_BATCH]
+            stamps = outbound if start == 0 else set()
+            try:
+                if restore:
+                    await bound.fallback.write(chunk, stamps, restore=True)
+                else:
+                    await bound.sink.write(chunk, stamps)
+                written += len(chunk)
+            except Exception:
+                log.warning("a2a: writing %d activity rows failed; retrying one by one", len(chunk))
+                written += await self._write_each(chunk, stamps)
+        return written
 
-    async def _write_each(self, rows: list[dict[str, Any]], outbound: set[str]) -> list[dict[str, Any]]:
-        """One bad row (its workspace just purged, say) must not take the batch down with it. A row that
-        carries NUL characters (an A2A message may; Postgres text and jsonb cannot) is written with them
-        replaced by U+FFFD rather than dropped."""
-        written = []
+    async def _write_each(self, rows: list[dict[str, Any]], outbound: set[str]) -> int:
+        """Each row alone, through the SQL sink. A row that carries NUL characters (an A2A message may;
+        Postgres text and jsonb cannot) is written with them replaced by U+FFFD rather than dropped; a row
+        that still fails (its workspace purged, say) is dropped with an error line. A database that cannot
+        be reached raises: the rows stay journaled."""
+        fallback = self.bound.fallback
+        written = 0
         for row in rows:
             for candidate in _variants(row):
                 try:
-                    await self._write([candidate], set())
+                    await fallback.write([candidate], set(), restore=True)
                 except Exception as exc:
+                    if backing_store_down(exc):
+                        raise
                     log.warning("a2a: activity row for %s not written: %s", row.get("workspace_id"), exc)
                     continue
-                written.append(candidate)
+                written += 1
                 break
             else:
                 log.error("a2a: activity row for %s dropped", row.get("workspace_id"))
-        try:
-            await self._write([], outbound)
-        except Exception:
-            log.exception("a2a: last_outbound_at update failed")
+        await fallback.write([], outbound)
         return written
 
     async def close(self) -> None:
+        """Store what is queued: the running flush is let finish (cancelling it mid-write would lose its
+        place), then the rest is flushed here; what cannot be stored stays journaled."""
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        while self._pending:
-            before = len(self._pending.rows)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 10.0)
+            except Exception:
+                log.exception("a2a: the activity writer did not finish in time at shutdown")
+        if self._bound is None:
+            return
+        if self._pending:
             await self.flush()
-            if len(self._pending.rows) >= before:
-                break
+        self._bound.journal.close()
+        await self._bound.sink.close()
+
+
+def _restored(row: dict[str, Any]) -> dict[str, Any]:
+    created = row.get("created_at")
+    if isinstance(created, str):
+        row["created_at"] = datetime.fromisoformat(created)
+    return row
 
 
 def _variants(row: dict[str, Any]) -> list[dict[str, Any]]:
     """The row, then (when it holds NUL characters) its NUL-free copy."""
     return [row] if not contains_nul(row) else [row, scrub_nul(row)]
-
-
-def _db_values(row: dict[str, Any], now: Any) -> dict[str, Any]:
-    """Every column bound (one statement for all rows): absent ones NULL, status 'ok' as its default."""
-    return {**_ABSENT, "id": new_id(), "created_at": now, **row}
-
-
-# One INSERT for every flush, compiled once: a multi-row VALUES built per flush was compiled anew each
-# time (its shape changes with the row count), which cost more CPU than the rows' other work. The JSON
-# columns bind None as SQL NULL, not JSON null: "present only when non-null" in GET /activity.
-_NULLABLE_JSON = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
-_INSERT = sa.insert(activity_logs).values(
-    {
-        c.name: sa.bindparam(c.name, type_=_NULLABLE_JSON if c.name in JSON_COLUMNS else c.type)
-        for c in activity_logs.c
-    }
-)
-_ABSENT: dict[str, Any] = {c.name: None for c in activity_logs.c} | {"status": "ok"}
 
 
 def _logged_payload(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""What the A2A proxy records after a call (spec 04 §1.8), in the background: the `a2a_receive` activity
-row after a reply or a failure (with the tool trace), A2A_RESPONSE for the canvas, the caller's outbound
-stamp; and the token usage an agent reports (spec 01 §3), with the per-day read the metrics route serves.
+"""What the A2A proxy records after a call (spec 04 §1.8): the `a2a_receive` activity row after a reply or
+a failure (with the tool trace), A2A_RESPONSE for the canvas and the caller's outbound stamp, handed to
+the log writer (journaled before the call is answered, stored in batches); and the token usage an agent
+reports (spec 01 §3, in the background), with the per-day read the metrics route serves.
 """
 
 from __future__ import annotations
@@ -23,13 +24,35 @@ log = logging.getLogger(LOGGER)
 
 
 def log_reply(call: Call, status: int, body: bytes, duration_ms: int) -> None:
-    """Record the agent's reply (`body` may be b"" when reading it failed) once the caller has its answer."""
-    spawn(call.ctx, _after_reply(call, status, body, duration_ms), f"a2a-log:{call.target}")
+    """Queue the row of the agent's reply (`body` may be b"" when reading it failed), and for the canvas
+    the A2A_RESPONSE, which is broadcast once the row is stored."""
+    reply = agent_json(body)
+    row = _row(
+        call,
+        summary=f"{call.method} → {call.target_name}",
+        response_body=reply,
+        tool_trace=_tool_trace(reply),
+        duration_ms=duration_ms,
+        status="ok" if status < 400 else "error",
+    )
+    stamp = call.caller if call.is_workspace_caller and status < 400 else None
+    event = None
+    if not call.caller and status < 400:
+        payload = {"response_body": reply, "method": call.method, "duration_ms": duration_ms}
+        event = ("A2A_RESPONSE", call.target, sorted_keys(payload))
+    writer(call.ctx).add(row, outbound_caller=stamp, event=event)
 
 
 def log_failure(call: Call, error: str, duration_ms: int) -> None:
-    """Record a call that got no reply, once the caller has its answer."""
-    spawn(call.ctx, _after_failure(call, error, duration_ms), f"a2a-log:{call.target}")
+    """Queue the row of a call that got no reply."""
+    row = _row(
+        call,
+        summary=f"A2A request to {call.target_name} failed: {error}",
+        duration_ms=duration_ms,
+        status="error",
+        error_detail=error,
+    )
+    writer(call.ctx).add(row)
 
 
 def count_usage(call: Call, body: bytes) -> None:
@@ -61,35 +84,6 @@ def _row(call: Call, **values: Any) -> dict[str, Any]:
     }
     row.update(values)
     return row
-
-
-async def _after_reply(call: Call, status: int, body: bytes, duration_ms: int) -> None:
-    ctx = call.ctx
-    reply = agent_json(body)
-    row = _row(
-        call,
-        summary=f"{call.method} → {call.target_name}",
-        response_body=reply,
-        tool_trace=_tool_trace(reply),
-        duration_ms=duration_ms,
-        status="ok" if status < 400 else "error",
-    )
-    stamp = call.caller if call.is_workspace_caller and status < 400 else None
-    writer(ctx).add(row, outbound_caller=stamp)
-    if not call.caller and status < 400:
-        payload = {"response_body": reply, "method": call.method, "duration_ms": duration_ms}
-        await ctx.events.broadcast("A2A_RESPONSE", call.target, sorted_keys(payload))
-
-
-async def _after_failure(call: Call, error: str, duration_ms: int) -> None:
-    row = _row(
-        call,
-        summary=f"A2A request to {call.target_name} failed: {error}",
-        duration_ms=duration_ms,
-        status="error",
-        error_detail=error,
-    )
-    writer(call.ctx).add(row)
 
 
 # ---- token usage (spec 01 §3) ----

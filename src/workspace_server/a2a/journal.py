@@ -1,0 +1,152 @@
+"""The activity journal: where a proxied call's activity row is kept from the moment the call is answered
+until the log writer has stored it, so that a crash of this server loses no row (issue 14 §4).
+
+Each process appends its rows, one JSON line each, to a segment file of its own under
+`<DATA_DIR>/activity-journal/`, holding an exclusive `flock` on it while it lives. A flush takes the
+current segment (`rotate`: new rows go to a fresh one) and removes it once its rows are committed
+(`discard`). A write is one `os.write` to the page cache, no fsync: it survives the process being
+killed, not the machine losing power (decisions.md). At start-up `recover` hands back the rows of
+segments nobody holds any more (a process that died), which the writer inserts idempotently (each row's
+id is fixed when it is journaled) and then removes; segments of live processes (other workers on the
+same DATA_DIR) are left alone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".jsonl"
+
+
+@dataclass
+class Segment:
+    path: Path
+    fd: int
+    rows: int = 0
+
+
+@dataclass
+class Entry:
+    row: dict[str, Any]
+    outbound: str | None
+
+
+class ActivityJournal:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._current: Segment | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._current is not None
+
+    def open(self) -> bool:
+        """Start the first segment; False (and one warning) when the folder is not writable."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._current = self._new_segment()
+        except OSError as e:
+            log.warning("activity journal disabled (%s): rows not yet stored are lost if the server dies", e)
+            return False
+        return True
+
+    def _new_segment(self) -> Segment:
+        path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+        return Segment(path, fd)
+
+    def append(self, row: dict[str, Any], outbound: str | None) -> None:
+        seg = self._current
+        if seg is None:
+            return
+        line = json.dumps({"row": row, "outbound": outbound}, default=str, separators=(",", ":"))
+        try:
+            os.write(seg.fd, line.encode() + b"\n")
+        except OSError:
+            log.exception("activity journal write failed; journal disabled")
+            self.close()
+            return
+        seg.rows += 1
+
+    def rotate(self) -> Segment | None:
+        """The segment holding every row appended so far (None if none); later rows go to a new one."""
+        seg = self._current
+        if seg is None or seg.rows == 0:
+            return None
+        try:
+            self._current = self._new_segment()
+        except OSError:
+            log.exception("activity journal rotation failed; journal disabled")
+            self._current = None
+        return seg
+
+    def discard(self, seg: Segment) -> None:
+        """Its rows are stored: remove the segment."""
+        try:
+            seg.path.unlink(missing_ok=True)
+        finally:
+            os.close(seg.fd)
+
+    def close(self) -> None:
+        """Stop journaling: the current segment stays on disk until it is stored (discard) or recovered."""
+        seg, self._current = self._current, None
+        if seg is not None:
+            if seg.rows == 0:
+                seg.path.unlink(missing_ok=True)
+            os.close(seg.fd)
+
+    def recover(self) -> list[tuple[Path, int, list[Entry]]]:
+        """Segments left by processes that are gone: (path, locked fd, entries). The caller stores the rows,
+        then `release`s each; a torn last line (the process died mid-write) is skipped."""
+        found: list[tuple[Path, int, list[Entry]]] = []
+        if not self.directory.is_dir():
+            return found
+        own = self._current.path if self._current else None
+        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+            if path == own:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a live process holds it
+                os.close(fd)
+                continue
+            found.append((path, fd, _read(path)))
+        return found
+
+    @staticmethod
+    def unlock(fd: int) -> None:
+        """Let go of a segment whose rows could not be stored, leaving it for the next start."""
+        os.close(fd)
+
+    @staticmethod
+    def release(path: Path, fd: int) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _read(path: Path) -> list[Entry]:
+    entries: list[Entry] = []
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                item = json.loads(raw)
+                entries.append(Entry(dict(item["row"]), item.get("outbound")))
+            except (ValueError, KeyError, TypeError):
+                log.warning("activity journal %s: skipped an unreadable line", path.name)
+    return entries

@@ -1,0 +1,141 @@
+"""Nothing lost on a crash (issue 14 §4): a proxied call's activity row is journaled before the call is
+answered, so a server killed before its batch was written stores the row at its next start.
+
+A real `serve` process with a flush delay of a minute (no batch is written while it runs), a stub agent,
+three answered calls, kill -9; the rows are not in the database, the journal holds them; a new server on
+the same DATA_DIR stores them, exactly once, and empties the journal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.integration.replica_support import ADMIN_H, Replica, poll, query, replica_env, seed, wait_all_ready
+from tests.integration.stub_http import StubHandler, StubServer
+from workspace_server.a2a.journal import ActivityJournal
+from workspace_server.db.schema import activity_logs
+
+
+class EchoAgent(StubServer):
+    def __init__(self) -> None:
+        class Handler(StubHandler):
+            def do_POST(self) -> None:
+                req = self.read_json()
+                reply = {"jsonrpc": "2.0", "id": req.get("id"), "result": {"kind": "message", "parts": []}}
+                self.respond(200, json.dumps(reply).encode())
+
+        super().__init__(Handler)
+
+
+@pytest.fixture
+def agent() -> Iterator[EchoAgent]:
+    a = EchoAgent()
+    yield a
+    a.close()
+
+
+def journal_lines(data_dir: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in sorted((data_dir / "activity-journal").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+async def rows_of(db_url: str, ws_id: str) -> list[Any]:
+    stmt = sa.select(activity_logs.c.id, activity_logs.c.request_body, activity_logs.c.status)
+    return await query(db_url, stmt.where(activity_logs.c.workspace_id == ws_id))
+
+
+async def test_rows_of_answered_calls_survive_a_kill_9(db_url: str, tmp_path: Path, agent: EchoAgent) -> None:
+    data_dir = tmp_path / "data"
+
+    def env(port: int, **extra: str) -> dict[str, str]:
+        return replica_env(db_url, "", data_dir, port, **extra)
+
+    first = Replica("first", lambda port: env(port, ACTIVITY_FLUSH_SECONDS="60"), tmp_path)
+    try:
+        wait_all_ready([first])
+        ws_id, _ = await seed(db_url, url=agent.url)  # the server made the schema
+        async with httpx.AsyncClient(base_url=first.url, headers=ADMIN_H, timeout=30) as c:
+            for i in range(3):
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": str(i),
+                    "method": "message/send",
+                    "params": {"message": {"role": "user", "messageId": f"m-{i}", "parts": []}},
+                }
+                r = await c.post(f"/workspaces/{ws_id}/a2a", json=body)
+                assert r.status_code == 200, r.text
+        first.kill()
+    finally:
+        first.stop()
+
+    assert await rows_of(db_url, ws_id) == []  # the batch was never written: only the journal has them
+    journaled = journal_lines(data_dir)
+    assert [e["row"]["request_body"]["id"] for e in journaled] == ["0", "1", "2"]
+
+    second = Replica("second", env, tmp_path)
+    try:
+        wait_all_ready([second])
+        rows = await poll(lambda: rows_of(db_url, ws_id), "restored rows", 30)
+        assert sorted(r.request_body["id"] for r in rows) == ["0", "1", "2"]
+        assert {r.id for r in rows} == {e["row"]["id"] for e in journaled}  # the ids fixed when journaled
+        assert journal_lines(data_dir) == []
+    finally:
+        second.stop()
+    assert len(await rows_of(db_url, ws_id)) == 3  # a clean stop wrote nothing twice
+
+
+def test_recover_skips_segments_a_live_process_holds(tmp_path: Path) -> None:
+    ours, theirs = ActivityJournal(tmp_path), ActivityJournal(tmp_path)
+    assert theirs.open() and ours.open()
+    theirs.append({"id": "live"}, None)
+    dead = tmp_path / "123-dead.jsonl"
+    dead.write_text('{"row":{"id":"a"},"outbound":"w1"}\n{"row":{"id":"b"},"outb')  # torn last line
+    found = ours.recover()
+    assert [(p.name, [e.row["id"] for e in entries]) for p, _, entries in found] == [
+        ("123-dead.jsonl", ["a"])
+    ]
+    assert found[0][2][0].outbound == "w1"
+    for path, fd, _ in found:
+        ActivityJournal.release(path, fd)
+    assert not dead.exists()
+    theirs.close()
+    ours.close()
+
+
+def test_a_stored_segment_is_removed_and_later_rows_go_to_a_new_one(tmp_path: Path) -> None:
+    journal = ActivityJournal(tmp_path)
+    assert journal.open()
+    assert journal.rotate() is None  # nothing appended: nothing to hand over
+    journal.append({"id": "a"}, None)
+    seg = journal.rotate()
+    assert seg is not None and seg.rows == 1
+    journal.append({"id": "b"}, None)
+    journal.discard(seg)
+    names = [p.name for p in tmp_path.iterdir()]
+    assert len(names) == 1 and seg.path.name not in names
+    fd = os.open(tmp_path / names[0], os.O_RDONLY)
+    with pytest.raises(OSError):  # still ours
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+    journal.close()
+
+
+def test_an_unwritable_directory_disables_the_journal(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    journal = ActivityJournal(blocker / "journal")
+    assert not journal.open()
+    journal.append({"id": "a"}, None)  # a no-op, not an error
+    assert journal.rotate() is None
