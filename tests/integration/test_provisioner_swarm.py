@@ -272,3 +272,18 @@ async def test_secrets_left_without_a_service_are_listed_for_the_orphan_sweep(
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             secret.remove()
+
+
+async def test_secret_files_on_a_read_only_rootfs(backend: SwarmBackend, ids: WorkspaceIds) -> None:
+    """T1 (read-only rootfs, no capabilities): the secret is still mounted and readable by the agent user;
+    a key not marked secret stays plain env."""
+    ws_id = ids.new()
+    env = {"T1_KEY": "t1-value", "PLAIN_KEY": "plain"}
+    spec = echo_spec(
+        ws_id, CONFIG_YAML, image=AGENT_IMAGE, tier=1, env=env, secret_keys=frozenset({"T1_KEY"})
+    )
+    await backend.start(spec)
+    assert (await backend.exec(ws_id, ["cat", "/run/secrets/T1_KEY"])).stdout == b"t1-value"
+    shown = (await backend.exec(ws_id, ["env"])).stdout.decode().splitlines()
+    assert "T1_KEY_FILE=/run/secrets/T1_KEY" in shown and "PLAIN_KEY=plain" in shown
+    assert not any(line.startswith("T1_KEY=") for line in shown)
