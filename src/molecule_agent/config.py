@@ -3,9 +3,38 @@
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+SECRETS_DIR = Path("/run/secrets")
+
+
+def env_from_secret_files(env: MutableMapping[str, str] | None = None, root: Path = SECRETS_DIR) -> list[str]:
+    """`<NAME>_FILE=/run/secrets/...` sets `<NAME>` from that file, unless `<NAME>` is set already.
+
+    The Swarm backend hands secrets over this way (a Swarm secret mounted in the task, never a value in
+    the service spec); a plain `<NAME>` env var, as the Docker backend passes, is untouched. Only files
+    under `root` count, so a `_FILE` variable meant for something else is left alone. Returns the names
+    set (never the values)."""
+    env = os.environ if env is None else env
+    base = root.resolve()
+    done: list[str] = []
+    for key, target in list(env.items()):
+        name = key[: -len("_FILE")]
+        if not key.endswith("_FILE") or not name or env.get(name):
+            continue
+        try:
+            path = Path(target).resolve()
+            if not path.is_relative_to(base) or not path.is_file():
+                continue
+            value = path.read_bytes().decode("utf-8", "surrogateescape")
+        except (OSError, ValueError):
+            continue
+        env[name] = value
+        done.append(name)
+    return done
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:

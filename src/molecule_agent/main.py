@@ -21,6 +21,7 @@ from molecule_agent.platform import PlatformClient
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config.env_from_secret_files()  # before anything reads the env (Swarm secrets, `<NAME>_FILE`)
     cfg = config.load()
     platform = PlatformClient(cfg)
     listener = socket.create_server((os.environ.get("A2A_HOST", "0.0.0.0"), cfg.port))

@@ -1,5 +1,6 @@
 """Real workspaces on Docker (host networking): create → online → restart → pause/resume → delete;
-a killed container comes back by itself; secrets reach the container's env. Runs on SQLite and Postgres,
+a killed container comes back by itself; secrets reach the container's env (on Swarm: as Swarm secrets,
+the env naming their files). Runs on SQLite and Postgres,
 and on the Docker and the Swarm backends (a single-node swarm).
 """
 
@@ -175,9 +176,13 @@ async def test_secrets_arrive_as_container_env_and_purge_removes_everything(
     backend = backend_of(p.settings)
     try:
         res = await backend.exec(wid, ["env"])
+        env = dict(line.split("=", 1) for line in res.stdout.decode().splitlines() if "=" in line)
+        if kind == "swarm":  # Swarm secrets: the env names each file, the agent reads it (`<KEY>_FILE`)
+            for key in ("SHARED_KEY", "ONLY_GLOBAL", "OWN"):
+                assert key not in env and env[f"{key}_FILE"] == f"/run/secrets/{key}"
+                env[key] = (await backend.exec(wid, ["cat", f"/run/secrets/{key}"])).stdout.decode()
     finally:
         await backend.close()
-    env = dict(line.split("=", 1) for line in res.stdout.decode().splitlines() if "=" in line)
     assert env["SHARED_KEY"] == "from-workspace"  # workspace over global
     assert env["ONLY_GLOBAL"] == "g" and env["OWN"] == "w"
     assert env["WORKSPACE_ID"] == wid and env["PLATFORM_URL"] == p.url
@@ -190,3 +195,5 @@ async def test_secrets_arrive_as_container_env_and_purge_removes_everything(
     assert not volume_exists(engine, configs_volume(wid))
     assert not volume_exists(engine, workspace_volume(wid))
     assert not workspace_config_dir(p.settings, wid).parent.exists()
+    if kind == "swarm":
+        assert engine.secrets.list(filters={"label": f"molecule.workspace.id={wid}"}) == []

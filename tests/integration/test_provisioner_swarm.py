@@ -1,17 +1,27 @@
 """What only the Swarm backend does, on a single-node swarm: the overlay network with a host-mode
-published port, the pin to the node holding the volumes, tier constraints, privileged tiers refused, and
-adoption of a running service. The protocol itself is checked by the parametrised Docker suites."""
+published port, the pin to the node holding the volumes, tier constraints, privileged tiers refused,
+adoption of a running service, and secrets as Swarm secrets (a workspace's secret values never in the
+service spec). The protocol itself is checked by the parametrised Docker suites."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 
+from tests.integration.orchestrator_support import (
+    Platform,
+    PlatformFactory,
+    agent_reply,
+    platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
+)
 from tests.integration.provisioner_support import (
     AGENT_IMAGE,
     WorkspaceIds,
@@ -19,8 +29,10 @@ from tests.integration.provisioner_support import (
     echoed_text,
     ids_fixture,  # noqa: F401 - registers the ids fixture
     swarm_manager_fixture,  # noqa: F401 - registers the swarm_manager fixture
+    task_container,
     wait_for_reply,
 )
+from tests.integration.stub_http import StubHandler, StubServer
 from workspace_server.config import Settings
 from workspace_server.provisioner import BackendError, InstanceNotRunning, make_backend
 from workspace_server.provisioner.swarm import SwarmBackend
@@ -163,3 +175,115 @@ async def test_chat_files_live_in_the_task_container(backend: SwarmBackend, ids:
     assert b"".join([chunk async for chunk in stream.chunks]) == payload
     res = await backend.exec(ws_id, ["cat", "/tmp/chat-uploads/a.bin"])
     assert res.stdout == payload
+
+
+class ModelStub(StubServer):
+    """An OpenAI-compatible endpoint on loopback that records the Authorization header it is sent."""
+
+    def __init__(self) -> None:
+        self.auth: list[str] = []
+        stub = self
+
+        class Handler(StubHandler):
+            def do_POST(self) -> None:
+                self.read_json()
+                stub.auth.append(self.headers.get("Authorization") or "")
+                self.respond(200, json.dumps({"choices": [{"message": {"content": "noted"}}]}).encode())
+
+        super().__init__(Handler)
+
+
+@pytest.fixture
+def model_stub() -> Iterator[ModelStub]:
+    stub = ModelStub()
+    yield stub
+    stub.close()
+
+
+def ws_secrets(swarm_manager: Any, wid: str) -> list[Any]:
+    return list(swarm_manager.secrets.list(filters={"label": f"molecule.workspace.id={wid}"}))
+
+
+async def test_secret_values_are_swarm_secrets_not_service_env(
+    swarm_manager: Any, platform_factory: PlatformFactory, model_stub: ModelStub
+) -> None:
+    """Set through the API as a workspace secret: the service spec names a file, the value is a Swarm
+    secret, the agent reads it (its model stub receives the key), a new start rolls the secrets and a
+    delete removes them."""
+    p: Platform = await platform_factory("swarm")
+    key = f"sk-swarm-{uuid.uuid4().hex}"
+    wid = await p.create("Secret Agent", secrets={"OPENAI_BASE_URL": model_stub.url, "OPENAI_API_KEY": key})
+    view = await p.wait_status(wid, "online")
+    name = f"ws-{wid[:12]}"
+
+    spec = swarm_manager.services.get(name).attrs["Spec"]
+    assert key not in json.dumps(spec)  # what `docker service inspect` shows
+    env = spec["TaskTemplate"]["ContainerSpec"]["Env"]
+    assert "OPENAI_API_KEY_FILE=/run/secrets/OPENAI_API_KEY" in env
+    assert not any(e.startswith("OPENAI_API_KEY=") for e in env)
+    held = {s.attrs["Spec"]["Labels"].get("molecule.secret.env"): s for s in ws_secrets(swarm_manager, wid)}
+    assert set(held) == {"OPENAI_API_KEY", "OPENAI_BASE_URL", None}  # and the token's
+    assert held["OPENAI_API_KEY"].name.startswith(f"{name}-env-OPENAI_API_KEY-")
+    refs = {r["SecretName"]: r["File"]["Name"] for r in spec["TaskTemplate"]["ContainerSpec"]["Secrets"]}
+    assert refs[held["OPENAI_API_KEY"].name] == "OPENAI_API_KEY"  # /run/secrets/OPENAI_API_KEY
+
+    assert await agent_reply(view["url"], "hi") == "noted"  # the agent read both from their files
+    assert model_stub.auth == [f"Bearer {key}"]
+    container = task_container(swarm_manager, wid)
+    assert key not in json.dumps(container.attrs["Config"]["Env"])
+    listing = container.exec_run(["ls", "-ln", "/run/secrets"]).output.decode()
+    assert "-r-------- 1 1000 1000" in listing  # the image user's, readable by it alone
+
+    # a restart with a new value: new secrets, the old ones gone
+    old = {s.id for s in ws_secrets(swarm_manager, wid)}
+    newer = key + "-rotated"
+    r = await p.http.post(f"/workspaces/{wid}/secrets", json={"key": "OPENAI_API_KEY", "value": newer})
+    assert r.status_code < 300, r.text
+
+    async def rolled() -> bool:
+        now = {s.id for s in ws_secrets(swarm_manager, wid)}
+        return bool(now) and not now & old and (await p.get(wid))["status"] == "online"
+
+    await p.wait_for(rolled, "the secrets of the restarted service")
+    view = await p.wait_status(wid, "online")
+    assert await agent_reply(view["url"], "again") == "noted"
+    assert model_stub.auth[-1] == f"Bearer {newer}"
+
+    r = await p.http.delete(f"/workspaces/{wid}?confirm=true")
+    assert r.status_code < 300, r.text
+    assert swarm_manager.services.list(filters={"name": name}) == []
+    assert ws_secrets(swarm_manager, wid) == []
+
+
+async def test_secrets_left_without_a_service_are_listed_for_the_orphan_sweep(
+    backend: SwarmBackend, ids: WorkspaceIds, swarm_manager: Any
+) -> None:
+    """A start cut short between its secrets and its service: the workspace is listed (not running), so
+    the orphan sweep's stop removes them, as it removes a service's."""
+    ws_id = ids.new()
+    labels = {"molecule.platform.managed": "true", "molecule.workspace.id": ws_id}
+    secret = swarm_manager.secrets.create(name=f"ws-{ws_id[:12]}-env-K-test", data=b"v", labels=labels)
+    try:
+        listed = [i for i in await backend.list_instances() if i.workspace_id == ws_id]
+        assert [(i.name, i.running) for i in listed] == [(f"ws-{ws_id[:12]}", False)]
+        await backend.stop(ws_id)
+        assert ws_secrets(swarm_manager, ws_id) == []
+        assert [i for i in await backend.list_instances() if i.workspace_id == ws_id] == []
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            secret.remove()
+
+
+async def test_secret_files_on_a_read_only_rootfs(backend: SwarmBackend, ids: WorkspaceIds) -> None:
+    """T1 (read-only rootfs, no capabilities): the secret is still mounted and readable by the agent user;
+    a key not marked secret stays plain env."""
+    ws_id = ids.new()
+    env = {"T1_KEY": "t1-value", "PLAIN_KEY": "plain"}
+    spec = echo_spec(
+        ws_id, CONFIG_YAML, image=AGENT_IMAGE, tier=1, env=env, secret_keys=frozenset({"T1_KEY"})
+    )
+    await backend.start(spec)
+    assert (await backend.exec(ws_id, ["cat", "/run/secrets/T1_KEY"])).stdout == b"t1-value"
+    shown = (await backend.exec(ws_id, ["env"])).stdout.decode().splitlines()
+    assert "T1_KEY_FILE=/run/secrets/T1_KEY" in shown and "PLAIN_KEY=plain" in shown
+    assert not any(line.startswith("T1_KEY=") for line in shown)

@@ -28,6 +28,7 @@ def build(settings: Settings, tier: int = 2, **kw: Any) -> dict[str, Any]:
         "host_network": False,
         "port": 40001,
         "token": svc.Token("sid", "ws-abc-token-x", 1000, 1000),
+        "env_secrets": [],
         "volume_node": "node-a",
         "nano_cpu_cap": 2_000_000_000,
     }
@@ -79,6 +80,28 @@ def test_service_spec_of_a_bridge_workspace() -> None:
     assert kw["endpoint_spec"]["Ports"] == [
         {"Protocol": "tcp", "PublishedPort": 40001, "TargetPort": 8000, "PublishMode": "host"}
     ]
+
+
+def test_secret_env_values_are_files_not_env() -> None:
+    held = svc.EnvSecret("OPENAI_API_KEY", "sid2", "ws-abc-env-OPENAI_API_KEY-v1", 1000, 1001)
+    kw = build(Settings(), env={"A": "1", "OPENAI_API_KEY": "sk-value"}, env_secrets=[held])
+    container = kw["task_template"]["ContainerSpec"]
+    assert container["Env"] == ["A=1", "OPENAI_API_KEY_FILE=/run/secrets/OPENAI_API_KEY"]
+    assert "sk-value" not in repr(kw)  # the value is only in the secret, never in the service spec
+    assert container["Secrets"][1] == {
+        "SecretID": "sid2",
+        "SecretName": "ws-abc-env-OPENAI_API_KEY-v1",
+        "File": {"Name": "OPENAI_API_KEY", "UID": "1000", "GID": "1001", "Mode": 0o400},
+    }
+
+
+def test_env_secret_names() -> None:
+    ws_id = "0123456789abcdef-rest"
+    assert svc.env_secret_name(ws_id, "OPENAI_API_KEY", "a1b2c3d4e5f6") == (
+        "ws-0123456789ab-env-OPENAI_API_KEY-a1b2c3d4e5f6"
+    )
+    long = svc.env_secret_name(ws_id, "K" * 200, "a1b2c3d4e5f6")  # within the engine's 64 characters
+    assert len(long) == 64 and long.startswith("ws-0123456789ab-env-KKK") and long.endswith("-a1b2c3d4e5f6")
 
 
 def test_host_network_and_tier1() -> None:

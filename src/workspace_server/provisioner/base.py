@@ -106,6 +106,9 @@ class StartSpec:
     runtime: str = ""
     tier: int = 2
     env: Mapping[str, str] = field(default_factory=dict)
+    # the keys of `env` whose values are secrets (the secret store's): a backend that can keep them out of
+    # the instance's spec does (Swarm: Swarm secrets, `<KEY>_FILE` in the env); others pass them as env
+    secret_keys: frozenset[str] = frozenset()
     # name -> content written into /configs before the agent starts (incl. `config.yaml`, `.auth_token`);
     # empty with no template_dir = reuse what the config volume already holds (a plain restart)
     config_files: Mapping[str, bytes] = field(default_factory=dict)

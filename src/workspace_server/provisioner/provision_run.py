@@ -124,7 +124,7 @@ class ProvisionRun(OrchestratorBase):
         backend = self.backend
         if backend is None:
             raise _Abort
-        env = await self._gather_env(job)
+        env, secret_keys = await self._gather_env(job)
         job = await self._resolve_config(job)
         files: dict[str, bytes] = {}
         if job.generate:
@@ -144,6 +144,7 @@ class ProvisionRun(OrchestratorBase):
             runtime=job.runtime,
             tier=job.tier,
             env=env,
+            secret_keys=secret_keys,
             config_files=files,
             template_dir=job.template_dir,
             workspace_path=job.workspace_dir or self.settings.WORKSPACE_DIR,
@@ -176,13 +177,15 @@ class ProvisionRun(OrchestratorBase):
         out["config.yaml"] = merged
         return out
 
-    async def _gather_env(self, job: Job) -> dict[str, str]:
+    async def _gather_env(self, job: Job) -> tuple[dict[str, str], frozenset[str]]:
+        """The env, and which of its keys hold the secret store's values (StartSpec.secret_keys)."""
         try:
             env = await env_for_workspace(self.engine, self.settings, job.ws_id)
         except SecretDecryptError as exc:
             log.error("workspace %s: cannot decrypt %s secrets %s", job.ws_id, exc.scope, exc.keys)
             await self._fail(job.ws_id, str(exc))
             raise _Abort from None
+        secret_keys = frozenset(env)
         git_identity(env, job.name)
         model = job.model or env.get("MODEL_PROVIDER", "")
         if job.runtime == "hermes" and model:
@@ -196,7 +199,7 @@ class ProvisionRun(OrchestratorBase):
             log.error("workspace %s: %s", job.ws_id, type(exc.cause).__name__)  # never the env
             await self._fail(job.ws_id, MUTATORS_FAILED)
             raise _Abort from None
-        return env
+        return env, secret_keys & env.keys()
 
     async def _resolve_config(self, job: Job) -> Job:
         """Config-source guard: a reuse of a volume known to hold no config.yaml gets one (#17, #1858)."""

@@ -9,6 +9,8 @@ What Swarm gives, used (docs/decisions.md "Swarm backend"):
 - the workspace token is a Swarm secret (encrypted in the raft log), a new one per start, mounted as
   /configs/.auth_token (0600, the image user); the other config files are written into the configs
   volume before the service exists, through a never-started helper container (docker/files.py);
+- each secret env value (`StartSpec.secret_keys`) is a Swarm secret too, mounted at /run/secrets/<KEY>,
+  the service env naming it as `<KEY>_FILE` (the agent reads it at start); none is in the service spec;
 - the tier's limits are the task's resource limits; `SWARM_TIER_CONSTRAINTS` adds placement
   constraints per tier; every service is pinned, by the node label `molecule.volume-host`, to the node
   holding its volumes (the node of the engine this server talks to);

@@ -1,5 +1,6 @@
-"""Services of the Swarm backend: create (volumes seeded first, the token as a Swarm secret), wait for the
-task, stop, state, and the inventories the orphan sweeper and the image refresh read."""
+"""Services of the Swarm backend: create (volumes seeded first, the token and the secret env values as
+Swarm secrets), wait for the task, stop, state, and the inventories the orphan sweeper and the image
+refresh read."""
 
 from __future__ import annotations
 
@@ -55,6 +56,10 @@ UNPLACEABLE_SECONDS = 3.0
 ENDED_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
 
 
+# the env `start` sets itself, over any key of the workspace's: never taken for a secret's value
+PLUMBING_ENV = frozenset({"A2A_PORT", "A2A_HOST", "MOLECULE_AGENT_URL"})
+
+
 class _PortConflict(Exception):
     """The host port we picked was taken on the node before the task could publish it."""
 
@@ -88,6 +93,7 @@ class ServicesMixin(NodesMixin, NetworksMixin, FilesMixin, PullsMixin):
                 engine._sessions_volume(spec)
             uid, gid = engine._seed(ws_id, spec.image, attrs, files)
             token = self._token_secret(ws_id, token_bytes, uid, gid) if token_bytes is not None else None
+            env_secrets = self._env_secrets(spec, uid, gid)
             node = self._volume_node() if where == LOCAL else where
             mounts = svc.mounts(engine._volumes(spec, limits, bind_path), limits)
             for attempt in range(3):
@@ -110,6 +116,7 @@ class ServicesMixin(NodesMixin, NetworksMixin, FilesMixin, PullsMixin):
                     host_network=host_network,
                     port=port,
                     token=token,
+                    env_secrets=env_secrets,
                     volume_node=node,
                     nano_cpu_cap=engine._nano_cpu_cap(),
                 )
@@ -168,6 +175,19 @@ class ServicesMixin(NodesMixin, NetworksMixin, FilesMixin, PullsMixin):
         name = f"{instance_name(ws_id)}-token-{pysecrets.token_hex(6)}"
         created = self.client.api.create_secret(name, data, labels=_labels(ws_id))
         return svc.Token(str(created["ID"]), name, uid, gid)
+
+    def _env_secrets(self, spec: StartSpec, uid: int, gid: int) -> list[svc.EnvSecret]:
+        """Each secret env value as a Swarm secret of its own, new each start (as the token): the service
+        spec then names files, never values (`docker service inspect` shows none). Removed with the
+        service (`_remove_service_sync`), whose workspace label they carry."""
+        version = pysecrets.token_hex(6)
+        out = []
+        for key in sorted(spec.secret_keys & spec.env.keys() - PLUMBING_ENV):
+            name = svc.env_secret_name(spec.workspace_id, key, version)
+            labels = {**_labels(spec.workspace_id), svc.ENV_KEY_LABEL: key}
+            created = self.client.api.create_secret(name, spec.env[key].encode(), labels=labels)
+            out.append(svc.EnvSecret(key, str(created["ID"]), name, uid, gid))
+        return out
 
     def _volume_node(self) -> str:
         """This engine's node's VOLUME_NODE_LABEL, set to its hostname when the operator has not set it.
@@ -316,12 +336,17 @@ class ServicesMixin(NodesMixin, NetworksMixin, FilesMixin, PullsMixin):
         return f"http://127.0.0.1:{port}"
 
     async def list_instances(self) -> list[Instance]:
-        """The managed services, running when their task runs."""
+        """The managed services, running when their task runs; and, as not running, each workspace that
+        has our secrets but no service (a start cut short between the two), so the orphan sweep's stop
+        removes them as it removes a service's."""
         try:
             services = await self._run(
                 lambda: self.client.api.services(filters={"label": f"{MANAGED_LABEL}=true"})
             )
             tasks = await self._run(lambda: self.client.api.tasks(filters={"desired-state": "running"}))
+            secrets = await self._run(
+                lambda: self.client.api.secrets(filters={"label": f"{MANAGED_LABEL}=true"})
+            )
         except ENGINE_ERRORS as exc:
             raise BackendError("could not list services", str(exc)) from exc
         running = {t.get("ServiceID") for t in tasks if (t.get("Status") or {}).get("State") == "running"}
@@ -339,6 +364,12 @@ class ServicesMixin(NodesMixin, NetworksMixin, FilesMixin, PullsMixin):
                     running=row.get("ID") in running,
                 )
             )
+        with_service = {i.workspace_id for i in out}
+        for row in secrets:
+            ws_id = str(((row.get("Spec") or {}).get("Labels") or {}).get(WORKSPACE_LABEL) or "")
+            if ws_id and ws_id not in with_service:
+                with_service.add(ws_id)
+                out.append(Instance(instance_name(ws_id), ws_id, instance_name(ws_id)[3:], running=False))
         return out
 
     async def image_users(self) -> list[ImageUser]:

@@ -28,6 +28,7 @@ from workspace_server.provisioner.base import (
     TOKEN_FILE,
     WORKSPACE_LABEL,
     BackendError,
+    instance_name,
 )
 from workspace_server.provisioner.docker.engine import AGENT_PORT
 from workspace_server.provisioner.tiers import MIB, T1_TMPFS, TierLimits
@@ -51,6 +52,40 @@ class Token:
     secret_name: str
     uid: int
     gid: int
+
+
+# Secret env values are Swarm secrets mounted here in the task; the env names the file (`<KEY>_FILE`)
+SECRETS_DIR = "/run/secrets"
+ENV_KEY_LABEL = "molecule.secret.env"  # on an env secret: the env key it holds (never the value)
+SECRET_NAME_MAX = 64  # the engine's limit on a secret's name
+
+
+@dataclass(frozen=True)
+class EnvSecret:
+    """A Swarm secret holding the value of the env key `key`, mounted as /run/secrets/<key>."""
+
+    key: str
+    secret_id: str
+    secret_name: str
+    uid: int
+    gid: int
+
+
+def env_secret_name(ws_id: str, key: str, version: str) -> str:
+    """`ws-<id12>-env-<key>-<version>`: the workspace and key for an operator's `docker secret ls`, and a
+    version new at each start, so an updated value is a new secret. DECIDE: a random version, not a hash
+    of the value, which `docker secret ls` would show to anyone able to list secrets (a short or guessable
+    value could be found from it)."""
+    room = SECRET_NAME_MAX - len(f"{instance_name(ws_id)}-env--{version}")
+    return f"{instance_name(ws_id)}-env-{key[:room]}-{version}"
+
+
+def secret_env(env: Mapping[str, str], secrets: list[EnvSecret]) -> dict[str, str]:
+    """The env the service carries: each secret key replaced by `<KEY>_FILE=/run/secrets/<KEY>`."""
+    held = {s.key for s in secrets}
+    out = {k: v for k, v in env.items() if k not in held}
+    out.update({f"{s.key}_FILE": f"{SECRETS_DIR}/{s.key}" for s in secrets})
+    return out
 
 
 def parse_tier_constraints(raw: str) -> dict[int, list[str]]:
@@ -124,6 +159,7 @@ def service_kwargs(
     host_network: bool,
     port: int,
     token: Token | None,
+    env_secrets: list[EnvSecret],
     volume_node: str,
     nano_cpu_cap: int,
 ) -> dict[str, Any]:
@@ -141,6 +177,17 @@ def service_kwargs(
                 mode=0o600,  # as the Docker backend writes .auth_token
             )
         )
+    for held in env_secrets:
+        secrets.append(
+            SecretReference(
+                held.secret_id,
+                held.secret_name,
+                filename=held.key,  # relative: /run/secrets/<key>
+                uid=str(held.uid),
+                gid=str(held.gid),
+                mode=0o400,
+            )
+        )
     labels = {
         MANAGED_LABEL: "true",
         WORKSPACE_LABEL: ws_id,
@@ -152,7 +199,7 @@ def service_kwargs(
         # any tag again (a registry round trip per start, and offline the wait for it to fail) but never
         # an image id: the moving-tag rule is applied once, by us, as in the Docker backend.
         image_id or image,
-        env=[f"{k}={v}" for k, v in env.items()],
+        env=[f"{k}={v}" for k, v in secret_env(env, env_secrets).items()],
         labels={TASK_WORKSPACE_LABEL: ws_id},
         mounts=service_mounts,
         secrets=secrets,
