@@ -11,6 +11,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,3 +141,49 @@ def test_an_unwritable_directory_disables_the_journal(tmp_path: Path) -> None:
     assert not journal.open()
     journal.append({"id": "a"}, None)  # a no-op, not an error
     assert journal.rotate() is None
+
+
+class SlowAgent(StubServer):
+    """Answers after `delay` seconds; records each request it finished answering."""
+
+    def __init__(self, delay: float) -> None:
+        self.answered: list[str] = []
+        done = threading.Event()
+        self.done = done
+        stub = self
+
+        class Handler(StubHandler):
+            def do_POST(self) -> None:
+                req = self.read_json()
+                time.sleep(delay)
+                reply = {"jsonrpc": "2.0", "id": req.get("id"), "result": {"kind": "message", "parts": []}}
+                self.respond(200, json.dumps(reply).encode())
+                stub.answered.append(str(req.get("id")))
+                done.set()
+
+        super().__init__(Handler)
+
+
+async def test_a_caller_that_hangs_up_does_not_abort_the_delivery(
+    live_server_factory: Any, db_url: str
+) -> None:
+    """The proxy runs in the request's task: uvicorn must not cancel it when the client goes away, so the
+    agent's reply is still read and recorded (a real uvicorn server, the client gone after 0.3 s)."""
+    agent = SlowAgent(delay=1.5)
+    try:
+        srv = live_server_factory(MOLECULE_ENV="development")
+        ws_id, _ = await seed(db_url, url=agent.url.replace("127.0.0.1", "localhost"))
+        body = {
+            "jsonrpc": "2.0",
+            "id": "gone",
+            "method": "message/send",
+            "params": {"message": {"role": "user", "messageId": "m-gone", "parts": []}},
+        }
+        async with httpx.AsyncClient(base_url=srv.url, timeout=0.3) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post(f"/workspaces/{ws_id}/a2a", json=body)
+        rows = await poll(lambda: rows_of(db_url, ws_id), "the delivery's activity row", 20)
+        assert [(r.request_body["id"], r.status) for r in rows] == [("gone", "ok")]
+        assert agent.answered == ["gone"]
+    finally:
+        agent.close()

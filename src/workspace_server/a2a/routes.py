@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
@@ -13,7 +12,6 @@ from starlette.requests import ClientDisconnect
 from workspace_server import authz
 from workspace_server.a2a import delegation, queue
 from workspace_server.a2a import schemas as msg
-from workspace_server.a2a.call import TASKS_GROUP
 from workspace_server.a2a.proxy import MAX_REQUEST_BYTES, ProxyResult, proxy_a2a
 from workspace_server.a2a.record import usage_today
 from workspace_server.a2a.schemas import DelegateRequest, RecordRequest, UpdateRequest
@@ -82,14 +80,10 @@ async def proxy(request: Request) -> Response:
         missing=msg.MISSING_CALLER_TOKEN,
         invalid=msg.INVALID_CALLER_TOKEN,
     )
-    # Detached from the client: a caller that hangs up does not abort a delivery half-way.
-    task = ctx.tasks.spawn(
-        f"a2a-proxy:{target}",
-        proxy_a2a(ctx, target, raw, caller, True, timeout_seconds=_x_timeout(request)),
-        group=TASKS_GROUP,
-        awaited=True,  # its error is the request's answer
-    )
-    return render(await asyncio.shield(task))
+    # Run in the request's own task, not a spawned one (~13 µs a call): a caller that hangs up does not
+    # abort a delivery half-way all the same, because uvicorn never cancels a request task when its
+    # client goes (it only flags the disconnect), and the hot lane adds no timeout of its own.
+    return render(await proxy_a2a(ctx, target, raw, caller, True, timeout_seconds=_x_timeout(request)))
 
 
 # Every agent-to-agent message passes here; served ahead of FastAPI's router (app.py).
