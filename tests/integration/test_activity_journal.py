@@ -46,11 +46,13 @@ def agent() -> Iterator[EchoAgent]:
 
 
 def journal_lines(data_dir: Path) -> list[dict[str, Any]]:
-    return [
+    """Each entry's row, with the columns spliced in as JSON text (`raw`) put back."""
+    entries = [
         json.loads(line)
         for path in sorted((data_dir / "activity-journal").glob("*.jsonl"))
         for line in path.read_text().splitlines()
     ]
+    return [{**e, "row": e["row"] | e.get("raw", {})} for e in entries]
 
 
 async def rows_of(db_url: str, ws_id: str) -> list[Any]:
@@ -132,6 +134,26 @@ def test_a_stored_segment_is_removed_and_later_rows_go_to_a_new_one(tmp_path: Pa
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.close(fd)
     journal.close()
+
+
+def test_columns_given_as_json_text_read_back_as_their_values(tmp_path: Path) -> None:
+    writer, reader = ActivityJournal(tmp_path / "j"), ActivityJournal(tmp_path / "j")
+    assert writer.open()
+    compact = {"jsonrpc": "2.0", "params": {"text": "é\u2028\n"}}
+    pretty = {"result": [1, 2.5, None]}
+    raw = {
+        "request_body": json.dumps(compact, ensure_ascii=False).encode(),
+        "response_body": json.dumps(pretty, indent=2).encode(),  # has newlines: encoded, not spliced
+    }
+    row = {"id": "r1", "request_body": compact, "response_body": pretty, "tool_trace": None}
+    writer.append(row, "w1", raw)
+    writer.append({"id": "r2", "request_body": None}, None, {"request_body": b'{"x":1}'})  # NULL stays NULL
+    writer.unlock(writer.rotate().fd)  # type: ignore[union-attr]
+    writer.close()
+    [(_, fd, entries)] = reader.recover()
+    assert [e.row for e in entries] == [row, {"id": "r2", "request_body": None}]
+    assert entries[0].outbound == "w1"
+    os.close(fd)
 
 
 def test_an_unwritable_directory_disables_the_journal(tmp_path: Path) -> None:

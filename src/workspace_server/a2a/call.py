@@ -69,6 +69,7 @@ class Call:
     row: Any = None  # store.target_row result, None when missing or unreadable
     row_error: bool = False
     request: Any = None  # the normalised envelope (dict)
+    encoded: bytes = b""  # the envelope as sent to the agent (JSON), kept so it is not encoded again
 
     @property
     def is_workspace_caller(self) -> bool:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,13 +66,22 @@ class ActivityJournal:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
         return Segment(path, fd)
 
-    def append(self, row: dict[str, Any], outbound: str | None) -> None:
+    def append(
+        self, row: dict[str, Any], outbound: str | None, raw: Mapping[str, bytes] | None = None
+    ) -> None:
+        """`raw`: columns given as JSON text (valid JSON, no newline: compact encodings and agent replies
+        as read, which JSON allows only as escapes inside strings), spliced in rather than encoded again."""
         seg = self._current
         if seg is None:
             return
-        line = json.dumps({"row": row, "outbound": outbound}, default=str, separators=(",", ":"))
+        spliced = {k: v for k, v in (raw or {}).items() if row.get(k) is not None and b"\n" not in v}
+        small = {k: v for k, v in row.items() if k not in spliced}
+        line = json.dumps({"row": small, "outbound": outbound}, default=str, separators=(",", ":")).encode()
+        if spliced:
+            fields = b",".join(b'"%s":%s' % (k.encode(), v) for k, v in spliced.items())
+            line = line[:-1] + b',"raw":{' + fields + b"}}"
         try:
-            os.write(seg.fd, line.encode() + b"\n")
+            os.write(seg.fd, line + b"\n")
         except OSError:
             log.exception("activity journal write failed; journal disabled")
             self.close()
@@ -146,7 +156,8 @@ def _read(path: Path) -> list[Entry]:
         for raw in f:
             try:
                 item = json.loads(raw)
-                entries.append(Entry(dict(item["row"]), item.get("outbound")))
+                row = dict(item["row"]) | dict(item.get("raw") or {})
+                entries.append(Entry(row, item.get("outbound")))
             except (ValueError, KeyError, TypeError):
                 log.warning("activity journal %s: skipped an unreadable line", path.name)
     return entries

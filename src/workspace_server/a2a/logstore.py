@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import asyncpg
@@ -29,8 +30,13 @@ log = logging.getLogger(__name__)
 JSON_COLUMNS = ("request_body", "response_body", "tool_trace")
 
 
+RawColumns = Mapping[str, bytes]  # JSON column -> its value as JSON text (what the proxy has at hand)
+
+
 class ActivitySink(Protocol):
-    async def write(self, rows: list[dict[str, Any]], outbound: set[str]) -> None: ...
+    async def write(
+        self, rows: list[dict[str, Any]], outbound: set[str], raw: Mapping[str, RawColumns] = ...
+    ) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -47,8 +53,15 @@ class SqlActivitySink:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def write(self, rows: list[dict[str, Any]], outbound: set[str], restore: bool = False) -> None:
-        """`restore`: rows that may be stored already (from a journal) are skipped by id."""
+    async def write(
+        self,
+        rows: list[dict[str, Any]],
+        outbound: set[str],
+        raw: Mapping[str, RawColumns] | None = None,
+        restore: bool = False,
+    ) -> None:
+        """`restore`: rows that may be stored already (from a journal) are skipped by id. `raw` is not
+        used: SQLAlchemy binds the values themselves."""
         if not rows and not outbound:
             return
         values = [db_values(r) for r in rows]
@@ -121,13 +134,16 @@ class PgActivitySink:
             self._conn = await asyncpg.connect(timeout=PG_CONNECT_TIMEOUT_SECONDS, **kwargs)
         return self._conn
 
-    async def write(self, rows: list[dict[str, Any]], outbound: set[str]) -> None:
+    async def write(
+        self, rows: list[dict[str, Any]], outbound: set[str], raw: Mapping[str, RawColumns] | None = None
+    ) -> None:
+        """`raw`: row id -> JSON columns as text already at hand, sent as they are (jsonb parses them)."""
         if not rows and not outbound:
             return
         conn = await self._connection()
         try:
             if rows:
-                await conn.execute(_UNNEST_INSERT, *_arrays(rows))
+                await conn.execute(_UNNEST_INSERT, *_arrays(rows, raw or {}))
             if outbound:
                 await conn.execute(_OUTBOUND, utcnow(), sorted(outbound))
         except BaseException:
@@ -140,16 +156,26 @@ class PgActivitySink:
             conn.terminate()  # no goodbye round trip: it may be the broken one
 
 
-def _arrays(rows: list[dict[str, Any]]) -> list[list[Any]]:
+def _arrays(rows: list[dict[str, Any]], raw: Mapping[str, RawColumns]) -> list[list[Any]]:
     """One array per column, in the table's column order, JSON columns as their text."""
     values = [db_values(r) for r in rows]
     out = []
     for name in _COLUMNS:
         if name in JSON_COLUMNS:
-            out.append([_json(v[name]) for v in values])
+            out.append([_json_text(v, name, raw.get(v["id"])) for v in values])
         else:
             out.append([v[name] for v in values])
     return out
+
+
+def _json_text(values: dict[str, Any], name: str, raw: RawColumns | None) -> str | None:
+    text = raw.get(name) if raw else None
+    if text is not None and values[name] is not None:
+        try:
+            return text.decode()
+        except UnicodeDecodeError:  # an agent's bytes that only decoded leniently: encode the value
+            pass
+    return _json(values[name])
 
 
 def sink_for(engine: AsyncEngine) -> ActivitySink:

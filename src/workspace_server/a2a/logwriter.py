@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from workspace_server.a2a.journal import ActivityJournal
-from workspace_server.a2a.logstore import ActivitySink, SqlActivitySink, sink_for
+from workspace_server.a2a.logstore import ActivitySink, RawColumns, SqlActivitySink, sink_for
 from workspace_server.common.errors import backing_store_down
 from workspace_server.common.ids import new_id
 from workspace_server.common.jsonnum import contains_nul, scrub_nul
@@ -44,6 +44,7 @@ class _Pending:
     rows: list[dict[str, Any]] = field(default_factory=list)
     outbound: set[str] = field(default_factory=set)
     events: list[Announcement] = field(default_factory=list)
+    raw: dict[str, RawColumns] = field(default_factory=dict)  # row id -> JSON columns as their text
 
     def __bool__(self) -> bool:
         return bool(self.rows or self.outbound)
@@ -93,15 +94,22 @@ class LogWriter:
             ActivityJournal.release(path, fd)
 
     def add(
-        self, row: dict[str, Any], outbound_caller: str | None = None, event: Announcement | None = None
+        self,
+        row: dict[str, Any],
+        outbound_caller: str | None = None,
+        event: Announcement | None = None,
+        raw: RawColumns | None = None,
     ) -> None:
         """Journal an activity row (columns of `activity_logs`) and queue it, optionally with a caller to
-        stamp and an event to broadcast once the row is stored."""
+        stamp and an event to broadcast once the row is stored. `raw`: JSON columns as the JSON text the
+        caller already has (valid JSON of the same value), used instead of encoding them again."""
         bound = self.bound
         row = {**row, "id": new_id(), "created_at": utcnow()}
-        bound.journal.append(row, outbound_caller)
+        bound.journal.append(row, outbound_caller, raw)
         pending = self._pending
         pending.rows.append(row)
+        if raw:
+            pending.raw[row["id"]] = raw
         if outbound_caller:
             pending.outbound.add(outbound_caller)
         if event is not None:
@@ -121,7 +129,7 @@ class LogWriter:
         segment = bound.journal.rotate()
         stored = True
         try:
-            await self._store(batch.rows, batch.outbound)
+            await self._store(batch.rows, batch.outbound, raw=batch.raw)
         except Exception:
             stored = False
             log.exception("a2a: %d activity rows not stored; kept in the journal", len(batch.rows))
@@ -135,7 +143,13 @@ class LogWriter:
         for row in batch.rows if stored else ():
             await events.broadcast("ACTIVITY_LOGGED", row["workspace_id"], _logged_payload(row))
 
-    async def _store(self, rows: list[dict[str, Any]], outbound: set[str], restore: bool = False) -> int:
+    async def _store(
+        self,
+        rows: list[dict[str, Any]],
+        outbound: set[str],
+        restore: bool = False,
+        raw: dict[str, RawColumns] | None = None,
+    ) -> int:
         """Write `rows` in statements of MAX_BATCH; a failed statement is retried row by row (one bad row
         must not take the batch down). Raises only when the database cannot be reached at all."""
         bound = self.bound
@@ -147,7 +161,7 @@ class LogWriter:
                 if restore:
                     await bound.fallback.write(chunk, stamps, restore=True)
                 else:
-                    await bound.sink.write(chunk, stamps)
+                    await bound.sink.write(chunk, stamps, raw or {})
                 written += len(chunk)
             except Exception:
                 log.warning("a2a: writing %d activity rows failed; retrying one by one", len(chunk))

@@ -99,7 +99,8 @@ async def _run(call: Call, raw: bytes) -> ProxyResult:
     if queued_id:
         # The same message is already waiting for this target: sending it now would deliver it twice.
         return await queued_reply(call, queued_id)
-    return await dispatch(call, url, encode(envelope), assigned_url)
+    call.encoded = encode(envelope)
+    return await dispatch(call, url, call.encoded, assigned_url)
 
 
 def _parse(raw: bytes) -> Any:

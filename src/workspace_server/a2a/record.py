@@ -40,7 +40,12 @@ def log_reply(call: Call, status: int, body: bytes, duration_ms: int) -> None:
     if not call.caller and status < 400:
         payload = {"response_body": reply, "method": call.method, "duration_ms": duration_ms}
         event = ("A2A_RESPONSE", call.target, sorted_keys(payload))
-    writer(call.ctx).add(row, outbound_caller=stamp, event=event)
+    # the JSON columns' text as it is already at hand (what was sent, what came back), so neither the
+    # journal nor the database write encodes those documents again
+    raw = {"request_body": call.encoded} if call.encoded else {}
+    if isinstance(reply, dict | list) and body[:1] in (b"{", b"["):  # UTF-8 JSON text, as it came
+        raw["response_body"] = body
+    writer(call.ctx).add(row, outbound_caller=stamp, event=event, raw=raw)
 
 
 def log_failure(call: Call, error: str, duration_ms: int) -> None:
