@@ -1,12 +1,15 @@
 """The Docker backend's warm pool on a real engine (provisioner/docker/pool.py): it fills to size, a create
 claims a member (which comes online and answers A2A), concurrent creates get distinct members, it refills,
-a restarted server adopts its members and a disabled pool removes them, an image refresh drains it, and
-with the pool off a create takes the cold path. SQLite only: the pool keeps no state in the database.
+a restarted server adopts its members and a disabled pool removes them, an image refresh drains it, with
+the pool off a create takes the cold path, and on a user-defined bridge network a claimed (renamed) member
+answers by its new name. SQLite only: the pool keeps no state in the database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,10 @@ from tests.integration.orchestrator_support import (
     agent_reply,
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
 )
-from tests.integration.provisioner_support import engine_fixture  # noqa: F401 - registers the engine fixture
+from tests.integration.provisioner_support import (
+    engine_fixture,  # noqa: F401 - registers the engine fixture
+    message_send,
+)
 from workspace_server.provisioner.docker import DockerBackend, configs_volume
 from workspace_server.provisioner.docker.pool_model import POOL_LABEL, POOL_PREFIX, POOL_SCOPE_LABEL
 from workspace_server.provisioner.docker.waiter import IDENTITY_FILE
@@ -120,6 +126,74 @@ async def test_fill_claim_concurrent_refill(platform_factory: PlatformFactory, e
     assert r.status_code == 200
     assert not engine.containers.list(all=True, filters={"name": f"ws-{wid[:12]}"})
     assert not host.exists()
+
+
+@pytest.fixture
+def network(engine: Any) -> Iterator[str]:
+    """A user-defined bridge network of this test's own (the server image's mode); removed after, with the
+    unclaimed members still on it (request it before `platform_factory`: the server stops first)."""
+    name = f"molecule-pool-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    for net in engine.networks.list(names=[name]):
+        net.reload()
+        for cid in net.attrs.get("Containers") or {}:
+            engine.api.remove_container(cid, force=True)
+        net.remove()
+
+
+PROBE = """
+import json, socket, sys, urllib.request
+url, text, old = sys.argv[1:4]
+req = urllib.request.Request(url, data=text.encode(), headers={"Content-Type": "application/json"})
+reply = json.load(urllib.request.urlopen(req, timeout=10))
+try:
+    socket.getaddrinfo(old, 8000)
+    old_resolves = True
+except OSError:
+    old_resolves = False
+print(json.dumps({"text": reply["result"]["parts"][0]["text"], "old_resolves": old_resolves}))
+"""
+
+
+def probe(engine: Any, network: str, url: str, text: str, old: str) -> dict[str, Any]:
+    """A2A to `url` from a throwaway container on `network` (as a peer, or a server in a container, dials
+    an agent by name), and whether `old` still resolves there."""
+    out = engine.containers.run(
+        "molecule/workspace-agent:latest",
+        ["python3", "-c", PROBE, url, json.dumps(message_send(text)), old],
+        entrypoint=[],
+        network=network,
+        remove=True,
+        labels={"molecule.test": "pool-probe"},
+    )
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+async def test_claim_on_a_bridge_network(
+    network: str, platform_factory: PlatformFactory, engine: Any
+) -> None:
+    """Bridge mode (the server image's): a member is claimed by renaming it, and the agent must still be
+    reachable where the server records it — the published loopback port, and its new name on the agents'
+    network (what a server in a container and peers dial); its old member name no longer resolves."""
+    bridge = {**POOL, "WARM_POOL_SIZE": 1, "DOCKER_NETWORK_MODE": "bridge", "DOCKER_NETWORK": network}
+    p: Platform = await platform_factory("docker", bridged=True, **bridge)
+    (warm,) = await running_members(p, engine, 1)
+    old = engine.containers.get(warm).name
+
+    wid = await p.create("Bridged Agent")
+    view = await p.wait_status(wid, "online")
+    c = workspace_container(engine, wid)
+    assert c.id == warm and network in c.attrs["NetworkSettings"]["Networks"]
+    assert c.attrs["HostConfig"]["NetworkMode"] == network
+    assert view["url"].startswith("http://127.0.0.1:")
+    assert await agent_reply(view["url"], "published") == "published"
+    r = await p.a2a(wid, "via the platform")
+    assert r.status_code == 200 and r.json()["result"]["parts"][0]["text"] == "via the platform"
+    by_name = p.ctx.backend.network_url(wid, view["url"], 2)
+    assert by_name == f"http://ws-{wid[:12]}:8000"
+    got = await asyncio.to_thread(probe, engine, network, by_name, "by name", old)
+    assert got == {"text": "by name", "old_resolves": False}
+    await running_members(p, engine, 1)  # refilled on the same network
 
 
 async def _replaced(engine: Any, wid: str, old_id: str) -> bool:
