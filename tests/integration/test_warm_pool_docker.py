@@ -2,7 +2,8 @@
 claims a member (which comes online and answers A2A), concurrent creates get distinct members, it refills,
 a restarted server adopts its members and a disabled pool removes them, an image refresh drains it, with
 the pool off a create takes the cold path, and on a user-defined bridge network a claimed (renamed) member
-answers by its new name. SQLite only: the pool keeps no state in the database.
+answers by its new name; without host dirs (the non-root server image) members take engine volumes.
+SQLite only: the pool keeps no state in the database.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from tests.integration.provisioner_support import (
     message_send,
 )
 from workspace_server.provisioner.docker import DockerBackend, configs_volume
-from workspace_server.provisioner.docker.pool_model import POOL_LABEL, POOL_PREFIX, POOL_SCOPE_LABEL
+from workspace_server.provisioner.docker import engine as engine_module
+from workspace_server.provisioner.docker.pool_model import (
+    POOL_BACKING_LABEL,
+    POOL_LABEL,
+    POOL_MOUNT_LABEL,
+    POOL_PREFIX,
+    POOL_SCOPE_LABEL,
+)
 from workspace_server.provisioner.docker.waiter import IDENTITY_FILE
 from workspace_server.workspaces.files import workspace_config_dir
 
@@ -237,3 +245,61 @@ async def test_image_refresh_drains(platform_factory: PlatformFactory, engine: A
     assert not engine.containers.list(all=True, filters={"id": old})
     (new,) = await running_members(p, engine, 1)
     assert new != old
+
+
+def read_configs(engine: Any, volume: str) -> str:
+    """Owner, mode and name of each file in a configs volume, then config.yaml, from a throwaway container."""
+    script = "cd /c && stat -c '%u %a %n' . * .[!.]* 2>/dev/null; cat config.yaml"
+    out = engine.containers.run(
+        "molecule/workspace-agent:latest",
+        ["sh", "-c", script],
+        entrypoint=[],
+        network_mode="none",
+        volumes={volume: {"bind": "/c", "mode": "ro"}},
+        remove=True,
+        labels={"molecule.test": "pool-probe"},
+    )
+    return str(out.decode())
+
+
+async def test_engine_volumes_without_host_dirs(
+    monkeypatch: pytest.MonkeyPatch, platform_factory: PlatformFactory, engine: Any
+) -> None:
+    """A server whose engine does not see its dirs (not root, or not a local engine: the non-root server
+    image) still fills and claims the pool: identity by archive into the member's engine volume, and the
+    workspace's configs volume is that volume's data, so a later cold restart and a delete use it."""
+    monkeypatch.setattr(engine_module, "is_local_engine", lambda _settings: False)  # `_host_volumes` False
+    p: Platform = await platform_factory("docker", **{**POOL, "WARM_POOL_SIZE": 1})
+    assert p.ctx.backend._host_volumes is False
+    (warm,) = await running_members(p, engine, 1)
+    member = engine.containers.get(warm)
+    backing = f"{member.name}-configs"
+    assert member.labels[POOL_MOUNT_LABEL] == engine.volumes.get(backing).attrs["Mountpoint"]
+    assert not (p.settings.DATA_DIR / "warm-pool" / member.name).exists()  # no host dir
+
+    wid = await p.create("Engine Agent")
+    view = await p.wait_status(wid, "online")
+    assert workspace_container(engine, wid).id == warm
+    r = await p.a2a(wid, "engine volume")
+    assert r.status_code == 200 and r.json()["result"]["parts"][0]["text"] == "engine volume"
+    assert not workspace_config_dir(p.settings, wid).exists()
+    assert engine.volumes.get(configs_volume(wid)).attrs["Labels"][POOL_BACKING_LABEL] == backing
+    seen = await asyncio.to_thread(read_configs, engine, configs_volume(wid))
+    assert "1000 755 .\n" in seen and "1000 600 .auth_token\n" in seen and "Engine Agent" in seen
+    assert IDENTITY_FILE not in seen  # the waiter took it
+    await running_members(p, engine, 1)  # refilled in the same mode
+
+    r = await p.http.post(f"/workspaces/{wid}/restart")  # cold, on the workspace's volume: the same data
+    assert r.status_code == 200, r.text
+    await p.wait_for(lambda: _replaced(engine, wid, warm), "the restarted container")
+    view = await p.wait_status(wid, "online")
+    assert POOL_LABEL not in workspace_container(engine, wid).labels
+    assert await agent_reply(view["url"], "after restart") == "after restart"
+    assert "Engine Agent" in await asyncio.to_thread(read_configs, engine, configs_volume(wid))
+    await asyncio.to_thread(p.ctx.backend._remove_dangling_volumes)  # not the workspace's data
+    assert engine.volumes.get(backing)
+
+    r = await p.http.delete(f"/workspaces/{wid}")
+    assert r.status_code == 200
+    names = {v.name for v in engine.volumes.list()}
+    assert configs_volume(wid) not in names and backing not in names

@@ -21,8 +21,15 @@ adopts its members, shrinking or disabling the pool removes them, and `drain_war
 refresh) removes the members of a moving tag so the next pass refills from the new image. Dangling member
 volumes (their container gone) are removed on the same pass.
 
+Two ways to deliver, by what the server can do (`_engine_volumes`): a root server whose engine sees its
+dirs writes into the member's host-bound configs dir (pool_dirs.py); any other (the non-root server
+image, a remote engine) hands the engine an archive and binds the workspace's configs volume to the
+member volume's data (pool_engine.py). A member carries its mode (POOL_MOUNT_LABEL); members of the other
+mode are replaced on the next pass.
+
 Not pooled (cold path): a `/workspace` bind (workspace_access), the claude-code runtime (sessions volume),
-and an image whose user is a name (its uid is looked up in a running container by the cold path).
+an image whose user is a name (its uid is looked up in a running container by the cold path), and in the
+engine-volume mode a read-only-rootfs tier (the volume root is handed to the agent by an archive at `/`).
 """
 
 from __future__ import annotations
@@ -67,10 +74,13 @@ from workspace_server.provisioner.docker.pool_dirs import (
     remove_member_dir,
     undo,
 )
+from workspace_server.provisioner.docker.pool_engine import bind_opts, delivery_tar, root_tar
 from workspace_server.provisioner.docker.pool_model import (
     DANGLING_EVERY,
+    POOL_BACKING_LABEL,
     POOL_IMAGE_LABEL,
     POOL_LABEL,
+    POOL_MOUNT_LABEL,
     POOL_PORT_LABEL,
     POOL_PREFIX,
     POOL_SCOPE_LABEL,
@@ -78,6 +88,7 @@ from workspace_server.provisioner.docker.pool_model import (
     POOL_UID_LABEL,
     Key,
     Member,
+    backing_volume,
     member_of,
     pool_keys,
     pool_scope,
@@ -112,7 +123,7 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
     # ---- claim (on the start path, in a worker thread) ----
     def _claim_warm(self, spec: StartSpec, limits: TierLimits, bind_path: str | None) -> Started | None:
         """A warm member turned into the workspace's instance, or None (no member: the cold path)."""
-        if bind_path is not None or spec.runtime == "claude-code" or not self._pool_usable():
+        if bind_path is not None or spec.runtime == "claude-code":
             return None
         queue = self._pool_state().get((spec.image, normalise_tier(spec.tier)))
         if not queue or not self._fresh(spec.workspace_id):
@@ -127,10 +138,10 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
                 return started
         return None
 
-    def _pool_usable(self) -> bool:
-        """Members deliver identities through host-bound config volumes (pool_dirs.py): a local engine and a
-        root server, whose host dirs the engine sees. Elsewhere the pool stays empty (the cold path)."""
-        return self._host_volumes and self._host_verified is not False
+    def _engine_volumes(self) -> bool:
+        """Members of the engine-volume mode (pool_engine.py): no host dirs the engine sees (not a local
+        engine, not root, or the check on the first member failed). Else host-dir members (pool_dirs.py)."""
+        return not (self._host_volumes and self._host_verified is not False)
 
     def _fresh(self, ws_id: str) -> bool:
         """Only a workspace with no configs yet is given a member: a restart reuses its configs volume,
@@ -152,9 +163,13 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
         path, own = pool_dir(self.settings, member.name), self._own_dir(spec.workspace_id)
         assert own is not None  # _fresh checked it
         # the workspace's configs volume, overlapped with the rename (a bind volume's device is looked at
-        # when it is mounted, not now: `own` appears below)
-        opts = {"type": "none", "o": "bind", "device": str(own)}
+        # when it is mounted, not now: `own` appears below); engine mode: the member volume's data
         labels = {MANAGED_LABEL: "true", WORKSPACE_LABEL: spec.workspace_id}
+        if member.mountpoint:
+            opts = bind_opts(member.mountpoint)
+            labels[POOL_BACKING_LABEL] = f"{member.name}-configs"
+        else:
+            opts = {"type": "none", "o": "bind", "device": str(own)}
         made = self._pool.submit(self.client.api.create_volume, volume, driver_opts=opts, labels=labels)
         try:
             self._rename(member.name, name)
@@ -168,16 +183,21 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
         _kw, extra = self._network_kwargs(limits, member.port)
         env = build_env(spec, CONFIG_MOUNT, extra)
         try:
-            deliver(path, gather_config_files(spec), env, member.uid, member.gid)
-            adopt_dir(path, own)
+            if member.mountpoint:  # by id: the name is ours now, but the id cannot be another container
+                tar = delivery_tar(gather_config_files(spec), env, member.uid, member.gid)
+                self.client.api.put_archive(member.container_id, CONFIG_MOUNT, tar)
+            else:
+                deliver(path, gather_config_files(spec), env, member.uid, member.gid)
+                adopt_dir(path, own)
             made.result()
             record_claim(self.settings, member.container_id, spec.workspace_id, env)
         except (*ENGINE_ERRORS, UnsafePath, OSError) as exc:
             concurrent.futures.wait([made])
             log.warning("delivering the identity to %s failed, starting cold: %s", member.name, exc)
             self._force_remove(name)
-            undo(path, own)
-            self._remove_volume(volume, False)
+            if not member.mountpoint:
+                undo(path, own)
+            self._remove_volume(volume, False)  # engine mode: the member volume is dangling, swept later
             return None
         with self._lock:
             self._ports.pop(member.name, None)
@@ -220,7 +240,7 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
     async def run_warm_pool(self) -> None:
         """Keep every configured key topped up until cancelled; returns at once when the pool is off."""
         keys = pool_keys(self.settings.WARM_POOL_IMAGES, self.settings.WARM_POOL_TIERS)
-        if self._pool_size() <= 0 or not keys or not self._pool_usable():
+        if self._pool_size() <= 0 or not keys:
             await self._run(self._remove_members, lambda _m: True)  # a pool switched off leaks nothing
             return
         interval = max(0.05, self.settings.WARM_POOL_INTERVAL)
@@ -276,6 +296,8 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             labels = row.get("Labels") or {}
             key = (str(labels.get(POOL_IMAGE_LABEL) or ""), int(labels.get(POOL_TIER_LABEL) or 0))
             fresh = current.get(key[0]) is not None and row.get("ImageID") == current.get(key[0])
+            # a member of the other delivery mode (the host-dir check failed since) cannot be claimed
+            fresh = fresh and bool(labels.get(POOL_MOUNT_LABEL)) == self._engine_volumes()
             if key not in found or not fresh or row.get("State") != "running" or len(found[key]) >= size:
                 self._drop(state, row_name(row))
                 continue
@@ -332,6 +354,10 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
         argv = list(config.get("Entrypoint") or []) + list(config.get("Cmd") or [])
         uid, gid = parse_user(user)
         limits = tier_limits(self.settings, tier)
+        engine = self._engine_volumes()
+        if engine and limits.read_only_rootfs:
+            log.warning("warm pool: tier %d has a read-only rootfs; not pooled without host dirs", tier)
+            return None
         name = f"{POOL_PREFIX}{uuid.uuid4().hex[:12]}"
         port = self._reserve_port(name)
         net_kw, extra = self._network_kwargs(limits, port)
@@ -362,12 +388,22 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             kwargs["platform"] = plat
         path = pool_dir(self.settings, name)
         try:
-            make_member_dir(path, uid, gid)
-            opts = {"type": "none", "o": "bind", "device": str(path)}
-            self.client.api.create_volume(f"{name}-configs", driver_opts=opts, labels=labels)
-            container = self.client.containers.create(image, **kwargs)
-            if self._host_verified is None:  # the engine must see our dir (a server in a container may not)
-                self._verify_host_dir(container, path)
+            if engine:
+                info = self.client.api.create_volume(f"{name}-configs", labels=labels)
+                kwargs["labels"] = {**labels, POOL_MOUNT_LABEL: str(info.get("Mountpoint") or "")}
+                if not kwargs["labels"][POOL_MOUNT_LABEL]:
+                    raise BackendError("warm pool", f"volume {name}-configs has no mountpoint")
+                container = self.client.containers.create(image, **kwargs)
+                container.put_archive("/", root_tar(uid, gid))  # /configs writable by the agent
+            else:
+                make_member_dir(path, uid, gid)
+                opts = {"type": "none", "o": "bind", "device": str(path)}
+                self.client.api.create_volume(f"{name}-configs", driver_opts=opts, labels=labels)
+                container = self.client.containers.create(image, **kwargs)
+                if (
+                    self._host_verified is None
+                ):  # the engine must see our dir (a server in a container may not)
+                    self._verify_host_dir(container, path)
             container.start()
         except BaseException as exc:
             with self._lock:
@@ -376,9 +412,9 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             self._remove_volume(f"{name}-configs", False)
             remove_member_dir(path)
             if isinstance(exc, _HostDirUnseen):
-                return None  # _host_verified is False now: the pool stops (_pool_usable)
+                return None  # _host_verified is False now: the next pass makes engine-volume members
             raise
-        return Member(name, str(container.id), port, uid, gid)
+        return Member(name, str(container.id), port, uid, gid, kwargs["labels"].get(POOL_MOUNT_LABEL, ""))
 
     def _member_env(self, extra: dict[str, str]) -> dict[str, str]:
         preload = self.settings.WARM_POOL_PRELOAD
@@ -392,9 +428,14 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             vols = self.client.api.volumes(filters={"dangling": True}).get("Volumes") or []
         except ENGINE_ERRORS:
             return
+        try:  # member volumes behind a workspace's configs volume (engine mode) are the workspace's now
+            owned = self.client.api.volumes(filters={"label": POOL_BACKING_LABEL}).get("Volumes") or []
+        except ENGINE_ERRORS:
+            return
+        kept = {backing_volume(v.get("Labels") or {}) for v in owned}
         for v in vols:
             name = str(v.get("Name") or "")
-            if name.startswith(POOL_PREFIX) and name.endswith("-configs"):
+            if name.startswith(POOL_PREFIX) and name.endswith("-configs") and name not in kept:
                 try:
                     self.client.api.remove_volume(name)
                 except ENGINE_ERRORS:  # in use again, or already gone
