@@ -183,6 +183,7 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
         _kw, extra = self._network_kwargs(limits, member.port)
         env = build_env(spec, CONFIG_MOUNT, extra)
         try:
+            self._reattach(member.container_id, name, limits)  # the new name on the agents' network
             if member.mountpoint:  # by id: the name is ours now, but the id cannot be another container
                 tar = delivery_tar(gather_config_files(spec), env, member.uid, member.gid)
                 self.client.api.put_archive(member.container_id, CONFIG_MOUNT, tar)
