@@ -28,7 +28,7 @@ from tests.integration.provisioner_support import (
     engine_fixture,  # noqa: F401 - registers the engine fixture
     message_send,
 )
-from workspace_server.provisioner.docker import DockerBackend, configs_volume
+from workspace_server.provisioner.docker import DockerBackend, configs_volume, workspace_volume
 from workspace_server.provisioner.docker import engine as engine_module
 from workspace_server.provisioner.docker.pool_model import (
     POOL_BACKING_LABEL,
@@ -36,6 +36,7 @@ from workspace_server.provisioner.docker.pool_model import (
     POOL_MOUNT_LABEL,
     POOL_PREFIX,
     POOL_SCOPE_LABEL,
+    row_name,
 )
 from workspace_server.provisioner.docker.waiter import IDENTITY_FILE
 from workspace_server.workspaces.files import workspace_config_dir
@@ -65,19 +66,21 @@ def no_leftovers(engine: Any, db_url: str, tmp_path: Path) -> Iterator[None]:
             v.remove(force=True)
 
 
-def members(engine: Any, p: Platform) -> list[Any]:
-    """Unclaimed members of this server's pool (claimed ones are renamed `ws-…`)."""
+def members(engine: Any, p: Platform) -> list[dict[str, Any]]:
+    """Rows of the unclaimed members of this server's pool (claimed ones are renamed `ws-…`). The list
+    call's rows, not `containers.list` (it inspects each row after listing: a member the server removes
+    meanwhile would be a 404)."""
     scope = p.ctx.backend._pool_scope()
-    found = engine.containers.list(
+    found = engine.api.containers(
         all=True, filters={"label": [f"{POOL_LABEL}=1", f"{POOL_SCOPE_LABEL}={scope}"]}
     )
-    return [c for c in found if c.name.startswith(POOL_PREFIX)]
+    return [r for r in found if row_name(r).startswith(POOL_PREFIX)]
 
 
 async def running_members(p: Platform, engine: Any, n: int) -> list[str]:
     async def check() -> list[str] | None:
         got = await asyncio.to_thread(members, engine, p)
-        ids = [c.id for c in got if c.status == "running"]
+        ids = [str(r["Id"]) for r in got if r.get("State") == "running"]
         return ids if len(got) == n and len(ids) == n else None
 
     return list(await p.wait_for(check, f"{n} running pool members"))
@@ -103,6 +106,11 @@ async def test_fill_claim_concurrent_refill(platform_factory: PlatformFactory, e
     assert engine.volumes.get(configs_volume(wid)).attrs["Options"]["device"] == str(host)
     assert (host / ".auth_token").read_text() and b"Warm Agent" in (host / "config.yaml").read_bytes()
     assert not (host / IDENTITY_FILE).exists()
+    # /workspace written while warm is in the workspace volume a later cold start mounts (checked below)
+    assert c.exec_run(["sh", "-c", "echo warm > /workspace/note"], user="0").exit_code == 0
+    assert (
+        engine.volumes.get(workspace_volume(wid)).attrs["Labels"][POOL_BACKING_LABEL].endswith("-workspace")
+    )
     # the orphan sweep and the image refresh know whose it is, though its labels cannot say
     backend = DockerBackend(p.settings)
     try:
@@ -129,6 +137,7 @@ async def test_fill_claim_concurrent_refill(platform_factory: PlatformFactory, e
     assert POOL_LABEL not in workspace_container(engine, wid).labels
     assert await agent_reply(view["url"], "after restart") == "after restart"
     assert b"Warm Agent" in (host / "config.yaml").read_bytes()
+    assert workspace_container(engine, wid).exec_run(["cat", "/workspace/note"]).output == b"warm\n"
 
     r = await p.http.delete(f"/workspaces/{wid}")
     assert r.status_code == 200
@@ -205,8 +214,8 @@ async def test_claim_on_a_bridge_network(
 
 
 async def _replaced(engine: Any, wid: str, old_id: str) -> bool:
-    found = await asyncio.to_thread(engine.containers.list, all=True, filters={"name": f"ws-{wid[:12]}"})
-    return any(c.id != old_id for c in found)
+    found = await asyncio.to_thread(engine.api.containers, all=True, filters={"name": f"ws-{wid[:12]}"})
+    return any(r["Id"] != old_id for r in found)
 
 
 async def test_restart_adopts_then_disabled_pool_is_removed(
@@ -287,6 +296,8 @@ async def test_engine_volumes_without_host_dirs(
     seen = await asyncio.to_thread(read_configs, engine, configs_volume(wid))
     assert "1000 755 .\n" in seen and "1000 600 .auth_token\n" in seen and "Engine Agent" in seen
     assert IDENTITY_FILE not in seen  # the waiter took it
+    claimed = workspace_container(engine, wid)
+    assert claimed.exec_run(["sh", "-c", "echo warm > /workspace/note"], user="0").exit_code == 0
     await running_members(p, engine, 1)  # refilled in the same mode
 
     r = await p.http.post(f"/workspaces/{wid}/restart")  # cold, on the workspace's volume: the same data
@@ -296,10 +307,12 @@ async def test_engine_volumes_without_host_dirs(
     assert POOL_LABEL not in workspace_container(engine, wid).labels
     assert await agent_reply(view["url"], "after restart") == "after restart"
     assert "Engine Agent" in await asyncio.to_thread(read_configs, engine, configs_volume(wid))
+    assert workspace_container(engine, wid).exec_run(["cat", "/workspace/note"]).output == b"warm\n"
     await asyncio.to_thread(p.ctx.backend._remove_dangling_volumes)  # not the workspace's data
-    assert engine.volumes.get(backing)
+    assert engine.volumes.get(backing) and engine.volumes.get(f"{member.name}-workspace")
 
-    r = await p.http.delete(f"/workspaces/{wid}")
-    assert r.status_code == 200
+    r = await p.http.delete(f"/workspaces/{wid}?purge=true")
+    assert r.status_code == 200, r.text
     names = {v.name for v in engine.volumes.list()}
-    assert configs_volume(wid) not in names and backing not in names
+    gone = {configs_volume(wid), backing, workspace_volume(wid), f"{member.name}-workspace"}
+    assert not gone & names

@@ -38,7 +38,6 @@ import collections
 import concurrent.futures
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,54 +59,43 @@ from workspace_server.provisioner.docker.engine import (
     ENGINE_ERRORS,
     configs_volume,
     is_not_found_error,
-    parse_user,
+    workspace_volume,
 )
-from workspace_server.provisioner.docker.networks import NetworksMixin
 from workspace_server.provisioner.docker.pool_dirs import (
     adopt_dir,
     deliver,
     forget_claims,
-    make_member_dir,
     pool_dir,
     read_claim,
     record_claim,
     remove_member_dir,
     undo,
 )
-from workspace_server.provisioner.docker.pool_engine import bind_opts, delivery_tar, root_tar
+from workspace_server.provisioner.docker.pool_engine import bind_opts, delivery_tar
+from workspace_server.provisioner.docker.pool_members import PoolMembersMixin
 from workspace_server.provisioner.docker.pool_model import (
     DANGLING_EVERY,
     POOL_BACKING_LABEL,
     POOL_IMAGE_LABEL,
     POOL_LABEL,
     POOL_MOUNT_LABEL,
-    POOL_PORT_LABEL,
     POOL_PREFIX,
     POOL_SCOPE_LABEL,
     POOL_TIER_LABEL,
-    POOL_UID_LABEL,
+    POOL_WORKSPACE_LABEL,
     Key,
     Member,
-    backing_volume,
     member_of,
     pool_keys,
-    pool_scope,
     row_name,
 )
-from workspace_server.provisioner.docker.pulls import PullsMixin
-from workspace_server.provisioner.docker.volumes import VolumesMixin, _HostDirUnseen
-from workspace_server.provisioner.docker.waiter import WAITER
 from workspace_server.provisioner.tiers import TierLimits, normalise_tier, tier_limits
 from workspace_server.workspaces.files import UnsafePath
 
 log = logging.getLogger(__name__)
 
 
-def _no_progress(_ev: Any) -> None:
-    return None
-
-
-class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
+class WarmPoolMixin(PoolMembersMixin):
     _warm: dict[Key, collections.deque[Member]]
     _dangling_at: float
 
@@ -138,11 +126,6 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
                 return started
         return None
 
-    def _engine_volumes(self) -> bool:
-        """Members of the engine-volume mode (pool_engine.py): no host dirs the engine sees (not a local
-        engine, not root, or the check on the first member failed). Else host-dir members (pool_dirs.py)."""
-        return not (self._host_volumes and self._host_verified is not False)
-
     def _fresh(self, ws_id: str) -> bool:
         """Only a workspace with no configs yet is given a member: a restart reuses its configs volume,
         which a member cannot mount, so it starts cold."""
@@ -171,11 +154,13 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
         else:
             opts = {"type": "none", "o": "bind", "device": str(own)}
         made = self._pool.submit(self.client.api.create_volume, volume, driver_opts=opts, labels=labels)
+        ws_made = self._pool.submit(self._workspace_volume_of, member, spec.workspace_id)
         try:
             self._rename(member.name, name)
         except ENGINE_ERRORS as exc:
-            concurrent.futures.wait([made])
+            concurrent.futures.wait([made, ws_made])
             self._remove_volume(volume, False)  # fresh: it was not there before this claim
+            self._undo_workspace_volume(ws_made, spec.workspace_id)
             # 404: another claim (or a drain) took it first; anything else: leave it to the next pass
             if not (isinstance(exc, docker.errors.NotFound) or is_not_found_error(str(exc))):
                 log.warning("claiming pool member %s failed: %s", member.name, exc)
@@ -191,14 +176,17 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
                 deliver(path, gather_config_files(spec), env, member.uid, member.gid)
                 adopt_dir(path, own)
             made.result()
+            if ws_made.result() is False:
+                raise OSError(f"{workspace_volume(spec.workspace_id)} exists: its data is not the member's")
             record_claim(self.settings, member.container_id, spec.workspace_id, env)
         except (*ENGINE_ERRORS, UnsafePath, OSError) as exc:
-            concurrent.futures.wait([made])
+            concurrent.futures.wait([made, ws_made])
             log.warning("delivering the identity to %s failed, starting cold: %s", member.name, exc)
             self._force_remove(name)
             if not member.mountpoint:
                 undo(path, own)
             self._remove_volume(volume, False)  # engine mode: the member volume is dangling, swept later
+            self._undo_workspace_volume(ws_made, spec.workspace_id)
             return None
         with self._lock:
             self._ports.pop(member.name, None)
@@ -210,6 +198,29 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             1000 * (time.monotonic() - t0),
         )
         return Started(url=f"http://127.0.0.1:{member.port}", instance_id=member.container_id)
+
+    def _workspace_volume_of(self, member: Member, ws_id: str) -> bool | None:
+        """`ws-<id12>-workspace` as a bind on the member's /workspace volume, so what the agent writes there
+        while warm is what a later cold start mounts. True: made; None: the member has none (a config-mount-
+        only tier, or a member of an older server); False: the volume was there already (its data is not the
+        member's: the claim goes cold and leaves it alone)."""
+        if not member.workspace_mount:
+            return None
+        name = workspace_volume(ws_id)
+        labels = {
+            MANAGED_LABEL: "true",
+            WORKSPACE_LABEL: ws_id,
+            POOL_BACKING_LABEL: f"{member.name}-workspace",
+        }
+        info = self.client.api.create_volume(
+            name, driver_opts=bind_opts(member.workspace_mount), labels=labels
+        )
+        return (info.get("Options") or {}).get("device") == member.workspace_mount
+
+    def _undo_workspace_volume(self, made: concurrent.futures.Future[bool | None], ws_id: str) -> None:
+        """A failed claim removes the workspace volume it made (never one that was there before)."""
+        if made.exception() is None and made.result() is True:
+            self._remove_volume(workspace_volume(ws_id), False)
 
     def _workspace_of(self, container_id: str, labels: Mapping[str, str]) -> str | None:
         own = labels.get(WORKSPACE_LABEL)
@@ -256,9 +267,6 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
         """Remove the unclaimed members of `image` (its tag moved); the next pass refills."""
         await self._run(self._remove_members, lambda labels: labels.get(POOL_IMAGE_LABEL) == image)
 
-    def _pool_scope(self) -> str:
-        return pool_scope(self.settings.DATABASE_URL, str(self.settings.DATA_DIR))
-
     def _list_members(self) -> list[dict[str, Any]]:
         labels = [f"{POOL_LABEL}=1", f"{POOL_SCOPE_LABEL}={self._pool_scope()}"]
         rows = self.client.api.containers(all=True, filters={"label": labels})
@@ -285,7 +293,8 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             if not (isinstance(exc, docker.errors.NotFound) or is_not_found_error(str(exc))):
                 log.warning("removing pool member %s failed: %s", name, exc)
             return
-        self._remove_volume(f"{name}-configs", False)
+        for suffix in ("-configs", "-workspace"):
+            self._remove_volume(f"{name}{suffix}", False)
         remove_member_dir(pool_dir(self.settings, name))
 
     def _refill_once(self, keys: list[Key]) -> None:
@@ -299,6 +308,9 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             fresh = current.get(key[0]) is not None and row.get("ImageID") == current.get(key[0])
             # a member of the other delivery mode (the host-dir check failed since) cannot be claimed
             fresh = fresh and bool(labels.get(POOL_MOUNT_LABEL)) == self._engine_volumes()
+            # a member without a /workspace volume (an older server's) would not carry what is written there
+            wants_ws = not tier_limits(self.settings, key[1]).config_mount_only
+            fresh = fresh and bool(labels.get(POOL_WORKSPACE_LABEL)) == wants_ws
             if key not in found or not fresh or row.get("State") != "running" or len(found[key]) >= size:
                 self._drop(state, row_name(row))
                 continue
@@ -326,119 +338,3 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             self._remove_dangling_volumes()
             ids = self.client.api.containers(all=True, quiet=True, filters={"label": f"{POOL_LABEL}=1"})
             forget_claims(self.settings, {str(r["Id"]) for r in ids})
-
-    def _local_image(self, ref: str) -> dict[str, Any]:
-        """The image as the engine has it now; pulled only when absent. Not the cold path's pull policy
-        (a moving tag pulled on every start): a pass every second must not pull. A moving tag is followed
-        all the same: a refresh drains, and a pull by a cold start changes the local id, so the members of
-        the old id go on the next pass."""
-        try:
-            return dict(self.client.api.inspect_image(ref))
-        except docker.errors.NotFound:
-            return self._image_attrs(ref, _no_progress)
-
-    def _current_image(self, ref: str) -> str | None:
-        try:
-            return str(self._local_image(ref).get("Id") or "") or None
-        except (*ENGINE_ERRORS, BackendError) as exc:
-            log.warning("warm pool: image %s unavailable: %s", ref, exc)
-            return None
-
-    def _create_member(self, key: Key) -> Member | None:
-        image, tier = key
-        attrs = self._local_image(image)
-        config = attrs.get("Config") or {}
-        user = str(config.get("User") or "")
-        if user.partition(":")[0] and not user.partition(":")[0].isdigit():
-            log.warning("warm pool: %s runs as a named user; not pooled", image)
-            return None
-        argv = list(config.get("Entrypoint") or []) + list(config.get("Cmd") or [])
-        uid, gid = parse_user(user)
-        limits = tier_limits(self.settings, tier)
-        engine = self._engine_volumes()
-        if engine and limits.read_only_rootfs:
-            log.warning("warm pool: tier %d has a read-only rootfs; not pooled without host dirs", tier)
-            return None
-        name = f"{POOL_PREFIX}{uuid.uuid4().hex[:12]}"
-        port = self._reserve_port(name)
-        net_kw, extra = self._network_kwargs(limits, port)
-        labels = {
-            MANAGED_LABEL: "true",
-            POOL_LABEL: "1",
-            POOL_IMAGE_LABEL: image,
-            POOL_TIER_LABEL: str(tier),
-            POOL_PORT_LABEL: str(port),
-            POOL_UID_LABEL: f"{uid}:{gid}",
-            POOL_SCOPE_LABEL: self._pool_scope(),
-        }
-        kwargs: dict[str, Any] = {
-            "name": name,
-            "environment": [f"{k}={v}" for k, v in self._member_env(extra).items()],
-            "labels": labels,
-            "volumes": {f"{name}-configs": {"bind": CONFIG_MOUNT, "mode": "rw"}},  # bound to its host dir
-            "restart_policy": {"Name": "unless-stopped"},
-            "entrypoint": ["python3", "-c", WAITER],
-            "command": argv,
-            "detach": True,
-            **net_kw,
-            **limits.host_config(),
-        }
-        kwargs["nano_cpus"] = min(kwargs["nano_cpus"], self._cpu_cap())
-        plat = self._platform()
-        if plat:
-            kwargs["platform"] = plat
-        path = pool_dir(self.settings, name)
-        try:
-            if engine:
-                info = self.client.api.create_volume(f"{name}-configs", labels=labels)
-                kwargs["labels"] = {**labels, POOL_MOUNT_LABEL: str(info.get("Mountpoint") or "")}
-                if not kwargs["labels"][POOL_MOUNT_LABEL]:
-                    raise BackendError("warm pool", f"volume {name}-configs has no mountpoint")
-                container = self.client.containers.create(image, **kwargs)
-                container.put_archive("/", root_tar(uid, gid))  # /configs writable by the agent
-            else:
-                make_member_dir(path, uid, gid)
-                opts = {"type": "none", "o": "bind", "device": str(path)}
-                self.client.api.create_volume(f"{name}-configs", driver_opts=opts, labels=labels)
-                container = self.client.containers.create(image, **kwargs)
-                if (
-                    self._host_verified is None
-                ):  # the engine must see our dir (a server in a container may not)
-                    self._verify_host_dir(container, path)
-            container.start()
-        except BaseException as exc:
-            with self._lock:
-                self._ports.pop(name, None)
-            self._force_remove(name)
-            self._remove_volume(f"{name}-configs", False)
-            remove_member_dir(path)
-            if isinstance(exc, _HostDirUnseen):
-                return None  # _host_verified is False now: the next pass makes engine-volume members
-            raise
-        return Member(name, str(container.id), port, uid, gid, kwargs["labels"].get(POOL_MOUNT_LABEL, ""))
-
-    def _member_env(self, extra: dict[str, str]) -> dict[str, str]:
-        preload = self.settings.WARM_POOL_PRELOAD
-        return {"WORKSPACE_CONFIG_PATH": CONFIG_MOUNT, "MOLECULE_POOL_PRELOAD": preload, **extra}
-
-    def _cpu_cap(self) -> int:  # ContainersMixin's (it subclasses this mixin); declared for mypy
-        raise NotImplementedError
-
-    def _remove_dangling_volumes(self) -> None:
-        try:
-            vols = self.client.api.volumes(filters={"dangling": True}).get("Volumes") or []
-        except ENGINE_ERRORS:
-            return
-        try:  # member volumes behind a workspace's configs volume (engine mode) are the workspace's now
-            owned = self.client.api.volumes(filters={"label": POOL_BACKING_LABEL}).get("Volumes") or []
-        except ENGINE_ERRORS:
-            return
-        kept = {backing_volume(v.get("Labels") or {}) for v in owned}
-        for v in vols:
-            name = str(v.get("Name") or "")
-            if name.startswith(POOL_PREFIX) and name.endswith("-configs") and name not in kept:
-                try:
-                    self.client.api.remove_volume(name)
-                except ENGINE_ERRORS:  # in use again, or already gone
-                    continue
-                remove_member_dir(pool_dir(self.settings, name.removesuffix("-configs")))
