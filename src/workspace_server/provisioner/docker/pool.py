@@ -2,17 +2,20 @@
 
 A member is created like a cold start of its (image, tier) — same tier limits, network mode, published
 loopback port, restart policy — but named `molecule-pool-<hex>`, labelled `molecule.pool=1` (plus its
-image, tier and port), with its own `<name>-configs` volume at /configs, and running `waiter.WAITER`
-ahead of the image's command, which waits for the identity file. Names matter:
+image, tier and port), with its own `<name>-configs` volume at /configs and `<name>-workspace` at
+/workspace (pool_members.py), and running `waiter.WAITER` ahead of the image's command, which waits for
+the identity file. Names matter:
 - the orphan sweep lists `ws-` names only, so it never sees an unclaimed member;
 - a claim is `rename(molecule-pool-<hex> → ws-<id12>)` by the member's *name*: the engine renames a
   name once, so of two claims of one member (two creates here, or two replicas on one engine) exactly one
   succeeds and the other meets 404 and takes the next member — the claim is atomic without a lock held
   across engine calls. The in-process deque only spreads concurrent claims over different members.
 After the rename the container is the workspace's instance in every respect the backend looks at (its
-name); the claim writes the config files and the identity file (`build_env`, the cold path's env) into
-its /configs, records its port for the workspace and returns the same `Started` as a cold start, so the
-orchestrator registers the url with egress exactly as for a cold one.
+name); on a bridge network the claim rejoins the network so its DNS answers the new name
+(`NetworksMixin._reattach`), creates the workspace's configs and /workspace volumes on the member's data,
+writes the config files and the identity file (`build_env`, the cold path's env) into its /configs,
+records its port for the workspace and returns the same `Started` as a cold start, so the orchestrator
+registers the url with egress exactly as for a cold one.
 
 Pool state lives in the engine, not in this process: `run_warm_pool` lists members by label on every pass,
 adopts the ones of a configured key whose image is still the tag's current image, removes the rest
