@@ -9,6 +9,8 @@ Two layouts, one test each:
 - a user-defined bridge network, on SQLite in the container's own /data (no host service needed): the
   server is detected as in Docker (/.dockerenv), joins the agents' network itself, dials each agent by
   container name, and the agents call it by its own container name.
+And the warm pool in the second layout: a non-root server sees no host dirs, so its members take engine
+volumes (pool_engine.py), and a claimed (renamed) member must be dialled by its new name.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def logs(server: Any) -> str:
         return "(no logs)"
 
 
-async def lifecycle(client: Any, url: str, server: Any, ids: list[str]) -> dict[str, Any]:
+async def lifecycle(client: Any, url: str, server: Any, ids: list[str], warm: str = "") -> dict[str, Any]:
     """create → online → A2A through the server → delete; returns the online view."""
     async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as http:
         r = await http.post("/workspaces", json={"name": "Boxed Echo", "runtime": "echo", "tier": 2})
@@ -120,6 +122,8 @@ async def lifecycle(client: Any, url: str, server: Any, ids: list[str]) -> dict[
         assert r.status_code == 200, f"{r.text}\n{logs(server)}"
         assert r.json()["result"]["parts"][0]["text"] == "through the boxed server"
         agent = client.containers.get(f"ws-{wid[:12]}")
+        if warm:  # the pool member it claimed, not a container of its own
+            assert agent.id == warm and agent.labels.get("molecule.pool") == "1", agent.name
         view["agent_env"] = dict(e.split("=", 1) for e in agent.attrs["Config"]["Env"])
         view["agent_networks"] = sorted(agent.attrs["NetworkSettings"]["Networks"])
         r = await http.delete(f"/workspaces/{wid}")
@@ -201,6 +205,54 @@ async def test_bridge_network_server_reaches_agents_by_name(server_image: Any) -
             server.reload()
     finally:
         await cleanup(client, server, ids)
+        try:
+            client.networks.get(net).remove()
+        except docker.errors.APIError:
+            pass
+
+
+async def test_bridge_network_server_claims_warm_members(server_image: Any) -> None:
+    """The non-root server image on a bridge network with a pool of one: its member has an engine volume
+    at /configs (no host dirs for a non-root server), a create claims it, and the server dials the
+    claimed member by its new name (A2A through the server); the pool refills."""
+    client = server_image
+    tag = uuid.uuid4().hex[:8]
+    net, name = f"wsi-pool-net-{tag}", f"wsi-pool-server-{tag}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"DOCKER_NETWORK": net, "WARM_POOL_SIZE": "1", "WARM_POOL_TIERS": "2", "WARM_POOL_INTERVAL": "0.5"}
+    server = run_server(client, name, env, ports={"8080/tcp": ("127.0.0.1", port)}, network="bridge")
+    ids: list[str] = []
+
+    def members() -> list[Any]:
+        found = client.containers.list(filters={"label": "molecule.pool=1", "network": net})
+        return [c for c in found if c.name.startswith("molecule-pool-")]
+
+    try:
+        await wait_healthy_http(url, server)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not (got := await asyncio.to_thread(members)):
+            assert time.monotonic() < deadline, f"no pool member:\n{logs(server)}"
+            await asyncio.sleep(0.3)
+        (member,) = got
+        assert member.labels.get("molecule.pool.mountpoint"), member.labels  # the engine-volume mode
+        view = await lifecycle(client, url, server, ids, warm=member.id)
+        assert view["agent_networks"] == [net]
+        assert view["agent_env"]["PLATFORM_URL"] == f"http://{name}:8080"
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not await asyncio.to_thread(members):  # refilled
+            assert time.monotonic() < deadline, f"the pool was not refilled:\n{logs(server)}"
+            await asyncio.sleep(0.3)
+    finally:
+        await cleanup(client, server, ids)
+        # the unclaimed members (a stopped server leaves them for its next start), their volumes, the network
+        for c in client.containers.list(all=True, filters={"label": "molecule.pool=1", "network": net}):
+            c.remove(force=True)
+            if c.name.startswith("molecule-pool-"):
+                try:
+                    client.volumes.get(f"{c.name}-configs").remove(force=True)
+                except docker.errors.APIError:
+                    pass
         try:
             client.networks.get(net).remove()
         except docker.errors.APIError:

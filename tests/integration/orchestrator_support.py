@@ -146,7 +146,11 @@ async def platform_factory_fixture(db_url: str, tmp_path: Path) -> AsyncIterator
     """Import `platform_factory_fixture` into a test module to use the `platform_factory` fixture."""
     made: list[Platform] = []
 
-    async def make(backend: str = "docker", run_loops: bool = False, **overrides: Any) -> Platform:
+    async def make(
+        backend: str = "docker", run_loops: bool = False, bridged: bool = False, **overrides: Any
+    ) -> Platform:
+        """`bridged`: agents on a bridge network call the server on the engine host (all addresses,
+        `host.docker.internal`), as a server outside the agents' network is called."""
         base: dict[str, Any] = {
             "WORKSPACE_BACKEND": backend,
             "DOCKER_NETWORK_MODE": "host",
@@ -157,9 +161,10 @@ async def platform_factory_fixture(db_url: str, tmp_path: Path) -> AsyncIterator
         }
         base.update(overrides)
         settings = make_settings(db_url, tmp_path, **base)
-        srv = LiveServer(settings, run_loops=run_loops)
+        srv = LiveServer(settings, run_loops=run_loops, host="0.0.0.0" if bridged else "127.0.0.1")
         # the agents must reach this very server: point PLATFORM_URL at the port it is about to bind
-        settings.PLATFORM_URL, settings.PORT = srv.url, srv.port
+        own = f"http://host.docker.internal:{srv.port}" if bridged else srv.url
+        settings.PLATFORM_URL, settings.PORT = own, srv.port
         await asyncio.to_thread(srv.start)
         platform = Platform(srv, settings)
         made.append(platform)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 from workspace_server.provisioner.docker.pool_dirs import deliver
-from workspace_server.provisioner.docker.pool_model import pool_keys, pool_scope
+from workspace_server.provisioner.docker.pool_engine import delivery_tar, root_tar
+from workspace_server.provisioner.docker.pool_model import backing_volume, pool_keys, pool_scope
 from workspace_server.provisioner.docker.waiter import IDENTITY_FILE, WAITER
 
 AGENT = """
@@ -60,3 +64,26 @@ def test_pool_keys_and_scope() -> None:
     assert pool_keys("", "2") == []
     scope = pool_scope("sqlite:///a", "/d")
     assert scope == pool_scope("sqlite:///a", "/d") != pool_scope("sqlite:///b", "/d")
+
+
+def test_engine_delivery_tar_puts_the_identity_last_and_private() -> None:
+    files = {"config.yaml": b"name: x\n", ".auth_token": b"t", "skills/a/SKILL.md": b"#"}
+    data = delivery_tar(files, {"WORKSPACE_ID": "w"}, 1000, 1001)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        entries = tar.getmembers()
+        last = entries[-1]
+        assert last.name == IDENTITY_FILE and stat.S_IMODE(last.mode) == 0o600
+        f = tar.extractfile(last)
+        assert f is not None and json.loads(f.read()) == {"WORKSPACE_ID": "w"}
+    modes = {e.name: stat.S_IMODE(e.mode) for e in entries}
+    assert modes[".auth_token"] == 0o600 and modes["config.yaml"] == 0o644
+    assert {(e.uid, e.gid) for e in entries} == {(1000, 1001)}
+    with tarfile.open(fileobj=io.BytesIO(root_tar(1000, 1000))) as tar:
+        (root,) = tar.getmembers()
+    assert root.name == "configs" and root.isdir() and root.uid == 1000
+
+
+def test_backing_volume_names_only_member_volumes() -> None:
+    label = "molecule.pool.backing"
+    assert backing_volume({label: "molecule-pool-abc-configs"}) == "molecule-pool-abc-configs"
+    assert backing_volume({label: "ws-abc-workspace"}) is None and backing_volume({}) is None

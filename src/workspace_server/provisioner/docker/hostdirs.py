@@ -22,8 +22,15 @@ from workspace_server.workspaces.files import (
 )
 
 
-def config_tar(files: Mapping[str, bytes], uid: int, gid: int, prefix: str = "") -> bytes:
-    """A tar of `files` (relpath → bytes) under `prefix`, owned by uid:gid; the token file 0600.
+def config_tar(
+    files: Mapping[str, bytes],
+    uid: int,
+    gid: int,
+    prefix: str = "",
+    private: frozenset[str] = frozenset({TOKEN_FILE}),
+) -> bytes:
+    """A tar of `files` (relpath → bytes) under `prefix`, owned by uid:gid, in `files`' order; the
+    `private` ones (the token file) 0600.
 
     Every directory gets its own entry so it is owned by the agent user too; with a prefix
     (`configs/`) the volume root itself is included. Unsafe names raise UnsafePath.
@@ -49,7 +56,7 @@ def config_tar(files: Mapping[str, bytes], uid: int, gid: int, prefix: str = "")
                 add_dir(prefix + "/".join(parts[:i]))
             info = tarfile.TarInfo(prefix + "/".join(parts))
             info.size, info.uid, info.gid, info.mtime = len(data), uid, gid, now
-            info.mode = 0o600 if rel == TOKEN_FILE else 0o644
+            info.mode = 0o600 if rel in private else 0o644
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 

@@ -85,6 +85,25 @@ class NetworksMixin(DockerBase):
             extra |= {"PLATFORM_URL": platform, "MOLECULE_URL": platform}
         return kw, extra
 
+    def _reattach(self, container: str, name: str, limits: TierLimits) -> None:
+        """After a rename (a warm pool claim), make the agents' network's DNS answer the new name.
+
+        The engine does not always move a container's DNS record with a rename (20.10 keeps the old name
+        and never learns the new one; a member renamed before its endpoint's record was added gets the
+        new one), so peers and a server in a container, which dial `ws-<id12>` (`network_url`,
+        `dial_url`), would not find a claimed member. Leaving and rejoining the network registers the
+        endpoint under the current name (plus that name as an alias, whatever the engine's rule); the
+        published port stays (it belongs to the container), and the agent has not started yet (it waits
+        for its identity), so no connection of its own breaks. Nothing to do with host networking or
+        without a network of ours (the default bridge has no DNS)."""
+        if self.settings.docker_host_network or limits.host_network:
+            return
+        network = self._ensure_network()
+        if not network:
+            return
+        self.client.api.disconnect_container_from_network(container, network)
+        self.client.api.connect_container_to_network(container, network, aliases=[name])
+
     def _ensure_network(self) -> str:
         name = self.settings.DOCKER_NETWORK
         if not name or self._network_ready:

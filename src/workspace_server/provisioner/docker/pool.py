@@ -2,17 +2,20 @@
 
 A member is created like a cold start of its (image, tier) — same tier limits, network mode, published
 loopback port, restart policy — but named `molecule-pool-<hex>`, labelled `molecule.pool=1` (plus its
-image, tier and port), with its own `<name>-configs` volume at /configs, and running `waiter.WAITER`
-ahead of the image's command, which waits for the identity file. Names matter:
+image, tier and port), with its own `<name>-configs` volume at /configs and `<name>-workspace` at
+/workspace (pool_members.py), and running `waiter.WAITER` ahead of the image's command, which waits for
+the identity file. Names matter:
 - the orphan sweep lists `ws-` names only, so it never sees an unclaimed member;
 - a claim is `rename(molecule-pool-<hex> → ws-<id12>)` by the member's *name*: the engine renames a
   name once, so of two claims of one member (two creates here, or two replicas on one engine) exactly one
   succeeds and the other meets 404 and takes the next member — the claim is atomic without a lock held
   across engine calls. The in-process deque only spreads concurrent claims over different members.
 After the rename the container is the workspace's instance in every respect the backend looks at (its
-name); the claim writes the config files and the identity file (`build_env`, the cold path's env) into
-its /configs, records its port for the workspace and returns the same `Started` as a cold start, so the
-orchestrator registers the url with egress exactly as for a cold one.
+name); on a bridge network the claim rejoins the network so its DNS answers the new name
+(`NetworksMixin._reattach`), creates the workspace's configs and /workspace volumes on the member's data,
+writes the config files and the identity file (`build_env`, the cold path's env) into its /configs,
+records its port for the workspace and returns the same `Started` as a cold start, so the orchestrator
+registers the url with egress exactly as for a cold one.
 
 Pool state lives in the engine, not in this process: `run_warm_pool` lists members by label on every pass,
 adopts the ones of a configured key whose image is still the tag's current image, removes the rest
@@ -21,8 +24,15 @@ adopts its members, shrinking or disabling the pool removes them, and `drain_war
 refresh) removes the members of a moving tag so the next pass refills from the new image. Dangling member
 volumes (their container gone) are removed on the same pass.
 
+Two ways to deliver, by what the server can do (`_engine_volumes`): a root server whose engine sees its
+dirs writes into the member's host-bound configs dir (pool_dirs.py); any other (the non-root server
+image, a remote engine) hands the engine an archive and binds the workspace's configs volume to the
+member volume's data (pool_engine.py). A member carries its mode (POOL_MOUNT_LABEL); members of the other
+mode are replaced on the next pass.
+
 Not pooled (cold path): a `/workspace` bind (workspace_access), the claude-code runtime (sessions volume),
-and an image whose user is a name (its uid is looked up in a running container by the cold path).
+an image whose user is a name (its uid is looked up in a running container by the cold path), and in the
+engine-volume mode a read-only-rootfs tier (the volume root is handed to the agent by an archive at `/`).
 """
 
 from __future__ import annotations
@@ -31,7 +41,6 @@ import collections
 import concurrent.futures
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,50 +62,43 @@ from workspace_server.provisioner.docker.engine import (
     ENGINE_ERRORS,
     configs_volume,
     is_not_found_error,
-    parse_user,
+    workspace_volume,
 )
-from workspace_server.provisioner.docker.networks import NetworksMixin
 from workspace_server.provisioner.docker.pool_dirs import (
     adopt_dir,
     deliver,
     forget_claims,
-    make_member_dir,
     pool_dir,
     read_claim,
     record_claim,
     remove_member_dir,
     undo,
 )
+from workspace_server.provisioner.docker.pool_engine import bind_opts, delivery_tar
+from workspace_server.provisioner.docker.pool_members import PoolMembersMixin
 from workspace_server.provisioner.docker.pool_model import (
     DANGLING_EVERY,
+    POOL_BACKING_LABEL,
     POOL_IMAGE_LABEL,
     POOL_LABEL,
-    POOL_PORT_LABEL,
+    POOL_MOUNT_LABEL,
     POOL_PREFIX,
     POOL_SCOPE_LABEL,
     POOL_TIER_LABEL,
-    POOL_UID_LABEL,
+    POOL_WORKSPACE_LABEL,
     Key,
     Member,
     member_of,
     pool_keys,
-    pool_scope,
     row_name,
 )
-from workspace_server.provisioner.docker.pulls import PullsMixin
-from workspace_server.provisioner.docker.volumes import VolumesMixin, _HostDirUnseen
-from workspace_server.provisioner.docker.waiter import WAITER
 from workspace_server.provisioner.tiers import TierLimits, normalise_tier, tier_limits
 from workspace_server.workspaces.files import UnsafePath
 
 log = logging.getLogger(__name__)
 
 
-def _no_progress(_ev: Any) -> None:
-    return None
-
-
-class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
+class WarmPoolMixin(PoolMembersMixin):
     _warm: dict[Key, collections.deque[Member]]
     _dangling_at: float
 
@@ -112,7 +114,7 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
     # ---- claim (on the start path, in a worker thread) ----
     def _claim_warm(self, spec: StartSpec, limits: TierLimits, bind_path: str | None) -> Started | None:
         """A warm member turned into the workspace's instance, or None (no member: the cold path)."""
-        if bind_path is not None or spec.runtime == "claude-code" or not self._pool_usable():
+        if bind_path is not None or spec.runtime == "claude-code":
             return None
         queue = self._pool_state().get((spec.image, normalise_tier(spec.tier)))
         if not queue or not self._fresh(spec.workspace_id):
@@ -126,11 +128,6 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             if started is not None:
                 return started
         return None
-
-    def _pool_usable(self) -> bool:
-        """Members deliver identities through host-bound config volumes (pool_dirs.py): a local engine and a
-        root server, whose host dirs the engine sees. Elsewhere the pool stays empty (the cold path)."""
-        return self._host_volumes and self._host_verified is not False
 
     def _fresh(self, ws_id: str) -> bool:
         """Only a workspace with no configs yet is given a member: a restart reuses its configs volume,
@@ -152,15 +149,21 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
         path, own = pool_dir(self.settings, member.name), self._own_dir(spec.workspace_id)
         assert own is not None  # _fresh checked it
         # the workspace's configs volume, overlapped with the rename (a bind volume's device is looked at
-        # when it is mounted, not now: `own` appears below)
-        opts = {"type": "none", "o": "bind", "device": str(own)}
+        # when it is mounted, not now: `own` appears below); engine mode: the member volume's data
         labels = {MANAGED_LABEL: "true", WORKSPACE_LABEL: spec.workspace_id}
+        if member.mountpoint:
+            opts = bind_opts(member.mountpoint)
+            labels[POOL_BACKING_LABEL] = f"{member.name}-configs"
+        else:
+            opts = {"type": "none", "o": "bind", "device": str(own)}
         made = self._pool.submit(self.client.api.create_volume, volume, driver_opts=opts, labels=labels)
+        ws_made = self._pool.submit(self._workspace_volume_of, member, spec.workspace_id)
         try:
             self._rename(member.name, name)
         except ENGINE_ERRORS as exc:
-            concurrent.futures.wait([made])
+            concurrent.futures.wait([made, ws_made])
             self._remove_volume(volume, False)  # fresh: it was not there before this claim
+            self._undo_workspace_volume(ws_made, spec.workspace_id)
             # 404: another claim (or a drain) took it first; anything else: leave it to the next pass
             if not (isinstance(exc, docker.errors.NotFound) or is_not_found_error(str(exc))):
                 log.warning("claiming pool member %s failed: %s", member.name, exc)
@@ -168,16 +171,25 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
         _kw, extra = self._network_kwargs(limits, member.port)
         env = build_env(spec, CONFIG_MOUNT, extra)
         try:
-            deliver(path, gather_config_files(spec), env, member.uid, member.gid)
-            adopt_dir(path, own)
+            self._reattach(member.container_id, name, limits)  # the new name on the agents' network
+            if member.mountpoint:  # by id: the name is ours now, but the id cannot be another container
+                tar = delivery_tar(gather_config_files(spec), env, member.uid, member.gid)
+                self.client.api.put_archive(member.container_id, CONFIG_MOUNT, tar)
+            else:
+                deliver(path, gather_config_files(spec), env, member.uid, member.gid)
+                adopt_dir(path, own)
             made.result()
+            if ws_made.result() is False:
+                raise OSError(f"{workspace_volume(spec.workspace_id)} exists: its data is not the member's")
             record_claim(self.settings, member.container_id, spec.workspace_id, env)
         except (*ENGINE_ERRORS, UnsafePath, OSError) as exc:
-            concurrent.futures.wait([made])
+            concurrent.futures.wait([made, ws_made])
             log.warning("delivering the identity to %s failed, starting cold: %s", member.name, exc)
             self._force_remove(name)
-            undo(path, own)
-            self._remove_volume(volume, False)
+            if not member.mountpoint:
+                undo(path, own)
+            self._remove_volume(volume, False)  # engine mode: the member volume is dangling, swept later
+            self._undo_workspace_volume(ws_made, spec.workspace_id)
             return None
         with self._lock:
             self._ports.pop(member.name, None)
@@ -189,6 +201,29 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             1000 * (time.monotonic() - t0),
         )
         return Started(url=f"http://127.0.0.1:{member.port}", instance_id=member.container_id)
+
+    def _workspace_volume_of(self, member: Member, ws_id: str) -> bool | None:
+        """`ws-<id12>-workspace` as a bind on the member's /workspace volume, so what the agent writes there
+        while warm is what a later cold start mounts. True: made; None: the member has none (a config-mount-
+        only tier, or a member of an older server); False: the volume was there already (its data is not the
+        member's: the claim goes cold and leaves it alone)."""
+        if not member.workspace_mount:
+            return None
+        name = workspace_volume(ws_id)
+        labels = {
+            MANAGED_LABEL: "true",
+            WORKSPACE_LABEL: ws_id,
+            POOL_BACKING_LABEL: f"{member.name}-workspace",
+        }
+        info = self.client.api.create_volume(
+            name, driver_opts=bind_opts(member.workspace_mount), labels=labels
+        )
+        return (info.get("Options") or {}).get("device") == member.workspace_mount
+
+    def _undo_workspace_volume(self, made: concurrent.futures.Future[bool | None], ws_id: str) -> None:
+        """A failed claim removes the workspace volume it made (never one that was there before)."""
+        if made.exception() is None and made.result() is True:
+            self._remove_volume(workspace_volume(ws_id), False)
 
     def _workspace_of(self, container_id: str, labels: Mapping[str, str]) -> str | None:
         own = labels.get(WORKSPACE_LABEL)
@@ -220,7 +255,7 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
     async def run_warm_pool(self) -> None:
         """Keep every configured key topped up until cancelled; returns at once when the pool is off."""
         keys = pool_keys(self.settings.WARM_POOL_IMAGES, self.settings.WARM_POOL_TIERS)
-        if self._pool_size() <= 0 or not keys or not self._pool_usable():
+        if self._pool_size() <= 0 or not keys:
             await self._run(self._remove_members, lambda _m: True)  # a pool switched off leaks nothing
             return
         interval = max(0.05, self.settings.WARM_POOL_INTERVAL)
@@ -234,9 +269,6 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
     async def drain_warm_pool(self, image: str) -> None:
         """Remove the unclaimed members of `image` (its tag moved); the next pass refills."""
         await self._run(self._remove_members, lambda labels: labels.get(POOL_IMAGE_LABEL) == image)
-
-    def _pool_scope(self) -> str:
-        return pool_scope(self.settings.DATABASE_URL, str(self.settings.DATA_DIR))
 
     def _list_members(self) -> list[dict[str, Any]]:
         labels = [f"{POOL_LABEL}=1", f"{POOL_SCOPE_LABEL}={self._pool_scope()}"]
@@ -264,7 +296,8 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             if not (isinstance(exc, docker.errors.NotFound) or is_not_found_error(str(exc))):
                 log.warning("removing pool member %s failed: %s", name, exc)
             return
-        self._remove_volume(f"{name}-configs", False)
+        for suffix in ("-configs", "-workspace"):
+            self._remove_volume(f"{name}{suffix}", False)
         remove_member_dir(pool_dir(self.settings, name))
 
     def _refill_once(self, keys: list[Key]) -> None:
@@ -276,6 +309,11 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             labels = row.get("Labels") or {}
             key = (str(labels.get(POOL_IMAGE_LABEL) or ""), int(labels.get(POOL_TIER_LABEL) or 0))
             fresh = current.get(key[0]) is not None and row.get("ImageID") == current.get(key[0])
+            # a member of the other delivery mode (the host-dir check failed since) cannot be claimed
+            fresh = fresh and bool(labels.get(POOL_MOUNT_LABEL)) == self._engine_volumes()
+            # a member without a /workspace volume (an older server's) would not carry what is written there
+            wants_ws = not tier_limits(self.settings, key[1]).config_mount_only
+            fresh = fresh and bool(labels.get(POOL_WORKSPACE_LABEL)) == wants_ws
             if key not in found or not fresh or row.get("State") != "running" or len(found[key]) >= size:
                 self._drop(state, row_name(row))
                 continue
@@ -303,100 +341,3 @@ class WarmPoolMixin(NetworksMixin, VolumesMixin, PullsMixin):
             self._remove_dangling_volumes()
             ids = self.client.api.containers(all=True, quiet=True, filters={"label": f"{POOL_LABEL}=1"})
             forget_claims(self.settings, {str(r["Id"]) for r in ids})
-
-    def _local_image(self, ref: str) -> dict[str, Any]:
-        """The image as the engine has it now; pulled only when absent. Not the cold path's pull policy
-        (a moving tag pulled on every start): a pass every second must not pull. A moving tag is followed
-        all the same: a refresh drains, and a pull by a cold start changes the local id, so the members of
-        the old id go on the next pass."""
-        try:
-            return dict(self.client.api.inspect_image(ref))
-        except docker.errors.NotFound:
-            return self._image_attrs(ref, _no_progress)
-
-    def _current_image(self, ref: str) -> str | None:
-        try:
-            return str(self._local_image(ref).get("Id") or "") or None
-        except (*ENGINE_ERRORS, BackendError) as exc:
-            log.warning("warm pool: image %s unavailable: %s", ref, exc)
-            return None
-
-    def _create_member(self, key: Key) -> Member | None:
-        image, tier = key
-        attrs = self._local_image(image)
-        config = attrs.get("Config") or {}
-        user = str(config.get("User") or "")
-        if user.partition(":")[0] and not user.partition(":")[0].isdigit():
-            log.warning("warm pool: %s runs as a named user; not pooled", image)
-            return None
-        argv = list(config.get("Entrypoint") or []) + list(config.get("Cmd") or [])
-        uid, gid = parse_user(user)
-        limits = tier_limits(self.settings, tier)
-        name = f"{POOL_PREFIX}{uuid.uuid4().hex[:12]}"
-        port = self._reserve_port(name)
-        net_kw, extra = self._network_kwargs(limits, port)
-        labels = {
-            MANAGED_LABEL: "true",
-            POOL_LABEL: "1",
-            POOL_IMAGE_LABEL: image,
-            POOL_TIER_LABEL: str(tier),
-            POOL_PORT_LABEL: str(port),
-            POOL_UID_LABEL: f"{uid}:{gid}",
-            POOL_SCOPE_LABEL: self._pool_scope(),
-        }
-        kwargs: dict[str, Any] = {
-            "name": name,
-            "environment": [f"{k}={v}" for k, v in self._member_env(extra).items()],
-            "labels": labels,
-            "volumes": {f"{name}-configs": {"bind": CONFIG_MOUNT, "mode": "rw"}},  # bound to its host dir
-            "restart_policy": {"Name": "unless-stopped"},
-            "entrypoint": ["python3", "-c", WAITER],
-            "command": argv,
-            "detach": True,
-            **net_kw,
-            **limits.host_config(),
-        }
-        kwargs["nano_cpus"] = min(kwargs["nano_cpus"], self._cpu_cap())
-        plat = self._platform()
-        if plat:
-            kwargs["platform"] = plat
-        path = pool_dir(self.settings, name)
-        try:
-            make_member_dir(path, uid, gid)
-            opts = {"type": "none", "o": "bind", "device": str(path)}
-            self.client.api.create_volume(f"{name}-configs", driver_opts=opts, labels=labels)
-            container = self.client.containers.create(image, **kwargs)
-            if self._host_verified is None:  # the engine must see our dir (a server in a container may not)
-                self._verify_host_dir(container, path)
-            container.start()
-        except BaseException as exc:
-            with self._lock:
-                self._ports.pop(name, None)
-            self._force_remove(name)
-            self._remove_volume(f"{name}-configs", False)
-            remove_member_dir(path)
-            if isinstance(exc, _HostDirUnseen):
-                return None  # _host_verified is False now: the pool stops (_pool_usable)
-            raise
-        return Member(name, str(container.id), port, uid, gid)
-
-    def _member_env(self, extra: dict[str, str]) -> dict[str, str]:
-        preload = self.settings.WARM_POOL_PRELOAD
-        return {"WORKSPACE_CONFIG_PATH": CONFIG_MOUNT, "MOLECULE_POOL_PRELOAD": preload, **extra}
-
-    def _cpu_cap(self) -> int:  # ContainersMixin's (it subclasses this mixin); declared for mypy
-        raise NotImplementedError
-
-    def _remove_dangling_volumes(self) -> None:
-        try:
-            vols = self.client.api.volumes(filters={"dangling": True}).get("Volumes") or []
-        except ENGINE_ERRORS:
-            return
-        for v in vols:
-            name = str(v.get("Name") or "")
-            if name.startswith(POOL_PREFIX) and name.endswith("-configs"):
-                try:
-                    self.client.api.remove_volume(name)
-                except ENGINE_ERRORS:  # in use again, or already gone
-                    continue
-                remove_member_dir(pool_dir(self.settings, name.removesuffix("-configs")))

@@ -14,6 +14,13 @@ POOL_IMAGE_LABEL = "molecule.pool.image"
 POOL_TIER_LABEL = "molecule.pool.tier"
 POOL_PORT_LABEL = "molecule.pool.port"
 POOL_UID_LABEL = "molecule.pool.owner"
+# an engine-volume member (pool_engine.py): where the engine keeps its /configs volume's data
+POOL_MOUNT_LABEL = "molecule.pool.mountpoint"
+# where the engine keeps the data of a member's /workspace volume (`<member>-workspace`)
+POOL_WORKSPACE_LABEL = "molecule.pool.workspace"
+# on a workspace's volume a claim made as a bind on a member volume: that member volume (it holds the data)
+POOL_BACKING_LABEL = "molecule.pool.backing"
+MEMBER_VOLUMES = ("-configs", "-workspace")  # suffixes of a member's volumes (`<member><suffix>`)
 # whose pool: a hash of the database and data dir, stable across restarts, so a server adopts and removes
 # only its own members on an engine other servers (or test runs) share
 POOL_SCOPE_LABEL = "molecule.pool.scope"
@@ -29,6 +36,8 @@ class Member:
     port: int
     uid: int
     gid: int
+    mountpoint: str = ""  # engine-volume member (pool_engine.py); "": host-dir member (pool_dirs.py)
+    workspace_mount: str = ""  # its /workspace volume's data; "": none (a config-mount-only tier)
 
 
 def pool_scope(database_url: str, data_dir: str) -> str:
@@ -49,4 +58,17 @@ def row_name(row: dict[str, Any]) -> str:
 def member_of(row: dict[str, Any], labels: dict[str, str]) -> Member:
     uid, _, gid = str(labels.get(POOL_UID_LABEL) or "0:0").partition(":")
     port = int(labels.get(POOL_PORT_LABEL) or 0)
-    return Member(row_name(row), str(row.get("Id") or ""), port, int(uid or 0), int(gid or 0))
+    mountpoint = str(labels.get(POOL_MOUNT_LABEL) or "")
+    ws_mount = str(labels.get(POOL_WORKSPACE_LABEL) or "")
+    name = row_name(row)
+    return Member(name, str(row.get("Id") or ""), port, int(uid or 0), int(gid or 0), mountpoint, ws_mount)
+
+
+def backing_volume(labels: dict[str, str]) -> str | None:
+    """The member volume behind a workspace's configs volume (POOL_BACKING_LABEL), if it names one."""
+    name = str(labels.get(POOL_BACKING_LABEL) or "")
+    return name if is_member_volume(name) else None
+
+
+def is_member_volume(name: str) -> bool:
+    return name.startswith(POOL_PREFIX) and name.endswith(MEMBER_VOLUMES)

@@ -35,6 +35,7 @@ from workspace_server.provisioner.docker.engine import (
     sessions_volume,
     workspace_volume,
 )
+from workspace_server.provisioner.docker.pool_model import backing_volume
 from workspace_server.provisioner.tiers import DOCKER_SOCK, TierLimits
 from workspace_server.workspaces.files import (
     UnsafePath,
@@ -90,7 +91,7 @@ class VolumesMixin(DockerBase):
 
     def _use_engine_volume(self, ws_id: str) -> None:
         """Replace a host-bound configs volume the engine cannot see with an engine-managed one."""
-        self._remove_volume(configs_volume(ws_id), strict=True)
+        self._remove_backed_volume(configs_volume(ws_id), strict=True)
         self.client.volumes.create(configs_volume(ws_id), labels=_labels(ws_id))
 
     def _volumes(self, spec: StartSpec, limits: TierLimits, bind_path: str | None) -> dict[str, Any]:
@@ -139,6 +140,21 @@ class VolumesMixin(DockerBase):
             raise _HostDirUnseen
         self._host_verified = True
 
+    def _remove_backed_volume(self, name: str, strict: bool) -> None:
+        """A workspace volume, and the warm pool member volume whose data it is when a claim made it a bind
+        on one (pool_engine.py; /workspace: pool.py): that one goes only after the workspace's is gone."""
+        try:
+            backing = backing_volume(self.client.api.inspect_volume(name).get("Labels") or {})
+        except docker.errors.NotFound:
+            return
+        except ENGINE_ERRORS:
+            if strict:
+                raise
+            backing = None
+        self._remove_volume(name, strict)
+        if backing:
+            self._remove_volume(backing, False)
+
     def _remove_volume(self, name: str, strict: bool) -> None:
         try:
             self.client.api.remove_volume(name, force=True)
@@ -153,12 +169,12 @@ class VolumesMixin(DockerBase):
         """Configs volume and its host dir (errors raised), sessions volume (best effort), workspace
         volume only if asked. The host dir goes only once the volume is gone (never under a live mount)."""
         try:
-            await self._run(self._remove_volume, configs_volume(ws_id), True)
+            await self._run(self._remove_backed_volume, configs_volume(ws_id), True)
         except ENGINE_ERRORS as exc:
             raise BackendError(f"could not remove volume {configs_volume(ws_id)}", str(exc)) from exc
         await self._run(self._remove_volume, sessions_volume(ws_id), False)
         if workspace:
-            await self._run(self._remove_volume, workspace_volume(ws_id), False)
+            await self._run(self._remove_backed_volume, workspace_volume(ws_id), False)
         try:
             await self._run(self._remove_host_dir, ws_id)
         except OSError as exc:
