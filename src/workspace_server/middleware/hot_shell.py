@@ -51,7 +51,7 @@ class HotShell:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        status = 500  # what the client gets when the endpoint raises before answering
+        status = 0  # the response's, once started; 500 is recorded when the endpoint raised before
         groups: list[Headers] = []  # header groups of the layers passed so far, outermost first
 
         async def wrapped(message: Message) -> None:
@@ -70,9 +70,16 @@ class HotShell:
                     return
                 if verdict:
                     groups.append(verdict)
-            await self._call(scope, receive, wrapped)
+            if self.body_limit.applies(scope):  # a chunked body is counted as it streams in
+                receive = self.body_limit.counting(receive)
+            try:
+                await self.endpoint(scope, receive, wrapped)
+            except BodyTooLarge:
+                if status:
+                    raise
+                await answer_plain(wrapped, TOO_LARGE)
         finally:
-            self.metrics.record(scope, status, start)
+            self.metrics.record(scope, status or 500, start)
 
     async def _refuse(
         self, guard: Admits, scope: Scope, receive: Receive, send: Send, refusal: Refusal
@@ -81,25 +88,6 @@ class HotShell:
             await answer_plain(send, refusal)  # as the layered body cap answers: the request was routed
         else:
             await answer(scope, receive, send, refusal)
-
-    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The endpoint, with the body counted as it streams in (chunked bodies) when the cap applies."""
-        if not self.body_limit.applies(scope):
-            await self.endpoint(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.endpoint(scope, self.body_limit.counting(receive), tracking_send)
-        except BodyTooLarge:
-            if started:
-                raise
-            await answer_plain(send, TOO_LARGE)
 
 
 def _with_groups(message: Message, groups: list[Headers]) -> Message:
