@@ -9,12 +9,14 @@
    difference is the proxy's added latency. Proxied calls are canvas calls (no X-Workspace-ID): the
    full pipeline (budget, URL cache, SSRF check, normalisation, activity row, A2A_RESPONSE).
 4. Concurrent: N calls with C=50 in flight (one pooled aiohttp client per destination: httpx would
-   spend ~1.5 ms of CPU per call, more than the proxy, on the same two cores), direct then proxied,
-   twice in alternating order; throughput = calls / wall time, best of the two runs for each path.
-5. Print `RESULT a2a ratio=<proxied/direct throughput at C> p50_added_ms=<ms>`, plus CPU per call of
-   the server and the agent. `--profile` records the server with py-spy during the concurrent phase.
-6. Unless `--no-forwarder`: the same concurrent runs through `bench/forwarder.py`, a bare uvicorn +
-   aiohttp forwarder with no logic at all, i.e. the ceiling of any proxy on this stack, and its ratio.
+   spend ~1.5 ms of CPU per call, more than the proxy, on the same two cores), direct, proxied and
+   through `bench/forwarder.py` (a bare uvicorn + aiohttp forwarder with no logic at all: the ceiling of
+   any proxy on this stack), twice in alternating order; throughput = calls / wall time, best of the two
+   runs for each path; CPU per call of the server, the forwarder and the agent (psutil).
+5. Print `RESULT a2a-forwarder ratio=<proxied/forwarder throughput> cpu_ratio=<server/forwarder CPU per
+   call> p50_added_ms=<proxied - direct p50> p99_added_ms=<same at p99> server_cpu_ms=… forwarder_cpu_ms=…`
+   (issue 14 §4 targets: ratio ≥ 0.8, cpu_ratio ≤ 1.5, p50_added_ms ≤ 2). `--profile` records the server
+   with py-spy during the concurrent phase.
 
 Bounded in count and time: every phase has a deadline; the run fails rather than hangs.
 """
