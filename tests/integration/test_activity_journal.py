@@ -21,8 +21,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.integration.registry_support import add_workspace
 from tests.integration.replica_support import ADMIN_H, Replica, poll, query, replica_env, seed, wait_all_ready
 from tests.integration.stub_http import StubHandler, StubServer
+from tests.integration.test_http_shell_routes import ctx_of
 from workspace_server.a2a.journal import ActivityJournal
 from workspace_server.db.schema import activity_logs
 
@@ -209,3 +211,45 @@ async def test_a_caller_that_hangs_up_does_not_abort_the_delivery(
         assert agent.answered == ["gone"]
     finally:
         agent.close()
+
+
+async def test_rows_are_held_while_the_database_is_away_and_stored_when_it_is_back(
+    client_factory: Any, agent: EchoAgent
+) -> None:
+    """The writer's sink refuses with a lost connection (what an unreachable Postgres raises): the flush
+    reports failure, the rows stay pending and journaled; once writes succeed the next flush stores them
+    all, announces each, and removes the journal segments."""
+    client = await client_factory(MOLECULE_ENV="development", ACTIVITY_FLUSH_SECONDS="30")
+    ctx = ctx_of(client)
+    target = await add_workspace(ctx, "t", status="online", url=agent.url)
+    writer = ctx.a2a.log_writer
+    seen: list[Any] = []
+    ctx.bus.add_listener(lambda e: seen.append(e) if e.event == "ACTIVITY_LOGGED" else None)
+    body = {"jsonrpc": "2.0", "id": "1", "method": "message/send", "params": {"message": {"parts": []}}}
+    sink = writer.bound.sink
+    real_write = sink.write
+
+    async def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionRefusedError("database away")
+
+    sink.write = unreachable  # type: ignore[method-assign]
+    for _ in range(2):
+        assert (await client.post(f"/workspaces/{target}/a2a", json=body)).status_code == 200
+        assert await writer.flush() is False
+    journal = ctx.settings.DATA_DIR / "activity-journal"
+    assert len(journal_lines(ctx.settings.DATA_DIR)) == 2
+    assert len(writer._pending) == 2 and seen == []
+
+    sink.write = real_write  # type: ignore[method-assign]
+    assert await writer.flush() is True
+    stored = await ctx_rows(ctx, target)
+    assert len(stored) == 2
+    assert [e.workspace_id for e in seen] == [target, target]
+    assert journal_lines(ctx.settings.DATA_DIR) == []
+    assert len(list(journal.glob("*.jsonl"))) == 1  # only the fresh, empty current segment
+
+
+async def ctx_rows(ctx: Any, ws_id: str) -> list[Any]:
+    async with ctx.engine.connect() as conn:
+        stmt = sa.select(activity_logs.c.id).where(activity_logs.c.workspace_id == ws_id)
+        return list((await conn.execute(stmt)).all())

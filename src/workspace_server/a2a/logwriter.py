@@ -8,8 +8,9 @@ UPDATE for the stamps).
 
 Nothing is lost on a crash: `add` journals the row (journal.py, one append to a file of this process)
 before the call is answered, and a flush removes its journal segment only once its rows are committed.
-A row whose write failed stays in its segment, as do rows of a process that died; the next start stores
-them (`recover`, idempotent by row id). ACTIVITY_LOGGED (and an A2A_RESPONSE handed in with a row) is
+While the database is away the batch is held and retried (backing off to RETRY_MAX_SECONDS), its
+segments kept; rows of a process that died stay in its segments, which the next start stores
+(`start`, idempotent by row id). ACTIVITY_LOGGED (and an A2A_RESPONSE handed in with a row) is
 broadcast after the rows are stored: nothing is announced that was not written.
 """
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from workspace_server.a2a.journal import ActivityJournal
+from workspace_server.a2a.journal import ActivityJournal, Segment
 from workspace_server.a2a.logstore import ActivitySink, RawColumns, SqlActivitySink, sink_for
 from workspace_server.common.errors import backing_store_down
 from workspace_server.common.ids import new_id
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 JOURNAL_DIR = "activity-journal"  # under DATA_DIR
 MAX_BATCH = 200  # rows per statement
+MAX_HELD = 20_000  # rows kept in memory while the database is away; past that they wait in the journal
+RETRY_MAX_SECONDS = 30.0
+CLOSE_WAIT_SECONDS = 10.0
 # ACTIVITY_LOGGED payload keys (spec 04 §3), sorted as Go marshals a map
 LOGGED_KEYS = ("activity_type", "duration_ms", "method", "source_id", "status", "summary", "target_id")
 
@@ -48,6 +52,9 @@ class _Pending:
 
     def __bool__(self) -> bool:
         return bool(self.rows or self.outbound)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 @dataclass
@@ -65,6 +72,9 @@ class LogWriter:
         self._bound: _Bound | None = None
         self._pending = _Pending()
         self._task: asyncio.Task[None] | None = None
+        self._segments: list[Segment] = []  # journal segments whose rows are pending (held), oldest first
+        self._failing = False
+        self._flushing = False
 
     def bind(self, ctx: AppContext) -> None:
         journal = ActivityJournal(ctx.settings.DATA_DIR / JOURNAL_DIR)
@@ -90,7 +100,9 @@ class LogWriter:
                 log.exception("a2a: journal %s not restored; kept for the next start", path.name)
                 ActivityJournal.unlock(fd)
                 continue
-            log.info("a2a: restored %d of %d activity rows from journal %s", written, len(rows), path.name)
+            log.info(
+                "a2a: restored %d of %d activity rows from journal %s", len(written), len(rows), path.name
+            )
             ActivityJournal.release(path, fd)
 
     def add(
@@ -115,33 +127,71 @@ class LogWriter:
         if event is not None:
             pending.events.append(event)
         if self._task is None or self._task.done():
-            self._task = bound.ctx.tasks.spawn("a2a-log-writer", self._run())
+            # daemon: the supervisor's shutdown leaves it to `close` (which stores what the drained
+            # deliveries still add), rather than waiting out its pause or cancelling a write
+            self._task = bound.ctx.tasks.spawn("a2a-log-writer", self._run(), daemon=True)
 
     async def _run(self) -> None:
         delay = self.bound.ctx.settings.ACTIVITY_FLUSH_SECONDS  # a row may wait this long for companions
+        wait = delay
         while self._pending:
-            await asyncio.sleep(delay)
-            await self.flush()
+            await asyncio.sleep(wait)
+            # while the database is away, retry with a growing pause rather than every `delay`
+            wait = delay if await self.flush() else min(max(wait * 2, 1.0), RETRY_MAX_SECONDS)
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Store what is pending; False when the database could not be reached (the batch is held)."""
+        self._flushing = True
+        try:
+            return await self._flush()
+        finally:
+            self._flushing = False
+
+    async def _flush(self) -> bool:
         bound = self.bound
         batch, self._pending = self._pending, _Pending()
         segment = bound.journal.rotate()
-        stored = True
+        if segment is not None:
+            self._segments.append(segment)
         try:
-            await self._store(batch.rows, batch.outbound, raw=batch.raw)
-        except Exception:
-            stored = False
-            log.exception("a2a: %d activity rows not stored; kept in the journal", len(batch.rows))
-        if segment is not None and stored:
-            bound.journal.discard(segment)
-        elif segment is not None:
-            ActivityJournal.unlock(segment.fd)  # kept on disk: the next start stores it
+            written = await self._store(batch.rows, batch.outbound, raw=batch.raw)
+        except Exception as exc:
+            if not self._failing:  # one line per outage, not one per retry
+                log.warning("a2a: activity rows not stored (%s); held and journaled until they are", exc)
+            self._failing = True
+            self._hold(batch)
+            return False
+        if self._failing:
+            log.info("a2a: activity rows are stored again")
+        self._failing = False
+        for seg in self._segments:  # every row journaled in them was in this batch
+            bound.journal.discard(seg)
+        self._segments.clear()
         events = bound.ctx.events
         for event_type, ws_id, payload in batch.events:
             await events.broadcast(event_type, ws_id, payload)
-        for row in batch.rows if stored else ():
+        for row in written:
             await events.broadcast("ACTIVITY_LOGGED", row["workspace_id"], _logged_payload(row))
+        return True
+
+    def _hold(self, batch: _Pending) -> None:
+        """Put a batch the database refused back in front of what arrived meanwhile. Past MAX_HELD rows
+        the memory copy is dropped: those rows wait in their journal segments, which are let go (kept on
+        disk, unlocked) for the next start to store."""
+        later = self._pending
+        if len(batch.rows) + len(later.rows) > MAX_HELD:
+            for seg in self._segments:
+                ActivityJournal.unlock(seg.fd)
+            self._segments.clear()
+            batch = _Pending(events=batch.events)  # the rows are on disk; the events wait no longer
+            log.error(
+                "a2a: over %d activity rows held; the rest wait in the journal until a restart", MAX_HELD
+            )
+        batch.rows += later.rows
+        batch.outbound |= later.outbound
+        batch.events += later.events
+        batch.raw |= later.raw
+        self._pending = batch
 
     async def _store(
         self,
@@ -149,11 +199,12 @@ class LogWriter:
         outbound: set[str],
         restore: bool = False,
         raw: dict[str, RawColumns] | None = None,
-    ) -> int:
+    ) -> list[dict[str, Any]]:
         """Write `rows` in statements of MAX_BATCH; a failed statement is retried row by row (one bad row
-        must not take the batch down). Raises only when the database cannot be reached at all."""
+        must not take the batch down). The rows written (as written); raises only when the database
+        cannot be reached."""
         bound = self.bound
-        written = 0
+        written: list[dict[str, Any]] = []
         for start in range(0, max(len(rows), 1), MAX_BATCH):
             chunk = rows[start : start + MAX_BATCH]
             stamps = outbound if start == 0 else set()
@@ -162,19 +213,21 @@ class LogWriter:
                     await bound.fallback.write(chunk, stamps, restore=True)
                 else:
                     await bound.sink.write(chunk, stamps, raw or {})
-                written += len(chunk)
-            except Exception:
+                written += chunk
+            except Exception as exc:
+                if backing_store_down(exc):
+                    raise
                 log.warning("a2a: writing %d activity rows failed; retrying one by one", len(chunk))
                 written += await self._write_each(chunk, stamps)
         return written
 
-    async def _write_each(self, rows: list[dict[str, Any]], outbound: set[str]) -> int:
+    async def _write_each(self, rows: list[dict[str, Any]], outbound: set[str]) -> list[dict[str, Any]]:
         """Each row alone, through the SQL sink. A row that carries NUL characters (an A2A message may;
         Postgres text and jsonb cannot) is written with them replaced by U+FFFD rather than dropped; a row
         that still fails (its workspace purged, say) is dropped with an error line. A database that cannot
         be reached raises: the rows stay journaled."""
         fallback = self.bound.fallback
-        written = 0
+        written = []
         for row in rows:
             for candidate in _variants(row):
                 try:
@@ -184,7 +237,7 @@ class LogWriter:
                         raise
                     log.warning("a2a: activity row for %s not written: %s", row.get("workspace_id"), exc)
                     continue
-                written += 1
+                written.append(candidate)
                 break
             else:
                 log.error("a2a: activity row for %s dropped", row.get("workspace_id"))
@@ -192,17 +245,27 @@ class LogWriter:
         return written
 
     async def close(self) -> None:
-        """Store what is queued: the running flush is let finish (cancelling it mid-write would lose its
-        place), then the rest is flushed here; what cannot be stored stays journaled."""
-        if self._task is not None and not self._task.done():
+        """Store what is queued: a running flush is let finish (cancelling it mid-write would lose its
+        place; a writer retrying an unreachable database is stopped), then the rest is flushed once;
+        what cannot be stored stays journaled for the next start."""
+        task = self._task
+        if task is not None and not task.done():
+            if not self._flushing or self._failing:
+                task.cancel()  # asleep between flushes, or retrying a database that is away
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), 10.0)
-            except Exception:
-                log.exception("a2a: the activity writer did not finish in time at shutdown")
+                await asyncio.wait_for(asyncio.shield(task), CLOSE_WAIT_SECONDS)
+            except (TimeoutError, asyncio.CancelledError):
+                if self._flushing:
+                    log.warning("a2a: the activity writer was stopped mid-write; its rows stay journaled")
         if self._bound is None:
             return
-        if self._pending:
-            await self.flush()
+        if self._pending and not await self.flush():
+            log.warning(
+                "a2a: %d activity rows left in the journal for the next start", len(self._pending.rows)
+            )
+        for seg in self._segments:
+            ActivityJournal.unlock(seg.fd)
+        self._segments.clear()
         self._bound.journal.close()
         await self._bound.sink.close()
 
