@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 
+from tests.integration.stub_http import ModelStub
 from workspace_server.app import create_app
 from workspace_server.cli import server_config
 from workspace_server.config import Settings
@@ -251,3 +252,11 @@ def reference_agents(tmp_path: Path) -> Iterator[AgentStarter]:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+@pytest.fixture
+def model_stub() -> Iterator[ModelStub]:
+    """An OpenAI-compatible endpoint on loopback (tests/integration/stub_http.py), closed afterwards."""
+    stub = ModelStub()
+    yield stub
+    stub.close()

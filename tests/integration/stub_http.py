@@ -51,3 +51,22 @@ class StubServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class ModelStub(StubServer):
+    """An OpenAI-compatible chat endpoint on loopback answering "noted"; records each request's last
+    message (`prompts`) and Authorization header (`auth`)."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        self.auth: list[str] = []
+        stub = self
+
+        class Handler(StubHandler):
+            def do_POST(self) -> None:
+                body = self.read_json()
+                stub.prompts.append(body["messages"][-1]["content"])
+                stub.auth.append(self.headers.get("Authorization") or "")
+                self.respond(200, json.dumps({"choices": [{"message": {"content": "noted"}}]}).encode())
+
+        super().__init__(Handler)

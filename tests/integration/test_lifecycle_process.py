@@ -8,11 +8,9 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from tests.integration.orchestrator_support import (
@@ -21,7 +19,7 @@ from tests.integration.orchestrator_support import (
     agent_reply,
     platform_factory_fixture,  # noqa: F401 - registers the platform_factory fixture
 )
-from tests.integration.stub_http import StubHandler, StubServer
+from tests.integration.stub_http import ModelStub
 from workspace_server.common.time import utcnow
 from workspace_server.db.engine import make_engine
 from workspace_server.db.schema import workspaces
@@ -48,30 +46,6 @@ def alive(pid: int | None) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
-
-
-class ModelStub(StubServer):
-    """An OpenAI-compatible endpoint on loopback that records what the agent asks it."""
-
-    def __init__(self) -> None:
-        self.prompts: list[str] = []
-        stub = self
-
-        class Handler(StubHandler):
-            def do_POST(self) -> None:
-                body = self.read_json()
-                stub.prompts.append(body["messages"][-1]["content"])
-                out = json.dumps({"choices": [{"message": {"content": "noted"}}]}).encode()
-                self.respond(200, out)
-
-        super().__init__(Handler)
-
-
-@pytest.fixture
-def model_stub() -> Iterator[ModelStub]:
-    stub = ModelStub()
-    yield stub
-    stub.close()
 
 
 async def test_create_restart_sends_context_pause_resume_delete(

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from tests.integration.provisioner_support import (
     task_container,
     wait_for_reply,
 )
-from tests.integration.stub_http import StubHandler, StubServer
+from tests.integration.stub_http import ModelStub
 from workspace_server.config import Settings
 from workspace_server.provisioner import BackendError, InstanceNotRunning, make_backend
 from workspace_server.provisioner.swarm import SwarmBackend
@@ -175,29 +175,6 @@ async def test_chat_files_live_in_the_task_container(backend: SwarmBackend, ids:
     assert b"".join([chunk async for chunk in stream.chunks]) == payload
     res = await backend.exec(ws_id, ["cat", "/tmp/chat-uploads/a.bin"])
     assert res.stdout == payload
-
-
-class ModelStub(StubServer):
-    """An OpenAI-compatible endpoint on loopback that records the Authorization header it is sent."""
-
-    def __init__(self) -> None:
-        self.auth: list[str] = []
-        stub = self
-
-        class Handler(StubHandler):
-            def do_POST(self) -> None:
-                self.read_json()
-                stub.auth.append(self.headers.get("Authorization") or "")
-                self.respond(200, json.dumps({"choices": [{"message": {"content": "noted"}}]}).encode())
-
-        super().__init__(Handler)
-
-
-@pytest.fixture
-def model_stub() -> Iterator[ModelStub]:
-    stub = ModelStub()
-    yield stub
-    stub.close()
 
 
 def ws_secrets(swarm_manager: Any, wid: str) -> list[Any]:
