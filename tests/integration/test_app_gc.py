@@ -10,26 +10,31 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from workspace_server.app import create_app
+from workspace_server.app import GC_YOUNG_THRESHOLD, create_app
 from workspace_server.config import Settings
 
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
     gc.unfreeze()
+    threshold = gc.get_threshold()
     yield
     gc.unfreeze()  # the rest of the suite builds apps without freezing
+    gc.set_threshold(*threshold)  # ... and with the collector's default thresholds
 
 
 async def test_serve_app_freezes_start_up_objects(tmp_path: Path, unfrozen: None) -> None:
     settings = Settings(DATABASE_URL=f"sqlite:///{tmp_path}/gc.db", WORKSPACE_BACKEND="none")
     plain = create_app(settings, run_loops=False)
+    default_young = gc.get_threshold()[0]
     async with LifespanManager(plain):
         assert gc.get_freeze_count() == 0
+        assert gc.get_threshold()[0] == default_young
     frozen = create_app(settings, run_loops=False, freeze_gc=True)
     async with LifespanManager(frozen):
         # the app, its routes and its context now sit in the permanent generation
         assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD  # young collections ~14x rarer
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=frozen), base_url="http://t") as c:
             r = await c.post("/workspaces", json={"name": "after freeze"})
             assert r.status_code == 201

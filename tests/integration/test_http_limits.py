@@ -169,3 +169,53 @@ async def test_a_stalled_body_is_cut_off(
             return sock.recv(65536)
 
     assert _status(await asyncio.to_thread(trickle)) == 201
+
+
+class _Responses:
+    """Reads whole responses (content-length bodies) off a keep-alive socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        assert chunk, "server closed the connection"
+        self.buf += chunk
+
+    def next(self) -> bytes:
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        fields = (line.partition(b": ") for line in head.split(b"\r\n")[1:])
+        length = next(int(value) for name, _, value in fields if name == b"content-length")
+        while len(rest) < length:
+            self._fill()
+            head, _, rest = self.buf.partition(b"\r\n\r\n")
+        self.buf = rest[length:]
+        return head + b"\r\n\r\n" + rest[:length]
+
+
+def _keep_alive_exchange(port: int) -> list[bytes]:
+    get = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        responses = _Responses(sock)
+        got = []
+        for _ in range(3):
+            sock.sendall(get)
+            got.append(responses.next())
+        sock.sendall(get * 3)  # pipelined: answered in order, each whole
+        got.extend(responses.next() for _ in range(3))
+        assert responses.buf == b""
+        return got
+
+
+async def test_keep_alive_and_pipelined_responses_are_whole_and_in_order(
+    live_server_factory: LiveFactory,
+) -> None:
+    """serving.CoalescedWrites holds a response's head for its body: keep-alive and pipelined requests
+    still get whole answers, in order (the write count: tests/unit/test_coalesced_writes.py)."""
+    srv = live_server_factory()
+    got = await asyncio.to_thread(_keep_alive_exchange, srv.port)
+    assert len(got) == 6
+    assert all(_status(answer) == 200 and answer.endswith(b"}") for answer in got), got

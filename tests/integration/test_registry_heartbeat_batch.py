@@ -22,39 +22,36 @@ def hb(ws_id: str, uptime: int, **fields: Any) -> dict[str, Any]:
 
 
 class StatementCounter:
-    """Counts executions of the batched heartbeat statement on an engine."""
+    """Counts executions of the batched heartbeat statement (sent on the driver directly, batch.py)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        self._engine = engine.sync_engine
-        sa.event.listen(self._engine, "before_cursor_execute", self._seen)
+        execute = batch.HeartbeatBatcher._execute
 
-    def _seen(self, _conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if "FROM unnest(" in statement and "workspace_auth_tokens" in statement:
+        async def counted(batcher: batch.HeartbeatBatcher, beats: Any) -> Any:
             self.count += 1
+            return await execute(batcher, beats)
 
-    def close(self) -> None:
-        sa.event.remove(self._engine, "before_cursor_execute", self._seen)
+        monkeypatch.setattr(batch.HeartbeatBatcher, "_execute", counted)
 
 
-async def test_concurrent_heartbeats_are_each_written_and_authenticated(client: httpx.AsyncClient) -> None:
+async def test_concurrent_heartbeats_are_each_written_and_authenticated(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ctx = ctx_of(client)
     ids = [await add_workspace(ctx, f"agent-{i}", status="online") for i in range(AGENTS)]
     tokens = {ws_id: await mint_token(ctx, ws_id) for ws_id in ids}
     intruder = ids[0]  # beats with another workspace's token: refused, row untouched
     grandfathered = await add_workspace(ctx, "no-token-yet", status="online")  # no token: passes
 
-    counter = StatementCounter(ctx.engine)
-    try:
-        calls = [
-            client.post("/registry/heartbeat", json=hb(ws_id, 100 + i), headers=bearer(tokens[ws_id]))
-            for i, ws_id in enumerate(ids[1:], start=1)
-        ]
-        calls.append(client.post("/registry/heartbeat", json=hb(intruder, 7), headers=bearer(tokens[ids[1]])))
-        calls.append(client.post("/registry/heartbeat", json=hb(grandfathered, 9)))
-        answers = await asyncio.gather(*calls)
-    finally:
-        counter.close()
+    counter = StatementCounter(monkeypatch)
+    calls = [
+        client.post("/registry/heartbeat", json=hb(ws_id, 100 + i), headers=bearer(tokens[ws_id]))
+        for i, ws_id in enumerate(ids[1:], start=1)
+    ]
+    calls.append(client.post("/registry/heartbeat", json=hb(intruder, 7), headers=bearer(tokens[ids[1]])))
+    calls.append(client.post("/registry/heartbeat", json=hb(grandfathered, 9)))
+    answers = await asyncio.gather(*calls)
 
     for r in answers[: AGENTS - 1]:
         assert (r.status_code, r.json()) == (200, {"status": "ok"})

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+
+# The canonical form itself: `str(uuid.UUID(raw))` is `raw` for these, so the parse can be skipped.
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
 
 
 def new_id() -> str:
@@ -17,6 +21,8 @@ def parse_uuid(raw: str) -> str | None:
     """
     if len(raw) != 36:
         return None
+    if _CANONICAL.fullmatch(raw) is not None:  # what agents send: a tenth of the cost of the parse below
+        return raw
     try:
         return str(uuid.UUID(raw))
     except ValueError:

@@ -69,10 +69,22 @@ def loads_finite(raw: bytes | str) -> Any:
     return _decode(_FINITE, raw)
 
 
+# First bytes that start no byte-order mark (UTF-8 EF, UTF-16/32 FE FF / FF FE / 00 00 FE FF).
+_NO_BOM = frozenset(range(1, 256)) - {0xEF, 0xFE, 0xFF}
+
+
+def _encoding(raw: bytes) -> str:
+    """`json.detect_encoding`, without its checks when the answer is plainly UTF-8: no BOM and no NUL in
+    the first two bytes (the only way it could answer UTF-16/32), as for every JSON body in practice."""
+    if len(raw) >= 2 and raw[0] in _NO_BOM and raw[1]:
+        return "utf-8"
+    return json.detect_encoding(raw)
+
+
 def _decode(decoder: json.JSONDecoder, raw: bytes | str) -> Any:
     try:
         if not isinstance(raw, str):
-            raw = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads does
+            raw = raw.decode(_encoding(raw), "surrogatepass")  # as json.loads does
         return decoder.decode(raw)
     except RecursionError:
         raise UnsafeJSON("JSON nested too deeply") from None

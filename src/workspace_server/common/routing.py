@@ -49,6 +49,30 @@ def hot_route(path: str, endpoint: Callable[[Request], Awaitable[Response]], met
     return HotRoute(path, endpoint, methods=[method])
 
 
+class PrebuiltResponse(Response):
+    """A constant answer rendered once (status, body, headers), for a hot route to return every time.
+
+    It sends what the response it was made from sends; only nothing is rendered per request. Each answer
+    gets its own copy of the header list, since a layer may extend a response's headers in place."""
+
+    def __init__(self, response: Response) -> None:  # not Response.__init__: nothing is rendered again
+        if response.background is not None:
+            raise ValueError("a prebuilt response cannot carry a background task")
+        self.status_code = response.status_code
+        self.body = response.body
+        self.raw_headers = list(response.raw_headers)
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # hot routes are HTTP only; anything else as Response does it
+            await super().__call__(scope, receive, send)
+            return
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": list(self.raw_headers)}
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+
 class HotEndpoint:
     """The innermost app of the hot lane: calls the matched route's endpoint and renders its errors."""
 

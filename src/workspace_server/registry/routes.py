@@ -11,15 +11,16 @@ import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 from workspace_server import authz
 from workspace_server.auth.deps import Ctx, credentials, grandfathered_caller
 from workspace_server.auth.tokens import hash_token
 from workspace_server.authz.actor import WORKSPACE
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import bearer_token, read_model
+from workspace_server.common.http import bearer_token, read_json, read_model
 from workspace_server.common.ids import parse_uuid, uuid_or_raw
-from workspace_server.common.routing import hot_route
+from workspace_server.common.routing import PrebuiltResponse, hot_route
 from workspace_server.context import get_ctx
 from workspace_server.egress import UnsafeURL, validate_agent_url
 from workspace_server.openapi import UUID, body_schema, describe
@@ -27,9 +28,11 @@ from workspace_server.registry import service
 from workspace_server.registry.batch import BatchFailed, Beat
 from workspace_server.registry.schemas import (
     CheckAccessRequest,
+    Heartbeat,
     HeartbeatRequest,
     RegisterRequest,
     UpdateCardRequest,
+    parse_heartbeat,
 )
 
 log = logging.getLogger(__name__)
@@ -76,10 +79,10 @@ async def register(request: Request, ctx: Ctx) -> JSONResponse:
     return JSONResponse({"status": "registered"})
 
 
-async def heartbeat(request: Request) -> JSONResponse:
+async def heartbeat(request: Request) -> Response:
     """POST /registry/heartbeat. A hot route (see HOT_ROUTES): a plain Starlette endpoint."""
     ctx = await get_ctx(request)
-    body = await read_model(request, HeartbeatRequest)
+    body = parse_heartbeat(await read_json(request, INVALID_BODY), INVALID_BODY)
     ws_id = _workspace_id(body.workspace_id)
     batcher = service.batcher(ctx)
     if batcher is not None:
@@ -102,11 +105,15 @@ async def heartbeat(request: Request) -> JSONResponse:
     return _ok()
 
 
-def _ok() -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+# rendered once: every heartbeat gets the same answer
+_OK = PrebuiltResponse(JSONResponse({"status": "ok"}))
 
 
-def _beat(ws_id: str, body: HeartbeatRequest, bearer: str) -> Beat:
+def _ok() -> Response:
+    return _OK
+
+
+def _beat(ws_id: str, body: Heartbeat, bearer: str) -> Beat:
     return Beat(
         workspace_id=ws_id,
         token_hash=hash_token(bearer) if bearer else None,

@@ -28,7 +28,7 @@ from workspace_server.egress import is_safe_url
 from workspace_server.registry import store
 from workspace_server.registry.access import can_communicate
 from workspace_server.registry.batch import HeartbeatBatcher
-from workspace_server.registry.schemas import HeartbeatRequest, RuntimeMetadata
+from workspace_server.registry.schemas import Heartbeat, RuntimeMetadata
 from workspace_server.workspaces.status import Status
 
 log = logging.getLogger(__name__)
@@ -148,14 +148,12 @@ async def _mint_first_token(ctx: AppContext, ws_id: str) -> str | None:
 # ---- heartbeat ----
 
 
-async def heartbeat(ctx: AppContext, ws_id: str, hb: HeartbeatRequest) -> None:
+async def heartbeat(ctx: AppContext, ws_id: str, hb: Heartbeat) -> None:
     snap = await record_heartbeat(ctx, ws_id, hb)
     await after_heartbeat(ctx, ws_id, hb, snap)
 
 
-async def record_heartbeat(
-    ctx: AppContext, ws_id: str, hb: HeartbeatRequest
-) -> store.HeartbeatSnapshot | None:
+async def record_heartbeat(ctx: AppContext, ws_id: str, hb: Heartbeat) -> store.HeartbeatSnapshot | None:
     """Write the heartbeat columns; the row as it was, or None when unknown/removed."""
     try:
         # Postgres does it in one statement, atomic without a transaction; SQLite reads then writes in one
@@ -168,7 +166,7 @@ async def record_heartbeat(
 
 
 async def _write_heartbeat(
-    conn: AsyncConnection, ws_id: str, hb: HeartbeatRequest
+    conn: AsyncConnection, ws_id: str, hb: Heartbeat
 ) -> store.HeartbeatSnapshot | None:
     return await store.apply_heartbeat(
         conn,
@@ -193,7 +191,7 @@ def batcher(ctx: AppContext) -> HeartbeatBatcher | None:
 async def after_heartbeat(
     ctx: AppContext,
     ws_id: str,
-    hb: HeartbeatRequest,
+    hb: Heartbeat,
     snap: store.HeartbeatSnapshot | None,
     *,
     queue_pending: bool | None = None,
@@ -225,7 +223,7 @@ async def after_heartbeat(
 
 
 async def _evaluate_status(
-    ctx: AppContext, ws_id: str, status: str, hb: HeartbeatRequest, *, status_mgmt: bool
+    ctx: AppContext, ws_id: str, status: str, hb: Heartbeat, *, status_mgmt: bool
 ) -> None:
     """The heartbeat status table; each row is a compare-and-set, so races resolve to one winner."""
     moves: list[tuple[str, str, str, dict[str, Any]]] = []  # (expect, to, event, payload)

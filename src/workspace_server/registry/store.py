@@ -7,9 +7,8 @@ change from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -69,8 +68,7 @@ async def upsert_registration(
     return None if row is None else (row.url or "")
 
 
-@dataclass(frozen=True)
-class HeartbeatSnapshot:
+class HeartbeatSnapshot(NamedTuple):
     status: str
     current_task: str
     max_concurrent_tasks: int

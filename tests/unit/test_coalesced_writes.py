@@ -1,0 +1,126 @@
+"""serving.CoalescedWrites: a response's writes leave in one send, in order, and nothing is left held."""
+
+from __future__ import annotations
+
+import asyncio
+
+from workspace_server.serving import COALESCE_MAX_BYTES, CoalescedWrites
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"extra:{name}"
+
+
+async def test_head_and_body_in_one_step_are_one_send() -> None:
+    t = _Transport()
+    w = CoalescedWrites(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+    w.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert t.sent == []
+    w.write(b"body")
+    assert t.sent == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert t.sent == [b"HTTP/1.1 200 OK\r\n\r\nbody"]  # the scheduled flush found nothing
+
+
+async def test_a_lone_write_leaves_when_the_step_ends() -> None:
+    t = _Transport()
+    w = CoalescedWrites(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+    w.write(b"head")
+    await asyncio.sleep(0)
+    assert t.sent == [b"head"]
+    w.write(b"chunk")  # a streamed response: each piece leaves by the end of the step that wrote it
+    await asyncio.sleep(0)
+    assert t.sent == [b"head", b"chunk"]
+
+
+async def test_close_and_flush_send_what_is_held_first() -> None:
+    t = _Transport()
+    w = CoalescedWrites(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+    w.write(b"head")
+    w.flush()
+    assert t.sent == [b"head"]
+    w.write(b"last")
+    w.close()
+    assert (t.sent, t.closing, w.is_closing()) == ([b"head", b"last"], True, True)
+    w.write(b"late")  # after close: dropped, as a closed transport drops it
+    await asyncio.sleep(0)
+    assert t.sent == [b"head", b"last"]
+
+
+async def test_a_large_body_is_not_copied() -> None:
+    t = _Transport()
+    w = CoalescedWrites(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+    big = b"x" * (COALESCE_MAX_BYTES + 1)
+    w.write(b"head")
+    w.write(big)
+    assert t.sent == [b"head", big]
+
+
+async def test_anything_else_is_the_transports() -> None:
+    t = _Transport()
+    w = CoalescedWrites(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+    assert w.get_extra_info("peername") == "extra:peername"
+
+
+class _SocketTransport(_Transport):
+    def get_extra_info(self, name: str) -> object:  # type: ignore[override]
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(name)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_the_server_protocol_sends_a_response_in_one_write() -> None:
+    """uvicorn's request cycle writes the head, then the body; through serving's protocol that is one
+    transport write per response, keep-alive and pipelined requests answered in order."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from workspace_server.serving import HeadLimits, bounded_httptools
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        assert scope["type"] == "http"
+        body = str(scope["path"]).encode()
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", b"%d" % len(body))],
+        }
+        await send(start)  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+    config = uvicorn.Config(
+        app, http=bounded_httptools(HeadLimits(8192, 100, 8192, 10.0)), log_level="warning"
+    )
+    config.load()
+    protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
+    transport = _SocketTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    protocol.data_received(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\nGET /three HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert len(transport.sent) == 3, transport.sent
+    assert [w.rsplit(b"\r\n\r\n", 1)[1] for w in transport.sent] == [b"/one", b"/two", b"/three"]
+    assert all(w.startswith(b"HTTP/1.1 200 OK\r\n") for w in transport.sent)
+    protocol.connection_lost(None)
