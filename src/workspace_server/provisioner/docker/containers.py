@@ -21,7 +21,6 @@ from workspace_server.provisioner.base import (
     MANAGED_LABEL,
     WORKSPACE_LABEL,
     BackendError,
-    EngineUnavailable,
     Instance,
     Started,
     StartSpec,
@@ -34,12 +33,12 @@ from workspace_server.provisioner.docker import images
 from workspace_server.provisioner.docker.engine import (
     ENGINE_ERRORS,
     PORT_CONFLICT,
-    _engine_unreachable,
     _labels,
     configs_volume,
     is_not_found_error,
     parse_user,
     progress_reporter,
+    start_error,
 )
 from workspace_server.provisioner.docker.hostdirs import config_tar, write_host_configs
 from workspace_server.provisioner.docker.pool import WarmPoolMixin
@@ -104,11 +103,7 @@ class ContainersMixin(WarmPoolMixin, VolumesMixin):
         except ENGINE_ERRORS as exc:
             self._start_failed(spec.workspace_id)
             log.warning("start of %s failed: %s", name, exc)
-            if images.is_image_not_found_error(str(exc)):
-                raise images.ImageNotFound(spec.image, str(exc)) from exc
-            if _engine_unreachable(exc):
-                raise EngineUnavailable("workspace start failed", str(exc)) from exc
-            raise BackendError("workspace start failed", str(exc)) from exc
+            raise start_error(spec.image, exc) from exc
 
     def _start_failed(self, ws_id: str) -> None:
         """A failed start leaves nothing running, not even a container it did not get to replace."""

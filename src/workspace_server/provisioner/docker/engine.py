@@ -26,13 +26,17 @@ from workspace_server.config import Settings
 from workspace_server.provisioner.base import (
     MANAGED_LABEL,
     WORKSPACE_LABEL,
+    BackendError,
+    EngineUnavailable,
     FileTooLargeError,
+    ImageNotFound,
     InstanceNotRunning,
     PullProgress,
     free_loopback_port,
     id12,
     instance_name,
 )
+from workspace_server.provisioner.docker.images import is_image_not_found_error
 
 T = TypeVar("T")
 AGENT_PORT = 8000
@@ -108,6 +112,16 @@ def _engine_unreachable(exc: BaseException) -> bool:
     """No answer from the engine at all (socket missing, refused, reset), as opposed to an answer that
     refuses the request."""
     return isinstance(exc, requests.exceptions.ConnectionError | ConnectionError)
+
+
+def start_error(image: str, exc: BaseException) -> BackendError:
+    """What a start the engine failed reports (the Docker and the Swarm backends alike): the image
+    missing, no engine at all, or any other refusal."""
+    if is_image_not_found_error(str(exc)):
+        return ImageNotFound(image, str(exc))
+    if _engine_unreachable(exc):
+        return EngineUnavailable("workspace start failed", str(exc))
+    return BackendError("workspace start failed", str(exc))
 
 
 def _labels(ws_id: str) -> dict[str, str]:

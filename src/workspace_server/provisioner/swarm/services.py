@@ -19,7 +19,6 @@ from workspace_server.provisioner.base import (
     TOKEN_FILE,
     WORKSPACE_LABEL,
     BackendError,
-    EngineUnavailable,
     ImageUser,
     Instance,
     Started,
@@ -34,10 +33,10 @@ from workspace_server.provisioner.docker.engine import (
     AGENT_PORT,
     ENGINE_ERRORS,
     PORT_CONFLICT,
-    _engine_unreachable,
     _labels,
     parse_user,
     progress_reporter,
+    start_error,
 )
 from workspace_server.provisioner.docker.files import FilesMixin
 from workspace_server.provisioner.docker.hostdirs import config_tar
@@ -137,11 +136,7 @@ class ServicesMixin(NodesMixin, NetworksMixin, FilesMixin, PullsMixin):
         except ENGINE_ERRORS as exc:
             self._start_failed(ws_id)
             log.warning("start of %s failed: %s", instance_name(ws_id), exc)
-            if images.is_image_not_found_error(str(exc)):
-                raise images.ImageNotFound(spec.image, str(exc)) from exc
-            if _engine_unreachable(exc):
-                raise EngineUnavailable("workspace start failed", str(exc)) from exc
-            raise BackendError("workspace start failed", str(exc)) from exc
+            raise start_error(spec.image, exc) from exc
 
     def _start_failed(self, ws_id: str) -> None:
         """A failed start leaves nothing running, and no secret behind."""
