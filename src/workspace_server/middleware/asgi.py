@@ -33,11 +33,13 @@ def client_ip(scope: Scope) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A middleware's answer in place of the app's (`refuse` sends it)."""
+    """A middleware's answer in place of the app's (`answer` sends it). `aborts`: the request is marked
+    refused before routing (ABORTED), as `refuse` does; the body cap's 413 is sent without the mark."""
 
     status: int
     body: bytes = b""
     headers: Headers | None = None
+    aborts: bool = True
 
 
 # What a middleware decides about a request before the app runs: answer it now (`Refusal`), or let it
@@ -48,7 +50,10 @@ Verdict = Refusal | Headers
 
 
 async def answer(scope: Scope, receive: Receive, send: Send, refusal: Refusal) -> None:
-    await refuse(scope, receive, send, refusal.status, refusal.body, refusal.headers)
+    if refusal.aborts:
+        await refuse(scope, receive, send, refusal.status, refusal.body, refusal.headers)
+    else:
+        await send_response(send, refusal.status, refusal.body, refusal.headers)
 
 
 async def enact(verdict: Verdict, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:

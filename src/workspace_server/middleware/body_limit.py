@@ -7,7 +7,7 @@ import re
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workspace_server.middleware.asgi import JSON_TYPE, Refusal, Verdict, header, json_body, send_response
+from workspace_server.middleware.asgi import JSON_TYPE, Refusal, Verdict, answer, header, json_body
 
 BODY_TOO_LARGE = "request body too large"
 
@@ -64,7 +64,7 @@ class BodyLimitMiddleware:
             return
         verdict = self.admit(scope)
         if isinstance(verdict, Refusal):
-            await answer_plain(send, verdict)
+            await answer(scope, receive, send, verdict)
             return
         started = False
 
@@ -79,12 +79,8 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            await answer_plain(send, TOO_LARGE)
+            await answer(scope, receive, send, TOO_LARGE)
 
 
-TOO_LARGE = Refusal(413, json_body({"error": BODY_TOO_LARGE}), [JSON_TYPE])
-
-
-async def answer_plain(send: Send, refusal: Refusal) -> None:
-    """The 413, sent as it always was: without marking the request aborted (it has been routed)."""
-    await send_response(send, refusal.status, refusal.body, refusal.headers)
+# sent as it always was: without marking the request aborted
+TOO_LARGE = Refusal(413, json_body({"error": BODY_TOO_LARGE}), [JSON_TYPE], aborts=False)

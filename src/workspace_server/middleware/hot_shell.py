@@ -21,12 +21,7 @@ from typing import Protocol
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from workspace_server.middleware.asgi import Headers, Refusal, Verdict, answer
-from workspace_server.middleware.body_limit import (
-    TOO_LARGE,
-    BodyLimitMiddleware,
-    BodyTooLarge,
-    answer_plain,
-)
+from workspace_server.middleware.body_limit import TOO_LARGE, BodyLimitMiddleware, BodyTooLarge
 from workspace_server.middleware.metrics import MetricsMiddleware
 
 
@@ -66,7 +61,7 @@ class HotShell:
             for guard in self.guards:
                 verdict = guard.admit(scope)
                 if isinstance(verdict, Refusal):
-                    await self._refuse(guard, scope, receive, wrapped, verdict)
+                    await answer(scope, receive, wrapped, verdict)
                     return
                 if verdict:
                     groups.append(verdict)
@@ -77,17 +72,9 @@ class HotShell:
             except BodyTooLarge:
                 if status:
                     raise
-                await answer_plain(wrapped, TOO_LARGE)
+                await answer(scope, receive, wrapped, TOO_LARGE)
         finally:
             self.metrics.record(scope, status or 500, start)
-
-    async def _refuse(
-        self, guard: Admits, scope: Scope, receive: Receive, send: Send, refusal: Refusal
-    ) -> None:
-        if guard is self.body_limit:
-            await answer_plain(send, refusal)  # as the layered body cap answers: the request was routed
-        else:
-            await answer(scope, receive, send, refusal)
 
 
 def _with_groups(message: Message, groups: list[Headers]) -> Message:
