@@ -22,12 +22,11 @@ from workspace_server.events.service import EventService
 from workspace_server.workspaces.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from workspace_server.a2a.caches import QueueHint, TargetCache
     from workspace_server.a2a.call import ProxyResult
     from workspace_server.a2a.logwriter import LogWriter
     from workspace_server.a2a.pool import IdleWatch
+    from workspace_server.a2a.transport import AgentClient
     from workspace_server.auth.ratelimit import FixedWindowLimiter
     from workspace_server.channels.state import ChannelsState
     from workspace_server.egress.policy import Assigned
@@ -63,8 +62,8 @@ class A2AParts:
     queue_hint: QueueHint  # which workspaces' queues were seen empty lately
     log_writer: LogWriter  # batched `a2a_receive` rows
     proxy: A2AProxy | None = None  # set by `a2a.install`
-    client: aiohttp.ClientSession | None = None  # the pool for agent-supplied URLs (egress-guarded)
-    trusted_client: aiohttp.ClientSession | None = None  # the pool for URLs our backend assigned
+    client: AgentClient | None = None  # the pool for agent-supplied URLs (egress-guarded)
+    trusted_client: AgentClient | None = None  # the pool for URLs our backend assigned
     draining: set[str] = field(default_factory=set)  # workspaces whose queue this process is draining
 
 

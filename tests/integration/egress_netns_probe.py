@@ -261,6 +261,26 @@ async def run(tmp: Path) -> dict[str, Any]:
             "production", f"guarded aiohttp GET literal {label}", False, aiohttp_literal(private[label])
         )
 
+    def agent_client_post(target: str) -> Probe:
+        async def go() -> tuple[bool, str]:  # no pre-check: the A2A client's connect-time check decides
+            from workspace_server.a2a.pool import a2a_client
+            from workspace_server.a2a.transport import Reply, TransportError
+
+            reply = Reply()
+            try:
+                await a2a_client(ctx).post(target, b"{}", reply)
+            except TransportError as exc:
+                return False, f"a2a client refused: {exc}"
+            return reply.status == 200, f"a2a client {reply.status}"
+
+        return go
+
+    await check("production", f"a2a client POST {NAME}", False, agent_client_post(f"http://{NAME}:{port}/"))
+    for label in ("10.1.2.3", "172.17.0.5", "fd00::7"):
+        await check(
+            "production", f"a2a client POST literal {label}", False, agent_client_post(private[label])
+        )
+
     # server-assigned: the backend's record (not the agent's claim) opens exactly that URL for that workspace
     ctx.provisioner = object()
     for addr in ("172.17.0.5", "127.0.0.1"):

@@ -1,5 +1,6 @@
-"""The A2A proxy's outbound transport (aiohttp, `a2a/pool.py a2a_client`) against agents that misbehave
-on the wire: what each real failure is classified as, and what the caller of POST /workspaces/:id/a2a gets.
+"""The A2A proxy's outbound transport (`a2a/transport.py`, built by `a2a/pool.py a2a_client`) against agents
+that misbehave on the wire: what each real failure is classified as, and what the caller of
+POST /workspaces/:id/a2a gets (the client's own framings and limits: test_a2a_client.py).
 
 Covered elsewhere (tests/integration/test_a2a_proxy.py): refused connect → 502 unreachable with a failure row,
 a body cut short after the headers → 502 `delivery_confirmed`, the idle timeout → 504 and nothing resent,
@@ -17,7 +18,6 @@ from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any, cast
 
-import aiohttp
 import httpx
 import pytest
 
@@ -26,8 +26,9 @@ from tests.integration.a2a_support import StubAgent, message, queue_rows
 from tests.integration.registry_support import add_workspace, ctx_of
 from tests.integration.stub_http import StubHandler, StubServer
 from workspace_server.a2a import pool
-from workspace_server.a2a.forward import MAX_RESPONSE_BYTES, _busy_error, _Exchange, _exchange, _failure_text
-from workspace_server.a2a.pool import a2a_client, close_client
+from workspace_server.a2a.forward import _busy_error, _failure_text
+from workspace_server.a2a.pool import MAX_RESPONSE_BYTES, a2a_client, close_client
+from workspace_server.a2a.transport import AgentClient, ConnectTimeout, Disconnected, Reply
 from workspace_server.config import Settings
 from workspace_server.context import AppContext
 
@@ -127,7 +128,7 @@ class FullBacklog:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
+async def http() -> AsyncIterator[AgentClient]:
     """The proxy's own client, built by `a2a_client` from the module's settings (patch them first)."""
     # open bootstrap mode: the egress policy lets these loopback listeners be dialed
     ctx = cast(
@@ -138,10 +139,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     await close_client(ctx)
 
 
-async def _fail(http: aiohttp.ClientSession, url: str) -> Exception:
-    ex = _Exchange()
+async def _fail(http: AgentClient, url: str) -> Exception:
+    ex = Reply()
     with pytest.raises(Exception) as info:
-        await _exchange(http, url, b'{"jsonrpc":"2.0"}', ex)
+        await http.post(url, b'{"jsonrpc":"2.0"}', ex)
     assert ex.status is None  # failed before any reply
     return cast(Exception, info.value)
 
@@ -160,7 +161,7 @@ async def _fail(http: aiohttp.ClientSession, url: str) -> Exception:
         ("partial_head", True),
     ],
 )
-async def test_failure_before_reply_is_classified(http: aiohttp.ClientSession, mode: str, busy: bool) -> None:
+async def test_failure_before_reply_is_classified(http: AgentClient, mode: str, busy: bool) -> None:
     if mode == "refused":
         exc = await _fail(http, f"http://127.0.0.1:{free_port()}/")
     elif mode == "dns":
@@ -172,20 +173,18 @@ async def test_failure_before_reply_is_classified(http: aiohttp.ClientSession, m
     assert _failure_text(exc).startswith(type(exc).__name__)
 
 
-async def test_body_cut_short_fails_after_the_status(http: aiohttp.ClientSession) -> None:
+async def test_body_cut_short_fails_after_the_status(http: AgentClient) -> None:
     """The status is known before the body is read, so a cut body is a read failure of a 200 reply (the
     caller gets `delivery_confirmed`), never a failure before any reply."""
-    ex = _Exchange()
+    ex = Reply()
     async with RawAgent("partial_body") as agent:
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await _exchange(http, agent.url, b"{}", ex)
+        with pytest.raises(Disconnected):
+            await http.post(agent.url, b"{}", ex)
     assert ex.status == 200
 
 
 async def test_connect_timeout_is_not_busy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        pool, "DISPATCH_TIMEOUT", aiohttp.ClientTimeout(total=None, connect=5, sock_connect=0.3)
-    )
+    monkeypatch.setattr(pool, "SOCK_CONNECT_TIMEOUT", 0.3)
     ctx = cast(
         AppContext,
         SimpleNamespace(a2a=SimpleNamespace(client=None, trusted_client=None), settings=Settings()),
@@ -196,30 +195,28 @@ async def test_connect_timeout_is_not_busy(monkeypatch: pytest.MonkeyPatch) -> N
     finally:
         backlog.close()
         await close_client(ctx)
-    assert isinstance(exc, aiohttp.ConnectionTimeoutError)
+    assert isinstance(exc, ConnectTimeout)
     assert not _busy_error(exc)
 
 
 async def test_pool_timeout_is_not_busy(monkeypatch: pytest.MonkeyPatch) -> None:
     """All MAX_CONNECTIONS in flight: the wait for one is bounded, and running out is not "busy"."""
     monkeypatch.setattr(pool, "MAX_CONNECTIONS", 1)
-    monkeypatch.setattr(
-        pool, "DISPATCH_TIMEOUT", aiohttp.ClientTimeout(total=None, connect=0.3, sock_connect=5)
-    )
+    monkeypatch.setattr(pool, "CONNECT_TIMEOUT", 0.3)
     ctx = cast(
         AppContext,
         SimpleNamespace(a2a=SimpleNamespace(client=None, trusted_client=None), settings=Settings()),
     )
     http = a2a_client(ctx)
     async with RawAgent("hang") as agent:
-        first = asyncio.create_task(_exchange(http, agent.url, b"{}", _Exchange()))
+        first = asyncio.create_task(http.post(agent.url, b"{}", Reply()))
         while not agent.requests:
             await asyncio.sleep(0.01)
         exc = await _fail(http, agent.url)
         first.cancel()
     await asyncio.gather(first, return_exceptions=True)
     await close_client(ctx)
-    assert isinstance(exc, aiohttp.ConnectionTimeoutError)
+    assert isinstance(exc, ConnectTimeout)
     assert not _busy_error(exc)
 
 

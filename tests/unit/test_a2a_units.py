@@ -9,9 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp.client_reqrep import ConnectionKey
 
 from workspace_server.a2a import delegation
 from workspace_server.a2a.caches import QueueHint, TargetCache
@@ -21,6 +19,7 @@ from workspace_server.a2a.pool import IdleTimeout, IdleWatch, run_watched
 from workspace_server.a2a.proxy import Outcome, ProxyResult, normalise
 from workspace_server.a2a.record import parse_usage
 from workspace_server.a2a.schemas import is_system_caller
+from workspace_server.a2a.transport import BadReply, ConnectFailed, ConnectTimeout, Disconnected
 from workspace_server.config import Settings
 from workspace_server.events.bus import Event
 from workspace_server.provisioner.docker import DockerBackend
@@ -51,18 +50,15 @@ def test_message_id_only_when_string() -> None:
     assert _message_id([1]) == ""
 
 
-_KEY = ConnectionKey("agent", 8000, False, True, None, None, None)
-
-
 @pytest.mark.parametrize(
     ("exc", "busy"),
     [
-        (aiohttp.ServerDisconnectedError(), True),
-        (aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"), True),
+        (Disconnected("connection closed before the reply was complete (EOF)"), True),
         (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), True),
-        (RuntimeError("unexpected EOF"), True),
-        (aiohttp.ClientConnectorError(_KEY, OSError(errno.ECONNREFUSED, "Connection refused")), False),
-        (aiohttp.ClientConnectorError(_KEY, OSError(-2, "Name or service not known")), False),
+        (ConnectFailed("cannot connect to agent:8000: [Errno 111] Connection refused"), False),
+        (ConnectFailed("cannot resolve agent: [Errno -2] Name or service not known"), False),
+        (ConnectTimeout("connect to agent:8000 timed out"), False),
+        (BadReply("not an HTTP reply"), False),
         (IdleTimeout(5, ceiling=False), False),
     ],
 )

@@ -11,13 +11,8 @@ A transport failure also asks our backend whether the agent's instance is still 
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from dataclasses import dataclass
-
-import aiohttp
-import yarl
 
 from workspace_server.a2a import record, store
 from workspace_server.a2a import schemas as msg
@@ -36,6 +31,7 @@ from workspace_server.a2a.call import (
     status_phrase,
 )
 from workspace_server.a2a.pool import IdleTimeout, a2a_client, idle_watch, run_watched
+from workspace_server.a2a.transport import Disconnected, InvalidURL, Reply
 from workspace_server.activity.service import sorted_keys
 from workspace_server.common.kv import clear_workspace_keys
 from workspace_server.common.time import utcnow
@@ -46,22 +42,7 @@ from workspace_server.workspaces.status import Status
 
 log = logging.getLogger(LOGGER)
 
-MAX_RESPONSE_BYTES = 10 << 20
 DEFAULT_IDLE_SECONDS = 300
-DISPATCH_HEADERS = {"Content-Type": "application/json"}
-READ_CHUNK = 64 << 10
-ENCODING = "Content-Encoding"  # a compressed reply is read in chunks: its decoded size is not declared
-
-
-@dataclass
-class _Exchange:
-    status: int | None = None
-    duration_ms: int = 0
-    body: bytes = b""
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _idle_seconds(ctx: AppContext, ws_id: str) -> float:
@@ -72,48 +53,18 @@ def _idle_seconds(ctx: AppContext, ws_id: str) -> float:
     return float(n) if n > 0 else float(DEFAULT_IDLE_SECONDS)
 
 
-@functools.lru_cache(maxsize=4096)
-def _parsed(url: str) -> yarl.URL:
-    """Agent URLs repeat: parse each once, not on every call."""
-    try:
-        return yarl.URL(url)
-    except ValueError as e:  # e.g. a port out of range: what aiohttp reports when it parses the URL itself
-        raise aiohttp.InvalidURL(url, str(e)) from e
-
-
-async def _exchange(http: aiohttp.ClientSession, url: str, data: bytes, ex: _Exchange) -> None:
-    started = time.perf_counter()
-    target = _parsed(url)
-    async with http.post(target, data=data, headers=DISPATCH_HEADERS, allow_redirects=False) as response:
-        ex.status = response.status
-        ex.duration_ms = int((time.perf_counter() - started) * 1000)
-        declared = response.content_length
-        if declared is not None and declared <= MAX_RESPONSE_BYTES and not response.headers.get(ENCODING):
-            ex.body = await response.read()  # the usual reply: its length known, nothing to decompress
-            return
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_chunked(READ_CHUNK):
-            size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
-                raise _TooLarge
-            chunks.append(chunk)
-        ex.body = b"".join(chunks)
-
-
 async def dispatch(call: Call, url: str, data: bytes, assigned_url: bool = False) -> ProxyResult:
     ctx = call.ctx
-    ex = _Exchange()
-    started = time.perf_counter()
+    ex = Reply(started=time.perf_counter())
     try:
         await run_watched(
             idle_watch(ctx),
             call.target,
-            _exchange(a2a_client(ctx, assigned_url), url, data, ex),
+            a2a_client(ctx, assigned_url).post(url, data, ex),
             _idle_seconds(ctx, call.target),
             call.ceiling,
         )
-    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as e:
+    except InvalidURL as e:
         log.warning("a2a: cannot build request to %s: %s", call.target, e)
         return fail(500, {"error": msg.BUILD_FAILED}, Outcome.NOT_DELIVERED)
     except Exception as e:
@@ -123,12 +74,12 @@ async def dispatch(call: Call, url: str, data: bytes, assigned_url: bool = False
             return fail(502, {"error": msg.NOT_ROUTABLE}, Outcome.NOT_DELIVERED)
         if ex.status is not None:
             return _read_failed(call, ex, e)
-        ex.duration_ms = int((time.perf_counter() - started) * 1000)
+        ex.duration_ms = int((time.perf_counter() - ex.started) * 1000)
         return await _transport_failed(call, ex, e)
     return _replied(call, ex)
 
 
-def _replied(call: Call, ex: _Exchange) -> ProxyResult:
+def _replied(call: Call, ex: Reply) -> ProxyResult:
     status = ex.status or 0
     if call.log:
         record.log_reply(call, status, ex.body, ex.duration_ms)
@@ -147,7 +98,7 @@ def _agent_error(body: bytes, status: int) -> str:
     return status_phrase(status, "")
 
 
-def _read_failed(call: Call, ex: _Exchange, exc: BaseException) -> ProxyResult:
+def _read_failed(call: Call, ex: Reply, exc: BaseException) -> ProxyResult:
     status = ex.status or 0
     confirmed = 200 <= status < 400
     log.warning("a2a: reading the reply of %s failed (status=%s): %r", call.target, status, exc)
@@ -160,13 +111,8 @@ def _read_failed(call: Call, ex: _Exchange, exc: BaseException) -> ProxyResult:
 def _busy_error(exc: BaseException) -> bool:
     """Reset or EOF before any reply: the agent dropped the request unprocessed (spec 04 §1.6).
 
-    A refused or unresolvable connect (`ClientConnectorError`) is not busy: nothing is listening."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return False
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionResetError):
-        return True
-    text = str(exc)
-    return "EOF" in text or "connection reset" in text.lower()
+    A refused, unresolvable or timed-out connect (`ConnectFailed`) is not busy: nothing is listening."""
+    return isinstance(exc, Disconnected | ConnectionResetError)
 
 
 def _failure_text(exc: BaseException) -> str:
@@ -174,7 +120,7 @@ def _failure_text(exc: BaseException) -> str:
     return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:500]
 
 
-async def _transport_failed(call: Call, ex: _Exchange, exc: BaseException) -> ProxyResult:
+async def _transport_failed(call: Call, ex: Reply, exc: BaseException) -> ProxyResult:
     log.info("a2a: dispatch to %s failed: %r", call.target, exc)
     idle = isinstance(exc, IdleTimeout)
     busy = not idle and _busy_error(exc)

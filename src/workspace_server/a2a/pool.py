@@ -1,5 +1,6 @@
-"""The A2A proxy's outbound transport: the two aiohttp pools agent calls go out on, and the idle watch
-that decides when a quiet agent has had long enough (`run_watched`, `IdleTimeout`)."""
+"""The A2A proxy's outbound transport: the two connection pools agent calls go out on (`a2a_client`, over
+`transport.AgentClient`), and the idle watch that decides when a quiet agent has had long enough
+(`run_watched`, `IdleTimeout`)."""
 
 from __future__ import annotations
 
@@ -8,55 +9,46 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-import aiohttp
-
+from workspace_server.a2a.transport import AgentClient
 from workspace_server.context import AppContext
 from workspace_server.egress import policy_for
-from workspace_server.egress.clients import guarded_connector
 from workspace_server.events.bus import Event
 
-# No read/write timeout: the idle watch decides when a quiet agent has had long enough. `connect` bounds
-# the wait for a pooled connection plus the connect itself; `sock_connect` the TCP connect alone.
-DISPATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30.0, sock_connect=10.0)
-MAX_CONNECTIONS = 2000  # agent calls in flight at once, all agents together
+# No read/write timeout: the idle watch decides when a quiet agent has had long enough. CONNECT_TIMEOUT
+# bounds the wait for a free connection plus the connect itself; SOCK_CONNECT_TIMEOUT the connect alone.
+CONNECT_TIMEOUT = 30.0
+SOCK_CONNECT_TIMEOUT = 10.0
+MAX_CONNECTIONS = 2000  # agent connections open at once, all agents together
 KEEPALIVE_SECONDS = 5.0  # idle agent connections are closed after this
+MAX_RESPONSE_BYTES = 10 << 20  # a longer reply (decoded) is a read failure
 
 
 # ---- the outbound client ----
 
 
-def a2a_client(ctx: AppContext, assigned_url: bool = False) -> aiohttp.ClientSession:
-    """The pool for agent calls, created on first use (inside the running loop) and closed by `close_client`.
+def a2a_client(ctx: AppContext, assigned_url: bool = False) -> AgentClient:
+    """The pool for agent calls, created on first use and closed by `close_client`.
 
-    Agent-supplied URLs go through the egress policy's resolver (egress/clients.py): a name whose
-    answers include an address the policy refuses fails at connect time, so DNS rebinding cannot get past
-    the check made before the call. URLs this server's backend assigned (`assigned_url`) use a second
-    pool with the default resolver: they may be loopback or a container name on the Docker network.
+    Agent-supplied URLs connect only to addresses the egress policy admits, judged when a connection is
+    opened (transport.py), so DNS rebinding cannot get past the check made before the call. URLs this
+    server's backend assigned (`assigned_url`) use a second pool without the policy: they may be loopback
+    or a container name on the Docker network.
 
-    aiohttp rather than the shared httpx `ctx.http`: this is the data path of every A2A message, and with
-    50 calls in flight httpx spent ~1.5 ms of CPU per request against aiohttp's ~0.12 ms (its pool
-    rescans every connection per request, its parser is pure Python); see docs/decisions.md. Its own
-    pool, too: A2A calls last minutes, so a few dozen in flight would starve every other outbound call.
+    Its own pool, not the shared httpx `ctx.http`: A2A calls last minutes, so a few dozen in flight would
+    starve every other outbound call; and its own client, since this is the data path of every A2A
+    message (docs/decisions.md "The A2A transport"). No cookies are kept: agents share hosts (127.0.0.1,
+    ports apart), and cookies do not isolate by port.
     """
     parts = ctx.a2a
     client = parts.trusted_client if assigned_url else parts.client
     if client is None:
-        limits: dict[str, Any] = {
-            "limit": MAX_CONNECTIONS,
-            "limit_per_host": 0,
-            "keepalive_timeout": KEEPALIVE_SECONDS,
-        }
-        if assigned_url:
-            connector = aiohttp.TCPConnector(**limits)
-        else:
-            connector = guarded_connector(policy_for(ctx.settings), **limits)
-        # No cookie jar: agents share hosts (127.0.0.1, ports apart), and cookies do not isolate by port,
-        # so one agent's Set-Cookie would be sent to the others.
-        client = aiohttp.ClientSession(
-            connector=connector,
-            timeout=DISPATCH_TIMEOUT,
-            auto_decompress=True,
-            cookie_jar=aiohttp.DummyCookieJar(),
+        client = AgentClient(
+            None if assigned_url else policy_for(ctx.settings),
+            max_connections=MAX_CONNECTIONS,
+            keepalive=KEEPALIVE_SECONDS,
+            connect_timeout=CONNECT_TIMEOUT,
+            sock_connect_timeout=SOCK_CONNECT_TIMEOUT,
+            max_body=MAX_RESPONSE_BYTES,
         )
         if assigned_url:
             parts.trusted_client = client

@@ -5,7 +5,7 @@ side effects (activity row, A2A_RESPONSE, last_outbound_at, token usage) in the 
 
 This module is the access stage and the entry point; the rest of the pipeline stands below it:
 `forward` (the exchange with the agent, replies, transport failures, busy → queue), `record` (activity
-rows and token usage after the answer), `pool` (the aiohttp pools, the idle watch), `caches` (target
+rows and token usage after the answer), `pool` (the agent connection pools, the idle watch), `caches` (target
 rows, queue hints) and `call` (the call's state and result, shared by every stage).
 """
 

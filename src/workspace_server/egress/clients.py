@@ -1,16 +1,19 @@
 """The policy at connect time, through the HTTP libraries' own extension points.
 
-- aiohttp (the A2A proxy): `GuardedResolver` wraps the default resolver and refuses a name whose answers
+- the A2A proxy's own client (a2a/transport.py): `checked_addresses` judges every answer of a name, and
+  the client connects only to those addresses and checks the peer once connected. Only a new connection
+  is checked: a pooled one costs nothing. The proxy also judges IP-literal URLs before the call
+  (`EgressPolicy.check_static`) to answer with the spec's error without trying.
+- aiohttp (Slack): `GuardedResolver` wraps the default resolver and refuses a name whose answers
   include an address the policy refuses; and the connector's `socket_factory` (called by aiohttp for every
   connect attempt, with the address it is about to connect to, IP literals included: they skip resolvers)
   refuses once more. Both run only when a new connection is opened (the connector's DNS cache holds what
-  the resolver returned), so a pooled connection costs nothing. The proxy also judges IP-literal URLs
-  before the call (`EgressPolicy.check_static`) to answer with the spec's error without trying.
+  the resolver returned), so a pooled connection costs nothing.
 - httpx (transcript, traces, session checks): `GuardedBackend` is an httpcore network backend. It resolves
   the host itself, judges every answer, connects to the address it judged (so a second DNS answer cannot
   differ from the first), and checks the connected socket's peer address once more.
 
-Both raise `EgressRefused` (an OSError), which the libraries report as a failed connect; callers map it to
+All raise `EgressRefused` (an OSError), which the clients report as a failed connect; callers map it to
 their spec error strings.
 """
 
@@ -87,32 +90,35 @@ def refused_cause(exc: BaseException | None) -> EgressRefused | None:
     return None
 
 
+async def checked_addresses(policy: EgressPolicy, host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, each judged by the policy (EgressRefused when any is refused, or
+    none came back; OSError when it does not resolve). An IP literal is judged as it is."""
+    literal = ip_literal(host)
+    if literal is not None:
+        policy.check_ip(literal, host, port)
+        return [host]
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout=DNS_TIMEOUT
+        )
+    except (UnicodeError, TimeoutError) as exc:
+        raise OSError(f"cannot resolve {host}") from exc
+    addrs: list[str] = []
+    for info in infos:
+        addr = str(info[4][0])
+        policy.check_ip(addr, host, port)
+        if addr not in addrs:
+            addrs.append(addr)
+    if not addrs:
+        raise EgressRefused(f"{host}: no addresses")
+    return addrs
+
+
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, policy: EgressPolicy, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
         self.policy = policy
         self.inner = inner or httpcore.AnyIOBackend()
-
-    async def _addresses(self, host: str, port: int) -> list[str]:
-        literal = ip_literal(host)
-        if literal is not None:
-            self.policy.check_ip(literal, host, port)
-            return [host]
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout=DNS_TIMEOUT
-            )
-        except (OSError, UnicodeError, TimeoutError) as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}") from exc
-        addrs: list[str] = []
-        for info in infos:
-            addr = str(info[4][0])
-            self.policy.check_ip(addr, host, port)
-            if addr not in addrs:
-                addrs.append(addr)
-        if not addrs:
-            raise EgressRefused(f"{host}: no addresses")
-        return addrs
 
     async def connect_tcp(
         self,
@@ -123,9 +129,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         try:
-            addrs = await self._addresses(host, port)
+            addrs = await checked_addresses(self.policy, host, port)
         except EgressRefused as exc:
             raise httpcore.ConnectError(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}") from exc
         last: Exception | None = None
         for addr in addrs:
             try:
