@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 
 from workspace_server.common.errors import ApiError
-from workspace_server.common.ids import parse_uuid
+from workspace_server.common.ids import new_id, parse_uuid
 from workspace_server.common.jsonnum import (
     contains_nul,
     encodable_json,
@@ -115,6 +116,17 @@ def test_ids_rejected(raw: str) -> None:
 def test_nil_uuid_accepted_and_ids_lowercased() -> None:
     assert parse_uuid("00000000-0000-0000-0000-000000000000") == "00000000-0000-0000-0000-000000000000"
     assert parse_uuid("123E4567-E89B-12D3-A456-426614174000") == "123e4567-e89b-12d3-a456-426614174000"
+
+
+def test_new_ids_are_random_canonical_v4_uuids() -> None:
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for raw in ids:
+        parsed = uuid.UUID(raw)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == raw == parse_uuid(raw)
+    # every hex digit outside the fixed version/variant nibbles varies
+    assert all(len({r[i] for r in ids}) > 8 for i in range(36) if ids[0][i] != "-" and i not in (14, 19))
 
 
 def test_field_limits_at_and_over() -> None:

@@ -26,6 +26,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
+# one encoder for every line (json.dumps with options builds a new one per call); datetimes as str()
+_encode_line = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 
 @dataclass
@@ -76,7 +78,7 @@ class ActivityJournal:
             return
         spliced = {k: v for k, v in (raw or {}).items() if row.get(k) is not None and b"\n" not in v}
         small = {k: v for k, v in row.items() if k not in spliced}
-        line = json.dumps({"row": small, "outbound": outbound}, default=str, separators=(",", ":")).encode()
+        line = _encode_line({"row": small, "outbound": outbound}).encode()
         if spliced:
             fields = b",".join(b'"%s":%s' % (k.encode(), v) for k, v in spliced.items())
             line = line[:-1] + b',"raw":{' + fields + b"}}"
