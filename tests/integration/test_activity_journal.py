@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,32 @@ def test_columns_given_as_json_text_read_back_as_their_values(tmp_path: Path) ->
     assert [e.row for e in entries] == [row, {"id": "r2", "request_body": None}]
     assert entries[0].outbound == "w1"
     os.close(fd)
+
+
+def test_rows_orjson_refuses_are_journaled_all_the_same(tmp_path: Path) -> None:
+    """A lone surrogate (an agent's error text) or an integer past 64 bits (an agent's tool trace) take
+    the stdlib's path; they read back as they were, beside a row that took orjson's, datetime included."""
+    writer, reader = ActivityJournal(tmp_path / "j"), ActivityJournal(tmp_path / "j")
+    assert writer.open()
+    created = datetime(2026, 12, 7, 6, 30, 1, 250000, tzinfo=UTC)
+    rows = [
+        {"id": "plain", "summary": "a → b", "created_at": created, "request_body": {"k": 1}},
+        {"id": "surrogate", "error_detail": "bad \ud800 text", "created_at": created},
+        {"id": "huge", "tool_trace": [{"n": 2**70}], "request_body": {"k": 2}},
+    ]
+    for row in rows:
+        raw = {"request_body": json.dumps(row["request_body"]).encode()} if "request_body" in row else None
+        writer.append(row, None, raw)
+    writer.unlock(writer.rotate().fd)  # type: ignore[union-attr]
+    writer.close()
+    [(_, fd, entries)] = reader.recover()
+    os.close(fd)
+    read = [e.row for e in entries]
+    assert [r["id"] for r in read] == ["plain", "surrogate", "huge"]
+    assert datetime.fromisoformat(read[0]["created_at"]) == created
+    assert read[0]["summary"] == "a → b" and read[0]["request_body"] == {"k": 1}
+    assert read[1]["error_detail"] == "bad \ud800 text"
+    assert read[2]["tool_trace"] == [{"n": 2**70}] and read[2]["request_body"] == {"k": 2}
 
 
 def test_an_unwritable_directory_disables_the_journal(tmp_path: Path) -> None:

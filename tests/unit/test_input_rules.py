@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from workspace_server.common.jsonnum import MAX_JSON_DEPTH, UnsafeJSON, decode_document, loads_stored
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workspace_server.common.jsonnum import (
+    MAX_JSON_DEPTH,
+    UnsafeJSON,
+    decode_document,
+    dumps_compact,
+    loads_finite,
+    loads_reply,
+    loads_stored,
+)
 
 
 @pytest.mark.parametrize(
@@ -54,3 +66,48 @@ def test_stored_documents_are_repaired_on_read() -> None:
     assert loads_stored('{"ok": "\\ud83d\\ude00"}') == {"ok": "\U0001f600"}  # a valid pair is kept
     assert loads_stored(b'{"b": 1}') == {"b": 1}
     assert loads_stored("not json") is None
+
+
+# ---- the orjson fast paths give what `json` gives, or leave the document to it ----
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_JSON, spaced=st.booleans())
+def test_fast_paths_agree_with_json(value: object, spaced: bool) -> None:
+    raw = json.dumps(value, ensure_ascii=spaced, separators=None if spaced else (",", ":")).encode()
+    assert loads_reply(raw) == json.loads(raw)
+    try:
+        parsed = decode_document(raw, check_strings=False)
+    except ValueError:
+        with pytest.raises(ValueError):
+            loads_finite(raw)  # the stdlib's own verdict
+    else:
+        assert parsed == json.loads(raw)
+    try:
+        encoded = dumps_compact(value)
+    except UnicodeEncodeError:  # a lone surrogate: refused as json's own `.encode()` refuses it
+        with pytest.raises(UnicodeEncodeError):
+            json.dumps(value, ensure_ascii=False).encode()
+        return
+    assert json.loads(encoded) == value
+
+
+def test_what_orjson_refuses_or_would_change_takes_json_s_path() -> None:
+    assert loads_reply(b'{"n": 123456789012345678901234567890}') == {"n": 123456789012345678901234567890}
+    assert loads_reply(b'{"x": NaN}')["x"] != loads_reply(b'{"x": NaN}')["x"]  # NaN, as json reads it
+    assert loads_reply(b'["\\ud800"]') == ["\ud800"]
+    assert decode_document(b'{"n": 123456789012345678901234567890}') == {"n": 123456789012345678901234567890}
+    assert dumps_compact({"n": 2**70, "s": "é"}) == '{"n":1180591620717411303424,"s":"é"}'.encode()
+    assert dumps_compact({"a": [1, 2.5, None, True]}) == b'{"a":[1,2.5,null,true]}'
+    with pytest.raises(ValueError):
+        loads_reply(b"{")

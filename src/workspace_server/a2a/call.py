@@ -8,7 +8,6 @@ so each stage can name the call it works on without an import cycle.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 from workspace_server.a2a import schemas as msg
 from workspace_server.activity.service import sorted_keys
+from workspace_server.common.jsonnum import dumps_compact, loads_reply
 from workspace_server.context import AppContext
 
 # One logger for the whole pipeline, under the name it had as one module, so log settings keep applying.
@@ -80,12 +80,8 @@ class Call:
         return str(self.row.name) if self.row is not None and self.row.name else self.target
 
 
-# one encoder for every call: json.dumps with options builds a new one each time (a third of its cost here)
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def encode(obj: Any) -> bytes:
-    return _compact(obj).encode()
+    return dumps_compact(obj)
 
 
 def fail(
@@ -97,7 +93,7 @@ def fail(
 def agent_json(body: bytes) -> Any:
     """An agent's reply as JSON, None when empty or not JSON (the reply is the agent's, not ours to judge)."""
     try:
-        return json.loads(body) if body else None
+        return loads_reply(body) if body else None
     except (ValueError, RecursionError):  # an agent's reply: nesting depth unbounded
         return None
 

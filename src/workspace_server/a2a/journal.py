@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
-# one encoder for every line (json.dumps with options builds a new one per call); datetimes as str()
+# what orjson refuses goes through this (json.dumps with options builds a new encoder per call)
 _encode_line = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 
@@ -77,11 +79,8 @@ class ActivityJournal:
         if seg is None:
             return
         spliced = {k: v for k, v in (raw or {}).items() if row.get(k) is not None and b"\n" not in v}
-        small = {k: v for k, v in row.items() if k not in spliced}
-        line = _encode_line({"row": small, "outbound": outbound}).encode()
-        if spliced:
-            fields = b",".join(b'"%s":%s' % (k.encode(), v) for k, v in spliced.items())
-            line = line[:-1] + b',"raw":{' + fields + b"}}"
+        small = {k: v for k, v in row.items() if k not in spliced} if spliced else row
+        line = _line(small, outbound, spliced)
         try:
             os.write(seg.fd, line + b"\n")
         except OSError:
@@ -150,6 +149,24 @@ class ActivityJournal:
             path.unlink(missing_ok=True)
         finally:
             os.close(fd)
+
+
+def _line(row: dict[str, Any], outbound: str | None, spliced: Mapping[str, bytes]) -> bytes:
+    """`{"row": …, "outbound": …, "raw": {column: JSON text}}` on one line (JSON escapes every newline
+    inside strings). orjson, with the raw columns as fragments; the stdlib for what orjson refuses (a lone
+    surrogate, an integer past 64 bits), the raw columns spliced in by hand."""
+    entry: dict[str, Any] = {"row": row, "outbound": outbound}
+    if spliced:
+        entry["raw"] = {k: orjson.Fragment(v) for k, v in spliced.items()}
+    try:
+        return orjson.dumps(entry)
+    except orjson.JSONEncodeError:
+        pass
+    line = _encode_line({"row": row, "outbound": outbound}).encode()
+    if spliced:
+        fields = b",".join(b'"%s":%s' % (k.encode(), v) for k, v in spliced.items())
+        line = line[:-1] + b',"raw":{' + fields + b"}}"
+    return line
 
 
 def _read(path: Path) -> list[Entry]:

@@ -27,7 +27,7 @@ from workspace_server.a2a.logstore import ActivitySink, RawColumns, SqlActivityS
 from workspace_server.common.errors import backing_store_down
 from workspace_server.common.ids import new_id
 from workspace_server.common.jsonnum import contains_nul, scrub_nul
-from workspace_server.common.time import utcnow
+from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
 
 log = logging.getLogger(__name__)
@@ -168,10 +168,11 @@ class LogWriter:
             bound.journal.discard(seg)
         self._segments.clear()
         events = bound.ctx.events
+        now = rfc3339(utcnow()) or ""  # the batch is announced at one moment
         for event_type, ws_id, payload in batch.events:
-            await events.broadcast(event_type, ws_id, payload)
+            await events.broadcast(event_type, ws_id, payload, now)
         for row in written:
-            await events.broadcast("ACTIVITY_LOGGED", row["workspace_id"], _logged_payload(row))
+            await events.broadcast("ACTIVITY_LOGGED", row["workspace_id"], _logged_payload(row), now)
         return True
 
     def _hold(self, batch: _Pending) -> None:

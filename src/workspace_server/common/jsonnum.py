@@ -13,6 +13,8 @@ import math
 import re
 from typing import Any
 
+import orjson
+
 log = logging.getLogger(__name__)
 
 # Go switches to exponent form at 1e21; below that a whole float is printed as an integer.
@@ -90,6 +92,43 @@ def _decode(decoder: json.JSONDecoder, raw: bytes | str) -> Any:
         raise UnsafeJSON("JSON nested too deeply") from None
 
 
+# orjson reads an integer past 64 bits as a float: a document with a run of 19 digits is left to `json`
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+_MISS = object()
+
+
+def _fast_loads(raw: bytes) -> Any:
+    """orjson's parse where it gives what `loads_strict` would (it refuses NaN, Infinity and numbers past
+    float range as well); _MISS where it might not, or refused the bytes: `json` then decides, errors
+    included, so nothing but the cost changes."""
+    if _LONG_NUMBER.search(raw):
+        return _MISS
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _MISS
+
+
+def loads_reply(body: bytes) -> Any:
+    """A document someone else sent (an agent's reply), read as `json.loads` reads it: NaN and lone
+    surrogates included, through orjson when that gives the same. ValueError when it is not JSON."""
+    value = _fast_loads(body)
+    return json.loads(body) if value is _MISS else value
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def dumps_compact(value: Any) -> bytes:
+    """Compact UTF-8 JSON of plain data, as `json.dumps(separators=(",", ":"), ensure_ascii=False)` writes
+    it (floats may take another shortest form: `1e20` for `1e+20`). orjson, ~15x faster; `json` for what
+    it refuses (integers past 64 bits, lone surrogates, which then raise UnicodeEncodeError as before)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _COMPACT(value).encode()
+
+
 def decode_document(
     raw: bytes, *, allow_nul: bool = False, check_strings: bool = True, max_depth: int = MAX_JSON_DEPTH
 ) -> Any:
@@ -102,7 +141,9 @@ def decode_document(
     few byte scans: a surrogate or NUL needs a `\\u` escape (or the raw 0xED bytes of an encoded
     surrogate), and a document cannot nest deeper than its count of `[` and `{`.
     """
-    data = loads_finite(raw)
+    data = _fast_loads(raw)
+    if data is _MISS:
+        data = loads_finite(raw)
     strings = check_strings and (b"\\u" in raw or b"\xed" in raw)
     deep = raw.count(b"[") + raw.count(b"{") > max_depth
     if (strings or deep) and not _keepable(data, allow_nul, max_depth if deep else None, strings):

@@ -18,6 +18,7 @@ What a client sees does not change:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -36,9 +37,18 @@ from workspace_server.common.errors import (
 
 class HotRoute(Route):
     """A Starlette route that records itself as `scope["route"]`, as FastAPI's routes do: the metrics
-    middleware labels requests by it (`middleware.RouteTemplates`)."""
+    middleware labels requests by it (`middleware.RouteTemplates`).
+
+    Every request passes the hot lane, so a path that cannot match (it does not end with the template's
+    literal tail, e.g. `/a2a`) is turned away before the route's regex."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], methods: list[str]) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        self.tail = path[path.rfind("}") + 1 :]
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and not scope["path"].endswith(self.tail):
+            return Match.NONE, {}
         match, child = super().matches(scope)
         if match is not Match.NONE:
             child["route"] = self

@@ -39,9 +39,13 @@ class EventService:
             return
         await self.broadcast(event_type, workspace_id, payload)
 
-    async def broadcast(self, event_type: str, workspace_id: str | None, payload: dict[str, Any]) -> None:
-        """Broadcast-only events (heartbeats, task updates, activity): WebSocket + SSE, not persisted."""
+    async def broadcast(
+        self, event_type: str, workspace_id: str | None, payload: dict[str, Any], timestamp: str = ""
+    ) -> None:
+        """Broadcast-only events (heartbeats, task updates, activity): WebSocket + SSE, not persisted.
+        `timestamp` (RFC 3339): the moment of a batch announced together; now when not given."""
         try:
-            await self.bus.publish(Event(event_type, workspace_id, payload))
+            event = Event(event_type, workspace_id, payload, timestamp) if timestamp else None
+            await self.bus.publish(event or Event(event_type, workspace_id, payload))
         except Exception:
             log.exception("failed to broadcast event %s", event_type)
