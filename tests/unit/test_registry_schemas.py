@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import parse_model
+from workspace_server.common.http import first_headers, parse_model
 from workspace_server.registry.schemas import (
     HeartbeatRequest,
     RegisterRequest,
@@ -125,3 +125,18 @@ def test_parse_heartbeat_is_the_model(data: Any) -> None:
     for name in HeartbeatRequest.model_fields:
         value, expected = getattr(got, name), getattr(want, name)
         assert (type(value), value) == (type(expected), expected), name
+
+
+def test_first_headers_reads_as_starlette_does() -> None:
+    from starlette.datastructures import Headers
+
+    raw = [
+        (b"x-workspace-id", b"a"),
+        (b"authorization", b"Bearer t"),
+        (b"x-workspace-id", b"b"),
+        (b"x-n", b"\xe9"),
+    ]
+    got = first_headers({"headers": raw})
+    want = Headers(raw=raw)
+    assert got == {"x-workspace-id": "a", "authorization": "Bearer t", "x-n": "é"}
+    assert all(got[k] == want[k] for k in got)

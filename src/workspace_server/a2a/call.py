@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import Any
 
 from workspace_server.a2a import schemas as msg
+from workspace_server.a2a.store import TargetRow
 from workspace_server.activity.service import sorted_keys
 from workspace_server.common.jsonnum import dumps_compact, loads_reply
 from workspace_server.context import AppContext
@@ -66,7 +67,7 @@ class Call:
     ceiling: float | None
     from_queue: bool
     method: str = ""
-    row: Any = None  # store.target_row result, None when missing or unreadable
+    row: TargetRow | None = None  # None when missing or unreadable
     row_error: bool = False
     request: Any = None  # the normalised envelope (dict)
     encoded: bytes = b""  # the envelope as sent to the agent (JSON), kept so it is not encoded again

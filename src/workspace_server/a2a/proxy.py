@@ -161,7 +161,7 @@ async def _load_target(call: Call, key: str) -> str | None:
     return queued_id
 
 
-async def _target_row(ctx: AppContext, ws_id: str) -> Any:
+async def _target_row(ctx: AppContext, ws_id: str) -> store.TargetRow | None:
     async with ctx.autocommit.connect() as conn:
         return await store.target_row(conn, ws_id)
 

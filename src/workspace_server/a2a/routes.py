@@ -15,9 +15,10 @@ from workspace_server.a2a import schemas as msg
 from workspace_server.a2a.proxy import MAX_REQUEST_BYTES, ProxyResult, proxy_a2a
 from workspace_server.a2a.record import usage_today
 from workspace_server.a2a.schemas import DelegateRequest, RecordRequest, UpdateRequest
-from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth, credentials
+from workspace_server.auth.deps import AdminAuth, Ctx, WorkspaceAuth
+from workspace_server.authz.actor import Credentials
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import parse_model, read_json
+from workspace_server.common.http import first_headers, parse_model, read_json
 from workspace_server.common.ids import uuid_or_raw
 from workspace_server.common.routing import hot_route
 from workspace_server.context import get_ctx
@@ -52,8 +53,8 @@ async def _read_cut(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _x_timeout(request: Request) -> int | None:
-    raw = request.headers.get("x-timeout", "")
+def _x_timeout(headers: dict[str, str]) -> int | None:
+    raw = headers.get("x-timeout", "")
     if _INT.fullmatch(raw) and 0 < int(raw) < 2**31:
         return int(raw)
     return None
@@ -64,7 +65,8 @@ async def proxy(request: Request) -> Response:
     ctx = await get_ctx(request)
     target = uuid_or_raw(request.path_params["id"])
     raw = await _read_cut(request)
-    header = request.headers.get("x-workspace-id", "")
+    headers = first_headers(request.scope)
+    header = headers.get("x-workspace-id", "")
     if msg.is_system_caller(header):
         # %r: the header is attacker-controlled; keep its control characters out of the log line
         log.warning("a2a: system caller prefix forged by %s: %r", request.client, header)
@@ -74,7 +76,7 @@ async def proxy(request: Request) -> Response:
     # production mode; the open bootstrap's exceptions are the authz layer's (authz.a2a_actor)
     await authz.a2a_actor(
         ctx,
-        credentials(request),
+        Credentials.from_headers(headers),
         target,
         caller,
         missing=msg.MISSING_CALLER_TOKEN,
@@ -83,7 +85,7 @@ async def proxy(request: Request) -> Response:
     # Run in the request's own task, not a spawned one (~13 µs a call): a caller that hangs up does not
     # abort a delivery half-way all the same, because uvicorn never cancels a request task when its
     # client goes (it only flags the disconnect), and the hot lane adds no timeout of its own.
-    return render(await proxy_a2a(ctx, target, raw, caller, True, timeout_seconds=_x_timeout(request)))
+    return render(await proxy_a2a(ctx, target, raw, caller, True, timeout_seconds=_x_timeout(headers)))
 
 
 # Every agent-to-agent message passes here; served ahead of FastAPI's router (app.py).

@@ -9,6 +9,7 @@ the bodies refused here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -21,6 +22,7 @@ __all__ = [
     "INVALID_JSON",
     "bearer_token",
     "client_ip",
+    "first_headers",
     "parse_json",
     "parse_model",
     "read_body",
@@ -29,6 +31,19 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def first_headers(scope: Mapping[str, Any]) -> dict[str, str]:
+    """A request's headers as a dict (lowercase names, as the server gives them), each name's first value
+    as Starlette's `request.headers[name]` reads it: one pass for a route that looks at several, where
+    each Starlette lookup scans the list (and raises and catches KeyError for an absent name)."""
+    headers: dict[str, str] = {}
+    for key, value in scope["headers"]:
+        name = key.decode("latin-1")
+        if name not in headers:
+            headers[name] = value.decode("latin-1")
+    return headers
+
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 

@@ -81,7 +81,9 @@ def _with_groups(message: Message, groups: list[Headers]) -> Message:
     """The response start with each group added, innermost first, where its name is not set yet — what
     the layered stack's `add_defaults` wrappers do one after another."""
     headers = list(message.get("headers", ()))
+    present = {bytes(k).lower() for k, _ in headers}
     for group in reversed(groups):
-        present = {bytes(k).lower() for k, _ in headers}
-        headers.extend((k, v) for k, v in group if k not in present)
+        added = [(k, v) for k, v in group if k not in present]
+        headers += added
+        present.update(k for k, _ in added)
     return {**message, "headers": headers}
