@@ -7,7 +7,6 @@ import re
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.requests import ClientDisconnect
 
 from workspace_server import authz
 from workspace_server.a2a import delegation, queue
@@ -34,23 +33,37 @@ MAX_STALE_MINUTES = 100_000_000  # ~190 years; larger values mean "everything" a
 def render(result: ProxyResult) -> Response:
     if result.error is not None:
         return JSONResponse(result.error, status_code=result.status, headers=result.headers)
-    return Response(
-        result.body, status_code=result.status, media_type="application/json", headers=result.headers
-    )
+    return AgentReply(result.body, result.status, result.headers)
+
+
+class AgentReply(Response):
+    """The agent's bytes as `Response(body, status, media_type="application/json", headers=…)` sends
+    them, without rendering anything: this answers every proxied message."""
+
+    def __init__(self, body: bytes, status: int, headers: dict[str, str]) -> None:  # not Response's
+        self.status_code = status
+        self.body = body
+        self.background = None
+        self.raw_headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+        self.raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
 async def _read_cut(request: Request) -> bytes:
-    """The body's first MAX_REQUEST_BYTES; the rest is read and dropped (spec 04 §1.2: silently cut)."""
+    """The body's first MAX_REQUEST_BYTES; the rest is read and dropped (spec 04 §1.2: silently cut).
+    Straight from `receive` (what `request.stream()` does, without its generator and bookkeeping)."""
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            if size < MAX_REQUEST_BYTES:
-                chunks.append(chunk[: MAX_REQUEST_BYTES - size])
-            size += len(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "failed to read request body") from None
-    return b"".join(chunks)
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away mid-body
+            raise ApiError(400, "failed to read request body")
+        chunk: bytes = message.get("body", b"")
+        if size < MAX_REQUEST_BYTES:
+            chunks.append(chunk[: MAX_REQUEST_BYTES - size])
+        size += len(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _x_timeout(headers: dict[str, str]) -> int | None:
