@@ -112,11 +112,13 @@ class LogWriter:
         event: Announcement | None = None,
         raw: RawColumns | None = None,
     ) -> None:
-        """Journal an activity row (columns of `activity_logs`) and queue it, optionally with a caller to
-        stamp and an event to broadcast once the row is stored. `raw`: JSON columns as the JSON text the
-        caller already has (valid JSON of the same value), used instead of encoding them again."""
+        """Journal an activity row (columns of `activity_logs`; a fresh dict, which the writer takes over
+        and gives its id and created_at) and queue it, optionally with a caller to stamp and an event to
+        broadcast once the row is stored. `raw`: JSON columns as the JSON text the caller already has
+        (valid JSON of the same value), used instead of encoding them again."""
         bound = self.bound
-        row = {**row, "id": new_id(), "created_at": utcnow()}
+        row["id"] = new_id()
+        row["created_at"] = utcnow()
         bound.journal.append(row, outbound_caller, raw)
         pending = self._pending
         pending.rows.append(row)

@@ -73,7 +73,7 @@ def _tool_trace(reply: Any) -> Any:
 
 def _row(call: Call, **values: Any) -> dict[str, Any]:
     """An `a2a_receive` row on the target (every key present: rows are inserted together)."""
-    row: dict[str, Any] = {
+    return {
         "workspace_id": call.target,
         "activity_type": "a2a_receive",
         "source_id": call.caller or None,
@@ -86,9 +86,8 @@ def _row(call: Call, **values: Any) -> dict[str, Any]:
         "duration_ms": None,
         "status": "ok",
         "error_detail": None,
+        **values,
     }
-    row.update(values)
-    return row
 
 
 # ---- token usage (spec 01 §3) ----
