@@ -453,3 +453,41 @@ async def test_https_agent_is_verified(tmp_path: Path) -> None:
         await untrusting.close()
         await trusting.close()
     assert bodies == [b'{"tls":1}', b'{"tls":2}']
+
+
+def test_the_client_on_uvloop() -> None:
+    """The server runs on uvloop, whose transports are not asyncio's classes: reuse, framings, a cancel and
+    the egress refusal there too (the tests above run on the default loop)."""
+    import uvloop
+
+    async def scenario() -> None:
+        http = client()
+        chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        agent = await serve(answering(ok(b'{"a":1}'), chunked, ok(b'{"c":3}')))
+        hung_up = asyncio.Event()
+
+        def hanging(a: Agent) -> Script:
+            async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await a.read_request(reader)
+                if await reader.read() == b"":
+                    hung_up.set()
+
+            return script
+
+        hang = await serve(hanging)
+        try:
+            bodies = [(await post(http, agent.url)).body for _ in range(3)]
+            assert bodies == [b'{"a":1}', b"{}", b'{"c":3}'] and agent.connections == 1
+            call = asyncio.create_task(post(http, hang.url))
+            while not hang.heads:
+                await asyncio.sleep(0.01)
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+            await asyncio.wait_for(hung_up.wait(), 3)
+        finally:
+            await agent.__aexit__()
+            await hang.__aexit__()
+            await http.close()
+        await test_egress_policy_refuses_at_connect_time()
+
+    uvloop.run(scenario())
