@@ -139,12 +139,16 @@ def start_control_agent(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_forwarder(agent_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_forwarder(
+    agent_url: str, workdir: Path, client: str = "aiohttp"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`client`: "aiohttp" (the issue's floor) or "ours" (the same forwarder on the proxy's own client)."""
     port = free_port()
-    log = (workdir / "forwarder.log").open("wb")
+    log = (workdir / f"forwarder-{client}.log").open("wb")
     cmd = [sys.executable, "-m", "uvicorn", "forwarder:app", "--app-dir", str(ROOT / "bench")]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=_env(FORWARD_TO=agent_url), stdout=log, stderr=subprocess.STDOUT)
+    env = _env(FORWARD_TO=agent_url, FORWARD_CLIENT=client)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -330,15 +334,16 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Non
             control = await control_run(args, client, agent_client, base, workdir, procs)
             paths = {"direct": direct, "proxied": proxied}
             watched = {"server": psutil.Process(server.pid), "agent": psutil.Process(agent.pid)}
-            fwd, fwd_url = start_forwarder(agent_url, workdir)
-            procs.append(fwd)
-            paths["forwarder"] = sender(client, fwd_url)
-            watched["forwarder"] = psutil.Process(fwd.pid)
+            for name, kind in (("forwarder", "aiohttp"), ("forwarder_ours", "ours")):
+                fwd, fwd_url = start_forwarder(agent_url, workdir, kind)
+                procs.append(fwd)
+                paths[name] = sender(client, fwd_url)
+                watched[name] = psutil.Process(fwd.pid)
 
-            async def forwarding() -> bool:
-                return (await client.call("POST", fwd_url, message_body(0)))[0] == 200
+                async def forwarding(url: str = fwd_url) -> bool:
+                    return (await client.call("POST", url, message_body(0)))[0] == 200
 
-            await wait_until(forwarding, "forwarder", procs)
+                await wait_until(forwarding, name, procs)
             rates: dict[str, list[float]] = {name: [] for name in paths}
             cpu: dict[str, float] = dict.fromkeys(watched, 0.0)
             spy = start_profiler(server.pid, workdir) if args.profile else None
@@ -351,8 +356,8 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Non
                     if name == "proxied":
                         cpu["server"] += cpu_seconds(watched["server"]) - before["server"]
                         cpu["agent"] += cpu_seconds(watched["agent"]) - before["agent"]
-                    elif name == "forwarder":
-                        cpu["forwarder"] += cpu_seconds(watched["forwarder"]) - before["forwarder"]
+                    elif name.startswith("forwarder"):
+                        cpu[name] += cpu_seconds(watched[name]) - before[name]
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT, not on SIGTERM
                 spy.wait(timeout=60)
@@ -397,6 +402,12 @@ def report(
     print(
         f"# against direct: proxied ratio={proxied_rate / direct_rate:.3f} "
         f"forwarder ratio={fwd_rate / direct_rate:.3f}"
+    )
+    ours_rate = max(rates["forwarder_ours"])
+    print(
+        f"# the floor of our own stack (the same forwarder on the proxy's agent client): "
+        f"ratio={proxied_rate / ours_rate:.3f} cpu_ratio={ms['server'] / ms['forwarder_ours']:.2f} "
+        f"forwarder_ours_cpu_ms={ms['forwarder_ours']:.3f}"
     )
     print(
         f"RESULT a2a-forwarder ratio={proxied_rate / fwd_rate:.3f} "
