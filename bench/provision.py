@@ -3,11 +3,16 @@
 1. Start `python -m workspace_server serve` on a free loopback port: SQLite under a temp dir,
    WORKSPACE_BACKEND=docker with host networking, PLATFORM_URL pointing at itself, the orphan sweeper off
    (other containers on this engine are not ours).
-2. Ours, N times: `POST /workspaces` (runtime `echo` → molecule/workspace-agent:latest) and poll
-   `GET /workspaces/:id` until `online` (the agent registered). Each workspace is purged afterwards.
+2. Ours, N times: `POST /workspaces` (runtime `echo` → molecule/workspace-agent:latest) until its
+   `WORKSPACE_ONLINE` frame arrives on the server's event stream (`GET /ws`, what the canvas listens to;
+   the agent registered and the status is committed), then one `GET /workspaces/:id` checks it says
+   `online` (after the clock stopped). Each workspace is purged afterwards.
 3. Floor, N times, interleaved with ours: create + start a container of the same image on the host network
-   through the same engine API (what `docker run -d` does) and poll `message/send` on its port until it
-   answers 200. The container is removed afterwards.
+   through the same engine API (what `docker run -d` does), probe its port with a TCP connect every 2 ms
+   and, once it accepts, send `message/send` until it answers 200. The container is removed afterwards.
+   Both ends are taken to about a millisecond: ours is pushed, the floor's probe is 2 ms apart (it was a
+   20 ms poll on both sides, which put up to 20 ms of waiting into each, and the few ms of server CPU of
+   every `GET /workspaces/:id` poll onto the machine while the workspace was starting).
 4. Print each sample, the server's CPU per workspace (create → online → purge; the machine is shared, so
    wall times move with other people's load, CPU much less) and
    `RESULT provision ratio=<ours_p50/bare_p50> ours_p50=<s> bare_p50=<s>`.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -45,6 +51,7 @@ from typing import Any
 import docker
 import httpx
 import psutil
+import websockets
 
 from workspace_server.provisioner.docker.pool_model import (
     POOL_LABEL,
@@ -57,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "molecule/workspace-agent:latest"
 ADMIN = "bench-admin"
 SAMPLE_DEADLINE = 120.0  # seconds per sample
-POLL = 0.02
+POLL = 0.002  # the bare side's probe interval (ours is pushed: the event stream)
 PROFILE_OUT = ROOT / "data" / "bench" / "provision-profile.txt"
 
 
@@ -136,20 +143,63 @@ async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes])
     raise SystemExit("server did not become healthy")
 
 
-async def ours_once(client: httpx.AsyncClient, n: int) -> float:
+class Online:
+    """The server's event stream (`GET /ws`, what the canvas listens to): when each workspace's
+    WORKSPACE_ONLINE (or WORKSPACE_PROVISION_FAILED) frame arrived, by `time.perf_counter()`. The frame is
+    sent after the status is committed, so "ours" ends when the server says online, with no poll
+    interval in it and no poll requests loading the server while it provisions."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, tuple[str, float]] = {}
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, base_url: str) -> None:
+        ready = asyncio.Event()
+        self.task = asyncio.create_task(self._listen(base_url.replace("http://", "ws://") + "/ws", ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        await asyncio.sleep(0.2)  # the server adds the client to its hub just after the handshake
+
+    async def _listen(self, url: str, ready: asyncio.Event) -> None:
+        async with websockets.connect(url, max_size=None) as ws:
+            ready.set()
+            async for frame in ws:
+                now = time.perf_counter()
+                ev = json.loads(frame)
+                if ev.get("event") in ("WORKSPACE_ONLINE", "WORKSPACE_PROVISION_FAILED"):
+                    self.at.setdefault(str(ev.get("workspace_id")), (ev["event"], now))
+                    self.changed.set()
+
+    async def wait(self, wid: str, deadline: float) -> tuple[str, float]:
+        while wid not in self.at:
+            if self.task is not None and self.task.done():
+                raise SystemExit(f"the event stream ended: {self.task.exception()!r}")
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), max(0.0, deadline - time.perf_counter()))
+            if time.perf_counter() > deadline:
+                raise SystemExit(f"workspace {wid} not online within {SAMPLE_DEADLINE:.0f}s")
+        return self.at[wid]
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+
+async def ours_once(client: httpx.AsyncClient, online: Online, n: int) -> float:
     t0 = time.perf_counter()
     r = await client.post("/workspaces", json={"name": f"bench-{n}", "runtime": "echo", "tier": 2})
     if r.status_code != 201:
         raise SystemExit(f"create failed: {r.status_code} {r.text}")
     wid = r.json()["id"]
     try:
-        while True:
-            view = (await client.get(f"/workspaces/{wid}")).json()
-            if view["status"] == "online":
-                return time.perf_counter() - t0
-            if view["status"] == "failed" or time.perf_counter() - t0 > SAMPLE_DEADLINE:
-                raise SystemExit(f"workspace {wid} ended {view['status']}")
-            await asyncio.sleep(POLL)
+        event, at = await online.wait(wid, t0 + SAMPLE_DEADLINE)
+        view = (await client.get(f"/workspaces/{wid}")).json()  # after the clock stopped: a check only
+        if event != "WORKSPACE_ONLINE" or view["status"] != "online":
+            raise SystemExit(f"workspace {wid}: {event}, status {view['status']}")
+        return at - t0
     finally:
         await client.delete(f"/workspaces/{wid}?purge=true")
 
@@ -174,14 +224,27 @@ async def bare_once(engine: docker.DockerClient, http: httpx.AsyncClient) -> flo
     )
     try:
         while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.post(f"http://127.0.0.1:{port}/", json=message_send())).status_code == 200:
-                    return time.perf_counter() - t0
+            if await listening(port):  # then the same request as before, answered once it serves
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.post(f"http://127.0.0.1:{port}/", json=message_send())).status_code == 200:
+                        return time.perf_counter() - t0
             if time.perf_counter() - t0 > SAMPLE_DEADLINE:
                 raise SystemExit("bare container never answered")
             await asyncio.sleep(POLL)
     finally:
         await asyncio.to_thread(container.remove, force=True)
+
+
+async def listening(port: int) -> bool:
+    """A TCP connect to the agent's port: refused (microseconds, no request built) until it listens."""
+    try:
+        _r, w = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    w.close()
+    with contextlib.suppress(OSError):
+        await w.wait_closed()
+    return True
 
 
 def pool_filter(workdir: Path) -> dict[str, Any]:
@@ -224,15 +287,18 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-provision-") as tmp:
         proc = start_server(port, Path(tmp), args.warm)
         headers = {"Authorization": f"Bearer {ADMIN}"}
+        online = Online()
         try:
             async with (
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as client,
                 httpx.AsyncClient(timeout=2) as http,
             ):
                 await wait_healthy(client, proc)
+                await online.start(f"http://127.0.0.1:{port}")
                 if args.warm:
                     await wait_member(engine, Path(tmp))
-                await ours_once(client, -1)  # warm-up: first-use costs (network setup, imports) on both sides
+                # warm-up: first-use costs (network setup, imports) on both sides
+                await ours_once(client, online, -1)
                 await bare_once(engine, http)
                 ours, bare = [], []
                 server = psutil.Process(proc.pid)
@@ -243,7 +309,7 @@ async def main(args: argparse.Namespace) -> None:
                         if args.warm:
                             await wait_member(engine, Path(tmp))
                         before = cpu_seconds(server)
-                        ours.append(await ours_once(client, n))
+                        ours.append(await ours_once(client, online, n))
                         cpu += cpu_seconds(server) - before
                         bare.append(await bare_once(engine, http))
                         print(f"# run {n}: ours={ours[-1]:.3f}s bare={bare[-1]:.3f}s", flush=True)
@@ -252,6 +318,7 @@ async def main(args: argparse.Namespace) -> None:
                         stop_profiler(spy)
                 print(f"# server_cpu_ms_per_workspace={1000 * cpu / args.runs:.1f}")
         finally:
+            await online.stop()
             os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=30)

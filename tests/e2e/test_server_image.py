@@ -249,10 +249,11 @@ async def test_bridge_network_server_claims_warm_members(server_image: Any) -> N
         for c in client.containers.list(all=True, filters={"label": "molecule.pool=1", "network": net}):
             c.remove(force=True)
             if c.name.startswith("molecule-pool-"):
-                try:
-                    client.volumes.get(f"{c.name}-configs").remove(force=True)
-                except docker.errors.APIError:
-                    pass
+                for suffix in ("-configs", "-workspace"):  # its /workspace volume too (it left one behind)
+                    try:
+                        client.volumes.get(f"{c.name}{suffix}").remove(force=True)
+                    except docker.errors.APIError:
+                        pass
         try:
             client.networks.get(net).remove()
         except docker.errors.APIError:

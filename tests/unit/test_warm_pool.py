@@ -23,21 +23,27 @@ print(os.environ["WORKSPACE_ID"], os.environ["SECRET"], sys.argv[1:], flush=True
 """
 
 
-def test_waiter_runs_the_module_with_the_delivered_env(tmp_path: Path) -> None:
+def fake_agent(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A `python -m fakeagent` package and the env of a waiter whose configs dir is `<tmp>/configs`."""
     pkg = tmp_path / "lib" / "fakeagent"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "__main__.py").write_text(AGENT)
     configs = tmp_path / "configs"
-    configs.mkdir()
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "lib"), "WORKSPACE_CONFIG_PATH": str(configs)}
     env.pop("WORKSPACE_ID", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WAITER, "python3", "-m", "fakeagent", "--flag"],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    return configs, env
+
+
+def start_waiter(env: dict[str, str]) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-c", WAITER, "python3", "-m", "fakeagent", "--flag"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def test_waiter_runs_the_module_with_the_delivered_env(tmp_path: Path) -> None:
+    configs, env = fake_agent(tmp_path)
+    configs.mkdir()
+    proc = start_waiter(env)
     try:
         time.sleep(0.3)
         assert proc.poll() is None  # waiting for its identity
@@ -49,6 +55,25 @@ def test_waiter_runs_the_module_with_the_delivered_env(tmp_path: Path) -> None:
     assert out.strip() == "ws-1 s ['--flag']"
     assert not (configs / IDENTITY_FILE).exists()  # it held the secrets: the waiter deleted it
     assert (configs / "config.yaml").read_bytes() == b"name: x\n"
+
+
+def test_waiter_ignores_a_half_written_identity(tmp_path: Path) -> None:
+    """The engine-volume delivery has no rename: the waiter may read the file while the engine writes
+    it. A truncated JSON object is not acted on; the whole one is."""
+    configs, env = fake_agent(tmp_path)
+    configs.mkdir()
+    proc = start_waiter(env)
+    try:
+        identity = configs / IDENTITY_FILE
+        identity.write_text('{"WORKSPACE_ID": "ws-2", "SEC')
+        time.sleep(0.3)
+        assert proc.poll() is None
+        identity.write_text('{"WORKSPACE_ID": "ws-2", "SECRET": "t"}')
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert out.strip() == "ws-2 t ['--flag']"
+    assert not identity.exists()
 
 
 def test_identity_file_is_private(tmp_path: Path) -> None:
