@@ -209,7 +209,11 @@ async def test_claim_on_a_bridge_network(
     by_name = p.ctx.backend.network_url(wid, view["url"], 2)
     assert by_name == f"http://ws-{wid[:12]}:8000"
     got = await asyncio.to_thread(probe, engine, network, by_name, "by name", old)
-    assert got == {"text": "by name", "old_resolves": False}
+    # an engine that is also a swarm node (the suite's swarm tests make this one one) keeps a renamed
+    # container's old name in its DNS for a local network (measured: still there after 30 s); the new
+    # name, the one the server hands out, resolves either way
+    in_swarm = (engine.info().get("Swarm") or {}).get("LocalNodeState") == "active"
+    assert got["text"] == "by name" and (in_swarm or got["old_resolves"] is False)
     await running_members(p, engine, 1)  # refilled on the same network
 
 
