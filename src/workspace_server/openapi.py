@@ -16,12 +16,14 @@ FastAPI generates the skeleton from the route table; this module completes it wh
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
@@ -301,6 +303,7 @@ DOCS_CSP = (
 )
 
 
+@functools.cache  # one copy per process, however many apps a process builds (the test suite: thousands)
 def _docs_asset(name: str) -> bytes:
     from importlib.resources import files
 
@@ -310,41 +313,46 @@ def _docs_asset(name: str) -> bytes:
 def install(app: FastAPI) -> None:
     """Serves `GET /openapi.json` (built once, then cached) and `GET /docs` (Swagger UI, with its two
     assets under `/docs/`). All are open routes: the document describes the API's shape only, no data
-    (docs/decisions.md)."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = build_openapi(app)
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-    async def openapi_json() -> JSONResponse:
-        return JSONResponse(openapi())
-
-    async def docs() -> HTMLResponse:
-        page = get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title=f"{app.title} — API",
-            swagger_js_url="/docs/swagger-ui-bundle.js",
-            swagger_css_url="/docs/swagger-ui.css",
-            swagger_favicon_url="data:,",
-        )
-        return HTMLResponse(page.body, headers={"content-security-policy": DOCS_CSP})
-
-    def asset_route(name: str, media_type: str) -> Any:
-        body = _docs_asset(name)  # read once, at start: a few MB, served as is
-
-        async def asset() -> Response:
-            return Response(body, media_type=media_type, headers={"cache-control": "public, max-age=86400"})
-
-        return asset
-
-    app.add_api_route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
+    (docs/decisions.md). The endpoints reach the app through the request, never a closure: FastAPI keeps
+    endpoint callables in a process-wide cache, and one holding the app would keep every app (and its
+    context) a process ever built alive."""
+    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
+    app.add_api_route("/openapi.json", _openapi_json, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/docs", _docs, methods=["GET"], include_in_schema=False)
     for name, media_type in DOCS_ASSETS.items():
         app.add_api_route(
-            f"/docs/{name}", asset_route(name, media_type), methods=["GET"], include_in_schema=False
+            f"/docs/{name}", _asset_route(name, media_type), methods=["GET"], include_in_schema=False
         )
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        app.openapi_schema = build_openapi(app)
+    return app.openapi_schema
+
+
+async def _openapi_json(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+async def _docs(request: Request) -> HTMLResponse:
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    page = get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title=f"{request.app.title} — API",
+        swagger_js_url="/docs/swagger-ui-bundle.js",
+        swagger_css_url="/docs/swagger-ui.css",
+        swagger_favicon_url="data:,",
+    )
+    return HTMLResponse(page.body, headers={"content-security-policy": DOCS_CSP})
+
+
+@functools.cache  # one endpoint per asset for the whole process
+def _asset_route(name: str, media_type: str) -> Callable[[], Awaitable[Response]]:
+    body = _docs_asset(name)  # read once: a few MB, served as is
+
+    async def asset() -> Response:
+        return Response(body, media_type=media_type, headers={"cache-control": "public, max-age=86400"})
+
+    return asset
