@@ -321,8 +321,8 @@ async def test_an_idle_connection_makes_room_at_the_limit() -> None:
     assert (a.body, b.body) == (b'{"a":1}', b'{"b":1}')
 
 
-async def test_cancel_closes_the_connection(http: AgentClient) -> None:
-    hung_up = asyncio.Event()
+def never_answering(hung_up: asyncio.Event) -> Callable[[Agent], Script]:
+    """An agent that reads the request, never answers, and sets `hung_up` when the client closes."""
 
     def make(agent: Agent) -> Script:
         async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -332,14 +332,24 @@ async def test_cancel_closes_the_connection(http: AgentClient) -> None:
 
         return script
 
-    agent = await serve(make)
+    return make
+
+
+async def cancel_hangs_up(http: AgentClient, agent: Agent, hung_up: asyncio.Event) -> None:
+    """A call cancelled while the agent holds it closes its connection (the agent sees EOF)."""
+    call = asyncio.create_task(post(http, agent.url))
+    while not agent.heads:
+        await asyncio.sleep(0.01)
+    call.cancel()
+    await asyncio.gather(call, return_exceptions=True)
+    await asyncio.wait_for(hung_up.wait(), 3)
+
+
+async def test_cancel_closes_the_connection(http: AgentClient) -> None:
+    hung_up = asyncio.Event()
+    agent = await serve(never_answering(hung_up))
     try:
-        call = asyncio.create_task(post(http, agent.url))
-        while not agent.heads:
-            await asyncio.sleep(0.01)
-        call.cancel()
-        await asyncio.gather(call, return_exceptions=True)
-        await asyncio.wait_for(hung_up.wait(), 3)
+        await cancel_hangs_up(http, agent, hung_up)
     finally:
         await agent.__aexit__()
 
@@ -465,25 +475,11 @@ def test_the_client_on_uvloop() -> None:
         chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
         agent = await serve(answering(ok(b'{"a":1}'), chunked, ok(b'{"c":3}')))
         hung_up = asyncio.Event()
-
-        def hanging(a: Agent) -> Script:
-            async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                await a.read_request(reader)
-                if await reader.read() == b"":
-                    hung_up.set()
-
-            return script
-
-        hang = await serve(hanging)
+        hang = await serve(never_answering(hung_up))
         try:
             bodies = [(await post(http, agent.url)).body for _ in range(3)]
             assert bodies == [b'{"a":1}', b"{}", b'{"c":3}'] and agent.connections == 1
-            call = asyncio.create_task(post(http, hang.url))
-            while not hang.heads:
-                await asyncio.sleep(0.01)
-            call.cancel()
-            await asyncio.gather(call, return_exceptions=True)
-            await asyncio.wait_for(hung_up.wait(), 3)
+            await cancel_hangs_up(http, hang, hung_up)
         finally:
             await agent.__aexit__()
             await hang.__aexit__()
