@@ -303,7 +303,6 @@ DOCS_CSP = (
 )
 
 
-@functools.cache  # one copy per process, however many apps a process builds (the test suite: thousands)
 def _docs_asset(name: str) -> bytes:
     from importlib.resources import files
 
@@ -348,9 +347,9 @@ async def _docs(request: Request) -> HTMLResponse:
     return HTMLResponse(page.body, headers={"content-security-policy": DOCS_CSP})
 
 
-@functools.cache  # one endpoint per asset for the whole process
+@functools.cache  # one endpoint (and one copy of its body) per asset, however many apps a process builds
 def _asset_route(name: str, media_type: str) -> Callable[[], Awaitable[Response]]:
-    body = _docs_asset(name)  # read once: a few MB, served as is
+    body = _docs_asset(name)  # a few MB, served as is
 
     async def asset() -> Response:
         return Response(body, media_type=media_type, headers={"cache-control": "public, max-age=86400"})
