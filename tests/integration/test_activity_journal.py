@@ -26,7 +26,7 @@ from tests.integration.registry_support import add_workspace
 from tests.integration.replica_support import ADMIN_H, Replica, poll, query, replica_env, seed, wait_all_ready
 from tests.integration.stub_http import StubHandler, StubServer
 from tests.integration.test_http_shell_routes import ctx_of
-from workspace_server.a2a.journal import ActivityJournal
+from workspace_server.a2a.journal import OUTBOUND_KEY, ActivityJournal, encode_entry
 from workspace_server.db.schema import activity_logs
 
 
@@ -49,13 +49,14 @@ def agent() -> Iterator[EchoAgent]:
 
 
 def journal_lines(data_dir: Path) -> list[dict[str, Any]]:
-    """Each entry's row, with the columns spliced in as JSON text (`raw`) put back."""
+    """Each entry as {"row", "outbound"}: a line is the row's columns, the caller to stamp under
+    OUTBOUND_KEY."""
     entries = [
         json.loads(line)
         for path in sorted((data_dir / "activity-journal").glob("*.jsonl"))
         for line in path.read_text().splitlines()
     ]
-    return [{**e, "row": e["row"] | e.get("raw", {})} for e in entries]
+    return [{"outbound": e.pop(OUTBOUND_KEY, None), "row": e} for e in entries]
 
 
 async def rows_of(db_url: str, ws_id: str) -> list[Any]:
@@ -103,20 +104,24 @@ async def test_rows_of_answered_calls_survive_a_kill_9(db_url: str, tmp_path: Pa
     assert len(await rows_of(db_url, ws_id)) == 3  # a clean stop wrote nothing twice
 
 
-def test_recover_skips_segments_a_live_process_holds(tmp_path: Path) -> None:
+def test_recover_reads_dead_segments_and_skips_those_a_live_process_holds(tmp_path: Path) -> None:
+    """A dead process's segment in this format (a torn last line skipped) and one an older version left
+    (`{"row", "outbound", "raw"}` lines) are read back; a live process's segment is left alone."""
     ours, theirs = ActivityJournal(tmp_path), ActivityJournal(tmp_path)
     assert theirs.open() and ours.open()
-    theirs.append({"id": "live"}, None)
+    theirs.append(encode_entry({"id": "live"}, None))
     dead = tmp_path / "123-dead.jsonl"
-    dead.write_text('{"row":{"id":"a"},"outbound":"w1"}\n{"row":{"id":"b"},"outb')  # torn last line
+    dead.write_bytes(encode_entry({"id": "a", "n": 1}, "w1") + b'\n{"id":"b","outb')  # torn last line
+    old = tmp_path / "122-old.jsonl"
+    old.write_text('{"row":{"id":"c","request_body":null},"outbound":null,"raw":{"request_body":{"k":1}}}\n')
     found = ours.recover()
-    assert [(p.name, [e.row["id"] for e in entries]) for p, _, entries in found] == [
-        ("123-dead.jsonl", ["a"])
+    assert [(p.name, [(e.row, e.outbound) for e in entries]) for p, _, entries in found] == [
+        ("122-old.jsonl", [({"id": "c", "request_body": {"k": 1}}, None)]),
+        ("123-dead.jsonl", [({"id": "a", "n": 1}, "w1")]),
     ]
-    assert found[0][2][0].outbound == "w1"
     for path, fd, _ in found:
         ActivityJournal.release(path, fd)
-    assert not dead.exists()
+    assert not dead.exists() and not old.exists()
     theirs.close()
     ours.close()
 
@@ -125,10 +130,10 @@ def test_a_stored_segment_is_removed_and_later_rows_go_to_a_new_one(tmp_path: Pa
     journal = ActivityJournal(tmp_path)
     assert journal.open()
     assert journal.rotate() is None  # nothing appended: nothing to hand over
-    journal.append({"id": "a"}, None)
+    journal.append(encode_entry({"id": "a"}, None))
     seg = journal.rotate()
     assert seg is not None and seg.rows == 1
-    journal.append({"id": "b"}, None)
+    journal.append(encode_entry({"id": "b"}, None))
     journal.discard(seg)
     names = [p.name for p in tmp_path.iterdir()]
     assert len(names) == 1 and seg.path.name not in names
@@ -149,8 +154,9 @@ def test_columns_given_as_json_text_read_back_as_their_values(tmp_path: Path) ->
         "response_body": json.dumps(pretty, indent=2).encode(),  # has newlines: encoded, not spliced
     }
     row = {"id": "r1", "request_body": compact, "response_body": pretty, "tool_trace": None}
-    writer.append(row, "w1", raw)
-    writer.append({"id": "r2", "request_body": None}, None, {"request_body": b'{"x":1}'})  # NULL stays NULL
+    writer.append(encode_entry(row, "w1", raw))
+    null = {"id": "r2", "request_body": None}
+    writer.append(encode_entry(null, None, {"request_body": b'{"x":1}'}))  # NULL stays NULL
     writer.unlock(writer.rotate().fd)  # type: ignore[union-attr]
     writer.close()
     [(_, fd, entries)] = reader.recover()
@@ -172,7 +178,7 @@ def test_rows_orjson_refuses_are_journaled_all_the_same(tmp_path: Path) -> None:
     ]
     for row in rows:
         raw = {"request_body": json.dumps(row["request_body"]).encode()} if "request_body" in row else None
-        writer.append(row, None, raw)
+        writer.append(encode_entry(row, None, raw))
     writer.unlock(writer.rotate().fd)  # type: ignore[union-attr]
     writer.close()
     [(_, fd, entries)] = reader.recover()
@@ -190,7 +196,7 @@ def test_an_unwritable_directory_disables_the_journal(tmp_path: Path) -> None:
     blocker.write_text("")
     journal = ActivityJournal(blocker / "journal")
     assert not journal.open()
-    journal.append({"id": "a"}, None)  # a no-op, not an error
+    journal.append(encode_entry({"id": "a"}, None))  # a no-op, not an error
     assert journal.rotate() is None
 
 

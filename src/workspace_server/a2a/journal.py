@@ -1,7 +1,8 @@
 """The activity journal: where a proxied call's activity row is kept from the moment the call is answered
 until the log writer has stored it, so that a crash of this server loses no row (issue 14 §4).
 
-Each process appends its rows, one JSON line each, to a segment file of its own under
+Each process appends its rows, one JSON line each (`encode_entry`: the row's columns, the caller to stamp
+under OUTBOUND_KEY; the same bytes the Postgres batch is made of), to a segment file of its own under
 `<DATA_DIR>/activity-journal/`, holding an exclusive `flock` on it while it lives. A flush takes the
 current segment (`rotate`: new rows go to a fresh one) and removes it once its rows are committed
 (`discard`). A write is one `os.write` to the page cache, no fsync: it survives the process being
@@ -28,6 +29,8 @@ import orjson
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
+RawColumns = Mapping[str, bytes]  # JSON column -> its value as JSON text (what the proxy has at hand)
+OUTBOUND_KEY = "$outbound"  # in an entry: the caller whose last_outbound_at the row stamps (no column's name)
 # what orjson refuses goes through this (json.dumps with options builds a new encoder per call)
 _encode_line = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
@@ -70,17 +73,11 @@ class ActivityJournal:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
         return Segment(path, fd)
 
-    def append(
-        self, row: dict[str, Any], outbound: str | None, raw: Mapping[str, bytes] | None = None
-    ) -> None:
-        """`raw`: columns given as JSON text (valid JSON, no newline: compact encodings and agent replies
-        as read, which JSON allows only as escapes inside strings), spliced in rather than encoded again."""
+    def append(self, line: bytes) -> None:
+        """Append one entry (`encode_entry`, a single line without its newline)."""
         seg = self._current
         if seg is None:
             return
-        spliced = {k: v for k, v in (raw or {}).items() if row.get(k) is not None and b"\n" not in v}
-        small = {k: v for k, v in row.items() if k not in spliced} if spliced else row
-        line = _line(small, outbound, spliced)
         try:
             os.write(seg.fd, line + b"\n")
         except OSError:
@@ -151,21 +148,37 @@ class ActivityJournal:
             os.close(fd)
 
 
-def _line(row: dict[str, Any], outbound: str | None, spliced: Mapping[str, bytes]) -> bytes:
-    """`{"row": …, "outbound": …, "raw": {column: JSON text}}` on one line (JSON escapes every newline
-    inside strings). orjson, with the raw columns as fragments; the stdlib for what orjson refuses (a lone
-    surrogate, an integer past 64 bits), the raw columns spliced in by hand."""
-    entry: dict[str, Any] = {"row": row, "outbound": outbound}
-    if spliced:
-        entry["raw"] = {k: orjson.Fragment(v) for k, v in spliced.items()}
+def encode_entry(row: dict[str, Any], outbound: str | None, raw: RawColumns | None = None) -> bytes:
+    """A row as one line of JSON: the row's columns, with `raw` (columns given as JSON text: valid JSON, the
+    compact encodings and agent replies as read) spliced in as their values unless the text has a newline
+    (JSON allows one only as whitespace), and the caller to stamp under OUTBOUND_KEY.
+
+    The same bytes are the journal's line and the row in the Postgres batch document (`logstore.py`:
+    `jsonb_to_recordset` reads the columns by name and ignores OUTBOUND_KEY), so a row is encoded once.
+    orjson, with the raw columns swapped in as fragments for the encoding (the row is left as it was); the
+    stdlib for what orjson refuses (a lone surrogate, an integer past 64 bits)."""
+    spliced = [(k, v) for k, v in raw.items() if b"\n" not in v and row.get(k) is not None] if raw else []
+    values = [(k, row[k]) for k, _ in spliced]
+    for k, v in spliced:
+        row[k] = orjson.Fragment(v)
+    if outbound:
+        row[OUTBOUND_KEY] = outbound
     try:
-        return orjson.dumps(entry)
+        return orjson.dumps(row)
     except orjson.JSONEncodeError:
-        pass
-    line = _encode_line({"row": row, "outbound": outbound}).encode()
+        return _encode_slowly(row, dict(spliced))
+    finally:
+        row.update(values)
+        row.pop(OUTBOUND_KEY, None)
+
+
+def _encode_slowly(row: dict[str, Any], spliced: dict[str, bytes]) -> bytes:
+    """What orjson refuses, through the stdlib; the raw columns spliced in by hand."""
+    entry = {k: v for k, v in row.items() if k not in spliced}
+    line = _encode_line(entry).encode()
     if spliced:
         fields = b",".join(b'"%s":%s' % (k.encode(), v) for k, v in spliced.items())
-        line = line[:-1] + b',"raw":{' + fields + b"}}"
+        line = line[:-1] + (b"," if entry else b"") + fields + b"}"
     return line
 
 
@@ -174,9 +187,15 @@ def _read(path: Path) -> list[Entry]:
     with path.open("rb") as f:
         for raw in f:
             try:
-                item = json.loads(raw)
-                row = dict(item["row"]) | dict(item.get("raw") or {})
-                entries.append(Entry(row, item.get("outbound")))
-            except (ValueError, KeyError, TypeError):
+                entries.append(_entry(json.loads(raw)))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 log.warning("activity journal %s: skipped an unreadable line", path.name)
     return entries
+
+
+def _entry(item: dict[str, Any]) -> Entry:
+    if "row" in item and OUTBOUND_KEY not in item and "id" not in item:
+        # the first format (a journal left by an older version): {"row", "outbound", "raw"}
+        return Entry(dict(item["row"]) | dict(item.get("raw") or {}), item.get("outbound"))
+    outbound = item.pop(OUTBOUND_KEY, None)
+    return Entry(item, outbound)

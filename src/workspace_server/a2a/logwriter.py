@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from workspace_server.a2a.journal import ActivityJournal, Segment
-from workspace_server.a2a.logstore import ActivitySink, RawColumns, SqlActivitySink, sink_for
+from workspace_server.a2a.journal import ActivityJournal, RawColumns, Segment, encode_entry
+from workspace_server.a2a.logstore import ActivitySink, SqlActivitySink, sink_for
 from workspace_server.common.errors import backing_store_down
 from workspace_server.common.ids import new_id
 from workspace_server.common.jsonnum import contains_nul, scrub_nul
@@ -48,7 +48,7 @@ class _Pending:
     rows: list[dict[str, Any]] = field(default_factory=list)
     outbound: set[str] = field(default_factory=set)
     events: list[Announcement] = field(default_factory=list)
-    raw: dict[str, RawColumns] = field(default_factory=dict)  # row id -> JSON columns as their text
+    lines: list[bytes] = field(default_factory=list)  # each row's journal entry (`encode_entry`), in order
 
     def __bool__(self) -> bool:
         return bool(self.rows or self.outbound)
@@ -119,11 +119,11 @@ class LogWriter:
         bound = self.bound
         row["id"] = new_id()
         row["created_at"] = utcnow()
-        bound.journal.append(row, outbound_caller, raw)
+        line = encode_entry(row, outbound_caller, raw)  # also the row in the Postgres batch
+        bound.journal.append(line)
         pending = self._pending
         pending.rows.append(row)
-        if raw:
-            pending.raw[row["id"]] = raw
+        pending.lines.append(line)
         if outbound_caller:
             pending.outbound.add(outbound_caller)
         if event is not None:
@@ -156,7 +156,7 @@ class LogWriter:
         if segment is not None:
             self._segments.append(segment)
         try:
-            written = await self._store(batch.rows, batch.outbound, raw=batch.raw)
+            written = await self._store(batch.rows, batch.outbound, lines=batch.lines)
         except Exception as exc:
             if not self._failing:  # one line per outage, not one per retry
                 log.warning("a2a: activity rows not stored (%s); held and journaled until they are", exc)
@@ -193,7 +193,7 @@ class LogWriter:
         batch.rows += later.rows
         batch.outbound |= later.outbound
         batch.events += later.events
-        batch.raw |= later.raw
+        batch.lines += later.lines
         self._pending = batch
 
     async def _store(
@@ -201,7 +201,7 @@ class LogWriter:
         rows: list[dict[str, Any]],
         outbound: set[str],
         restore: bool = False,
-        raw: dict[str, RawColumns] | None = None,
+        lines: list[bytes] | None = None,
     ) -> list[dict[str, Any]]:
         """Write `rows` in statements of MAX_BATCH; a failed statement is retried row by row (one bad row
         must not take the batch down). The rows written (as written); raises only when the database
@@ -215,7 +215,7 @@ class LogWriter:
                 if restore:
                     await bound.fallback.write(chunk, stamps, restore=True)
                 else:
-                    await bound.sink.write(chunk, stamps, raw or {})
+                    await bound.sink.write(chunk, stamps, (lines or [])[start : start + MAX_BATCH])
                 written += chunk
             except Exception as exc:
                 if backing_store_down(exc):
