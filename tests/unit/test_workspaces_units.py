@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -127,6 +128,33 @@ def test_new_ids_are_random_canonical_v4_uuids() -> None:
         assert str(parsed) == raw == parse_uuid(raw)
     # every hex digit outside the fixed version/variant nibbles varies
     assert all(len({r[i] for r in ids}) > 8 for i in range(36) if ids[0][i] != "-" and i not in (14, 19))
+
+
+def test_new_ids_are_distinct_across_threads_and_a_forked_child() -> None:
+    """Ids are read from the random source in batches: threads share the batch without a repeat, and a
+    forked child does not hand out the ids its parent has in store (it reads its own)."""
+    got: list[list[str]] = [[] for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda out=out: out.extend(new_id() for _ in range(5000))) for out in got
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [i for out in got for i in out]
+    assert len(set(everything)) == len(everything) == 20000
+    new_id()  # the batch in store is now part-used: the parent's next ids are decided
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write_end, ",".join(new_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 200).decode().split(",")
+    os.close(read_end)
+    os.close(write_end)
+    parent = [new_id() for _ in range(3)]
+    assert len(child) == 3 and not set(child) & set(parent)
 
 
 def test_field_limits_at_and_over() -> None:
