@@ -213,3 +213,24 @@ def test_websocket_origin_rule(cors: str, origin: str, ok: bool) -> None:
     from workspace_server.config import Settings
 
     assert ws_mod.origin_allowed(Settings(CORS_ORIGINS=cors), origin) is ok
+
+
+async def test_a_redis_batch_that_cannot_be_published_reaches_local_clients_in_order() -> None:
+    from workspace_server.events.bus import RedisBus
+
+    class DownPipeline:
+        def publish(self, *_: Any) -> None:
+            return None
+
+        async def execute(self) -> None:
+            raise ConnectionError("redis down")
+
+    class DownRedis:
+        def pipeline(self, transaction: bool = True) -> DownPipeline:
+            assert transaction is False  # a batch of announcements, not a transaction
+            return DownPipeline()
+
+    bus = RedisBus(DownRedis())
+    client = Hub(bus).register(None)
+    await bus.publish_many([Event("A", "w", {}), Event("B", "w", {})])
+    assert [client.queue.get_nowait().event for _ in range(2)] == ["A", "B"]

@@ -29,6 +29,7 @@ from workspace_server.common.ids import new_id
 from workspace_server.common.jsonnum import contains_nul, scrub_nul
 from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
+from workspace_server.events.service import Announcement
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ RETRY_MAX_SECONDS = 30.0
 CLOSE_WAIT_SECONDS = 10.0
 # ACTIVITY_LOGGED payload keys (spec 04 §3), sorted as Go marshals a map
 LOGGED_KEYS = ("activity_type", "duration_ms", "method", "source_id", "status", "summary", "target_id")
-
-Announcement = tuple[str, str, dict[str, Any]]  # (event type, workspace id, payload)
 
 
 @dataclass
@@ -169,12 +168,9 @@ class LogWriter:
         for seg in self._segments:  # every row journaled in them was in this batch
             bound.journal.discard(seg)
         self._segments.clear()
-        events = bound.ctx.events
-        now = rfc3339(utcnow()) or ""  # the batch is announced at one moment
-        for event_type, ws_id, payload in batch.events:
-            await events.broadcast(event_type, ws_id, payload, now)
-        for row in written:
-            await events.broadcast("ACTIVITY_LOGGED", row["workspace_id"], _logged_payload(row), now)
+        # the batch is announced at one moment, in one publish: the calls' events, then a row's each
+        logged = [("ACTIVITY_LOGGED", row["workspace_id"], _logged_payload(row)) for row in written]
+        await bound.ctx.events.broadcast_many([*batch.events, *logged], rfc3339(utcnow()) or "")
         return True
 
     def _hold(self, batch: _Pending) -> None:

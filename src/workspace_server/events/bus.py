@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +61,7 @@ class Bus(Protocol):
     def add_listener(self, fn: Listener) -> None: ...
     def remove_listener(self, fn: Listener) -> None: ...
     async def publish(self, event: Event) -> None: ...
+    async def publish_many(self, events: Sequence[Event]) -> None: ...
     async def start(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -90,6 +91,10 @@ class InProcessBus(_Listeners):
 
     async def publish(self, event: Event) -> None:
         self._deliver(event)
+
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._deliver(event)
 
     async def close(self) -> None:
         return None
@@ -121,23 +126,36 @@ class RedisBus(_Listeners):
         await asyncio.wait_for(self._ready.wait(), timeout=10)
 
     async def publish(self, event: Event) -> None:
+        await self.publish_many((event,))
+
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        """One round trip for the lot (a pipeline of PUBLISHes, not a transaction): the activity writer
+        announces a whole batch of rows at once."""
         subscribed = (
             self._subscribed
         )  # read before publishing: a resubscribe in between may duplicate, not lose
         try:
-            await self._redis.publish(CHANNEL, encode(event))
+            if len(events) == 1:
+                await self._redis.publish(CHANNEL, encode(events[0]))
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for event in events:
+                    pipe.publish(CHANNEL, encode(event))
+                await pipe.execute()
         except Exception as exc:
-            # Redis down: other replicas miss this event, but this replica's own clients still get it.
+            # Redis down: other replicas miss these events, but this replica's own clients still get them.
             if not self._publish_failing:  # one line per outage, not one per event
                 log.warning("redis publish failed (%s); delivering events locally only", type(exc).__name__)
             self._publish_failing = True
-            self._deliver(event)
+            for event in events:
+                self._deliver(event)
             return
         if self._publish_failing:
             log.info("redis publish works again")
             self._publish_failing = False
         if not subscribed:
-            self._deliver(event)
+            for event in events:
+                self._deliver(event)
 
     async def _run(self) -> None:
         backoff = 0.5
