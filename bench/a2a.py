@@ -11,8 +11,10 @@
 4. Concurrent: N calls with C=50 in flight (one pooled aiohttp client per destination: httpx would
    spend ~1.5 ms of CPU per call, more than the proxy, on the same two cores), direct, proxied and
    through `bench/forwarder.py` (a bare uvicorn + aiohttp forwarder with no logic at all: the ceiling of
-   any proxy on this stack), twice in alternating order; throughput = calls / wall time, best of the two
-   runs for each path; CPU per call of the server, the forwarder and the agent (psutil).
+   any proxy on this stack), in R rounds (`--rounds`, 3) of alternating order; throughput = calls / wall
+   time, best of the rounds for each path (the rule `bench/heartbeat.py` follows: other load on the two
+   cores comes and goes within seconds, and the same rule for every path is what a quiet machine shows);
+   CPU per call of the server, the forwarder and the agent (psutil), over all rounds.
 5. Print `RESULT a2a-forwarder ratio=<proxied/forwarder throughput> cpu_ratio=<server/forwarder CPU per
    call> p50_added_ms=<proxied - direct p50> p99_added_ms=<same at p99> server_cpu_ms=… forwarder_cpu_ms=…`
    (issue 14 §4 targets: ratio ≥ 0.8, cpu_ratio ≤ 1.5, p50_added_ms ≤ 2). `--profile` records the server
@@ -347,8 +349,8 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> Non
             rates: dict[str, list[float]] = {name: [] for name in paths}
             cpu: dict[str, float] = dict.fromkeys(watched, 0.0)
             spy = start_profiler(server.pid, workdir) if args.profile else None
-            for order in (list(paths), list(reversed(paths))):
-                for name in order:
+            for round_no in range(args.rounds):
+                for name in list(paths) if round_no % 2 == 0 else list(reversed(paths)):
                     send = paths[name]
                     await ramp(send, args.concurrency)
                     before = {k: cpu_seconds(p) for k, p in watched.items()}
@@ -384,11 +386,14 @@ def report(
     """The figures, then the one RESULT line: throughput and server CPU against the bare forwarder (the
     floor of any proxy on this stack, same run), latency added over a direct call."""
     direct_rate, proxied_rate, fwd_rate = (max(rates[k]) for k in ("direct", "proxied", "forwarder"))
-    per_call = 2 * args.calls
+    per_call = args.rounds * args.calls
     ms = {k: v / per_call * 1000 for k, v in cpu.items()}
     d50, p50 = statistics.median(lat[0]), statistics.median(lat[1])
     d99, p99 = quantile(lat[0], 0.99), quantile(lat[1], 0.99)
-    print(f"# db={args.db} pairs={args.pairs} calls={args.calls} concurrency={args.concurrency}")
+    print(
+        f"# db={args.db} pairs={args.pairs} calls={args.calls} concurrency={args.concurrency} "
+        f"rounds={args.rounds}"
+    )
     print(f"# sequential direct p50={d50:.2f}ms p99={d99:.2f}ms; proxied p50={p50:.2f}ms p99={p99:.2f}ms")
     shown = " ".join(f"{k}={[round(r) for r in v]}" for k, v in rates.items())
     print(f"# concurrent calls/s {shown}")
@@ -459,6 +464,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=300, help="sequential direct+proxied pairs")
     p.add_argument("--calls", type=int, default=2000, help="calls per concurrent run")
     p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=3, help="concurrent rounds, alternating the path order")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument(
         "--pg", default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
