@@ -18,6 +18,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import LiveServer
+from tests.integration.replica_support import seed
+from tests.integration.test_activity_journal import SlowAgent
 
 LiveFactory = Callable[..., LiveServer]
 
@@ -219,3 +221,65 @@ async def test_keep_alive_and_pipelined_responses_are_whole_and_in_order(
     got = await asyncio.to_thread(_keep_alive_exchange, srv.port)
     assert len(got) == 6
     assert all(_status(answer) == 200 and answer.endswith(b"}") for answer in got), got
+
+
+def _idle_close(port: int, requests: int, gap: float) -> tuple[list[int], float]:
+    """`requests` keep-alive GETs `gap` seconds apart, then wait for the server to close: (statuses,
+    seconds from the last answer to the close; the socket's 10 s timeout fails the test otherwise)."""
+    get = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        responses = _Responses(sock)
+        statuses = []
+        for i in range(requests):
+            if i:
+                time.sleep(gap)
+            sock.sendall(get)
+            statuses.append(_status(responses.next()))
+        answered = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the server (a timeout raises instead)
+        return statuses, time.monotonic() - answered
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout_not_before(
+    live_server_factory: LiveFactory,
+) -> None:
+    """The keep-alive timeout is kept by the connection's watchdog, not a timer per request: a connection
+    used more often than the timeout stays open (four requests 0.6 s apart with a 1 s timeout), and once
+    idle it is closed, never sooner than the timeout after its last answer."""
+    srv = live_server_factory(KEEP_ALIVE_TIMEOUT_SECONDS="1")
+    statuses, idle = await asyncio.to_thread(_idle_close, srv.port, 4, 0.6)
+    assert statuses == [200] * 4
+    assert idle >= 1.0
+
+
+def _slow_call_then_another(port: int, path: str) -> list[int]:
+    """A keep-alive A2A call the agent answers after 2.5 s, then a GET on the same connection."""
+    body = b'{"jsonrpc":"2.0","id":"slow","method":"message/send","params":{"message":{"parts":[]}}}'
+    post = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        responses = _Responses(sock)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # the connection has been idle once
+        statuses = [_status(responses.next())]
+        sock.sendall(post)
+        statuses.append(_status(responses.next()))
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        statuses.append(_status(responses.next()))
+        return statuses
+
+
+async def test_a_request_longer_than_the_keep_alive_timeout_keeps_its_connection(
+    live_server_factory: LiveFactory, db_url: str
+) -> None:
+    """The keep-alive timeout counts idle time only: a call the app works on for 2.5 s (a slow agent) on a
+    connection with a 1 s timeout is answered, and the connection serves the next request."""
+    agent = SlowAgent(delay=2.5)
+    try:
+        srv = live_server_factory(KEEP_ALIVE_TIMEOUT_SECONDS="1", MOLECULE_ENV="development")
+        ws_id, _ = await seed(db_url, url=agent.url.replace("127.0.0.1", "localhost"))
+        statuses = await asyncio.to_thread(_slow_call_then_another, srv.port, f"/workspaces/{ws_id}/a2a")
+        assert statuses == [200, 200, 200]
+    finally:
+        agent.close()
