@@ -183,6 +183,34 @@ async def test_ceiling_is_absolute() -> None:
     assert watch.last_event("ws") == 0.0  # nothing left behind once no dispatch is in flight
 
 
+async def test_a_later_dispatch_with_an_earlier_deadline_times_out_first() -> None:
+    """One timer for all dispatches: a dispatch watched after a long one, with a shorter idle timeout,
+    still times out at its own deadline (well before the first's); the first is left running."""
+    watch = IdleWatch()
+    long = asyncio.create_task(run_watched(watch, "a", asyncio.sleep(30), idle=20, ceiling=None))
+    await asyncio.sleep(0)  # the long one is watched first
+    with pytest.raises(IdleTimeout):
+        await asyncio.wait_for(run_watched(watch, "b", asyncio.sleep(30), idle=0.05, ceiling=None), 5)
+    assert not long.done()
+    long.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await long  # cancelled by its caller, not by the watch: no IdleTimeout
+    assert watch.last_event("a") == watch.last_event("b") == 0.0
+
+
+async def test_finished_dispatches_do_not_pile_up_in_the_watch() -> None:
+    """A dispatch that ends before its deadline leaves its heap entry behind; the heap is rebuilt once
+    those outnumber the live ones, so thousands of quick calls under a 300 s timeout keep it small."""
+    watch = IdleWatch()
+
+    async def quick() -> str:
+        return "ok"
+
+    for _ in range(5000):
+        assert await run_watched(watch, "ws", quick(), idle=300, ceiling=None) == "ok"
+    assert len(watch._heap) <= 64 + 1
+
+
 @pytest.mark.parametrize(
     ("in_docker", "network", "backend", "url", "dialled"),
     [
