@@ -74,6 +74,9 @@ async def test_canvas_call_passes_reply_through_and_logs(
         "method": "message/send",
         "response_body": r.json(),
     }
+    assert list(resp_event) == sorted(resp_event)  # as Go marshals a map
+    (logged,) = events.of("ACTIVITY_LOGGED")
+    assert list(logged) == sorted(logged) and logged["target_id"] == target
 
 
 async def _async(value: Any) -> Any:

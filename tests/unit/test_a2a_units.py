@@ -324,3 +324,19 @@ async def test_target_cache_failed_query_reaches_every_waiter_and_is_not_cached(
         return "row"
 
     assert await cache.load("ws", works) == "row"
+
+
+def test_activity_logged_payload_keys_are_sorted_as_go_marshals_them() -> None:
+    from workspace_server.a2a.logwriter import _logged_payload
+
+    row = {
+        "workspace_id": "w",
+        "activity_type": "a2a_receive",
+        "target_id": "w",
+        "summary": "s",
+        "status": "ok",
+    }
+    for trace in (None, [{"tool": "x"}]):
+        payload = _logged_payload(row | {"tool_trace": trace})
+        assert list(payload) == sorted(payload)
+        assert ("tool_trace" in payload) is (trace is not None)

@@ -38,7 +38,7 @@ MAX_BATCH = 200  # rows per statement
 MAX_HELD = 20_000  # rows kept in memory while the database is away; past that they wait in the journal
 RETRY_MAX_SECONDS = 30.0
 CLOSE_WAIT_SECONDS = 10.0
-# ACTIVITY_LOGGED payload keys (spec 04 §3), sorted as Go marshals a map
+# ACTIVITY_LOGGED payload keys (spec 04 §3), sorted as Go marshals a map; an optional "tool_trace" last
 LOGGED_KEYS = ("activity_type", "duration_ms", "method", "source_id", "status", "summary", "target_id")
 
 
@@ -282,10 +282,11 @@ def _variants(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _logged_payload(row: dict[str, Any]) -> dict[str, Any]:
+    """Keys in sorted order as built (LOGGED_KEYS is sorted, and tool_trace sorts after them all)."""
     payload = {k: row.get(k) for k in LOGGED_KEYS}
     if row.get("tool_trace") is not None:
         payload["tool_trace"] = row["tool_trace"]
-    return dict(sorted(payload.items()))
+    return payload
 
 
 def writer(ctx: AppContext) -> LogWriter:

@@ -14,7 +14,6 @@ from workspace_server.a2a import schemas as msg
 from workspace_server.a2a import store
 from workspace_server.a2a.call import LOGGER, Call, agent_json, spawn
 from workspace_server.a2a.logwriter import writer
-from workspace_server.activity.service import sorted_keys
 from workspace_server.common.errors import ApiError
 from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
@@ -38,8 +37,9 @@ def log_reply(call: Call, status: int, body: bytes, duration_ms: int) -> None:
     stamp = call.caller if call.is_workspace_caller and status < 400 else None
     event = None
     if not call.caller and status < 400:
-        payload = {"response_body": reply, "method": call.method, "duration_ms": duration_ms}
-        event = ("A2A_RESPONSE", call.target, sorted_keys(payload))
+        # keys in sorted order as written (Go marshals a map sorted)
+        payload = {"duration_ms": duration_ms, "method": call.method, "response_body": reply}
+        event = ("A2A_RESPONSE", call.target, payload)
     # the JSON columns' text as it is already at hand (what was sent, what came back), so neither the
     # journal nor the database write encodes those documents again
     raw = {"request_body": call.encoded} if call.encoded else {}
