@@ -36,6 +36,8 @@ from asgi_lifespan import LifespanManager
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from a2a import message_body  # noqa: E402  (bench/a2a.py, beside this file)
+
 from workspace_server.a2a import transport  # noqa: E402
 from workspace_server.app import create_app  # noqa: E402
 from workspace_server.config import Settings  # noqa: E402
@@ -66,10 +68,7 @@ async def _canned_reply(self: Any, url: str, body: bytes, reply: transport.Reply
 
 
 def message(i: int) -> bytes:
-    msg = {"role": "user", "messageId": str(uuid.uuid4()), "parts": [{"kind": "text", "text": f"ping {i}"}]}
-    return json.dumps(
-        {"jsonrpc": "2.0", "id": str(i), "method": "message/send", "params": {"message": msg}}
-    ).encode()
+    return json.dumps(message_body(i)).encode()  # the body bench/a2a.py sends
 
 
 class Caller:

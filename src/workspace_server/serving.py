@@ -115,9 +115,9 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self._in_body = False
             self._head_bytes = 0
             self._refused = False
-            # One watchdog per connection (not a timer per request: the hot routes pay two attribute
-            # writes per request, not two TimerHandles): it checks the head deadline and the body's
-            # last byte, and re-arms itself for the next moment either could expire.
+            # One watchdog per connection (not a timer per request: the hot routes pay a few attribute
+            # writes per request, not TimerHandles): it checks the head deadline, the body's last byte
+            # and the keep-alive idle time, and re-arms itself for the next moment one could expire.
             self._watchdog: asyncio.TimerHandle | None = None
             self._head_started = 0.0
             self._last_data = 0.0
