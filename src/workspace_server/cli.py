@@ -24,6 +24,8 @@ def server_config(
       handshake's HTTP response (`websocket.http.response`) correctly but then logs "ASGI callable
       returned without completing handshake" as an ERROR for every refusal; wsproto's does not;
     - no uvicorn access log: the metrics middleware writes it (ACCESS_LOG), with the duration;
+    - no `server: uvicorn` header: the reference (Go net/http) sends none, and it only tells a scanner
+      what answers (every response, the hot routes' included, carries one header less);
     - httptools with the request-head caps of serving.py (size, header count, URL, header timeout), the
       WebSocket message cap, a keep-alive timeout and a connection cap, all from Settings.
     """
@@ -44,6 +46,7 @@ def server_config(
         proxy_headers=False,
         ws="wsproto",
         access_log=False,
+        server_header=False,
         http=bounded_httptools(limits),
         ws_max_size=settings.WS_MAX_MESSAGE_BYTES,
         timeout_keep_alive=settings.KEEP_ALIVE_TIMEOUT_SECONDS,

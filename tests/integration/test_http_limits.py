@@ -283,3 +283,14 @@ async def test_a_request_longer_than_the_keep_alive_timeout_keeps_its_connection
         assert statuses == [200, 200, 200]
     finally:
         agent.close()
+
+
+async def test_responses_name_no_server_software(live_server_factory: LiveFactory) -> None:
+    """As the reference (Go net/http) answers: a Date header, no Server header naming the stack."""
+    srv = live_server_factory()
+    answer = await asyncio.to_thread(_exchange, srv.port, _get())
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    names = [line.split(b":", 1)[0] for line in head.split(b"\r\n")[1:]]
+    assert _status(answer) == 200
+    assert b"date" in names
+    assert b"server" not in names, head
