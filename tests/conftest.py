@@ -172,13 +172,16 @@ async def client(client_factory: ClientFactory) -> httpx.AsyncClient:
 
 
 class LiveServer:
-    def __init__(self, settings: Settings, run_loops: bool = False, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, settings: Settings, run_loops: bool = False, host: str = "127.0.0.1", app: Any = None
+    ) -> None:
+        """`app`: serve this one (with `settings`' bounds) instead of the server's own."""
         import uvicorn
 
         self.port = free_port()  # free on loopback: other addresses of this host are as idle in a test
         self.url = f"http://{host}:{self.port}"
-        self.app = create_app(settings, run_loops=run_loops)
-        config = server_config(self.app, host, self.port, log_level="warning")
+        self.app = app if app is not None else create_app(settings, run_loops=run_loops)
+        config = server_config(self.app, host, self.port, log_level="warning", settings=settings)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

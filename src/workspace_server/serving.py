@@ -19,21 +19,48 @@ response and cancels it on the next request, which cost every request a TimerHan
 (~2–4 µs, the hot routes included). An idle connection is closed when the watchdog next looks, which it
 does at least every `timeout_keep_alive` seconds: between one and two keep-alive timeouts after its last
 response (never sooner than uvicorn did, so a client reusing it within the timeout is never cut off).
+
+A request for a hot route (common/routing.py: the heartbeat, the A2A proxy) is answered below ASGI: the
+protocol enters the app's hot lane itself and writes the hot shell's whole answer in one send, instead of
+running uvicorn's ASGI send and the app's entry (FastAPI, Starlette, the lane's ASGI wrapper). uvicorn's
+request cycle stays: its parser callbacks, `receive` (100-continue, streamed bodies, a client going away),
+pipelining and shutdown are unchanged; `_send_answer` repeats its send's rules for a whole response.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import Receive, Scope
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+
+from workspace_server.common.routing import Answer, HotLane, Lane
 
 log = logging.getLogger(__name__)
+
+# Header lines `name: value\r\n` whose names and values pass uvicorn's own checks (HEADER_RE, HEADER_VALUE_RE:
+# a name without separators, spaces or controls, a value without controls but tab), tested in one pass: no
+# name can hold the ": " that ends it, no value a lone CR or LF (the same byte classes: the unit test in
+# tests/unit/test_coalesced_writes.py compares them with uvicorn's for every byte).
+_VALID_FIELDS = re.compile(rb'(?:[^\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]*: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*')
+
+
+def valid_fields(block: bytes, fields: int) -> bool:
+    """Whether `block`, `fields` header lines, holds exactly those lines and each passes uvicorn's checks. A
+    value holding a whole CRLF line passes the pattern (as two lines) but not the count."""
+    return block.count(b"\r\n") == fields and _VALID_FIELDS.fullmatch(block) is not None
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,8 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self._writes = CoalescedWrites(transport, self.loop)
             self._head_started = self._last_data = self.loop.time()
             self._arm(self._period())
+            lane = getattr(getattr(self.app, "state", None), "hot_lane", None)
+            self._hot_lane = lane if isinstance(lane, HotLane) and not self.access_log else None
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -209,6 +238,74 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 self._start_asgi_task(cycle, app)
             else:
                 self._idle_from = self.loop.time()
+
+        # ---- the hot lane, below ASGI ----
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+            """uvicorn's, except that a request for a hot route is answered by `_answer_hot` (pipelined
+            ones too: they start here when their turn comes). `app is self.app`: not the 503 uvicorn
+            substitutes past its connection cap."""
+            lane = self._hot_lane
+            if lane is None or app is not self.app or not lane.direct(cast(Scope, cycle.scope)):
+                super()._start_asgi_task(cycle, app)
+                return
+            context = contextvars.Context() if self.config.reset_contextvars else None
+            # uvicorn starts a task per request; this one replaces it, kept in self.tasks as uvicorn's are
+            # unsupervised: the request's own task (the server waits for self.tasks on shutdown)
+            task = self.loop.create_task(self._answer_hot(cycle, lane.lane), context=context)
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+
+        async def _answer_hot(self, cycle: RequestResponseCycle, lane: Lane) -> None:
+            """What `cycle.run_asgi(app)` does, for a hot route: the hot shell's answer (it reads the body
+            through the cycle's own `receive`: 100-continue, streaming, a client going away) written with
+            one send instead of an ASGI start and body. Skips uvicorn's send and the app's entry (FastAPI,
+            Starlette, the lane's ASGI wrapper): ~16 % of the server's CPU for a proxied call
+            (bench/README.md)."""
+            try:
+                answer = await lane.respond(cast(Scope, cycle.scope), cast(Receive, cycle.receive))
+                if self.flow.write_paused and not cycle.disconnected:
+                    await self.flow.drain()
+                self._send_answer(cycle, answer)
+            except BaseException as exc:  # as run_asgi: logged, a 500 if nothing was sent yet
+                self.logger.error("Exception in ASGI application\n", exc_info=exc)
+                if not cycle.response_started:
+                    await cycle.send_500_response()
+                else:
+                    self.transport.close()
+            finally:
+                cycle.on_response = lambda: None
+
+        def _send_answer(self, cycle: RequestResponseCycle, answer: Answer) -> None:
+            """`cycle.send` of the answer's start and (final) body, in one write: the same header checks,
+            the same keep-alive rule (`connection: close` from either side), the cycle left complete."""
+            if cycle.disconnected:
+                return  # what uvicorn's send does for a client that is gone
+            content = [STATUS_LINE[answer.status]]
+            keep_alive, closing, length = cycle.keep_alive, False, None
+            fields = (*cycle.default_headers, *answer.headers)
+            for name, value in fields:
+                name = name.lower()
+                if name == b"content-length" and length is None:
+                    length = int(value.decode())
+                elif name == b"connection" and b"close" in [t.lower().strip() for t in value.split(b",")]:
+                    keep_alive, closing = False, True
+                content += (name, b": ", value, b"\r\n")
+            if not valid_fields(b"".join(content[1:]), len(fields)):  # as uvicorn checks each name and value
+                raise RuntimeError("Invalid HTTP header name or value.")
+            if length != len(answer.body):
+                raise RuntimeError("a hot answer must declare its body's content-length")
+            if not keep_alive and not closing:
+                content.append(b"connection: close\r\n")
+            content += (b"\r\n", answer.body)
+            cycle.response_started = True
+            self._writes.flush()
+            self.transport.write(b"".join(content))
+            cycle.response_complete = True
+            cycle.message_event.set()
+            if not keep_alive:
+                cycle.keep_alive = False
+                self.transport.close()
+            cycle.on_response()
 
         # ---- the watchdog ----
         def _period(self) -> float:

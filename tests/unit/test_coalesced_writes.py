@@ -1,4 +1,5 @@
-"""serving.CoalescedWrites: a response's writes leave in one send, in order, and nothing is left held."""
+"""serving.CoalescedWrites: a response's writes leave in one send, in order, and nothing is left held; the hot
+lane's header check."""
 
 from __future__ import annotations
 
@@ -124,3 +125,21 @@ async def test_the_server_protocol_sends_a_response_in_one_write() -> None:
     assert [w.rsplit(b"\r\n\r\n", 1)[1] for w in transport.sent] == [b"/one", b"/two", b"/three"]
     assert all(w.startswith(b"HTTP/1.1 200 OK\r\n") for w in transport.sent)
     protocol.connection_lost(None)
+
+
+def test_the_hot_answers_header_check_is_uvicorns() -> None:
+    """serving._VALID_FIELDS (the hot lane's one-pass header check) refuses exactly the bytes uvicorn's
+    HEADER_RE / HEADER_VALUE_RE refuse, in a name and in a value."""
+    from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
+
+    from workspace_server.serving import valid_fields
+
+    for b in range(256):
+        byte = bytes([b])
+        name_ok = valid_fields(b"x-" + byte + b"y: v\r\n", 1)
+        value_ok = valid_fields(b"x-y: v" + byte + b"w\r\n", 1)
+        assert name_ok == (HEADER_RE.search(b"x-" + byte + b"y") is None), byte
+        assert value_ok == (HEADER_VALUE_RE.search(b"v" + byte + b"w") is None), byte
+    assert valid_fields(b"a: 1\r\nb: 2\r\n", 2)
+    assert not valid_fields(b"a: 1\r\nb: 2\r\nc: 3\nd: 4\r\n", 3)  # a lone LF
+    assert not valid_fields(b"a: 1\r\nb: 2\r\nset-cookie: x\r\n", 2)  # a whole line inside b's value

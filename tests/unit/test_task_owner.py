@@ -21,6 +21,7 @@ ALLOWED = {
     "events/ws.py": 2,  # a WebSocket client's send pump and inbound reader
     "terminal/service.py": 2,  # a terminal session's output and input pumps
     "a2a/caches.py": 1,  # TargetCache: one row read shared by the requests awaiting it
+    "serving.py": 1,  # a hot request's task, started where uvicorn starts each request's own
 }
 MARK = "# unsupervised:"
 

@@ -2,8 +2,9 @@
 
 A hot route is served by `HotLane`, outside every middleware (FastAPI's own included): a request that
 fully matches one (path and method) runs through the hot shell (middleware/hot_shell.py: the same
-middlewares' decisions, sharing the rate limiter and the metrics, in one ASGI callable) straight into the
-endpoint. It skips FastAPI's error, telemetry and exception middlewares, exit stack, router walk and
+middlewares' decisions, sharing the rate limiter and the metrics, in one callable) straight into the
+endpoint; the server's own protocol answers it below ASGI (serving.py), any other server through the
+app. It skips FastAPI's error, telemetry and exception middlewares, exit stack, router walk and
 dependency solver: about a third of the server's CPU for a proxied A2A call (bench/README.md). Its
 handler takes the `Request` only and reads the context with `get_ctx`.
 
@@ -18,8 +19,10 @@ What a client sees does not change:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -33,6 +36,24 @@ from workspace_server.common.errors import (
     http_error_response,
     unhandled_response,
 )
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Answer:
+    """A whole response: the status, its headers (content-length among them) and its body."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+
+class Lane(Protocol):
+    """The hot shell (middleware/hot_shell.py): an ASGI app, and the same answer as a value."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+    async def respond(self, scope: Scope, receive: Receive) -> Answer: ...
 
 
 class HotRoute(Route):
@@ -84,11 +105,11 @@ class PrebuiltResponse(Response):
 
 
 class HotEndpoint:
-    """The innermost app of the hot lane: calls the matched route's endpoint and renders its errors."""
+    """The innermost part of the hot lane: the matched route's response, its errors rendered."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def respond(self, scope: Scope, receive: Receive) -> Response:
         route: HotRoute = scope["route"]
-        request = Request(scope, receive, send)
+        request = Request(scope, receive)
         try:
             response = await route.endpoint(request)
         except ApiError as exc:
@@ -99,23 +120,54 @@ class HotEndpoint:
             response = client_gone_response(request)
         except Exception as exc:
             response = unhandled_response(request.method, request.url.path, exc)
-        await response(scope, receive, send)
+        if response.background is not None or not isinstance(getattr(response, "body", None), bytes):
+            # the lane answers with one whole response (hot_shell.Answer): nothing streams or runs after
+            raise TypeError(f"hot route {route.path} must answer with a whole response, no background task")
+        return response
 
 
 class HotLane:
-    """Routes a full match of a hot route into `lane` (the shell around `HotEndpoint`), all else to `app`."""
+    """Routes a full match of a hot route into `lane` (the shell around `HotEndpoint`), all else to `app`
+    (the rest of the stack, set by `wrapping` when the app builds it).
 
-    def __init__(self, app: ASGIApp, routes: Sequence[HotRoute], lane: ASGIApp) -> None:
-        self.app = app
+    The server's protocol (serving.py) also enters the lane itself, below ASGI: `direct` tells it whether
+    a request is for the lane and gives the scope what the app's own entry (FastAPI, Starlette, this lane)
+    would have added on the way."""
+
+    def __init__(self, routes: Sequence[HotRoute], lane: Lane, owner: Starlette) -> None:
         self.routes = tuple(routes)
         self.lane = lane
+        self.owner = owner
+        self.app: ASGIApp | None = None
+
+    def wrapping(self, app: ASGIApp) -> HotLane:
+        self.app = app
+        return self
+
+    def enter(self, scope: Scope) -> bool:
+        """Whether `scope` fully matches a hot route (path and method); if so it now holds the route's path
+        parameters and the route."""
+        for route in self.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                scope.update(child)
+                return True
+        return False
+
+    def direct(self, scope: Scope) -> bool:
+        """`enter`, for a request the app's own entry has not seen: with the keys it sets (`app`, and
+        FastAPI's `root_path` when it has one)."""
+        if not self.enter(scope):
+            return False
+        scope["app"] = self.owner
+        root_path = getattr(self.owner, "root_path", "")
+        if root_path:
+            scope["root_path"] = root_path
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for route in self.routes:
-                match, child = route.matches(scope)
-                if match is Match.FULL:
-                    scope.update(child)
-                    await self.lane(scope, receive, send)
-                    return
+        if scope["type"] == "http" and self.enter(scope):
+            await self.lane(scope, receive, send)
+            return
+        assert self.app is not None, "HotLane used before the app built its stack"
         await self.app(scope, receive, send)

@@ -91,8 +91,13 @@ def json_body(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def length_headers(body: bytes, headers: Headers | None = None) -> Headers:
+    """A refusal's headers as sent: its own, then the body's content-length."""
+    return [*(headers or []), (b"content-length", str(len(body)).encode())]
+
+
 async def send_response(send: Send, status: int, body: bytes = b"", headers: Headers | None = None) -> None:
-    all_headers = [*(headers or []), (b"content-length", str(len(body)).encode())]
+    all_headers = length_headers(body, headers)
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -105,7 +110,7 @@ async def deny_websocket(
     if message["type"] != "websocket.connect":
         return
     if "websocket.http.response" in scope.get("extensions", {}):
-        all_headers = [*(headers or []), (b"content-length", str(len(body)).encode())]
+        all_headers = length_headers(body, headers)
         await send({"type": "websocket.http.response.start", "status": status, "headers": all_headers})
         await send({"type": "websocket.http.response.body", "body": body})
     else:

@@ -1,15 +1,18 @@
-"""The hot lane's HTTP shell: every middleware of the stack, taken as one ASGI callable.
+"""The hot lane's HTTP shell: every middleware of the stack, taken as one callable that answers a request.
 
 A hot route (common/routing.py) is called by every agent all the time, and seven nested middlewares cost
 each request seven coroutine frames, seven send wrappers and a copy of the response start per header
 group: about a sixth of the server's CPU for a proxied A2A call (bench/README.md). `HotShell` asks the
 same middleware objects for their decisions (`admit`, middleware/asgi.py `Verdict`) in the stack's order
-and applies them with one send wrapper. The rules stay in their middleware: this module owns only the
-order in which the answers combine, and that is the layered stack's:
+and combines them into one `Answer` (status, headers, body). The rules stay in their middleware: this
+module owns only the order in which the answers combine, and that is the layered stack's:
 
 - a refusal by a layer carries the headers of the layers outside it only (a 429 has no security headers);
 - on a response the headers of inner layers win over outer ones, and the handler's own win over all;
 - the metrics recorder, outermost, sees every answer, refusals and the body cap's 413 included.
+
+`respond` gives the answer as a value: the server's own hot path (serving.py) writes it with one send,
+without an ASGI cycle; `__call__` sends it through ASGI (any other server, the in-process test client).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from workspace_server.middleware.asgi import Headers, Refusal, Verdict, answer
+from workspace_server.common.routing import Answer
+from workspace_server.middleware.asgi import ABORTED, Headers, Refusal, Verdict, length_headers
 from workspace_server.middleware.body_limit import TOO_LARGE, BodyLimitMiddleware, BodyTooLarge
 from workspace_server.middleware.metrics import MetricsMiddleware
 
@@ -29,12 +34,18 @@ class Admits(Protocol):
     def admit(self, scope: Scope) -> Verdict: ...
 
 
+class Endpoint(Protocol):
+    """The innermost part of the lane (common/routing.HotEndpoint): the route's response, errors rendered."""
+
+    async def respond(self, scope: Scope, receive: Receive) -> Response: ...
+
+
 class HotShell:
     """`guards` outermost first, as the stack orders them; the body cap among them where it sits."""
 
     def __init__(
         self,
-        endpoint: ASGIApp,
+        endpoint: Endpoint,
         guards: Sequence[Admits],
         body_limit: BodyLimitMiddleware,
         metrics: MetricsMiddleware,
@@ -45,45 +56,56 @@ class HotShell:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = await self.respond(scope, receive)
+        await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def respond(self, scope: Scope, receive: Receive) -> Answer:
+        """The answer to a request that fully matched a hot route (`scope["route"]` set); the body is read
+        from `receive` by the route itself."""
         start = time.perf_counter()
-        status = 0  # the response's, once started; 500 is recorded when the endpoint raised before
-        groups: list[Headers] = []  # header groups of the layers passed so far, outermost first
-
-        async def wrapped(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if groups:
-                    message = _with_groups(message, groups)
-            await send(message)
-
+        status = 500  # recorded when something below raised past the endpoint's own error rendering
         try:
-            for guard in self.guards:
-                verdict = guard.admit(scope)
-                if isinstance(verdict, Refusal):
-                    await answer(scope, receive, wrapped, verdict)
-                    return
-                if verdict:
-                    groups.append(verdict)
-            if self.body_limit.applies(scope):  # a chunked body is counted as it streams in
-                receive = self.body_limit.counting(receive)
-            try:
-                await self.endpoint(scope, receive, wrapped)
-            except BodyTooLarge:
-                if status:
-                    raise
-                await answer(scope, receive, wrapped, TOO_LARGE)
+            answer = await self._answer(scope, receive)
+            status = answer.status
+            return answer
         finally:
-            self.metrics.record(scope, status or 500, start)
+            self.metrics.record(scope, status, start)
+
+    async def _answer(self, scope: Scope, receive: Receive) -> Answer:
+        groups: list[Headers] = []  # header groups of the layers passed so far, outermost first
+        for guard in self.guards:
+            verdict = guard.admit(scope)
+            if isinstance(verdict, Refusal):
+                return _refused(scope, verdict, groups)
+            if verdict:
+                groups.append(verdict)
+        if self.body_limit.applies(scope):  # a chunked body is counted as it streams in
+            receive = self.body_limit.counting(receive)
+        try:
+            response = await self.endpoint.respond(scope, receive)
+        except BodyTooLarge:
+            return _refused(scope, TOO_LARGE, groups)
+        return Answer(response.status_code, _with_groups(response.raw_headers, groups), bytes(response.body))
 
 
-def _with_groups(message: Message, groups: list[Headers]) -> Message:
-    """The response start with each group added, innermost first, where its name is not set yet — what
-    the layered stack's `add_defaults` wrappers do one after another."""
-    headers = list(message.get("headers", ()))
+def _refused(scope: Scope, refusal: Refusal, groups: list[Headers]) -> Answer:
+    """What `asgi.answer` sends for the refusal, with the headers of the layers outside the refusing one."""
+    if refusal.aborts:
+        scope[ABORTED] = True
+    headers = length_headers(refusal.body, refusal.headers)
+    return Answer(refusal.status, _with_groups(headers, groups), refusal.body)
+
+
+def _with_groups(own: Headers, groups: list[Headers]) -> Headers:
+    """`own` with each group added, innermost first, where its name is not set yet — what the layered
+    stack's `add_defaults` wrappers do one after another. Always a new list (`own` may be a shared one)."""
+    headers = list(own)
+    if not groups:
+        return headers
     present = {bytes(k).lower() for k, _ in headers}
     for group in reversed(groups):
         added = [(k, v) for k, v in group if k not in present]
         headers += added
         present.update(k for k, _ in added)
-    return {**message, "headers": headers}
+    return headers

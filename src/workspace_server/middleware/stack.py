@@ -39,18 +39,19 @@ def install_middleware(app: FastAPI, settings: Settings, hot_routes: Sequence[Ho
     layers = _shell_layers(settings, http_metrics)
     for cls, kwargs in layers:  # add_middleware prepends: the last one added is the outermost
         app.add_middleware(cls, **kwargs)
-    lane = _hot_shell(layers)
+    hot_lane = HotLane(hot_routes, _hot_shell(layers), owner=app)
+    app.state.hot_lane = hot_lane  # the server's protocol enters it directly (serving.py)
     build_stack = app.build_middleware_stack
 
     def build_with_hot_lane() -> ASGIApp:
         # The hot lane goes outside even FastAPI's own layers (its error, telemetry and body-size
         # middlewares): HotEndpoint renders every error itself, as the app's handlers would.
-        return HotLane(build_stack(), routes=hot_routes, lane=lane)
+        return hot_lane.wrapping(build_stack())
 
     app.build_middleware_stack = build_with_hot_lane  # type: ignore[method-assign]
 
 
-def _hot_shell(layers: list[tuple[Any, dict[str, Any]]]) -> ASGIApp:
+def _hot_shell(layers: list[tuple[Any, dict[str, Any]]]) -> HotShell:
     """The hot lane's shell (hot_shell.py): the same middlewares, with the same limiter and metrics, as
     objects it asks for decisions. The slash redirect is left out: it only rewrites the router's own
     redirects, and a full match of a hot route never gets one."""

@@ -1,0 +1,198 @@
+"""The hot lane below ASGI (serving.py `_answer_hot`): the server's own protocol answers a hot route with
+the hot shell's answer in one write, skipping uvicorn's send and the app's entry.
+
+Over a real socket it must answer exactly as the layered middleware stack does (the matrix of
+test_hot_shell_equivalence.py, both apps served by `serve`'s own configuration), and keep the HTTP rules
+uvicorn keeps for every other route: keep-alive and pipelining, `Connection: close`, HTTP/1.0,
+`Expect: 100-continue`, its header checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tests.conftest import LiveServer
+from tests.integration.test_hot_shell_equivalence import REQUESTS, SETTINGS, build, chunks, seen
+from workspace_server.common.routing import HotRoute
+from workspace_server.config import Settings
+from workspace_server.middleware import install_middleware
+from workspace_server.middleware.hot_shell import HotShell
+
+PROD = Settings(RATE_LIMIT="1000", MAX_BODY_BYTES="4096")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def served() -> Iterator[list[LiveServer]]:
+    servers: list[LiveServer] = []
+    yield servers
+    for srv in servers:
+        srv.stop()
+
+
+def serve(servers: list[LiveServer], settings: Settings, app: FastAPI) -> LiveServer:
+    srv = LiveServer(settings, app=app).start()
+    servers.append(srv)
+    return srv
+
+
+@pytest.fixture
+def no_asgi_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any hot request the server's protocol did not answer itself (it would go through the lane's
+    ASGI entry, `HotShell.__call__`)."""
+
+    async def asgi_entry(self: HotShell, *_: Any) -> None:
+        raise AssertionError("a hot route went through ASGI")
+
+    monkeypatch.setattr(HotShell, "__call__", asgi_entry)
+
+
+@pytest.mark.usefixtures("no_asgi_lane")
+@pytest.mark.parametrize("env", SETTINGS)
+async def test_over_a_socket_the_hot_lane_answers_as_the_layered_stack(
+    env: dict[str, str], served: list[LiveServer]
+) -> None:
+    settings = Settings(**env)  # type: ignore[arg-type]
+    hot = serve(served, settings, build(settings, hot=True))
+    layered = serve(served, settings, build(settings, hot=False))
+    answers: list[list[tuple[int, list[tuple[str, str]], bytes]]] = [[], []]
+    for srv, out in zip((hot, layered), answers, strict=True):
+        # a connection per request: the layered app's unhandled error closes its connection after the 500
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=srv.url, limits=fresh) as client:
+            for req in REQUESTS:
+                kwargs = dict(req)
+                if "content" in kwargs and not isinstance(kwargs["content"], bytes):
+                    kwargs["content"] = chunks(5000)  # a fresh stream for each server
+                out.append(seen(await client.post("/hot/1", **kwargs)))
+    for i, (ours, theirs) in enumerate(zip(*answers, strict=True)):
+        if REQUESTS[i].get("params", {}).get("mode") == "crash" and theirs[0] == 500:
+            # as in the ASGI matrix: the hot lane's 500 is rendered inside the shell, with its headers
+            assert (ours[0], ours[2]) == (theirs[0], theirs[2]) == (500, b'{"error":"internal error"}')
+            assert set(theirs[1]) < set(ours[1])
+            continue
+        assert ours == theirs, f"request {i}: {REQUESTS[i]}\n{ours}\n{theirs}"
+    assert len({a[0] for a in answers[0]}) >= 3  # refusals reached, not only 200s
+
+
+def _post(body: bytes, extra: str = "", version: str = "1.1") -> bytes:
+    head = f"POST /hot/1 HTTP/{version}\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    return head.encode() + body
+
+
+class _Reader:
+    """Whole HTTP answers from a socket, one at a time (content-length delimited)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buf = sock, b""
+
+    def answer(self) -> tuple[bytes, bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        while len(self.buf) < length:
+            self._more()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return head.lower(), body
+
+    def closed(self) -> bool:
+        try:
+            return self.buf == b"" and self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed with {self.buf!r} unread")
+        self.buf += chunk
+
+
+def _pipelined(port: int) -> list[tuple[bytes, bytes]]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(_post(b"a" * 10) + _post(b"b" * 20) + _post(b"c" * 30))
+        reader = _Reader(sock)
+        return [reader.answer() for _ in range(3)]
+
+
+@pytest.mark.usefixtures("no_asgi_lane")
+async def test_keep_alive_and_pipelined_hot_requests_are_answered_whole_and_in_order(
+    served: list[LiveServer],
+) -> None:
+    srv = serve(served, PROD, build(PROD, hot=True))
+    got = await asyncio.to_thread(_pipelined, srv.port)
+    assert [body for _, body in got] == [b'{"len":10}', b'{"len":20}', b'{"len":30}']
+    assert all(head.startswith(b"http/1.1 200 ok") and b"connection: close" not in head for head, _ in got)
+
+
+def _one(port: int, request: bytes) -> tuple[bytes, bytes, bool]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        reader = _Reader(sock)
+        head, body = reader.answer()
+        return head, body, reader.closed()
+
+
+@pytest.mark.usefixtures("no_asgi_lane")
+@pytest.mark.parametrize(
+    ("extra", "version"), [("Connection: close\r\n", "1.1"), ("", "1.0")], ids=["close", "http-1.0"]
+)
+async def test_a_hot_answer_closes_when_the_client_asks_or_speaks_http_1_0(
+    served: list[LiveServer], extra: str, version: str
+) -> None:
+    srv = serve(served, PROD, build(PROD, hot=True))
+    head, body, closed = await asyncio.to_thread(_one, srv.port, _post(b"xyz", extra, version))
+    assert head.startswith(b"http/1.1 200 ok") and body == b'{"len":3}'
+    assert b"\r\nconnection: close" in head
+    assert closed
+
+
+def _expect_continue(port: int) -> tuple[bytes, tuple[bytes, bytes]]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(_post(b"", "Expect: 100-continue\r\n").replace(b"Length: 0", b"Length: 5"))
+        interim = sock.recv(25)  # the body is sent only once the server asked for it
+        sock.sendall(b"hello")
+        return interim, _Reader(sock).answer()
+
+
+@pytest.mark.usefixtures("no_asgi_lane")
+async def test_a_hot_route_asks_for_an_expected_body(served: list[LiveServer]) -> None:
+    srv = serve(served, PROD, build(PROD, hot=True))
+    interim, (head, body) = await asyncio.to_thread(_expect_continue, srv.port)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert head.startswith(b"http/1.1 200 ok") and body == b'{"len":5}'
+
+
+async def smuggler(request: Request) -> Response:
+    return Response(b"x", headers={"x-note": "a\r\nset-cookie: session=attacker"})
+
+
+@pytest.mark.usefixtures("no_asgi_lane")
+async def test_a_hot_answer_with_a_header_uvicorn_refuses_is_a_500(
+    served: list[LiveServer], capfd: pytest.CaptureFixture[str]
+) -> None:
+    app = FastAPI()
+    route = HotRoute("/bad/{id}", smuggler, methods=["POST"])
+    app.router.routes.append(route)
+    install_middleware(app, PROD, [route])
+    srv = serve(served, PROD, app)
+    async with httpx.AsyncClient(base_url=srv.url) as client:
+        r = await client.post("/bad/1")
+        assert r.status_code == 500
+        assert "set-cookie" not in r.headers and "x-note" not in r.headers
+        assert (await client.post("/bad/1")).status_code == 500  # the server goes on serving
+    logged = capfd.readouterr().err  # uvicorn's error log (its own handler, not the root logger)
+    assert "Exception in ASGI application" in logged and "Invalid HTTP header" in logged
