@@ -259,8 +259,8 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             """What `cycle.run_asgi(app)` does, for a hot route: the hot shell's answer (it reads the body
             through the cycle's own `receive`: 100-continue, streaming, a client going away) written with
             one send instead of an ASGI start and body. Skips uvicorn's send and the app's entry (FastAPI,
-            Starlette, the lane's ASGI wrapper): ~16 % of the server's CPU for a proxied call
-            (bench/README.md)."""
+            Starlette, the lane's ASGI wrapper): a few per cent of the server's CPU for a proxied call
+            (bench/README.md, session 10)."""
             try:
                 answer = await lane.respond(cast(Scope, cycle.scope), cast(Receive, cycle.receive))
                 if self.flow.write_paused and not cycle.disconnected:
@@ -280,7 +280,7 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             the same keep-alive rule (`connection: close` from either side), the cycle left complete."""
             if cycle.disconnected:
                 return  # what uvicorn's send does for a client that is gone
-            content = [STATUS_LINE[answer.status]]
+            lines: list[bytes] = []
             keep_alive, closing, length = cycle.keep_alive, False, None
             fields = (*cycle.default_headers, *answer.headers)
             for name, value in fields:
@@ -289,17 +289,16 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
                     length = int(value.decode())
                 elif name == b"connection" and b"close" in [t.lower().strip() for t in value.split(b",")]:
                     keep_alive, closing = False, True
-                content += (name, b": ", value, b"\r\n")
-            if not valid_fields(b"".join(content[1:]), len(fields)):  # as uvicorn checks each name and value
+                lines += (name, b": ", value, b"\r\n")
+            head = b"".join(lines)
+            if not valid_fields(head, len(fields)):  # as uvicorn checks each name and value
                 raise RuntimeError("Invalid HTTP header name or value.")
             if length != len(answer.body):
                 raise RuntimeError("a hot answer must declare its body's content-length")
-            if not keep_alive and not closing:
-                content.append(b"connection: close\r\n")
-            content += (b"\r\n", answer.body)
+            close = b"" if keep_alive or closing else b"connection: close\r\n"
             cycle.response_started = True
             self._writes.flush()
-            self.transport.write(b"".join(content))
+            self.transport.write(b"".join((STATUS_LINE[answer.status], head, close, b"\r\n", answer.body)))
             cycle.response_complete = True
             cycle.message_event.set()
             if not keep_alive:

@@ -21,7 +21,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tests.conftest import LiveServer
-from tests.integration.test_hot_shell_equivalence import REQUESTS, SETTINGS, build, chunks, seen
+from tests.integration.test_hot_shell_equivalence import (
+    SETTINGS,
+    Seen,
+    ask_matrix,
+    assert_same_answers,
+    build,
+)
 from workspace_server.common.routing import HotRoute
 from workspace_server.config import Settings
 from workspace_server.middleware import install_middleware
@@ -63,24 +69,13 @@ async def test_over_a_socket_the_hot_lane_answers_as_the_layered_stack(
     settings = Settings(**env)  # type: ignore[arg-type]
     hot = serve(served, settings, build(settings, hot=True))
     layered = serve(served, settings, build(settings, hot=False))
-    answers: list[list[tuple[int, list[tuple[str, str]], bytes]]] = [[], []]
+    answers: list[list[Seen]] = [[], []]
     for srv, out in zip((hot, layered), answers, strict=True):
         # a connection per request: the layered app's unhandled error closes its connection after the 500
         fresh = httpx.Limits(max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=srv.url, limits=fresh) as client:
-            for req in REQUESTS:
-                kwargs = dict(req)
-                if "content" in kwargs and not isinstance(kwargs["content"], bytes):
-                    kwargs["content"] = chunks(5000)  # a fresh stream for each server
-                out.append(seen(await client.post("/hot/1", **kwargs)))
-    for i, (ours, theirs) in enumerate(zip(*answers, strict=True)):
-        if REQUESTS[i].get("params", {}).get("mode") == "crash" and theirs[0] == 500:
-            # as in the ASGI matrix: the hot lane's 500 is rendered inside the shell, with its headers
-            assert (ours[0], ours[2]) == (theirs[0], theirs[2]) == (500, b'{"error":"internal error"}')
-            assert set(theirs[1]) < set(ours[1])
-            continue
-        assert ours == theirs, f"request {i}: {REQUESTS[i]}\n{ours}\n{theirs}"
-    assert len({a[0] for a in answers[0]}) >= 3  # refusals reached, not only 200s
+            out += await ask_matrix(client)
+    assert_same_answers(*answers)
 
 
 def _post(body: bytes, extra: str = "", version: str = "1.1") -> bytes:
