@@ -28,6 +28,7 @@ from tests.integration.test_hot_shell_equivalence import (
     assert_same_answers,
     build,
 )
+from tests.integration.test_http_limits import Responses
 from workspace_server.common.routing import HotRoute
 from workspace_server.config import Settings
 from workspace_server.middleware import install_middleware
@@ -83,44 +84,25 @@ def _post(body: bytes, extra: str = "", version: str = "1.1") -> bytes:
     return head.encode() + body
 
 
-class _Reader:
-    """Whole HTTP answers from a socket, one at a time (content-length delimited)."""
+def _split(answer: bytes) -> tuple[bytes, bytes]:
+    """(the head, lowercased; the body) of one whole answer."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.lower(), body
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.buf = sock, b""
 
-    def answer(self) -> tuple[bytes, bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            self._more()
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-        while len(self.buf) < length:
-            self._more()
-        body, self.buf = self.buf[:length], self.buf[length:]
-        return head.lower(), body
-
-    def closed(self) -> bool:
-        try:
-            return self.buf == b"" and self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def _more(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed with {self.buf!r} unread")
-        self.buf += chunk
+def _closed(sock: socket.socket, responses: Responses) -> bool:
+    """Whether the server closed the connection after the answers read, with nothing more sent."""
+    try:
+        return responses.buf == b"" and sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
 
 
 def _pipelined(port: int) -> list[tuple[bytes, bytes]]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(_post(b"a" * 10) + _post(b"b" * 20) + _post(b"c" * 30))
-        reader = _Reader(sock)
-        return [reader.answer() for _ in range(3)]
+        responses = Responses(sock)
+        return [_split(responses.next()) for _ in range(3)]
 
 
 @pytest.mark.usefixtures("no_asgi_lane")
@@ -136,9 +118,9 @@ async def test_keep_alive_and_pipelined_hot_requests_are_answered_whole_and_in_o
 def _one(port: int, request: bytes) -> tuple[bytes, bytes, bool]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
-        reader = _Reader(sock)
-        head, body = reader.answer()
-        return head, body, reader.closed()
+        responses = Responses(sock)
+        head, body = _split(responses.next())
+        return head, body, _closed(sock, responses)
 
 
 @pytest.mark.usefixtures("no_asgi_lane")
@@ -160,7 +142,7 @@ def _expect_continue(port: int) -> tuple[bytes, tuple[bytes, bytes]]:
         sock.sendall(_post(b"", "Expect: 100-continue\r\n").replace(b"Length: 0", b"Length: 5"))
         interim = sock.recv(25)  # the body is sent only once the server asked for it
         sock.sendall(b"hello")
-        return interim, _Reader(sock).answer()
+        return interim, _split(Responses(sock).next())
 
 
 @pytest.mark.usefixtures("no_asgi_lane")

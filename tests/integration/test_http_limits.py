@@ -173,7 +173,7 @@ async def test_a_stalled_body_is_cut_off(
     assert _status(await asyncio.to_thread(trickle)) == 201
 
 
-class _Responses:
+class Responses:
     """Reads whole responses (content-length bodies) off a keep-alive socket."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -201,7 +201,7 @@ class _Responses:
 def _keep_alive_exchange(port: int) -> list[bytes]:
     get = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        responses = _Responses(sock)
+        responses = Responses(sock)
         got = []
         for _ in range(3):
             sock.sendall(get)
@@ -228,7 +228,7 @@ def _idle_close(port: int, requests: int, gap: float) -> tuple[list[int], float]
     seconds from the last answer to the close; the socket's 10 s timeout fails the test otherwise)."""
     get = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        responses = _Responses(sock)
+        responses = Responses(sock)
         statuses = []
         for i in range(requests):
             if i:
@@ -260,7 +260,7 @@ def _slow_call_then_another(port: int, path: str) -> list[int]:
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        responses = _Responses(sock)
+        responses = Responses(sock)
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # the connection has been idle once
         statuses = [_status(responses.next())]
         sock.sendall(post)
