@@ -23,8 +23,10 @@ response (never sooner than uvicorn did, so a client reusing it within the timeo
 A request for a hot route (common/routing.py: the heartbeat, the A2A proxy) is answered below ASGI: the
 protocol enters the app's hot lane itself and writes the hot shell's whole answer in one send, instead of
 running uvicorn's ASGI send and the app's entry (FastAPI, Starlette, the lane's ASGI wrapper). uvicorn's
-request cycle stays: its parser callbacks, `receive` (100-continue, streamed bodies, a client going away),
-pipelining and shutdown are unchanged; `_send_answer` repeats its send's rules for a whole response.
+request cycle stays: its parser callbacks, pipelining and shutdown are unchanged; `_send_answer` repeats its
+send's rules for a whole response. A small body of declared length (every agent's request) is handed to the
+lane whole, once the parser has it all (`_WholeBody`); any other (streamed, large, `Expect: 100-continue`)
+is read through the cycle's `receive`, as any ASGI app reads it.
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ from typing import Any, cast
 
 import httptools
 from starlette.types import Receive, Scope
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
 )
 
-from workspace_server.common.routing import Answer, HotLane, Lane
+from workspace_server.common.routing import Answer, Body, HotLane, Lane
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,57 @@ class _Refuse(Exception):
 
 
 COALESCE_MAX_BYTES = 64 * 1024
+# what uvicorn answers for a handler that failed before its response started (its send_500_response)
+_ERROR_500 = Answer(
+    500,
+    [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21"), (b"connection", b"close")],
+    b"Internal Server Error",
+)
+
+
+def whole_body_length(scope: Scope) -> int | None:
+    """The declared length of a body the protocol may collect whole for the hot lane: a `content-length`,
+    no `transfer-encoding`, no `expect` (100-continue waits for the app to read), at most uvicorn's read
+    high-water mark (past it the parser's callbacks pause reading until `receive` resumes it). None: the
+    lane reads the body through `receive`."""
+    length = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+        elif name in (b"transfer-encoding", b"expect"):
+            return None
+    return length if length is not None and length <= HIGH_WATER_LIMIT else None
+
+
+async def _gone() -> dict[str, str]:
+    """`receive` for a client gone before its body was whole: what uvicorn's tells the app then."""
+    return {"type": "http.disconnect"}
+
+
+class _WholeBody:
+    """Stands in for a hot request's `cycle.message_event`, which uvicorn's protocol sets after each body
+    chunk, at the end of the message and when the client goes: it starts the lane's answer once the body
+    is whole (or the client gone), and only once. Nothing waits on it: nothing calls the cycle's
+    `receive`."""
+
+    __slots__ = ("_cycle", "_start", "started")
+
+    def __init__(self, cycle: RequestResponseCycle, start: Any) -> None:
+        self._cycle = cycle
+        self._start = start
+        self.started = False
+
+    def set(self) -> None:
+        cycle = self._cycle
+        if self.started or (cycle.more_body and not cycle.disconnected):
+            return
+        self.started = True
+        self._start(bytes(cycle.body) if not cycle.disconnected else _gone)
+
+    def is_set(self) -> bool:
+        return self.started
 
 
 class CoalescedWrites:
@@ -245,31 +299,40 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             ones too: they start here when their turn comes). `app is self.app`: not the 503 uvicorn
             substitutes past its connection cap."""
             lane = self._hot_lane
-            if lane is None or app is not self.app or not lane.direct(cast(Scope, cycle.scope)):
+            scope = cast(Scope, cycle.scope)
+            if lane is None or app is not self.app or not lane.direct(scope):
                 super()._start_asgi_task(cycle, app)
                 return
+            if whole_body_length(scope) is None:
+                self._start_hot(cycle, lane.lane, cast(Receive, cycle.receive))
+                return
+            # the body whole, when the parser has it (now, if this request waited in the pipeline)
+            waiter = _WholeBody(cycle, lambda body: self._start_hot(cycle, lane.lane, body))
+            cycle.message_event = waiter  # type: ignore[assignment]
+            waiter.set()
+
+        def _start_hot(self, cycle: RequestResponseCycle, lane: Lane, body: Body) -> None:
             context = contextvars.Context() if self.config.reset_contextvars else None
             # uvicorn starts a task per request; this one replaces it, kept in self.tasks as uvicorn's are
             # unsupervised: the request's own task (the server waits for self.tasks on shutdown)
-            task = self.loop.create_task(self._answer_hot(cycle, lane.lane), context=context)
+            task = self.loop.create_task(self._answer_hot(cycle, lane, body), context=context)
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
 
-        async def _answer_hot(self, cycle: RequestResponseCycle, lane: Lane) -> None:
-            """What `cycle.run_asgi(app)` does, for a hot route: the hot shell's answer (it reads the body
-            through the cycle's own `receive`: 100-continue, streaming, a client going away) written with
-            one send instead of an ASGI start and body. Skips uvicorn's send and the app's entry (FastAPI,
-            Starlette, the lane's ASGI wrapper): a few per cent of the server's CPU for a proxied call
-            (bench/README.md, session 10)."""
+        async def _answer_hot(self, cycle: RequestResponseCycle, lane: Lane, body: Body) -> None:
+            """What `cycle.run_asgi(app)` does, for a hot route: the hot shell's answer to the body (whole, or
+            read through the cycle's own `receive`: 100-continue, streaming, a client going away) written
+            with one send instead of an ASGI start and body. Skips uvicorn's send and `receive`, and the
+            app's entry (FastAPI, Starlette, the lane's ASGI wrapper): bench/README.md, sessions 10-11."""
             try:
-                answer = await lane.respond(cast(Scope, cycle.scope), cast(Receive, cycle.receive))
+                answer = await lane.respond(cast(Scope, cycle.scope), body)
                 if self.flow.write_paused and not cycle.disconnected:
                     await self.flow.drain()
                 self._send_answer(cycle, answer)
             except BaseException as exc:  # as run_asgi: logged, a 500 if nothing was sent yet
                 self.logger.error("Exception in ASGI application\n", exc_info=exc)
                 if not cycle.response_started:
-                    await cycle.send_500_response()
+                    self._send_answer(cycle, _ERROR_500)
                 else:
                     self.transport.close()
             finally:

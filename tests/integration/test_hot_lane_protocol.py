@@ -4,13 +4,17 @@ the hot shell's answer in one write, skipping uvicorn's send and the app's entry
 Over a real socket it must answer exactly as the layered middleware stack does (the matrix of
 test_hot_shell_equivalence.py, both apps served by `serve`'s own configuration), and keep the HTTP rules
 uvicorn keeps for every other route: keep-alive and pipelining, `Connection: close`, HTTP/1.0,
-`Expect: 100-continue`, its header checks.
+`Expect: 100-continue`, its header checks. A small body of declared length is handed to the lane whole
+once the parser has it all (`_WholeBody`); any other is read through uvicorn's `receive`: both kinds, mixed
+on one connection, a body arriving in pieces and a client gone half-way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,10 +33,12 @@ from tests.integration.test_hot_shell_equivalence import (
     build,
 )
 from tests.integration.test_http_limits import Responses
+from tests.integration.test_http_shell_routes import samples
 from workspace_server.common.routing import HotRoute
 from workspace_server.config import Settings
 from workspace_server.middleware import install_middleware
 from workspace_server.middleware.hot_shell import HotShell
+from workspace_server.observability.metrics import render
 
 PROD = Settings(RATE_LIMIT="1000", MAX_BODY_BYTES="4096")  # type: ignore[arg-type]
 
@@ -153,7 +159,83 @@ async def test_a_hot_route_asks_for_an_expected_body(served: list[LiveServer]) -
     assert head.startswith(b"http/1.1 200 ok") and body == b'{"len":5}'
 
 
-async def smuggler(request: Request) -> Response:
+def _chunked(body: bytes) -> bytes:
+    head = b"POST /hot/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+def _mixed(port: int) -> list[tuple[bytes, bytes]]:
+    """Pipelined on one connection: a whole body, a chunked one, an empty one, one past the parser's
+    high-water mark (read through `receive`), a whole one again."""
+    requests = [_post(b"a" * 10), _chunked(b"b" * 20), _post(b""), _post(b"c" * 70_000), _post(b"d" * 40)]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"".join(requests))
+        responses = Responses(sock)
+        return [_split(responses.next()) for _ in requests]
+
+
+@pytest.mark.usefixtures("no_asgi_lane")
+async def test_whole_and_streamed_hot_bodies_mixed_on_one_connection(served: list[LiveServer]) -> None:
+    settings = Settings(RATE_LIMIT="1000", MAX_BODY_BYTES="100000")  # type: ignore[arg-type]
+    srv = serve(served, settings, build(settings, hot=True))
+    got = await asyncio.to_thread(_mixed, srv.port)
+    assert [body for _, body in got] == [
+        b'{"len":10}',
+        b'{"len":20}',
+        b'{"len":0}',
+        b'{"len":70000}',
+        b'{"len":40}',
+    ]
+    assert all(head.startswith(b"http/1.1 200 ok") for head, _ in got)
+
+
+def _in_pieces(port: int, request: bytes, pieces: int) -> tuple[bytes, bytes]:
+    step = -(-len(request) // pieces)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(request), step):
+            sock.sendall(request[i : i + step])
+            time.sleep(0.02)  # each piece its own read on the server
+        return _split(Responses(sock).next())
+
+
+@pytest.mark.usefixtures("no_asgi_lane")
+async def test_a_body_arriving_in_pieces_is_answered_once_whole(served: list[LiveServer]) -> None:
+    srv = serve(served, PROD, build(PROD, hot=True))
+    head, body = await asyncio.to_thread(_in_pieces, srv.port, _post(b"z" * 3000), 6)
+    assert head.startswith(b"http/1.1 200 ok") and body == b'{"len":3000}'
+
+
+def _hang_up(port: int, request: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        time.sleep(0.1)  # the head read and the route entered before the client goes
+
+
+@pytest.mark.usefixtures("no_asgi_lane")
+@pytest.mark.parametrize(
+    "request_bytes",
+    [_post(b"q" * 100)[:-90], _chunked(b"q" * 100)[:-20]],
+    ids=["declared-length", "chunked"],
+)
+async def test_a_client_gone_half_way_through_its_body_is_counted_and_logged(
+    served: list[LiveServer], caplog: pytest.LogCaptureFixture, request_bytes: bytes
+) -> None:
+    """Nobody reads the answer, but the metrics count the request (a 400) and one info line says why."""
+    app = build(PROD, hot=True)
+    srv = serve(served, PROD, app)
+    caplog.set_level(logging.INFO, logger="workspace_server.common.errors")
+    await asyncio.to_thread(_hang_up, srv.port, request_bytes)
+    counted = 'molecule_http_requests_total{method="POST",path="/hot/:id",status="400"}'
+    for _ in range(100):
+        if samples(render(app.state.metrics_registry).decode()).get(counted) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert samples(render(app.state.metrics_registry).decode()).get(counted) == 1
+    assert "client went away before sending the whole body: POST /hot/1" in caplog.text
+
+
+async def smuggler(request: Request, body: bytes) -> Response:
     return Response(b"x", headers={"x-note": "a\r\nset-cookie: session=attacker"})
 
 

@@ -101,16 +101,16 @@ async def test_unhandled_error_in_a_hot_route_is_a_500_json(client_factory: Clie
     c = await client_factory()
     route = _hot(c, "/workspaces/{id}/a2a")
 
-    async def broken(_: Request) -> Response:
+    async def broken(_: Request, body: bytes) -> Response:
         raise RuntimeError("boom")
 
     transport = httpx.ASGITransport(app=app_of(c), raise_app_exceptions=False)
-    original, route.endpoint = route.endpoint, broken
+    original, route.handler = route.handler, broken
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as raw:
             r = await raw.post(A2A[0], json=A2A[1])
     finally:
-        route.endpoint = original
+        route.handler = original
     assert (r.status_code, r.json()) == (500, {"error": "internal error"})
     values = samples((await c.get("/metrics")).text)
     assert values['molecule_http_requests_total{method="POST",path="/workspaces/:id/a2a",status="500"}'] == 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from workspace_server.serving import COALESCE_MAX_BYTES, CoalescedWrites
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+
+from workspace_server.serving import COALESCE_MAX_BYTES, CoalescedWrites, whole_body_length
 
 
 class _Transport:
@@ -143,3 +145,20 @@ def test_the_hot_answers_header_check_is_uvicorns() -> None:
     assert valid_fields(b"a: 1\r\nb: 2\r\n", 2)
     assert not valid_fields(b"a: 1\r\nb: 2\r\nc: 3\nd: 4\r\n", 3)  # a lone LF
     assert not valid_fields(b"a: 1\r\nb: 2\r\nset-cookie: x\r\n", 2)  # a whole line inside b's value
+
+
+def test_only_a_small_declared_body_is_collected_whole() -> None:
+    """The protocol collects a body for the hot lane only where the parser delivers it all without the app:
+    a declared length up to uvicorn's high-water mark, no chunking, no 100-continue, no second length."""
+
+    def length(*headers: tuple[bytes, bytes]) -> int | None:
+        return whole_body_length({"headers": [(b"host", b"x"), *headers]})
+
+    assert length((b"content-length", b"0")) == 0
+    assert length((b"content-length", b"%d" % HIGH_WATER_LIMIT)) == HIGH_WATER_LIMIT
+    assert length((b"content-length", b"%d" % (HIGH_WATER_LIMIT + 1))) is None
+    assert length() is None  # no length: read through receive (an empty body answers the same)
+    assert length((b"transfer-encoding", b"chunked")) is None
+    assert length((b"content-length", b"5"), (b"expect", b"100-continue")) is None
+    assert length((b"content-length", b"5"), (b"content-length", b"5")) is None
+    assert length((b"content-length", b"+5")) is None

@@ -48,24 +48,6 @@ class AgentReply(Response):
         self.raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-async def _read_cut(request: Request) -> bytes:
-    """The body's first MAX_REQUEST_BYTES; the rest is read and dropped (spec 04 §1.2: silently cut).
-    Straight from `receive` (what `request.stream()` does, without its generator and bookkeeping)."""
-    chunks: list[bytes] = []
-    size = 0
-    receive = request.receive
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # the client went away mid-body
-            raise ApiError(400, "failed to read request body")
-        chunk: bytes = message.get("body", b"")
-        if size < MAX_REQUEST_BYTES:
-            chunks.append(chunk[: MAX_REQUEST_BYTES - size])
-        size += len(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 def _x_timeout(headers: dict[str, str]) -> int | None:
     raw = headers.get("x-timeout", "")
     if _INT.fullmatch(raw) and 0 < int(raw) < 2**31:
@@ -73,11 +55,11 @@ def _x_timeout(headers: dict[str, str]) -> int | None:
     return None
 
 
-async def proxy(request: Request) -> Response:
-    """POST /workspaces/:id/a2a, a hot route (common/routing.py): no dependency injection."""
+async def proxy(request: Request, raw: bytes) -> Response:
+    """POST /workspaces/:id/a2a, a hot route (common/routing.py): no dependency injection; `raw` is the
+    body's first MAX_REQUEST_BYTES (the rest is read and dropped: spec 04 §1.2, silently cut)."""
     ctx = await get_ctx(request)
     target = uuid_or_raw(request.path_params["id"])
-    raw = await _read_cut(request)
     headers = first_headers(request.scope)
     header = headers.get("x-workspace-id", "")
     if msg.is_system_caller(header):
@@ -102,7 +84,7 @@ async def proxy(request: Request) -> Response:
 
 
 # Every agent-to-agent message passes here; served ahead of FastAPI's router (app.py).
-HOT_ROUTES = [hot_route("/workspaces/{id}/a2a", proxy, "POST")]
+HOT_ROUTES = [hot_route("/workspaces/{id}/a2a", proxy, "POST", keep=MAX_REQUEST_BYTES)]
 describe(
     "POST",
     "/workspaces/{id}/a2a",

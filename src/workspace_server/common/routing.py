@@ -6,7 +6,8 @@ middlewares' decisions, sharing the rate limiter and the metrics, in one callabl
 endpoint; the server's own protocol answers it below ASGI (serving.py), any other server through the
 app. It skips FastAPI's error, telemetry and exception middlewares, exit stack, router walk and
 dependency solver: about a third of the server's CPU for a proxied A2A call (bench/README.md). Its
-handler takes the `Request` only and reads the context with `get_ctx`.
+handler takes the `Request` and the whole body (`(request, body)`; the lane reads the body once, under the
+body cap and the route's own cut) and reads the context with `get_ctx`.
 
 What a client sees does not change:
 - errors render as on every other route, by the same functions the app's handlers call
@@ -20,14 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from workspace_server.common.errors import (
     ApiError,
@@ -38,6 +39,10 @@ from workspace_server.common.errors import (
 )
 
 Headers = list[tuple[bytes, bytes]]
+# A request's body as the lane gets it: whole (the server's protocol collected it from the parser), or the
+# ASGI channel to read it from (any other server, a streamed or large body, `Expect: 100-continue`).
+Body = bytes | Receive
+HotHandler = Callable[[Request, bytes], Awaitable[Response]]
 
 
 @dataclass(slots=True)
@@ -53,7 +58,7 @@ class Lane(Protocol):
     """The hot shell (middleware/hot_shell.py): an ASGI app, and the same answer as a value."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
-    async def respond(self, scope: Scope, receive: Receive) -> Answer: ...
+    async def respond(self, scope: Scope, body: Body) -> Answer: ...
 
 
 class HotRoute(Route):
@@ -61,11 +66,15 @@ class HotRoute(Route):
     middleware labels requests by it (`middleware.RouteTemplates`).
 
     Every request passes the hot lane, so a path that cannot match (it does not end with the template's
-    literal tail, e.g. `/a2a`) is turned away before the route's regex."""
+    literal tail, e.g. `/a2a`) is turned away before the route's regex.
 
-    def __init__(self, path: str, endpoint: Callable[..., Any], methods: list[str]) -> None:
+    `keep`: the route's own cut of the body, the first `keep` bytes; the rest is read and dropped."""
+
+    def __init__(self, path: str, endpoint: HotHandler, methods: list[str], keep: int | None = None) -> None:
         super().__init__(path, endpoint, methods=methods)
+        self.handler = endpoint
         self.tail = path[path.rfind("}") + 1 :]
+        self.keep = keep
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] == "http" and not scope["path"].endswith(self.tail):
@@ -76,8 +85,29 @@ class HotRoute(Route):
         return match, child
 
 
-def hot_route(path: str, endpoint: Callable[[Request], Awaitable[Response]], method: str) -> HotRoute:
-    return HotRoute(path, endpoint, methods=[method])
+def hot_route(path: str, endpoint: HotHandler, method: str, keep: int | None = None) -> HotRoute:
+    return HotRoute(path, endpoint, methods=[method], keep=keep)
+
+
+async def read_whole(receive: Receive, keep: int | None) -> bytes:
+    """The body from `receive`, its first `keep` bytes if set (the rest read and dropped); a client gone
+    mid-body raises ClientDisconnect. Straight from `receive` (what `request.body()` does, without its
+    generator and bookkeeping)."""
+    chunks: list[bytes] = []
+    size = 0
+    limit = keep if keep is not None else -1
+    while True:
+        message: Message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        if limit < 0:
+            chunks.append(chunk)
+        elif size < limit:
+            chunks.append(chunk[: limit - size])
+        size += len(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class PrebuiltResponse(Response):
@@ -105,13 +135,18 @@ class PrebuiltResponse(Response):
 
 
 class HotEndpoint:
-    """The innermost part of the hot lane: the matched route's response, its errors rendered."""
+    """The innermost part of the hot lane: the matched route's response to the whole body, its errors
+    rendered (reading the body's included: the cap's 413, a client gone)."""
 
-    async def respond(self, scope: Scope, receive: Receive) -> Response:
+    async def respond(self, scope: Scope, body: Body) -> Response:
         route: HotRoute = scope["route"]
-        request = Request(scope, receive)
+        request = Request(scope)  # the handler gets the body whole: nothing reads `receive` after this
         try:
-            response = await route.endpoint(request)
+            if isinstance(body, bytes):
+                whole = body if route.keep is None else body[: route.keep]
+            else:
+                whole = await read_whole(body, route.keep)
+            response = await route.handler(request, whole)
         except ApiError as exc:
             response = api_error_response(exc)
         except HTTPException as exc:  # also the body cap's 413, raised from `receive` mid-read

@@ -12,7 +12,8 @@ module owns only the order in which the answers combine, and that is the layered
 - the metrics recorder, outermost, sees every answer, refusals and the body cap's 413 included.
 
 `respond` gives the answer as a value: the server's own hot path (serving.py) writes it with one send,
-without an ASGI cycle; `__call__` sends it through ASGI (any other server, the in-process test client).
+without an ASGI cycle, mostly for a body it collected whole from the parser; `__call__` reads the body
+from `receive` and sends the answer through ASGI (any other server, the in-process test client).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Protocol
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from workspace_server.common.routing import Answer
+from workspace_server.common.routing import Answer, Body
 from workspace_server.middleware.asgi import ABORTED, Headers, Refusal, Verdict, length_headers
 from workspace_server.middleware.body_limit import TOO_LARGE, BodyLimitMiddleware, BodyTooLarge
 from workspace_server.middleware.metrics import MetricsMiddleware
@@ -37,7 +38,7 @@ class Admits(Protocol):
 class Endpoint(Protocol):
     """The innermost part of the lane (common/routing.HotEndpoint): the route's response, errors rendered."""
 
-    async def respond(self, scope: Scope, receive: Receive) -> Response: ...
+    async def respond(self, scope: Scope, body: Body) -> Response: ...
 
 
 class HotShell:
@@ -60,19 +61,19 @@ class HotShell:
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         await send({"type": "http.response.body", "body": answer.body})
 
-    async def respond(self, scope: Scope, receive: Receive) -> Answer:
-        """The answer to a request that fully matched a hot route (`scope["route"]` set); the body is read
-        from `receive` by the route itself."""
+    async def respond(self, scope: Scope, body: Body) -> Answer:
+        """The answer to a request that fully matched a hot route (`scope["route"]` set). `body`: whole, or
+        the `receive` to read it from (the endpoint reads it, under the body cap)."""
         start = time.perf_counter()
         status = 500  # recorded when something below raised past the endpoint's own error rendering
         try:
-            answer = await self._answer(scope, receive)
+            answer = await self._answer(scope, body)
             status = answer.status
             return answer
         finally:
             self.metrics.record(scope, status, start)
 
-    async def _answer(self, scope: Scope, receive: Receive) -> Answer:
+    async def _answer(self, scope: Scope, body: Body) -> Answer:
         groups: list[Headers] = []  # header groups of the layers passed so far, outermost first
         for guard in self.guards:
             verdict = guard.admit(scope)
@@ -80,10 +81,12 @@ class HotShell:
                 return _refused(scope, verdict, groups)
             if verdict:
                 groups.append(verdict)
-        if self.body_limit.applies(scope):  # a chunked body is counted as it streams in
-            receive = self.body_limit.counting(receive)
+        # A whole body had a declared length, which the body cap's `admit` has just checked; one still to be
+        # read may stream in chunks, counted as they come.
+        if not isinstance(body, bytes) and self.body_limit.applies(scope):
+            body = self.body_limit.counting(body)
         try:
-            response = await self.endpoint.respond(scope, receive)
+            response = await self.endpoint.respond(scope, body)
         except BodyTooLarge:
             return _refused(scope, TOO_LARGE, groups)
         return Answer(response.status_code, _with_groups(response.raw_headers, groups), bytes(response.body))

@@ -18,7 +18,7 @@ from workspace_server.auth.deps import Ctx, credentials, grandfathered_caller
 from workspace_server.auth.tokens import hash_token
 from workspace_server.authz.actor import WORKSPACE
 from workspace_server.common.errors import ApiError
-from workspace_server.common.http import bearer_token, read_json, read_model
+from workspace_server.common.http import bearer_token, parse_json, read_model
 from workspace_server.common.ids import parse_uuid, uuid_or_raw
 from workspace_server.common.routing import PrebuiltResponse, hot_route
 from workspace_server.context import get_ctx
@@ -79,10 +79,10 @@ async def register(request: Request, ctx: Ctx) -> JSONResponse:
     return JSONResponse({"status": "registered"})
 
 
-async def heartbeat(request: Request) -> Response:
-    """POST /registry/heartbeat. A hot route (see HOT_ROUTES): a plain Starlette endpoint."""
+async def heartbeat(request: Request, raw: bytes) -> Response:
+    """POST /registry/heartbeat. A hot route (see HOT_ROUTES): the request and its whole body."""
     ctx = await get_ctx(request)
-    body = parse_heartbeat(await read_json(request, INVALID_BODY), INVALID_BODY)
+    body = parse_heartbeat(parse_json(raw, INVALID_BODY), INVALID_BODY)
     ws_id = _workspace_id(body.workspace_id)
     batcher = service.batcher(ctx)
     if batcher is not None:
