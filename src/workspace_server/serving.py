@@ -83,12 +83,6 @@ class _Refuse(Exception):
 
 
 COALESCE_MAX_BYTES = 64 * 1024
-# what uvicorn answers for a handler that failed before its response started (its send_500_response)
-_ERROR_500 = Answer(
-    500,
-    [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21"), (b"connection", b"close")],
-    b"Internal Server Error",
-)
 
 
 def whole_body_length(scope: Scope) -> int | None:
@@ -118,22 +112,19 @@ class _WholeBody:
     is whole (or the client gone), and only once. Nothing waits on it: nothing calls the cycle's
     `receive`."""
 
-    __slots__ = ("_cycle", "_start", "started")
+    __slots__ = ("_cycle", "_start", "_started")
 
     def __init__(self, cycle: RequestResponseCycle, start: Any) -> None:
         self._cycle = cycle
         self._start = start
-        self.started = False
+        self._started = False
 
     def set(self) -> None:
         cycle = self._cycle
-        if self.started or (cycle.more_body and not cycle.disconnected):
+        if self._started or (cycle.more_body and not cycle.disconnected):
             return
-        self.started = True
+        self._started = True
         self._start(bytes(cycle.body) if not cycle.disconnected else _gone)
-
-    def is_set(self) -> bool:
-        return self.started
 
 
 class CoalescedWrites:
@@ -332,7 +323,7 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             except BaseException as exc:  # as run_asgi: logged, a 500 if nothing was sent yet
                 self.logger.error("Exception in ASGI application\n", exc_info=exc)
                 if not cycle.response_started:
-                    self._send_answer(cycle, _ERROR_500)
+                    await cycle.send_500_response()
                 else:
                     self.transport.close()
             finally:

@@ -105,12 +105,12 @@ async def test_unhandled_error_in_a_hot_route_is_a_500_json(client_factory: Clie
         raise RuntimeError("boom")
 
     transport = httpx.ASGITransport(app=app_of(c), raise_app_exceptions=False)
-    original, route.handler = route.handler, broken
+    original, route.endpoint = route.endpoint, broken
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as raw:
             r = await raw.post(A2A[0], json=A2A[1])
     finally:
-        route.handler = original
+        route.endpoint = original
     assert (r.status_code, r.json()) == (500, {"error": "internal error"})
     values = samples((await c.get("/metrics")).text)
     assert values['molecule_http_requests_total{method="POST",path="/workspaces/:id/a2a",status="500"}'] == 1

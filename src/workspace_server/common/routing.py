@@ -72,7 +72,6 @@ class HotRoute(Route):
 
     def __init__(self, path: str, endpoint: HotHandler, methods: list[str], keep: int | None = None) -> None:
         super().__init__(path, endpoint, methods=methods)
-        self.handler = endpoint
         self.tail = path[path.rfind("}") + 1 :]
         self.keep = keep
 
@@ -146,7 +145,7 @@ class HotEndpoint:
                 whole = body if route.keep is None else body[: route.keep]
             else:
                 whole = await read_whole(body, route.keep)
-            response = await route.handler(request, whole)
+            response: Response = await route.endpoint(request, whole)
         except ApiError as exc:
             response = api_error_response(exc)
         except HTTPException as exc:  # also the body cap's 413, raised from `receive` mid-read

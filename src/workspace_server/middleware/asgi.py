@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Headers = list[tuple[bytes, bytes]]
+from workspace_server.common.routing import Headers
 
 # Set in the scope by a middleware that answers without reaching the router, so the metrics recorder knows
 # to resolve the route template itself (the reference's gin has routed before any middleware runs).

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from workspace_server.common.routing import Answer, Body
 from workspace_server.middleware.asgi import ABORTED, Headers, Refusal, Verdict, length_headers
-from workspace_server.middleware.body_limit import TOO_LARGE, BodyLimitMiddleware, BodyTooLarge
+from workspace_server.middleware.body_limit import BodyLimitMiddleware
 from workspace_server.middleware.metrics import MetricsMiddleware
 
 
@@ -85,10 +85,7 @@ class HotShell:
         # read may stream in chunks, counted as they come.
         if not isinstance(body, bytes) and self.body_limit.applies(scope):
             body = self.body_limit.counting(body)
-        try:
-            response = await self.endpoint.respond(scope, body)
-        except BodyTooLarge:
-            return _refused(scope, TOO_LARGE, groups)
+        response = await self.endpoint.respond(scope, body)  # the cap's 413 mid-read: rendered there
         return Answer(response.status_code, _with_groups(response.raw_headers, groups), bytes(response.body))
 
 
