@@ -2,7 +2,8 @@
 
 1. Create a throwaway Postgres database (or `--db sqlite`: a file in the work dir); start
    `python -m workspace_server serve` on a free loopback port (MOLECULE_ENV=development so the agent's
-   loopback URL is dialable, no ADMIN_TOKEN, WORKSPACE_BACKEND=none, RATE_LIMIT high, in-process bus).
+   loopback URL is dialable, no ADMIN_TOKEN, WORKSPACE_BACKEND=none, RATE_LIMIT high, in-process bus;
+   `--redis URL`: Redis as cache and bus, as every replica of a many-replica layout runs).
 2. Create a workspace and start one reference agent for it (`python -m molecule_agent`, echo replies);
    wait until it registered and is online.
 3. Sequential: S pairs of calls, direct and proxied interleaved, after a warm-up; p50 of each, and the
@@ -11,9 +12,9 @@
 4. Concurrent: N calls with C=50 in flight (one pooled aiohttp client per destination: httpx would
    spend ~1.5 ms of CPU per call, more than the proxy, on the same two cores), direct, proxied and
    through `bench/forwarder.py` (a bare uvicorn + aiohttp forwarder with no logic at all: the ceiling of
-   any proxy on this stack), in R rounds (`--rounds`, 3) of alternating order; throughput = calls / wall
-   time, best of the rounds for each path (the rule `bench/heartbeat.py` follows: other load on the two
-   cores comes and goes within seconds, and the same rule for every path is what a quiet machine shows);
+   any proxy on this stack), in R rounds (`--rounds`, 5) of alternating order; a path's throughput = all
+   its calls / all the wall time they took, over every round (until session 12: the best round of each
+   path, whose ratio spread 0.76–1.02 over runs of the same code; see bench/README.md, Session 12);
    CPU per call of the server, the forwarder and the agent (psutil), over all rounds.
 5. Print `RESULT a2a-forwarder ratio=<proxied/forwarder throughput> cpu_ratio=<server/forwarder CPU per
    call> p50_added_ms=<proxied - direct p50> p99_added_ms=<same at p99> server_cpu_ms=… forwarder_cpu_ms=…`
@@ -92,7 +93,8 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_server(database_url: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def start_server(database_url: str, port: int, workdir: Path, redis_url: str = "") -> subprocess.Popen[bytes]:
+    """`redis_url`: the replica layout's shared cache and event bus (every replica has it), else none."""
     env = _env(
         DATABASE_URL=database_url,
         HOST="127.0.0.1",
@@ -101,6 +103,8 @@ def start_server(database_url: str, port: int, workdir: Path) -> subprocess.Pope
         RATE_LIMIT="100000000",
         MOLECULE_ENV="development",
     )
+    if redis_url:
+        env["REDIS_URL"] = redis_url
     log = (workdir / "server.log").open("wb")
     cmd = [sys.executable, "-m", "workspace_server", "serve"]
     return subprocess.Popen(cmd, cwd=str(workdir), env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -300,7 +304,7 @@ async def control_run(
 async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start_server(database_url, port, workdir)
+    server = start_server(database_url, port, workdir, args.redis)
     procs = [server]
     try:
         # the agent never closes idle connections; uvicorn does after 5 s, so expire ours sooner
@@ -385,7 +389,13 @@ def report(
 ) -> None:
     """The figures, then the one RESULT line: throughput and server CPU against the bare forwarder (the
     floor of any proxy on this stack, same run), latency added over a direct call."""
-    direct_rate, proxied_rate, fwd_rate = (max(rates[k]) for k in ("direct", "proxied", "forwarder"))
+    # Each path's throughput over all its rounds: every call of the path over the whole time it took
+    # (each round has the same number of calls, so the harmonic mean of the rounds' rates). Rounds
+    # alternate the order of the paths, so the machine's drift within a run falls on all of them alike.
+    whole = {k: statistics.harmonic_mean(v) for k, v in rates.items()}
+    direct_rate, proxied_rate, fwd_rate = (whole[k] for k in ("direct", "proxied", "forwarder"))
+    per_round = [p / f for p, f in zip(rates["proxied"], rates["forwarder"], strict=True)]
+    best_of = max(rates["proxied"]) / max(rates["forwarder"])
     per_call = args.rounds * args.calls
     ms = {k: v / per_call * 1000 for k, v in cpu.items()}
     d50, p50 = statistics.median(lat[0]), statistics.median(lat[1])
@@ -405,10 +415,14 @@ def report(
             f"proxied={control[1]:.2f}ms added={control[1] - control[0]:.2f}ms"
         )
     print(
+        f"# proxied/forwarder per round (adjacent runs): {[round(r, 3) for r in per_round]}; "
+        f"best round of each (the estimator until session 12): {best_of:.3f}"
+    )
+    print(
         f"# against direct: proxied ratio={proxied_rate / direct_rate:.3f} "
         f"forwarder ratio={fwd_rate / direct_rate:.3f}"
     )
-    ours_rate = max(rates["forwarder_ours"])
+    ours_rate = whole["forwarder_ours"]
     print(
         f"# the floor of our own stack (the same forwarder on the proxy's agent client): "
         f"ratio={proxied_rate / ours_rate:.3f} cpu_ratio={ms['server'] / ms['forwarder_ours']:.2f} "
@@ -464,10 +478,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=300, help="sequential direct+proxied pairs")
     p.add_argument("--calls", type=int, default=2000, help="calls per concurrent run")
     p.add_argument("--concurrency", type=int, default=50)
-    p.add_argument("--rounds", type=int, default=3, help="concurrent rounds, alternating the path order")
+    p.add_argument("--rounds", type=int, default=5, help="concurrent rounds, alternating the path order")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument(
         "--pg", default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    p.add_argument(
+        "--redis", default="", help="REDIS_URL for the server: the layout of replicas (shared cache, bus)"
     )
     p.add_argument("--no-control", action="store_true", help="skip the control-agent latency run")
     p.add_argument("--profile", action="store_true", help="py-spy the server: <workdir>/a2a-profile.txt")
