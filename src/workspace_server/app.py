@@ -110,7 +110,7 @@ async def _compose(
         hub=Hub(bus),
         http=guarded_http_client(policy_for(settings), httpx.Timeout(10.0, connect=5.0)),
         tasks=tasks,
-        a2a=make_a2a_parts(bus),
+        a2a=make_a2a_parts(bus, kv),
         egress_assigned=Assigned(),
         transcript_http=httpx.AsyncClient(trust_env=False),
         mint_limiter=FixedWindowLimiter(MINT_RATE, MINT_INTERVAL),

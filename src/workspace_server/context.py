@@ -59,6 +59,7 @@ class A2AParts:
 
     idle_watch: IdleWatch  # one bus listener: the time of the last event per workspace in dispatch
     target_cache: TargetCache  # target rows, shared between concurrent calls; dropped on WORKSPACE_* events
+    url_cache: TargetCache  # the same for the targets' URLs read from ctx.kv (Redis with replicas)
     queue_hint: QueueHint  # which workspaces' queues were seen empty lately
     log_writer: LogWriter  # batched `a2a_receive` rows
     proxy: A2AProxy | None = None  # set by `a2a.install`

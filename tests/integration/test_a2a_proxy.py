@@ -249,6 +249,31 @@ async def test_url_resolution_errors(client_factory: ClientFactory) -> None:
     await wait_for(lambda: _async(woken == [asleep]), "restart hook")
 
 
+async def test_a_registration_at_a_new_url_takes_the_next_call_there(
+    client_factory: ClientFactory, agent: StubAgent
+) -> None:
+    """The target's URL comes from the cache (a Redis round trip with replicas) at most once per
+    TargetCache.TTL; a registration announces its URL (WORKSPACE_ONLINE, which crosses replicas), and the
+    very next call goes to the new address, not the remembered one."""
+    client = await dev_client(client_factory)
+    target = await add_workspace(ctx_of(client), "t", status="provisioning")
+    moved = StubAgent()
+    try:
+        first = agent.url.replace("127.0.0.1", "localhost")  # registration refuses loopback literals
+        card = {"name": "t"}
+        r = await client.post("/registry/register", json={"id": target, "url": first, "agent_card": card})
+        assert r.status_code == 200, r.text
+        auth = bearer(r.json()["auth_token"])
+        assert (await client.post(f"/workspaces/{target}/a2a", json=message("one"))).status_code == 200
+        second = moved.url.replace("127.0.0.1", "localhost")
+        body = {"id": target, "url": second, "agent_card": card}
+        assert (await client.post("/registry/register", json=body, headers=auth)).status_code == 200
+        assert (await client.post(f"/workspaces/{target}/a2a", json=message("two"))).status_code == 200
+        assert [len(agent.received), len(moved.received)] == [1, 1]
+    finally:
+        moved.close()
+
+
 async def test_invalid_json_is_400_after_url_resolution(
     client_factory: ClientFactory, agent: StubAgent
 ) -> None:

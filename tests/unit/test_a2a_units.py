@@ -20,6 +20,7 @@ from workspace_server.a2a.proxy import Outcome, ProxyResult, normalise
 from workspace_server.a2a.record import parse_usage
 from workspace_server.a2a.schemas import is_system_caller
 from workspace_server.a2a.transport import BadReply, ConnectFailed, ConnectTimeout, Disconnected
+from workspace_server.common.kv import MemoryKV
 from workspace_server.config import Settings
 from workspace_server.events.bus import Event
 from workspace_server.provisioner.docker import DockerBackend
@@ -243,33 +244,55 @@ def test_in_docker_defaults_to_dockerenv() -> None:
 # ---- queue hint and target cache ----
 
 
-def test_queue_hint_ignores_a_look_that_began_before_an_enqueue() -> None:
+async def test_queue_hint_ignores_a_look_that_began_before_an_enqueue() -> None:
     hint = QueueHint()
-    mark = hint.mark()  # a probe starts: the queue is empty in the database
+    _, mark = await hint.look("ws")  # a probe starts: the queue is empty in the database
     hint.touch("ws")  # meanwhile a busy call queues an item for ws
     hint.seen_empty("ws", since=mark)  # the probe's stale "empty" arrives
-    assert not hint.probably_empty("ws")
-    hint.seen_empty("ws", since=hint.mark())  # a look begun after the enqueue counts
-    assert hint.probably_empty("ws")
+    assert (await hint.look("ws"))[0] is False
+    hint.seen_empty("ws", since=(await hint.look("ws"))[1])  # a look begun after the enqueue counts
+    assert (await hint.look("ws"))[0] is True
     hint.touch("other")
-    assert hint.probably_empty("ws")
+    assert (await hint.look("ws"))[0] is True
 
 
-def test_queue_hint_marks_from_before_a_clear_do_not_count(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_queue_hint_marks_from_before_a_clear_do_not_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(QueueHint, "MAX_KEYS", 2)
     hint = QueueHint()
-    mark = hint.mark()
+    _, mark = await hint.look("a")
     for ws in ("a", "b", "c", "d"):  # "a" was touched, then forgotten by the clear
         hint.touch(ws)
     hint.seen_empty("a", since=mark)
-    assert not hint.probably_empty("a")
+    assert (await hint.look("a"))[0] is False
 
 
-def test_shared_queue_hint_never_trusts_empty() -> None:
-    """With replicas another process enqueues unseen: every keyed call and drain looks at the database."""
-    hint = QueueHint(shared=True)
-    hint.seen_empty("ws", since=hint.mark())
-    assert not hint.probably_empty("ws")
+async def test_shared_queue_hint_trusts_empty_only_while_the_epoch_holds() -> None:
+    """With replicas another process enqueues unseen here: its enqueue bumps the shared epoch, and an
+    "empty" seen before that bump stops holding, on every replica."""
+    kv = MemoryKV()
+    here, there = QueueHint(kv), QueueHint(kv)
+    _, mark = await here.look("ws")
+    here.seen_empty("ws", since=mark)
+    assert (await here.look("ws"))[0] is True
+    there.touch("ws")
+    await there.announce("ws")  # the other replica queued an item for ws
+    assert (await here.look("ws"))[0] is False
+    # a look that read the epoch before the bump does not count either
+    _, stale = await here.look("other")
+    await there.announce("other")
+    here.seen_empty("other", since=stale)
+    assert (await here.look("other"))[0] is False
+
+
+async def test_shared_queue_hint_trusts_nothing_when_the_epoch_is_unreadable() -> None:
+    class Down(MemoryKV):
+        async def get(self, key: str) -> str | None:
+            raise ConnectionError("redis away")
+
+    hint = QueueHint(Down())
+    empty, mark = await hint.look("ws")
+    hint.seen_empty("ws", since=mark)
+    assert empty is False and (await hint.look("ws"))[0] is False
 
 
 async def test_target_cache_shares_one_query_among_concurrent_misses() -> None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from functools import partial
 
+from workspace_server.common.kv import KV
 from workspace_server.context import A2AParts, AppContext
 from workspace_server.events.bus import Bus, InProcessBus
 
 
-def make_parts(bus: Bus) -> A2AParts:
+def make_parts(bus: Bus, kv: KV) -> A2AParts:
     from workspace_server.a2a.caches import QueueHint, TargetCache
     from workspace_server.a2a.logwriter import LogWriter
     from workspace_server.a2a.pool import IdleWatch
@@ -25,12 +26,15 @@ def make_parts(bus: Bus) -> A2AParts:
     parts = A2AParts(
         idle_watch=IdleWatch(),
         target_cache=TargetCache(),
-        # a bus that crosses processes means replicas, whose enqueues this process's hint cannot see
-        queue_hint=QueueHint(shared=not isinstance(bus, InProcessBus)),
+        url_cache=TargetCache(),
+        # a bus that crosses processes means replicas, whose enqueues reach this process's hint only
+        # through the shared cache (the queue epoch)
+        queue_hint=QueueHint(None if isinstance(bus, InProcessBus) else kv),
         log_writer=LogWriter(),
     )
     bus.add_listener(parts.idle_watch.on_event)
     bus.add_listener(parts.target_cache.on_event)
+    bus.add_listener(parts.url_cache.on_event)
     return parts
 
 

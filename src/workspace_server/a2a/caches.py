@@ -4,21 +4,29 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from workspace_server.common.kv import KV, queue_epoch_key
 from workspace_server.context import AppContext
 from workspace_server.events.bus import Event
+
+log = logging.getLogger(__name__)
 
 # ---- target cache: the workspace row for TTL seconds, dropped on any lifecycle event ----
 
 
 class TargetCache:
-    """Spares the database a read per call. Budget and URL are at most TTL seconds stale; status
-    changes (removed, hibernated, offline, ...) come with a WORKSPACE_* event and drop the entry.
+    """Spares a read per call: the target's row from the database (`ctx.a2a.target_cache`), and its
+    cached URL from the key/value cache (`ctx.a2a.url_cache`; with replicas that is a Redis round trip).
+    Either is at most TTL seconds stale; status and URL changes (registered, removed, hibernated,
+    offline, ...) come with a WORKSPACE_* event, which crosses replicas on the bus and drops the entry.
+    Only found values are kept: a miss is asked again by the next call.
 
-    Calls that miss together share one query (`load`): with 50 calls in flight to one agent, every
+    Calls that miss together share one read (`load`): with 50 calls in flight to one agent, every
     expiry would otherwise send 50 identical reads at once."""
 
     TTL = 2.0
@@ -72,7 +80,19 @@ def target_cache(ctx: AppContext) -> TargetCache:
     return ctx.a2a.target_cache
 
 
+def url_cache(ctx: AppContext) -> TargetCache:
+    return ctx.a2a.url_cache
+
+
 # ---- queue hint: skip the drain's DB round trips while a workspace's queue is known to be empty ----
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Taken when a look at the queue begins (`QueueHint.look`); handed back to `seen_empty`."""
+
+    seq: int  # this process's enqueue counter
+    epoch: str | None  # with replicas: the workspace's shared queue epoch ("" never bumped; None unread)
 
 
 class QueueHint:
@@ -80,29 +100,58 @@ class QueueHint:
 
     An "empty" verdict is trusted for RECHECK seconds only; after that the next heartbeat looks at the
     database again (and reclaims expired leases).
-    A look that began before an enqueue in this process does not count (`mark`/`seen_empty(since=)`):
-    taken after the enqueue, its "empty" would hide the new item, delaying its drain, or letting a resent
+    A look that began before an enqueue does not count (`look` → Mark → `seen_empty(since=)`): taken
+    after the enqueue, its "empty" would hide the new item, delaying its drain, or letting a resent
     message skip the duplicate check and be delivered twice.
-    `shared` (replicas: the event bus crosses processes): another replica's enqueue is never seen here,
-    and a resend through this replica of a message queued through another one would skip the duplicate
-    check and be delivered twice (tests/integration/test_replicas.py), so no "empty" verdict is trusted.
+    With replicas (`kv`: the shared cache) another replica's enqueue is not seen here, so each enqueue
+    also bumps the workspace's queue epoch in the shared cache after it commits (`announce`), and an
+    "empty" verdict holds only while the epoch is the one read before the look: one cache read per
+    keyed call instead of a database query (tests/integration/test_replicas.py: a resend through B of a
+    message queued through A is answered from the queue). An epoch that cannot be read trusts nothing.
     """
 
     RECHECK = 5.0
     MAX_KEYS = 100_000
+    EPOCH_TTL = 86_400.0  # far beyond RECHECK: an expired and re-created epoch cannot repeat a value in time
 
-    def __init__(self, shared: bool = False) -> None:
-        self._shared = shared
-        self._empty_at: dict[str, float] = {}
+    def __init__(self, kv: KV | None = None) -> None:
+        self._kv = kv
+        self._empty_at: dict[str, tuple[float, str]] = {}
         self._touched: dict[str, int] = {}
         self._seq = 0
         self._cleared = 0  # `_seq` when `_touched` was last cleared: older marks cannot be checked
+        self._unreadable = False  # one warning per outage of the shared cache
 
-    def mark(self) -> int:
-        """Taken before looking at the queue; pass it to `seen_empty`."""
-        return self._seq
+    async def look(self, ws_id: str) -> tuple[bool, Mark]:
+        """Whether `ws_id`'s queue is known to be empty, and the mark of a look at it beginning now."""
+        seq = self._seq  # before the read: an enqueue here while it waits voids this look's verdict
+        epoch: str | None = ""
+        if self._kv is not None:
+            epoch = await self._read_epoch(ws_id)
+        mark = Mark(seq, epoch)
+        seen = self._empty_at.get(ws_id)
+        empty = (
+            seen is not None
+            and epoch is not None
+            and seen[1] == epoch
+            and time.monotonic() - seen[0] < self.RECHECK
+        )
+        return empty, mark
+
+    async def _read_epoch(self, ws_id: str) -> str | None:
+        assert self._kv is not None
+        try:
+            value = await self._kv.get(queue_epoch_key(ws_id))
+        except Exception as exc:
+            if not self._unreadable:
+                log.warning("a2a: queue epochs unreadable (%s); every keyed call looks at the queue", exc)
+            self._unreadable = True
+            return None
+        self._unreadable = False
+        return value or ""
 
     def touch(self, ws_id: str) -> None:
+        """An item was queued for `ws_id` by this process (then `announce` it to the replicas)."""
         self._empty_at.pop(ws_id, None)
         self._seq += 1
         if len(self._touched) > self.MAX_KEYS:
@@ -110,18 +159,18 @@ class QueueHint:
             self._cleared = self._seq
         self._touched[ws_id] = self._seq
 
-    def seen_empty(self, ws_id: str, since: int) -> None:
-        if since < self._cleared or self._touched.get(ws_id, 0) > since:
+    async def announce(self, ws_id: str) -> None:
+        """Bump the shared epoch, after the enqueue committed: a look that saw the queue empty began
+        before the commit, so it read the epoch before this bump and its verdict stops holding."""
+        if self._kv is not None:
+            await self._kv.incr(queue_epoch_key(ws_id), self.EPOCH_TTL)
+
+    def seen_empty(self, ws_id: str, since: Mark) -> None:
+        if since.epoch is None or since.seq < self._cleared or self._touched.get(ws_id, 0) > since.seq:
             return
         if len(self._empty_at) > self.MAX_KEYS:
             self._empty_at.clear()
-        self._empty_at[ws_id] = time.monotonic()
-
-    def probably_empty(self, ws_id: str) -> bool:
-        if self._shared:
-            return False
-        at = self._empty_at.get(ws_id)
-        return at is not None and time.monotonic() - at < self.RECHECK
+        self._empty_at[ws_id] = (time.monotonic(), since.epoch)
 
 
 def queue_hint(ctx: AppContext) -> QueueHint:

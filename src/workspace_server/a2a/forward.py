@@ -16,7 +16,7 @@ import time
 
 from workspace_server.a2a import record, store
 from workspace_server.a2a import schemas as msg
-from workspace_server.a2a.caches import queue_hint
+from workspace_server.a2a.caches import queue_hint, url_cache
 from workspace_server.a2a.call import (
     EXTERNAL,
     LOGGER,
@@ -166,6 +166,7 @@ async def _container_dead(call: Call) -> bool:
         await clear_workspace_keys(ctx.kv, call.target)
     except Exception:
         log.exception("a2a: clearing cache keys of %s failed", call.target)
+    url_cache(ctx).drop(call.target)  # a call that read the URL between the OFFLINE event and the clear
     if changed:
         restart(ctx, call.target, "restart")
     return True
@@ -202,6 +203,15 @@ async def _busy(call: Call) -> ProxyResult:
         if call.log:
             record.log_failure(call, "enqueue failed", 0)
         return fail(503, busy_body, Outcome.BUSY, retry)
+    try:
+        await queue_hint(ctx).announce(call.target)
+    except Exception as exc:  # the item is queued all the same; only other replicas' hints miss it
+        log.warning(
+            "a2a: queue epoch of %s not bumped (%s): replicas may trust an empty queue for %.0f s",
+            call.target,
+            exc,
+            queue_hint(ctx).RECHECK,
+        )
     return await queued_reply(call, queue_id)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from workspace_server.a2a import schemas as msg
 from workspace_server.a2a import store
-from workspace_server.a2a.caches import queue_hint, target_cache
+from workspace_server.a2a.caches import queue_hint, target_cache, url_cache
 from workspace_server.a2a.call import (
     EXTERNAL,
     LOGGER,
@@ -136,8 +136,11 @@ async def _load_target(call: Call, key: str) -> str | None:
     """
     ctx = call.ctx
     hint = queue_hint(ctx)
+    probe, mark = False, None
+    if key and not call.from_queue:
+        known_empty, mark = await hint.look(call.target)
+        probe = not known_empty
     call.row = target_cache(ctx).get(call.target)
-    probe = bool(key) and not call.from_queue and not hint.probably_empty(call.target)
     if call.row is None:
         try:
             call.row = await target_cache(ctx).load(
@@ -147,9 +150,8 @@ async def _load_target(call: Call, key: str) -> str | None:
             log.exception("a2a: target lookup failed for %s", call.target)
             call.row_error = True
             return None
-    if not probe or call.row is None:
+    if not probe or mark is None or call.row is None:
         return None
-    mark = hint.mark()
     try:
         async with ctx.autocommit.connect() as conn:
             queued_id, active = await store.queue_probe(conn, call.target, key)
@@ -174,11 +176,15 @@ def _check_budget(call: Call) -> None:
 
 async def _resolve_url(call: Call) -> str:
     ctx = call.ctx
-    try:
-        cached = await ctx.kv.get(url_key(call.target))
-    except Exception:
-        log.exception("a2a: url cache read failed for %s", call.target)
-        cached = None
+    cached = url_cache(ctx).get(call.target)
+    if cached is None:
+        try:
+            cached = await url_cache(ctx).load(
+                call.target, functools.partial(ctx.kv.get, url_key(call.target))
+            )
+        except Exception:
+            log.exception("a2a: url cache read failed for %s", call.target)
+            cached = None
     if cached:
         return cached
     if call.row_error:

@@ -51,11 +51,13 @@ async def drain_one(ctx: AppContext, ws_id: str) -> str | None:
     """
     draining = ctx.a2a.draining
     hint = queue_hint(ctx)
-    if ws_id in draining or hint.probably_empty(ws_id):
+    if ws_id in draining:
         return None
     draining.add(ws_id)
     try:
-        mark = hint.mark()
+        known_empty, mark = await hint.look(ws_id)
+        if known_empty:
+            return None
         item = await _claim(ctx, ws_id)
         if item is None:
             hint.seen_empty(ws_id, since=mark)

@@ -15,6 +15,7 @@ class KV(Protocol):
     async def set(self, key: str, value: str, ttl: float) -> None: ...
     async def delete(self, *keys: str) -> None: ...
     async def expire(self, key: str, ttl: float) -> None: ...
+    async def incr(self, key: str, ttl: float) -> int: ...
 
 
 class MemoryKV:
@@ -47,6 +48,12 @@ class MemoryKV:
         if value is not None:
             self._data[key] = (value, time.monotonic() + ttl)
 
+    async def incr(self, key: str, ttl: float) -> int:
+        """Redis INCR (an absent key counts from 0), then the key lives `ttl` seconds."""
+        count = int(await self.get(key) or 0) + 1
+        await self.set(key, str(count), ttl)
+        return count
+
 
 class RedisKV:
     def __init__(self, redis: Any) -> None:
@@ -68,6 +75,13 @@ class RedisKV:
     async def expire(self, key: str, ttl: float) -> None:
         await self._redis.pexpire(key, int(ttl * 1000))
 
+    async def incr(self, key: str, ttl: float) -> int:
+        pipe = self._redis.pipeline(transaction=False)  # one round trip
+        pipe.incr(key)
+        pipe.pexpire(key, int(ttl * 1000))
+        count, _ = await pipe.execute()
+        return int(count)
+
 
 URL_TTL = 300.0
 
@@ -78,6 +92,11 @@ def url_key(ws_id: str) -> str:
 
 def internal_url_key(ws_id: str) -> str:
     return f"ws:{ws_id}:internal_url"
+
+
+def queue_epoch_key(ws_id: str) -> str:
+    """Bumped by every enqueue for the workspace (a2a/caches.QueueHint): replicas' "queue empty" checks."""
+    return f"a2a:queue-epoch:{ws_id}"
 
 
 def liveness_key(ws_id: str) -> str:
