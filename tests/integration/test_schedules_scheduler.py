@@ -135,13 +135,14 @@ async def test_busy_workspace_is_skipped_after_the_wait(
     events = Captured(ctx)
     sid = await due_schedule(client, ws)
 
+    ticked = datetime.now(UTC)  # the next slot follows the tick (not the end of its wait: a slot may pass)
     assert await fast(ctx).tick() == [sid]
 
     assert agent.received == []
     after = await schedule_row(ctx, sid)
     reason = "skipped: workspace busy (active_tasks=2)"
     assert (after.run_count, after.last_status, after.last_error) == (1, "skipped", reason)
-    assert after.next_run_at > datetime.now(UTC)
+    assert after.next_run_at > ticked
     (run,) = await activity(ctx, ws, "cron_run")
     assert (run.summary, run.status, run.error_detail) == ("Cron skipped: hourly", "skipped", reason)
     assert run.request_body == {
@@ -227,11 +228,12 @@ async def test_native_scheduler_runtimes_are_only_advanced(
     client, ctx, ws = await setup(client_factory, agent.url)
     ctx.runtime_overrides[ws] = {"capabilities": {"scheduler": True}}
     sid = await due_schedule(client, ws)
+    ticked = datetime.now(UTC)  # the next slot follows the tick, which may end just past a slot
     assert await fast(ctx).tick() == [sid]
     assert agent.received == []
     after = await schedule_row(ctx, sid)
     assert (after.run_count, after.last_status) == (0, "")
-    assert after.next_run_at > datetime.now(UTC)
+    assert after.next_run_at > ticked
 
 
 async def test_disabled_and_removed_are_not_fired(client_factory: ClientFactory, agent: StubAgent) -> None:
