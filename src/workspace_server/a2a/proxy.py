@@ -136,10 +136,10 @@ async def _load_target(call: Call, key: str) -> str | None:
     """
     ctx = call.ctx
     hint = queue_hint(ctx)
-    probe, mark = False, None
+    mark = None  # set when the queue must be looked at: the mark of that look
     if key and not call.from_queue:
-        known_empty, mark = await hint.look(call.target)
-        probe = not known_empty
+        known_empty, look = await hint.look(call.target)
+        mark = None if known_empty else look
     call.row = target_cache(ctx).get(call.target)
     if call.row is None:
         try:
@@ -150,7 +150,7 @@ async def _load_target(call: Call, key: str) -> str | None:
             log.exception("a2a: target lookup failed for %s", call.target)
             call.row_error = True
             return None
-    if not probe or mark is None or call.row is None:
+    if mark is None or call.row is None:
         return None
     try:
         async with ctx.autocommit.connect() as conn:
