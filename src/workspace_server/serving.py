@@ -36,6 +36,7 @@ import contextvars
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
@@ -64,6 +65,55 @@ def valid_fields(block: bytes, fields: int) -> bool:
     """Whether `block`, `fields` header lines, holds exactly those lines and each passes uvicorn's checks. A
     value holding a whole CRLF line passes the pattern (as two lines) but not the count."""
     return block.count(b"\r\n") == fields and _VALID_FIELDS.fullmatch(block) is not None
+
+
+FIELD_LINES_MAX = 1024
+
+
+class FieldLines:
+    """Response header fields as the lines uvicorn writes (`name: value\r\n`, the name lower-cased), each
+    checked as uvicorn checks it, and remembered: a hot route's answers repeat nearly all their fields (the
+    security headers, the content type and length, the date within its second), so a field is rendered and
+    checked once, not per response. Bounded: cleared when full, so values that never repeat (a rate limit's
+    remaining count) cannot grow it."""
+
+    __slots__ = ("_lines",)
+
+    def __init__(self) -> None:
+        self._lines: dict[tuple[bytes, bytes], bytes] = {}
+
+    def render(self, fields: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, int | None, bool]:
+        """(the lines, the first content-length, whether a `connection` field says close). Raises
+        RuntimeError on a field uvicorn would refuse."""
+        lines = self._lines
+        out: list[bytes] = []
+        length: int | None = None
+        closing = False
+        for name, value in fields:
+            try:
+                line = lines.get((name, value))
+            except TypeError:  # a bytearray: not remembered
+                line = None
+            if line is None:
+                line = _field_line(name, value)
+                if type(name) is bytes and type(value) is bytes:
+                    if len(lines) >= FIELD_LINES_MAX:
+                        lines.clear()
+                    lines[(name, value)] = line
+            if line[0] == 99:  # b"c": the two fields uvicorn's send acts on
+                if length is None and line.startswith(b"content-length: "):
+                    length = int(line[16:-2])
+                elif line.startswith(b"connection: "):
+                    closing = closing or b"close" in [t.lower().strip() for t in line[12:-2].split(b",")]
+            out.append(line)
+        return b"".join(out), length, closing
+
+
+def _field_line(name: bytes, value: bytes) -> bytes:
+    line = b"".join((bytes(name).lower(), b": ", bytes(value), b"\r\n"))
+    if not valid_fields(line, 1):  # as uvicorn checks each name and value
+        raise RuntimeError("Invalid HTTP header name or value.")
+    return line
 
 
 @dataclass(frozen=True)
@@ -175,6 +225,9 @@ class CoalescedWrites:
         return getattr(self._transport, name)
 
 
+FIELD_LINES = FieldLines()
+
+
 def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with `limits` applied (pass as `uvicorn.Config(http=...)`)."""
 
@@ -194,6 +247,7 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self._head_started = 0.0
             self._last_data = 0.0
             self._idle_from: float | None = None  # when the last response ended with nothing after it
+            self._field_lines = FIELD_LINES  # one for the server: every connection answers alike
 
         # ---- connection ----
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -334,19 +388,8 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             the same keep-alive rule (`connection: close` from either side), the cycle left complete."""
             if cycle.disconnected:
                 return  # what uvicorn's send does for a client that is gone
-            lines: list[bytes] = []
-            keep_alive, closing, length = cycle.keep_alive, False, None
-            fields = (*cycle.default_headers, *answer.headers)
-            for name, value in fields:
-                name = name.lower()
-                if name == b"content-length" and length is None:
-                    length = int(value.decode())
-                elif name == b"connection" and b"close" in [t.lower().strip() for t in value.split(b",")]:
-                    keep_alive, closing = False, True
-                lines += (name, b": ", value, b"\r\n")
-            head = b"".join(lines)
-            if not valid_fields(head, len(fields)):  # as uvicorn checks each name and value
-                raise RuntimeError("Invalid HTTP header name or value.")
+            head, length, closing = self._field_lines.render((*cycle.default_headers, *answer.headers))
+            keep_alive = cycle.keep_alive and not closing
             if length != len(answer.body):
                 raise RuntimeError("a hot answer must declare its body's content-length")
             close = b"" if keep_alive or closing else b"connection: close\r\n"

@@ -162,3 +162,36 @@ def test_only_a_small_declared_body_is_collected_whole() -> None:
     assert length((b"content-length", b"5"), (b"expect", b"100-continue")) is None
     assert length((b"content-length", b"5"), (b"content-length", b"5")) is None
     assert length((b"content-length", b"+5")) is None
+
+
+def test_field_lines_render_as_uvicorns_send_and_are_remembered() -> None:
+    """serving.FieldLines: the lines uvicorn's send writes (name lower-cased), the first content-length, a
+    `connection: close`; a field uvicorn refuses raises, remembered or not; the memory is bounded."""
+    from workspace_server.serving import FIELD_LINES_MAX, FieldLines
+
+    lines = FieldLines()
+    fields = [
+        (b"Content-Type", b"application/json"),
+        (b"content-length", b"2"),
+        (b"content-length", b"99"),  # uvicorn takes the first
+        (b"X-Seen", b"1"),
+    ]
+    for _ in range(2):  # rendered, then from memory: the same
+        assert lines.render(fields) == (
+            b"content-type: application/json\r\ncontent-length: 2\r\ncontent-length: 99\r\nx-seen: 1\r\n",
+            2,
+            False,
+        )
+    assert lines.render([(b"connection", b"keep-alive, Close")])[2] is True
+    assert lines.render([(b"connection", b"keep-alive")])[2] is False
+    assert lines.render([(bytearray(b"x-a"), bytearray(b"b"))]) == (b"x-a: b\r\n", None, False)
+    for bad in ([(b"x-a", b"b\r\nset-cookie: c")], [(b"x a", b"b")], [(b"x-a", b"b\nc")]):
+        for _ in range(2):
+            try:
+                lines.render(bad)
+            except RuntimeError:
+                continue
+            raise AssertionError(f"accepted {bad!r}")
+    for n in range(FIELD_LINES_MAX * 3):  # values that never repeat (a rate limit's remaining count)
+        lines.render([(b"x-ratelimit-remaining", b"%d" % n)])
+    assert len(lines._lines) <= FIELD_LINES_MAX
