@@ -81,10 +81,11 @@ async def read_model(
 
 def bearer_token(request: Request) -> str:
     """`Authorization: Bearer <tok>` (case-sensitive prefix, remainder trimmed); anything else is ""."""
-    header = request.headers.get("authorization", "")
-    if not header.startswith("Bearer "):
-        return ""
-    return header[len("Bearer ") :].strip()
+    for name, value in request.scope["headers"]:  # the first, as `request.headers.get` (names lower case)
+        if name == b"authorization":
+            header = value.decode("latin-1")
+            return header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
+    return ""
 
 
 def client_ip(request: Request) -> str:

@@ -68,20 +68,33 @@ class HotRoute(Route):
     Every request passes the hot lane, so a path that cannot match (it does not end with the template's
     literal tail, e.g. `/a2a`) is turned away before the route's regex.
 
+    A path without parameters (the heartbeat's) is compared as a string, without the regex.
+
     `keep`: the route's own cut of the body, the first `keep` bytes; the rest is read and dropped."""
 
     def __init__(self, path: str, endpoint: HotHandler, methods: list[str], keep: int | None = None) -> None:
         super().__init__(path, endpoint, methods=methods)
         self.tail = path[path.rfind("}") + 1 :]
+        self.static = not self.param_convertors
         self.keep = keep
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and not scope["path"].endswith(self.tail):
-            return Match.NONE, {}
+        if scope["type"] == "http":
+            if self.static and not scope.get("root_path"):
+                return self._static_match(scope)
+            if not scope["path"].endswith(self.tail):
+                return Match.NONE, {}
         match, child = super().matches(scope)
         if match is not Match.NONE:
             child["route"] = self
         return match, child
+
+    def _static_match(self, scope: Scope) -> tuple[Match, Scope]:
+        """What Route.matches gives for a path without parameters, the route added."""
+        if scope["path"] != self.path:
+            return Match.NONE, {}
+        child = {"endpoint": self.endpoint, "path_params": dict(scope.get("path_params", {})), "route": self}
+        return (Match.PARTIAL if self.methods and scope["method"] not in self.methods else Match.FULL), child
 
 
 def hot_route(path: str, endpoint: HotHandler, method: str, keep: int | None = None) -> HotRoute:
