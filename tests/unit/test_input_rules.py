@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -111,3 +112,17 @@ def test_what_orjson_refuses_or_would_change_takes_json_s_path() -> None:
     assert dumps_compact({"a": [1, 2.5, None, True]}) == b'{"a":[1,2.5,null,true]}'
     with pytest.raises(ValueError):
         loads_reply(b"{")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    raw=st.binary(max_size=80)
+    | st.lists(st.sampled_from([b"1", b"90", b"a", b" ", b"\xff", b"-"]), max_size=60).map(b"".join)
+)
+def test_long_number_check_finds_what_the_pattern_finds(raw: bytes) -> None:
+    """A document is left to `json` when it holds a run of 19 digits (orjson reads an integer past 64 bits
+    as a float): the translate-and-find check answers as `[0-9]{19}` does."""
+    from workspace_server.common.jsonnum import _has_long_number
+
+    assert _has_long_number(raw) == (re.search(rb"[0-9]{19}", raw) is not None)
+    assert _has_long_number(raw + b"1" * 19)
