@@ -14,14 +14,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 IDLE_PURGE_SECONDS = 600.0  # reference: buckets idle > 10 min are dropped
 DEFAULT_MAX_KEYS = 100_000  # memory bound when many source addresses (IPv6) are in play
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """(A named tuple: one is made for every request the global limiter sees.)"""
+
     allowed: bool
     limit: int
     remaining: int  # tokens left after this request, floor 0
@@ -39,8 +40,23 @@ class Decision:
             out["Retry-After"] = str(self.retry_after)
         return out
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as an ASGI response carries them: lower-case names, latin-1 bytes."""
+        out = [
+            (b"x-ratelimit-limit", _ascii(self.limit)),
+            (b"x-ratelimit-remaining", _ascii(self.remaining)),
+            (b"x-ratelimit-reset", _ascii(self.reset_seconds)),
+        ]
+        if not self.allowed:
+            out.append((b"retry-after", _ascii(self.retry_after)))
+        return out
+
     def error_body(self, message: str = "rate limit exceeded") -> dict[str, Any]:
         return {"error": message, "retry_after": self.retry_after}
+
+
+def _ascii(n: int) -> bytes:
+    return b"%d" % n
 
 
 @dataclass

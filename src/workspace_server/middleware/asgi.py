@@ -66,10 +66,6 @@ async def enact(verdict: Verdict, app: ASGIApp, scope: Scope, receive: Receive, 
         await app(scope, receive, send)
 
 
-def encode_headers(headers: dict[str, str]) -> Headers:
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-
 def _with_defaults(message: Message, defaults: Headers) -> Message:
     """Add `defaults` to a response start, except names the handler already set (handlers may override)."""
     headers = list(message.get("headers", ()))

@@ -11,7 +11,6 @@ from workspace_server.middleware.asgi import (
     Verdict,
     client_ip,
     enact,
-    encode_headers,
     json_body,
 )
 
@@ -39,7 +38,7 @@ class RateLimitMiddleware:
         if self.dev_mode:
             return _UNLIMITED
         decision = self.limiter.hit(client_ip(scope))
-        headers = encode_headers(decision.headers())
+        headers = decision.raw_headers()
         if not decision.allowed:
             return Refusal(429, json_body(decision.error_body()), [*headers, JSON_TYPE])
         return headers
