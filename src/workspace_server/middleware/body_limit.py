@@ -32,7 +32,10 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     def applies(self, scope: Scope) -> bool:
-        return scope["type"] == "http" and not self.OWN_CAPS.match(scope.get("path", ""))
+        if scope["type"] != "http":
+            return False
+        path = scope.get("path", "")
+        return not (path.endswith("/uploads") and self.OWN_CAPS.match(path))
 
     def admit(self, scope: Scope) -> Verdict:
         """A declared length over the cap is refused before the app runs."""

@@ -40,8 +40,11 @@ _API_HEADERS = [*_BASE_SECURITY_HEADERS, (b"content-security-policy", API_CSP.en
 _UI_HEADERS = [*_BASE_SECURITY_HEADERS, (b"content-security-policy", UI_CSP.encode())]
 
 
+_API_SUBPATHS = tuple(p + "/" for p in _API_PREFIXES)
+
+
 def is_api_path(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in _API_PREFIXES)
+    return path.startswith(_API_SUBPATHS) or path in _API_PREFIXES
 
 
 class SecurityHeadersMiddleware:
