@@ -21,7 +21,7 @@ from tests.integration.registry_support import (
 from workspace_server.a2a import store as a2a_store
 from workspace_server.common.ids import new_id
 from workspace_server.common.kv import liveness_key
-from workspace_server.common.time import utcnow
+from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.registry.service import capabilities, idle_timeout_override
 
 
@@ -358,3 +358,15 @@ async def test_liveness_refresh_on_redis(client_factory: Any, redis_url: str) ->
     await ctx.redis.delete(key)
     await client.post("/registry/heartbeat", json=hb(ws_id), headers=bearer(r.json()["auth_token"]))
     assert await ctx.redis.exists(key) == 0  # EXPIRE never re-creates the key
+
+
+async def test_heartbeat_events_carry_the_moment_written(client: httpx.AsyncClient) -> None:
+    """WORKSPACE_HEARTBEAT and TASK_UPDATED are stamped with the last_heartbeat_at the heartbeat wrote
+    (on Postgres the batch's moment, rendered once for all its heartbeats), not a later clock reading."""
+    ctx = ctx_of(client)
+    ws_id = await add_workspace(ctx, "a", status="online")
+    seen = Captured(ctx)
+    await beat(client, ws_id, current_task="build", active_tasks=1, uptime_seconds=5)
+    written = rfc3339((await row(ctx, ws_id)).last_heartbeat_at)
+    stamps = {e.event: e.timestamp for e in seen.events}
+    assert stamps == {"TASK_UPDATED": written, "WORKSPACE_HEARTBEAT": written}

@@ -234,3 +234,25 @@ async def test_a_redis_batch_that_cannot_be_published_reaches_local_clients_in_o
     client = Hub(bus).register(None)
     await bus.publish_many([Event("A", "w", {}), Event("B", "w", {})])
     assert [client.queue.get_nowait().event for _ in range(2)] == ["A", "B"]
+
+
+async def test_a_listener_removed_while_an_event_is_delivered_misses_only_later_events() -> None:
+    bus = InProcessBus()
+    seen: list[tuple[str, str]] = []
+
+    def once(event: Event) -> None:
+        seen.append(("once", event.event))
+        bus.remove_listener(once)
+
+    def always(event: Event) -> None:
+        seen.append(("always", event.event))
+
+    bus.add_listener(once)
+    bus.add_listener(always)
+    await bus.publish(Event("A", "w"))
+    await bus.publish(Event("B", "w"))
+    assert seen == [("once", "A"), ("always", "A"), ("always", "B")]
+    bus.remove_listener(once)  # already gone: nothing happens
+    bus.remove_listener(always)
+    await bus.publish(Event("C", "w"))
+    assert seen[-1] == ("always", "B")

@@ -33,7 +33,7 @@ class Recorder(HeartbeatBatcher):
     async def _execute(self, beats: Sequence[Beat]) -> list[BeatResult]:
         self.batches.append([(b.workspace_id, b.uptime_seconds) for b in beats])
         await self.release.wait()
-        return [BeatResult(denied=False, snapshot=None, queue_pending=False) for _ in beats]
+        return [BeatResult(denied=False, snapshot=None, queue_pending=False, at="") for _ in beats]
 
 
 async def test_concurrent_heartbeats_share_one_batch() -> None:

@@ -44,9 +44,14 @@ class MemoryKV:
 
     async def expire(self, key: str, ttl: float) -> None:
         """Extend a live key; an absent or expired key stays absent (Redis EXPIRE semantics)."""
-        value = await self.get(key)
-        if value is not None:
-            self._data[key] = (value, time.monotonic() + ttl)
+        item = self._data.get(key)
+        if item is None:
+            return
+        now = time.monotonic()
+        if item[1] < now:
+            self._data.pop(key, None)
+        else:
+            self._data[key] = (item[0], now + ttl)
 
     async def incr(self, key: str, ttl: float) -> int:
         """Redis INCR (an absent key counts from 0), then the key lives `ttl` seconds."""

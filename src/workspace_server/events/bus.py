@@ -68,17 +68,21 @@ class Bus(Protocol):
 
 class _Listeners:
     def __init__(self) -> None:
-        self._listeners: list[Listener] = []
+        # replaced, never changed in place: a delivery walks the tuple it started with, whatever a
+        # listener adds or removes meanwhile (no copy per event)
+        self._listeners: tuple[Listener, ...] = ()
 
     def add_listener(self, fn: Listener) -> None:
-        self._listeners.append(fn)
+        self._listeners = (*self._listeners, fn)
 
     def remove_listener(self, fn: Listener) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(fn)
+        if fn in self._listeners:
+            kept = list(self._listeners)
+            kept.remove(fn)
+            self._listeners = tuple(kept)
 
     def _deliver(self, event: Event) -> None:
-        for fn in list(self._listeners):
+        for fn in self._listeners:
             try:
                 fn(event)
             except Exception:  # a broken listener must not starve the others

@@ -62,6 +62,8 @@ class Hub:
         self._streams.discard(client)
 
     def _on_event(self, event: Event) -> None:
+        if not self._clients and not self._streams:
+            return  # no one connected: the usual case for heartbeats between canvas sessions
         for client in [*self._clients, *self._streams]:
             if client.match is not None and not client.match(event):
                 continue

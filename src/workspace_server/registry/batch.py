@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from workspace_server.auth.tokens import LAST_USED_RESOLUTION
 from workspace_server.authz import HEARTBEAT_GATE_CTES
 from workspace_server.common.tasks import TaskSupervisor
-from workspace_server.common.time import utcnow
+from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.registry.store import HeartbeatSnapshot, clamp_spend
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class BeatResult(NamedTuple):
     denied: bool  # a live token exists and the bearer is not one of them: nothing was written
     snapshot: HeartbeatSnapshot | None  # the row before the write; None when unknown or removed
     queue_pending: bool  # A2A items queued or in flight for this workspace
+    at: str  # the moment written as last_heartbeat_at, RFC 3339: the batch's, rendered once for all its beats
 
 
 class BatchFailed(Exception):
@@ -201,7 +202,8 @@ class HeartbeatBatcher:
                     await conn.invalidate()
                 raise
         by_ord = {row["ord"]: row for row in rows}
-        return [_result(by_ord.get(i)) for i in range(len(beats))]
+        at = rfc3339(now) or ""
+        return [_result(by_ord.get(i), at) for i in range(len(beats))]
 
 
 # `:name` parameters of a text statement (not `::type` casts)
@@ -238,11 +240,11 @@ def _params(beats: Sequence[Beat], now: datetime) -> dict[str, Any]:
     }
 
 
-def _result(row: Any) -> BeatResult:
+def _result(row: Any, at: str) -> BeatResult:
     if row is None:  # cannot happen (every input row is selected); treat as unknown
-        return BeatResult(denied=False, snapshot=None, queue_pending=False)
+        return BeatResult(denied=False, snapshot=None, queue_pending=False, at=at)
     snapshot = None
     status = row["status"]
     if status is not None:
         snapshot = HeartbeatSnapshot(status, row["current_task"] or "", row["max_concurrent_tasks"] or 1)
-    return BeatResult(bool(row["denied"]), snapshot, bool(row["queue_pending"]))
+    return BeatResult(bool(row["denied"]), snapshot, bool(row["queue_pending"]), at)

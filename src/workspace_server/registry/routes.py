@@ -92,8 +92,8 @@ async def heartbeat(request: Request, raw: bytes) -> Response:
             pass  # answered by the per-step path below, with its own error statuses
         else:
             if not result.denied:
-                pending = result.queue_pending
-                await service.after_heartbeat(ctx, ws_id, body, result.snapshot, queue_pending=pending)
+                pending, at = result.queue_pending, result.at
+                await service.after_heartbeat(ctx, ws_id, body, result.snapshot, queue_pending=pending, at=at)
                 return _ok()
             denial = authz.batch_denial(ctx.settings, credentials(request))
             if denial is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,7 +23,7 @@ from workspace_server.common.kv import (
     liveness_key,
     url_key,
 )
-from workspace_server.common.time import utcnow
+from workspace_server.common.time import rfc3339, utcnow
 from workspace_server.context import AppContext
 from workspace_server.egress import is_safe_url
 from workspace_server.registry import store
@@ -56,7 +57,9 @@ def capabilities(ctx: AppContext, ws_id: str) -> dict[str, bool]:
 
 
 def has_capability(ctx: AppContext, ws_id: str, name: str) -> bool:
-    return bool(capabilities(ctx, ws_id).get(name))
+    overrides = ctx.runtime_overrides.get(ws_id)  # asked on every heartbeat: no copy of the map
+    caps = overrides.get("capabilities") if overrides is not None else None
+    return isinstance(caps, dict) and bool(caps.get(name))
 
 
 def idle_timeout_override(ctx: AppContext, ws_id: str) -> int | None:
@@ -149,29 +152,32 @@ async def _mint_first_token(ctx: AppContext, ws_id: str) -> str | None:
 
 
 async def heartbeat(ctx: AppContext, ws_id: str, hb: Heartbeat) -> None:
-    snap = await record_heartbeat(ctx, ws_id, hb)
-    await after_heartbeat(ctx, ws_id, hb, snap)
+    now = utcnow()
+    snap = await record_heartbeat(ctx, ws_id, hb, now)
+    await after_heartbeat(ctx, ws_id, hb, snap, at=rfc3339(now) or "")
 
 
-async def record_heartbeat(ctx: AppContext, ws_id: str, hb: Heartbeat) -> store.HeartbeatSnapshot | None:
-    """Write the heartbeat columns; the row as it was, or None when unknown/removed."""
+async def record_heartbeat(
+    ctx: AppContext, ws_id: str, hb: Heartbeat, now: datetime
+) -> store.HeartbeatSnapshot | None:
+    """Write the heartbeat columns at `now`; the row as it was, or None when unknown/removed."""
     try:
         # Postgres does it in one statement, atomic without a transaction; SQLite reads then writes in one
         engine = ctx.autocommit if ctx.engine.dialect.name == "postgresql" else ctx.engine
         async with engine.begin() as own:
-            return await _write_heartbeat(own, ws_id, hb)
+            return await _write_heartbeat(own, ws_id, hb, now)
     except Exception:
         log.exception("registry: heartbeat update failed for %s", ws_id)
         raise ApiError(500, "failed to update") from None
 
 
 async def _write_heartbeat(
-    conn: AsyncConnection, ws_id: str, hb: Heartbeat
+    conn: AsyncConnection, ws_id: str, hb: Heartbeat, now: datetime
 ) -> store.HeartbeatSnapshot | None:
     return await store.apply_heartbeat(
         conn,
         ws_id,
-        now=utcnow(),
+        now=now,
         error_rate=hb.error_rate,
         sample_error=hb.sample_error,
         active_tasks=hb.active_tasks,
@@ -195,9 +201,11 @@ async def after_heartbeat(
     snap: store.HeartbeatSnapshot | None,
     *,
     queue_pending: bool | None = None,
+    at: str = "",
 ) -> None:
     """Events, status moves and the queue drain after the write. `queue_pending`: whether the write
-    already saw A2A items for `ws_id` (None: unknown, the drain probes for itself)."""
+    already saw A2A items for `ws_id` (None: unknown, the drain probes for itself). `at`: the moment the
+    write recorded (RFC 3339), the events' timestamp; now when not given."""
     if snap is None:
         # Unknown or removed: 200 as the reference, but no events and no per-id state, so
         # unauthenticated heartbeats for made-up ids cannot grow memory or spam the stream.
@@ -205,15 +213,18 @@ async def after_heartbeat(
         return
     await _refresh_liveness(ctx, ws_id)
     status_mgmt = has_capability(ctx, ws_id, "status_mgmt")  # previous heartbeat's view
-    await _evaluate_status(ctx, ws_id, snap.status, hb, status_mgmt=status_mgmt)
+    moves = _status_moves(snap.status, hb, status_mgmt=status_mgmt)
+    if moves:
+        await _move_status(ctx, ws_id, moves)
     if hb.current_task != snap.current_task:
         await ctx.events.broadcast(
-            "TASK_UPDATED", ws_id, {"active_tasks": hb.active_tasks, "current_task": hb.current_task}
+            "TASK_UPDATED", ws_id, {"active_tasks": hb.active_tasks, "current_task": hb.current_task}, at
         )
     await ctx.events.broadcast(
         "WORKSPACE_HEARTBEAT",
         ws_id,
         {"active_tasks": hb.active_tasks, "uptime_seconds": hb.uptime_seconds},
+        at,
     )
     _store_overrides(ctx, ws_id, hb.runtime_metadata)
     if queue_pending is False:
@@ -222,11 +233,12 @@ async def after_heartbeat(
         _schedule_drain(ctx, ws_id)
 
 
-async def _evaluate_status(
-    ctx: AppContext, ws_id: str, status: str, hb: Heartbeat, *, status_mgmt: bool
-) -> None:
-    """The heartbeat status table; each row is a compare-and-set, so races resolve to one winner."""
-    moves: list[tuple[str, str, str, dict[str, Any]]] = []  # (expect, to, event, payload)
+_Move = tuple[str, str, str, dict[str, Any]]  # (expect, to, event, payload)
+
+
+def _status_moves(status: str, hb: Heartbeat, *, status_mgmt: bool) -> list[_Move]:
+    """The heartbeat status table: the moves this heartbeat calls for from `status` (most call for none)."""
+    moves: list[_Move] = []
     payload: dict[str, Any]
     if hb.runtime_state == "wedged" and status == Status.ONLINE:
         payload = {"runtime_state": "wedged", "sample_error": hb.sample_error}
@@ -243,6 +255,11 @@ async def _evaluate_status(
         moves.append(
             (Status.PROVISIONING, Status.ONLINE, "WORKSPACE_ONLINE", {"recovered_from": "provisioning"})
         )
+    return moves
+
+
+async def _move_status(ctx: AppContext, ws_id: str, moves: list[_Move]) -> None:
+    """Each move is a compare-and-set, so races resolve to one winner."""
     for expect, to, event, payload in moves:
         try:
             await ctx.lifecycle.transition(ws_id, to=to, expect=(expect,), event=event, payload=payload)
