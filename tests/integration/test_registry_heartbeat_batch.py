@@ -121,3 +121,36 @@ async def test_failed_batch_falls_back_to_per_step_path(
     assert (ok.status_code, ok.json()) == (200, {"status": "ok"})
     assert (denied.status_code, denied.json()) == (401, {"error": "invalid workspace auth token"})
     assert (await row(ctx, ws_id)).uptime_seconds == 5
+
+
+async def _pool_idle(ctx: Any) -> bool:
+    """Whether every connection of the app's pool is back (the batcher returns its own when its queue
+    empties, a moment after the last answer); waits up to 5 s (a leak guard, not a timing assertion)."""
+    pool = ctx.engine.sync_engine.pool
+    for _ in range(500):
+        if pool.checkedout() == 0:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["ok", "failing-statement"])
+async def test_the_batcher_gives_its_connection_back(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, broken: bool
+) -> None:
+    """The batcher keeps one pooled connection while heartbeats keep coming; once they stop (or a batch
+    failed) it is back in the pool."""
+    ctx = ctx_of(client)
+    if ctx.engine.dialect.name != "postgresql":
+        pytest.skip("the batcher runs on Postgres only")
+    if broken:
+        monkeypatch.setattr(batch, "HEARTBEAT_BATCH_SQL", sa.text("SELECT no_such_column FROM workspaces"))
+    ids = [await add_workspace(ctx, f"agent-{i}", status="online") for i in range(AGENTS)]
+    tokens = {ws_id: await mint_token(ctx, ws_id) for ws_id in ids}
+    for uptime in (1, 2, 3):
+        answers = await asyncio.gather(
+            *(client.post("/registry/heartbeat", json=hb(w, uptime), headers=bearer(tokens[w])) for w in ids)
+        )
+        assert {r.status_code for r in answers} == {200}
+    assert (await row(ctx, ids[-1])).uptime_seconds == 3
+    assert await _pool_idle(ctx)
