@@ -105,7 +105,7 @@ def _with_groups(own: Headers, groups: list[Headers]) -> Headers:
         return headers
     present = {bytes(k).lower() for k, _ in headers}
     for group in reversed(groups):
-        added = [(k, v) for k, v in group if k not in present]
+        added = [pair for pair in group if pair[0] not in present]
         headers += added
-        present.update(k for k, _ in added)
+        present.update([pair[0] for pair in added])
     return headers
