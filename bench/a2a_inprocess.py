@@ -21,26 +21,15 @@ import cProfile
 import json
 import os
 import pstats
-import sys
-import tempfile
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import uvloop
-from asgi_lifespan import LifespanManager
+from a2a import message_body  # bench/a2a.py, beside this file
+from inprocess import throwaway_app  # bench/inprocess.py: puts src/ on the path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
-from a2a import message_body  # noqa: E402  (bench/a2a.py, beside this file)
-
-from workspace_server.a2a import transport  # noqa: E402
-from workspace_server.app import create_app  # noqa: E402
-from workspace_server.config import Settings  # noqa: E402
+from workspace_server.a2a import transport
 
 BATCH = 50
 REPLY = json.dumps(
@@ -124,27 +113,8 @@ async def run_round(app: Any, caller: Caller, calls: int) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     transport.AgentClient.post = _canned_reply  # type: ignore[method-assign]
-    name = f"bench_inproc_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(args.pg)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = Settings(
-                DATABASE_URL=args.pg.rsplit("/", 1)[0] + "/" + name,
-                REDIS_URL="",
-                WORKSPACE_BACKEND="none",
-                DATA_DIR=str(Path(tmp) / "data"),
-                CONFIGS_DIR=str(Path(tmp) / "configs"),
-                MOLECULE_ENV="development",
-                ADMIN_TOKEN="",
-                RATE_LIMIT="100000000",
-            )
-            app = create_app(settings, run_loops=False, freeze_gc=True)
-            async with LifespanManager(app) as manager:
-                await measure(app, manager.app, args)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with throwaway_app(args.pg, "bench_inproc") as (app, asgi):
+        await measure(app, asgi, args)
 
 
 async def measure(app: Any, asgi: Any, args: argparse.Namespace) -> None:

@@ -24,25 +24,16 @@ import cProfile
 import json
 import os
 import pstats
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import uvloop
-from asgi_lifespan import LifespanManager
+from inprocess import throwaway_app  # bench/inprocess.py: puts src/ on the path
 from uvicorn.server import ServerState
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
-from workspace_server.app import create_app  # noqa: E402
-from workspace_server.cli import server_config  # noqa: E402
-from workspace_server.config import Settings  # noqa: E402
+from workspace_server.cli import server_config
 
 
 def heartbeat_request(ws_id: str, token: str, rnd: int) -> bytes:
@@ -129,27 +120,8 @@ class Driver:
 
 
 async def main(args: argparse.Namespace) -> None:
-    name = f"bench_hbin_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(args.pg)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = Settings(
-                DATABASE_URL=args.pg.rsplit("/", 1)[0] + "/" + name,
-                REDIS_URL="",
-                WORKSPACE_BACKEND="none",
-                DATA_DIR=str(Path(tmp) / "data"),
-                CONFIGS_DIR=str(Path(tmp) / "configs"),
-                MOLECULE_ENV="development",
-                ADMIN_TOKEN="",
-                RATE_LIMIT="100000000",
-            )
-            app = create_app(settings, run_loops=False, freeze_gc=True)
-            async with LifespanManager(app):
-                await measure(app, args)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with throwaway_app(args.pg, "bench_hbin") as (app, _asgi):
+        await measure(app, args)
 
 
 async def register(app: Any, agents: int) -> list[tuple[str, str]]:
