@@ -49,6 +49,13 @@ class Refusal:
 Verdict = Refusal | Headers
 
 
+def note_refusal(scope: Scope, refusal: Refusal) -> None:
+    """A refusal that aborts marks the request refused before routing: the metrics recorder then resolves
+    the route template itself (route_labels). The one writer of the mark, for both paths a request takes."""
+    if refusal.aborts:
+        scope[ABORTED] = True
+
+
 async def answer(scope: Scope, receive: Receive, send: Send, refusal: Refusal) -> None:
     if refusal.aborts:
         await refuse(scope, receive, send, refusal.status, refusal.body, refusal.headers)
@@ -116,7 +123,7 @@ async def deny_websocket(
 async def refuse(
     scope: Scope, receive: Receive, send: Send, status: int, body: bytes = b"", headers: Headers | None = None
 ) -> None:
-    scope[ABORTED] = True
+    note_refusal(scope, Refusal(status, body, headers))
     if scope["type"] == "websocket":
         await deny_websocket(scope, receive, send, status, body, headers)
     else:

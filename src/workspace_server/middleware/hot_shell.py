@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from workspace_server.common.routing import Answer, Body
-from workspace_server.middleware.asgi import ABORTED, Headers, Refusal, Verdict, length_headers
+from workspace_server.middleware.asgi import Headers, Refusal, Verdict, length_headers, note_refusal
 from workspace_server.middleware.body_limit import BodyLimitMiddleware
 from workspace_server.middleware.metrics import MetricsMiddleware
 
@@ -91,8 +91,7 @@ class HotShell:
 
 def _refused(scope: Scope, refusal: Refusal, groups: list[Headers]) -> Answer:
     """What `asgi.answer` sends for the refusal, with the headers of the layers outside the refusing one."""
-    if refusal.aborts:
-        scope[ABORTED] = True
+    note_refusal(scope, refusal)
     headers = length_headers(refusal.body, refusal.headers)
     return Answer(refusal.status, _with_groups(headers, groups), refusal.body)
 
