@@ -68,14 +68,15 @@ def valid_fields(block: bytes, fields: int) -> bool:
 
 
 FIELD_LINES_MAX = 1024
+FIELD_LINE_MAX_BYTES = 256  # longer lines are checked each time, never remembered
 
 
 class FieldLines:
     """Response header fields as the lines uvicorn writes (`name: value\r\n`, the name lower-cased), each
     checked as uvicorn checks it, and remembered: a hot route's answers repeat nearly all their fields (the
     security headers, the content type and length, the date within its second), so a field is rendered and
-    checked once, not per response. Bounded: cleared when full, so values that never repeat (a rate limit's
-    remaining count) cannot grow it."""
+    checked once, not per response. Bounded: only short lines are remembered, and the memory is cleared when
+    full, so values that never repeat (a rate limit's remaining count) cannot grow it."""
 
     __slots__ = ("_lines",)
 
@@ -96,7 +97,7 @@ class FieldLines:
                 line = None
             if line is None:
                 line = _field_line(name, value)
-                if type(name) is bytes and type(value) is bytes:
+                if type(name) is bytes and type(value) is bytes and len(line) <= FIELD_LINE_MAX_BYTES:
                     if len(lines) >= FIELD_LINES_MAX:
                         lines.clear()
                     lines[(name, value)] = line

@@ -167,7 +167,7 @@ def test_only_a_small_declared_body_is_collected_whole() -> None:
 def test_field_lines_render_as_uvicorns_send_and_are_remembered() -> None:
     """serving.FieldLines: the lines uvicorn's send writes (name lower-cased), the first content-length, a
     `connection: close`; a field uvicorn refuses raises, remembered or not; the memory is bounded."""
-    from workspace_server.serving import FIELD_LINES_MAX, FieldLines
+    from workspace_server.serving import FIELD_LINE_MAX_BYTES, FIELD_LINES_MAX, FieldLines
 
     lines = FieldLines()
     fields = [
@@ -195,3 +195,7 @@ def test_field_lines_render_as_uvicorns_send_and_are_remembered() -> None:
     for n in range(FIELD_LINES_MAX * 3):  # values that never repeat (a rate limit's remaining count)
         lines.render([(b"x-ratelimit-remaining", b"%d" % n)])
     assert len(lines._lines) <= FIELD_LINES_MAX
+    lines._lines.clear()
+    long_value = b"v" * FIELD_LINE_MAX_BYTES
+    assert lines.render([(b"x-long", long_value)])[0] == b"x-long: " + long_value + b"\r\n"
+    assert lines._lines == {}  # a long line is rendered, never remembered
