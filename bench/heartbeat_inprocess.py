@@ -11,9 +11,13 @@ its process and is not counted. CPU is `time.process_time()` over a round; the b
 
     RESULT heartbeat-inprocess us_per_hb=<best round> rounds=<each round>
 
-`--profile` prints cProfile's top functions (inflates small calls: compare only like with like). For
-instruction counts, which do not move with the machine's load, run it under
-`valgrind --tool=callgrind` (bench/README.md, "Session 13").
+`--profile` prints cProfile's top functions (inflates small calls: compare only like with like).
+Instruction counts do not move with the machine's load; with the batch stubbed they repeat to ~1 %:
+
+    valgrind --tool=callgrind --instr-atstart=no .venv/bin/python bench/heartbeat_inprocess.py \
+        --callgrind --stub-batch --agents 100 --rounds 10 --repeat 1
+
+and divide the `Collected` figure valgrind prints by the heartbeats counted (printed).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import cProfile
 import json
 import os
 import pstats
+import subprocess
 import time
 import uuid
 from typing import Any
@@ -120,6 +125,8 @@ class Driver:
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.stub_batch:
+        stub_batch()
     async with throwaway_app(args.pg, "bench_hbin") as (app, _asgi):
         await measure(app, args)
 
@@ -162,17 +169,40 @@ async def measure(app: Any, args: argparse.Namespace) -> None:
         n = sum(len(r) for r in reqs)
         if profile:
             profile.enable()
+        callgrind(args, "on")
         start = time.process_time()
         await driver.round(reqs)
         results.append((time.process_time() - start) / n * 1e6)
+        callgrind(args, "off")
         if profile:
             profile.disable()
+        if args.callgrind:
+            print(f"# callgrind counted {n} heartbeats: Ir per heartbeat = valgrind's 'Collected' / {n}")
     if profile:
         if args.profile_out:
             profile.dump_stats(args.profile_out)
         pstats.Stats(profile).sort_stats("tottime").print_stats(45)
     shown = ",".join(f"{r:.1f}" for r in results)
     print(f"RESULT heartbeat-inprocess us_per_hb={min(results):.1f} rounds={shown}")
+
+
+def callgrind(args: argparse.Namespace, state: str) -> None:
+    """Switch callgrind's instrumentation (run under `valgrind --tool=callgrind --instr-atstart=no`), so
+    only the measured rounds are counted, not the start-up."""
+    if args.callgrind:
+        subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], check=True, capture_output=True)
+
+
+def stub_batch() -> None:
+    """Every heartbeat answered at once as an unchanged online workspace, nothing queued: the batch's
+    timing (its size depends on how fast Postgres answers) can then not change what is counted."""
+    from workspace_server.registry import batch
+    from workspace_server.registry.store import HeartbeatSnapshot
+
+    async def submit(self: batch.HeartbeatBatcher, beat: batch.Beat) -> batch.BeatResult:
+        return batch.BeatResult(False, HeartbeatSnapshot("online", "", 1), False, "2026-12-08T00:00:00Z")
+
+    batch.HeartbeatBatcher.submit = submit  # type: ignore[method-assign]
 
 
 def parse_args() -> argparse.Namespace:
@@ -183,6 +213,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--profile", action="store_true", help="cProfile's top functions")
     p.add_argument("--profile-out", help="with --profile: also write the pstats file here")
+    p.add_argument("--callgrind", action="store_true", help="count only the measured rounds (see above)")
+    p.add_argument("--stub-batch", action="store_true", help="a canned batch result instead of Postgres")
     p.add_argument(
         "--pg", default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
