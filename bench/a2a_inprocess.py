@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import cProfile
 import json
-import os
 import pstats
 import time
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 import uvloop
 from a2a import message_body  # bench/a2a.py, beside this file
-from inprocess import throwaway_app  # bench/inprocess.py: puts src/ on the path
+from inprocess import add_pg_argument, throwaway_app  # bench/inprocess.py: puts src/ on the path
 
 from workspace_server.a2a import transport
 
@@ -147,9 +146,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=5000, help="calls per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="cProfile's top functions")
-    p.add_argument(
-        "--pg", default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    )
+    add_pg_argument(p)
     return p.parse_args()
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 import uvloop
-from inprocess import throwaway_app  # bench/inprocess.py: puts src/ on the path
+from inprocess import add_pg_argument, throwaway_app  # bench/inprocess.py: puts src/ on the path
 from uvicorn.server import ServerState
 
 from workspace_server.cli import server_config
@@ -215,9 +215,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--profile-out", help="with --profile: also write the pstats file here")
     p.add_argument("--callgrind", action="store_true", help="count only the measured rounds (see above)")
     p.add_argument("--stub-batch", action="store_true", help="a canned batch result instead of Postgres")
-    p.add_argument(
-        "--pg", default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    )
+    add_pg_argument(p)
     return p.parse_args()
 
 

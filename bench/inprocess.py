@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -19,6 +20,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from workspace_server.app import create_app  # noqa: E402
 from workspace_server.config import Settings  # noqa: E402
+
+
+def add_pg_argument(parser: argparse.ArgumentParser) -> None:
+    """`--pg`: the Postgres admin URL the throwaway database is created from."""
+    parser.add_argument(
+        "--pg", default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
 
 
 @asynccontextmanager
