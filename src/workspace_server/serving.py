@@ -226,7 +226,7 @@ class CoalescedWrites:
         return getattr(self._transport, name)
 
 
-FIELD_LINES = FieldLines()
+FIELD_LINES = FieldLines()  # one for the server: every connection answers alike
 
 
 def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
@@ -248,7 +248,6 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self._head_started = 0.0
             self._last_data = 0.0
             self._idle_from: float | None = None  # when the last response ended with nothing after it
-            self._field_lines = FIELD_LINES  # one for the server: every connection answers alike
 
         # ---- connection ----
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -389,7 +388,7 @@ def bounded_httptools(limits: HeadLimits) -> type[HttpToolsProtocol]:
             the same keep-alive rule (`connection: close` from either side), the cycle left complete."""
             if cycle.disconnected:
                 return  # what uvicorn's send does for a client that is gone
-            head, length, closing = self._field_lines.render((*cycle.default_headers, *answer.headers))
+            head, length, closing = FIELD_LINES.render((*cycle.default_headers, *answer.headers))
             keep_alive = cycle.keep_alive and not closing
             if length != len(answer.body):
                 raise RuntimeError("a hot answer must declare its body's content-length")

@@ -51,15 +51,18 @@ def _num(x: float) -> float | int:
 # ---- runtime overrides (spec 04 §0): read by the A2A proxy and the idle timer ----
 
 
-def capabilities(ctx: AppContext, ws_id: str) -> dict[str, bool]:
+def _stored_capabilities(ctx: AppContext, ws_id: str) -> dict[str, bool] | None:
     caps = ctx.runtime_overrides.get(ws_id, {}).get("capabilities")
-    return dict(caps) if isinstance(caps, dict) else {}
+    return caps if isinstance(caps, dict) else None
+
+
+def capabilities(ctx: AppContext, ws_id: str) -> dict[str, bool]:
+    return dict(_stored_capabilities(ctx, ws_id) or {})
 
 
 def has_capability(ctx: AppContext, ws_id: str, name: str) -> bool:
-    overrides = ctx.runtime_overrides.get(ws_id)  # asked on every heartbeat: no copy of the map
-    caps = overrides.get("capabilities") if overrides is not None else None
-    return isinstance(caps, dict) and bool(caps.get(name))
+    caps = _stored_capabilities(ctx, ws_id)  # asked on every heartbeat: no copy of the map
+    return caps is not None and bool(caps.get(name))
 
 
 def idle_timeout_override(ctx: AppContext, ws_id: str) -> int | None:
